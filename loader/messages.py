@@ -1,0 +1,108 @@
+"""Segment message validation and clock-skew correction.
+
+A line either becomes a `Message` or a `Reject` with a reason naming the field, so
+nothing is silently dropped and one bad line never fails its batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+CALL_TYPES = frozenset({"track", "page", "screen", "identify", "group", "alias"})
+MAX_MESSAGE_ID_CHARS = 100
+
+_OBJECT_FIELDS = ("properties", "traits", "context")
+_STRING_FIELDS = ("userId", "anonymousId", "event", "name", "category", "groupId", "previousId")
+_TIME_FIELDS = ("receivedAt", "sentAt", "timestamp", "originalTimestamp")
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    file: str
+    line: int
+    raw: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Message:
+    body: dict[str, Any]
+    file: str
+    line: int
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """ISO-8601 to an aware UTC datetime; None when it is not one."""
+    if not isinstance(value, str) or len(value) < 10 or not value[:4].isdigit():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def _check(body: dict[str, Any]) -> str | None:
+    kind = body.get("type")
+    if not isinstance(kind, str) or kind.lower() not in CALL_TYPES:
+        return f"field 'type': unknown call type {kind!r}"
+    mid = body.get("messageId")
+    if not isinstance(mid, str) or not mid:
+        return "field 'messageId': missing or not a non-empty string"
+    if len(mid) > MAX_MESSAGE_ID_CHARS:
+        return f"field 'messageId': longer than {MAX_MESSAGE_ID_CHARS} characters"
+    for field in _OBJECT_FIELDS:
+        if body.get(field) is not None and not isinstance(body[field], dict):
+            return f"field '{field}': expected an object, got {type(body[field]).__name__}"
+    for field in _STRING_FIELDS:
+        value = body.get(field)
+        if value is not None and not isinstance(value, (str, int)):
+            return f"field '{field}': expected a string, got {type(value).__name__}"
+    for field in _TIME_FIELDS:
+        value = body.get(field)
+        if value is not None and parse_timestamp(value) is None:
+            return f"field '{field}': not an ISO-8601 timestamp: {value!r}"
+    if body.get("receivedAt") is None:
+        return "field 'receivedAt': missing"
+    if kind.lower() == "track" and not body.get("event"):
+        return "field 'event': a track call needs an event name"
+    if kind.lower() == "group" and body.get("groupId") in (None, ""):
+        return "field 'groupId': a group call needs a groupId"
+    if kind.lower() == "alias" and body.get("previousId") in (None, ""):
+        return "field 'previousId': an alias call needs a previousId"
+    if body.get("userId") in (None, "") and body.get("anonymousId") in (None, ""):
+        return "fields 'userId'/'anonymousId': one of them is required"
+    return None
+
+
+def parse_line(raw: bytes, file: str, line: int) -> Message | Reject:
+    """One archive line to a validated message, or a reject that says why."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Reject(file, line, raw.decode("utf-8", "replace"), f"not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return Reject(file, line, raw.decode("utf-8", "replace"), "not a JSON object")
+    reason = _check(body)
+    if reason is not None:
+        return Reject(file, line, raw.decode("utf-8", "replace"), reason)
+    return Message(body, file, line)
+
+
+def corrected_timestamp(body: dict[str, Any]) -> datetime | None:
+    """`timestamp` as Segment computes it when the archive lacks it:
+    received_at - (sent_at - original_timestamp)."""
+    if body.get("timestamp") is not None:
+        return parse_timestamp(body["timestamp"])
+    received = parse_timestamp(body.get("receivedAt"))
+    original = parse_timestamp(body.get("originalTimestamp"))
+    sent = parse_timestamp(body.get("sentAt"))
+    if received is not None and sent is not None and original is not None:
+        return received - (sent - original)
+    return original or received

@@ -1,0 +1,97 @@
+"""The one naming function every table and column name goes through.
+
+Segment's rules (snake_case at case changes, runs of other characters to one `_`)
+plus Sluice's: reserved words of any of the five warehouses get a leading `_` so the
+same SQL runs everywhere, and names over PostgreSQL's 63-byte limit are cut with a
+stable hash tag so two long names never collide after cutting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import lru_cache
+
+MAX_IDENTIFIER_BYTES = 63
+_HASH_LEN = 8
+
+# Union of reserved words that cannot be used unquoted as a column name in
+# PostgreSQL, Redshift, BigQuery, Snowflake or DuckDB (and their common SQL-standard core).
+RESERVED_WORDS: frozenset[str] = frozenset(
+    """
+    all allowoverwrite analyse analyze and any array as asc assert_rows_modified at
+    authorization backup between binary blanksinnull both by bytedict bzip2 case cast
+    check collate collation column connect connection constraint create credentials
+    cross current current_catalog current_date current_role current_schema current_time
+    current_timestamp current_user current_user_id default deferrable deflate defrag
+    define delimiters delta delta32k desc disable distinct do else empty emptyasnull
+    enable encode encrypt encryption end enum escape except exclude explicit exists
+    extract false fetch following for foreign freeze from full gcm globaldict256
+    globaldict64k grant group grouping groups gzip hash having identity ignore ilike
+    in initially inner interval intersect into is isnull join lateral leading left
+    like limit localtime localtimestamp lookup luns lzo lzop merge minus mostly13
+    mostly32 mostly8 natural new new_token no not notnull null nulls of off offline
+    offset oid old on only open or order outer over overlaps parallel partition
+    percent permissions pivot placing preceding primary qualify range raw readratio
+    recover recursive references regexp rejectlog resort respect restore returning
+    right rlike rollup row rows sample select session_user set similar snapshot
+    some some start sysdate system table tablesample tag tdes text255 text32k then
+    to top trailing treat trigger true truncate try_cast unbounded union unique
+    unknown unnest unpivot user using values variadic verbose wallet when where
+    window with within without
+    """.split()
+)
+
+
+_CAMEL_1 = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_CAMEL_2 = re.compile(r"([a-z\d])([A-Z])")
+_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
+
+
+def _cut_with_hash(name: str, raw: str) -> str:
+    """Cut to the byte limit, tagging with a hash of the raw name so cuts stay distinct."""
+    tag = hashlib.sha1(raw.encode("utf-8")).hexdigest()[:_HASH_LEN]
+    keep = MAX_IDENTIFIER_BYTES - _HASH_LEN - 1
+    return f"{name[:keep].rstrip('_')}_{tag}"
+
+
+@lru_cache(maxsize=65536)
+def snake_case(raw: str) -> str:
+    """Segment's snake_case, made total: any input yields a valid lowercase identifier."""
+    s = _CAMEL_1.sub(r"\1_\2", raw)
+    s = _CAMEL_2.sub(r"\1_\2", s)
+    # Non-ASCII letters are not portable identifier characters on every warehouse.
+    s = _NON_WORD.sub("_", s.encode("ascii", "ignore").decode("ascii")).strip("_").lower()
+    if not s:
+        s = "_" + hashlib.sha1(raw.encode("utf-8")).hexdigest()[:_HASH_LEN]
+    if s[0].isdigit():
+        s = "_" + s
+    if s in RESERVED_WORDS:
+        s = "_" + s
+    if len(s) > MAX_IDENTIFIER_BYTES:
+        s = _cut_with_hash(s, raw)
+    return s
+
+
+def column_name(path: tuple[str, ...] | str) -> str:
+    """Column for a flattened path: each part snake_cased, joined with `_`."""
+    if isinstance(path, str):
+        return snake_case(path)
+    return snake_case("_".join(snake_case_part(p) for p in path))
+
+
+@lru_cache(maxsize=65536)
+def snake_case_part(raw: str) -> str:
+    """One path segment, before joining (no reserved-word or length rules yet)."""
+    s = _CAMEL_1.sub(r"\1_\2", raw)
+    s = _CAMEL_2.sub(r"\1_\2", s)
+    return _NON_WORD.sub("_", s).strip("_").lower()
+
+
+def is_valid_identifier(name: str) -> bool:
+    """What every warehouse accepts unquoted: lowercase ASCII letters, digits and `_`."""
+    return (
+        0 < len(name.encode("utf-8")) <= MAX_IDENTIFIER_BYTES
+        and re.fullmatch(r"[a-z_][a-z0-9_]*", name) is not None
+        and name not in RESERVED_WORDS
+    )

@@ -1,0 +1,39 @@
+"""Rendering sync reports for people (rich tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    status = report["status"]
+    colour = "green" if status == "success" else "red"
+    console.print(
+        f"[bold {colour}]{status}[/]: {report['source_url']} -> "
+        f"{report['target']}.{report['schema']} in {report['duration_s']:.2f}s"
+    )
+    console.print(
+        f"files: {report['files_loaded']} loaded, {report['files_skipped']} already loaded, "
+        f"{len(report['files_failed'])} failed; lines read: {report['lines_read']}; "
+        f"duplicates skipped: {report['duplicates']}; rejects: {report['rejects']}; "
+        f"rescued values: {report['rescued_values']}"
+    )
+    if report["rows_loaded"]:
+        table = Table("table", "rows loaded")
+        for name, rows in sorted(report["rows_loaded"].items()):
+            table.add_row(name, str(rows))
+        console.print(table)
+    if report["new_tables"]:
+        console.print(f"new tables: {', '.join(report['new_tables'])}")
+    if report["new_columns"]:
+        console.print(f"new columns: {', '.join(report['new_columns'])}")
+    for failure in report["files_failed"]:
+        console.print(
+            f"[yellow]skipped corrupt file[/] {failure['file']} (line {failure['line']}): "
+            f"{failure['error']}"
+        )
+    if report.get("error"):
+        console.print(f"[red]error:[/] {report['error']}")

@@ -1,0 +1,102 @@
+"""The one interface every warehouse adapter implements.
+
+The pipeline speaks only this interface; dialects, type names, bulk paths and
+locking live in the adapters.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from loader.messages import Reject
+from loader.schema import ColumnType
+
+BOOKKEEPING_SCHEMA = "_sluice"
+
+
+class WarehouseError(Exception):
+    """A failure a user can act on; its message is one sentence naming the target."""
+
+
+class LockBusy(WarehouseError):
+    """Another load of the same schema into the same target is running."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What differs between warehouses, declared in one place."""
+
+    max_identifier_bytes: int
+    type_names: dict[ColumnType, str]
+    json_type: str
+    max_text_chars: int | None = None
+
+
+@dataclass
+class ProfileSpec:
+    """Latest-per-trait table rebuilt from an event table (users, accounts)."""
+
+    table: str
+    source_table: str
+    key_column: str
+    trait_columns: Sequence[str]
+
+
+class Warehouse(ABC):
+    capabilities: Capabilities
+    target_name: str
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def lock(self, schema: str) -> AbstractContextManager[None]:
+        """Held for a whole sync; raises LockBusy if another sync holds it."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]: ...
+
+    @abstractmethod
+    def ensure_bookkeeping(self) -> None: ...
+
+    @abstractmethod
+    def read_schema(self, schema: str) -> dict[str, dict[str, ColumnType]]: ...
+
+    @abstractmethod
+    def loaded_files(self, schema: str) -> set[str]: ...
+
+    @abstractmethod
+    def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None: ...
+
+    @abstractmethod
+    def add_columns(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None: ...
+
+    @abstractmethod
+    def insert_new_rows(
+        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> int:
+        """Bulk-stage rows (unique ids) and insert those whose id is not there yet."""
+
+    @abstractmethod
+    def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
+        """Recompute latest-per-trait rows for `keys` from the source table."""
+
+    @abstractmethod
+    def record_files(self, schema: str, files: Sequence[tuple[str, int]]) -> None: ...
+
+    @abstractmethod
+    def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None: ...
+
+    @abstractmethod
+    def record_run(self, schema: str, report: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def query(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        """Run a read-only statement (tests, analyses, `schema show`)."""

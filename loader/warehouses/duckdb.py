@@ -1,0 +1,122 @@
+"""DuckDB, the embedded default: Arrow tables appended with INSERT ... ON CONFLICT."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from loader.schema import ColumnType
+from loader.warehouses.base import Capabilities, LockBusy, WarehouseError
+from loader.warehouses.sql_family import SqlFamilyWarehouse, qualified, quote
+
+CAPABILITIES = Capabilities(
+    max_identifier_bytes=63,
+    type_names={
+        ColumnType.BOOLEAN: "boolean",
+        ColumnType.BIGINT: "bigint",
+        ColumnType.DOUBLE: "double",
+        ColumnType.TIMESTAMP: "timestamp with time zone",
+        ColumnType.TEXT: "varchar",
+    },
+    json_type="json",
+)
+
+
+class DuckDBWarehouse(SqlFamilyWarehouse):
+    capabilities = CAPABILITIES
+    placeholder = "?"
+
+    def __init__(self, target_name: str, path: str) -> None:
+        self.target_name = target_name
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = duckdb.connect(path)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise LockBusy(
+                    f"DuckDB file '{path}' of target '{target_name}' is in use by another "
+                    "process (another sync is running); wait for it to finish"
+                ) from None
+            raise WarehouseError(f"cannot open DuckDB target '{target_name}': {exc}") from None
+        self.conn.execute("SET TimeZone = 'UTC'")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        # DuckDB keeps a statement's result open until it is fetched.
+        self.conn.execute(sql, list(params) if params else None).fetchall()
+
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, list(params) if params else None).fetchall()
+
+    def _in_list(self) -> str:
+        return "IN (SELECT unnest(?))"
+
+    def _type_aliases(self) -> dict[str, ColumnType]:
+        return {
+            "timestamp with time zone": ColumnType.TIMESTAMP,
+            "json": ColumnType.TEXT,
+            "varchar": ColumnType.TEXT,
+        }
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @contextmanager
+    def lock(self, schema: str) -> Iterator[None]:
+        # DuckDB holds an OS-level write lock on the file for the whole connection.
+        yield
+
+    def insert_new_rows(
+        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> int:
+        if not rows:
+            return 0
+        types = self.read_schema_table(schema, table)
+        arrays = []
+        for i, name in enumerate(columns):
+            values = [r[i] for r in rows]
+            arrays.append(pa.array(values, type=_ARROW[types.get(name, "varchar")]))
+        stage = pa.Table.from_arrays(arrays, names=list(columns))
+        self.conn.register("_sluice_stage", stage)
+        try:
+            select = ", ".join(f"CAST({quote(c)} AS {types.get(c, 'varchar')})" for c in columns)
+            result = self.conn.execute(
+                f"INSERT INTO {qualified(schema, table)} ({', '.join(quote(c) for c in columns)}) "
+                f"SELECT {select} FROM _sluice_stage ON CONFLICT DO NOTHING"
+            )
+            return int(result.fetchone()[0])
+        finally:
+            self.conn.unregister("_sluice_stage")
+
+    def read_schema_table(self, schema: str, table: str) -> dict[str, str]:
+        rows = self._fetchall(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = ? AND table_name = ?",
+            (schema, table),
+        )
+        return {c: str(t).lower() for c, t in rows}
+
+
+_ARROW: dict[str, pa.DataType] = {
+    "boolean": pa.bool_(),
+    "bigint": pa.int64(),
+    "double": pa.float64(),
+    "timestamp with time zone": pa.string(),
+    "varchar": pa.string(),
+    "json": pa.string(),
+}

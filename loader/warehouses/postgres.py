@@ -1,0 +1,101 @@
+"""PostgreSQL: COPY into a temporary stage, then one INSERT ... ON CONFLICT per table."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+from loader.schema import ColumnType
+from loader.warehouses.base import Capabilities, LockBusy, WarehouseError
+from loader.warehouses.sql_family import SqlFamilyWarehouse, qualified, quote
+
+CAPABILITIES = Capabilities(
+    max_identifier_bytes=63,
+    type_names={
+        ColumnType.BOOLEAN: "boolean",
+        ColumnType.BIGINT: "bigint",
+        ColumnType.DOUBLE: "double precision",
+        ColumnType.TIMESTAMP: "timestamp with time zone",
+        ColumnType.TEXT: "text",
+    },
+    json_type="jsonb",
+)
+
+
+class PostgresWarehouse(SqlFamilyWarehouse):
+    capabilities = CAPABILITIES
+    placeholder = "%s"
+
+    def __init__(self, target_name: str, dsn: str) -> None:
+        self.target_name = target_name
+        try:
+            self.conn = psycopg.connect(dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise WarehouseError(
+                f"cannot connect to PostgreSQL target '{target_name}': {first}; "
+                "check host, port, user and password in profiles.yml"
+            ) from None
+        self._depth = 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        self.conn.execute(sql, params or None)
+
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params or None).fetchall()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.conn.transaction():
+            yield
+
+    @contextmanager
+    def lock(self, schema: str) -> Iterator[None]:
+        key = zlib.crc32(f"sluice:{schema}".encode())
+        got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+        if not got:
+            raise LockBusy(
+                f"another sync is loading schema '{schema}' into target '{self.target_name}'; "
+                "wait for it to finish"
+            )
+        try:
+            yield
+        finally:
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def _type_aliases(self) -> dict[str, ColumnType]:
+        return {"jsonb": ColumnType.TEXT}
+
+    def _after_create(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
+        if "received_at" in columns:
+            self._execute(f"CREATE INDEX ON {qualified(schema, table)} (received_at)")
+        if table in ("identifies", "groups"):
+            key = "user_id" if table == "identifies" else "group_id"
+            self._execute(f"CREATE INDEX ON {qualified(schema, table)} ({quote(key)})")
+
+    def insert_new_rows(
+        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> int:
+        if not rows:
+            return 0
+        stage = quote(f"_stage_{table}")
+        cols = ", ".join(quote(c) for c in columns)
+        self._execute(f"CREATE TEMP TABLE {stage} (LIKE {qualified(schema, table)}) ON COMMIT DROP")
+        with self.conn.cursor() as cur:
+            with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            cur.execute(
+                f"INSERT INTO {qualified(schema, table)} ({cols}) SELECT {cols} FROM {stage} "
+                "ON CONFLICT (id) DO NOTHING"
+            )
+            inserted = cur.rowcount
+        self._execute(f"DROP TABLE {stage}")
+        return inserted

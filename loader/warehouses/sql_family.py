@@ -1,0 +1,187 @@
+"""SQL shared by warehouses that speak PostgreSQL's dialect (PostgreSQL, DuckDB).
+
+Adapters subclass this and supply the connection, placeholders and the bulk stage;
+everything here quotes identifiers and passes values as parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import orjson
+
+from loader.messages import Reject
+from loader.schema import ColumnType
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, Warehouse
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str, table: str) -> str:
+    return f"{quote(schema)}.{quote(table)}"
+
+
+class SqlFamilyWarehouse(Warehouse):
+    placeholder = "%s"
+
+    # --- hooks --------------------------------------------------------------------
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        raise NotImplementedError  # pragma: no cover - every adapter overrides
+
+    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError  # pragma: no cover - every adapter overrides
+
+    def _in_list(self) -> str:
+        """SQL fragment matching a column against one list-valued parameter."""
+        return f"= ANY({self.placeholder})"
+
+    # --- schema -------------------------------------------------------------------
+    def ensure_bookkeeping(self) -> None:
+        b = quote(BOOKKEEPING_SCHEMA)
+        j = self.capabilities.json_type
+        ts = self.capabilities.type_names[ColumnType.TIMESTAMP]
+        with self.transaction():
+            self._execute(f"CREATE SCHEMA IF NOT EXISTS {b}")
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.loaded_files (schema_name text NOT NULL, "
+                f"file text NOT NULL, lines bigint, loaded_at {ts} DEFAULT current_timestamp, "
+                "PRIMARY KEY (schema_name, file))"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.rejected_events (schema_name text NOT NULL, "
+                "file text NOT NULL, line bigint, raw text, reason text NOT NULL, "
+                f"rejected_at {ts} DEFAULT current_timestamp)"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.sync_runs (run_id text PRIMARY KEY, "
+                f"schema_name text, target text, status text, started_at {ts}, "
+                f"finished_at {ts}, report {j})"
+            )
+
+    def read_schema(self, schema: str) -> dict[str, dict[str, ColumnType]]:
+        reverse = {v.lower(): k for k, v in self.capabilities.type_names.items()}
+        reverse.update(self._type_aliases())
+        out: dict[str, dict[str, ColumnType]] = {}
+        rows = self._fetchall(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            f"WHERE table_schema = {self.placeholder} ORDER BY table_name, ordinal_position",
+            (schema,),
+        )
+        for table, column, data_type in rows:
+            kind = reverse.get(str(data_type).lower(), ColumnType.TEXT)
+            out.setdefault(table, {})[column] = kind
+        return out
+
+    def _type_aliases(self) -> dict[str, ColumnType]:
+        return {}
+
+    def _column_sql(self, name: str, kind: ColumnType) -> str:
+        if name == "_rescued_data":
+            return f"{quote(name)} {self.capabilities.json_type}"
+        return f"{quote(name)} {self.capabilities.type_names[kind]}"
+
+    def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
+        self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+        cols = ", ".join(self._column_sql(n, k) for n, k in columns.items())
+        self._execute(f"CREATE TABLE {qualified(schema, table)} ({cols}, PRIMARY KEY (id))")
+        self._after_create(schema, table, columns)
+
+    def _after_create(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
+        """Indexes a warehouse wants (e.g. received_at); none by default."""
+
+    def add_columns(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
+        for name, kind in columns.items():
+            self._execute(
+                f"ALTER TABLE {qualified(schema, table)} ADD COLUMN {self._column_sql(name, kind)}"
+            )
+
+    # --- profiles (users, accounts) ------------------------------------------------
+    def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        target = qualified(schema, spec.table)
+        source = qualified(schema, spec.source_table)
+        order = 'ORDER BY "timestamp" DESC NULLS LAST, received_at DESC NULLS LAST'
+        traits = [
+            f"(array_agg({quote(c)} {order}) FILTER (WHERE {quote(c)} IS NOT NULL))[1]"
+            for c in spec.trait_columns
+        ]
+        cols = ["id", *spec.trait_columns, "received_at", "uuid_ts"]
+        select = ", ".join(
+            [quote(spec.key_column), *traits, "max(received_at)", "current_timestamp"]
+        )
+        key = quote(spec.key_column)
+        self._execute(f"DELETE FROM {target} WHERE id {self._in_list()}", (list(keys),))
+        self._execute(
+            f"INSERT INTO {target} ({', '.join(quote(c) for c in cols)}) SELECT {select} "
+            f"FROM {source} WHERE {key} {self._in_list()} GROUP BY {key}",
+            (list(keys),),
+        )
+        return len(keys)
+
+    # --- bookkeeping ----------------------------------------------------------------
+    def loaded_files(self, schema: str) -> set[str]:
+        rows = self._fetchall(
+            f"SELECT file FROM {quote(BOOKKEEPING_SCHEMA)}.loaded_files "
+            f"WHERE schema_name = {self.placeholder}",
+            (schema,),
+        )
+        return {r[0] for r in rows}
+
+    def record_files(self, schema: str, files: Sequence[tuple[str, int]]) -> None:
+        p = self.placeholder
+        for file, lines in files:
+            self._execute(
+                f"INSERT INTO {quote(BOOKKEEPING_SCHEMA)}.loaded_files (schema_name, file, lines) "
+                f"VALUES ({p}, {p}, {p})",
+                (schema, file, lines),
+            )
+
+    def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None:
+        if not rejects:
+            return
+        self.insert_plain(
+            BOOKKEEPING_SCHEMA,
+            "rejected_events",
+            ("schema_name", "file", "line", "raw", "reason"),
+            [(schema, r.file, r.line, r.raw, r.reason) for r in rejects],
+        )
+
+    def insert_plain(
+        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        p = ", ".join([self.placeholder] * len(columns))
+        cols = ", ".join(quote(c) for c in columns)
+        for row in rows:
+            self._execute(f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p})", row)
+
+    def record_run(self, schema: str, report: dict[str, Any]) -> None:
+        p = self.placeholder
+        with self.transaction():
+            self._execute(
+                f"INSERT INTO {quote(BOOKKEEPING_SCHEMA)}.sync_runs (run_id, schema_name, "
+                "target, status, started_at, finished_at, report) "
+                f"VALUES ({', '.join([p] * 7)})",
+                (
+                    report["run_id"],
+                    schema,
+                    self.target_name,
+                    report["status"],
+                    report["started_at"],
+                    report["finished_at"],
+                    orjson.dumps(report).decode(),
+                ),
+            )
+
+    def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self._fetchall(
+            f"SELECT report FROM {quote(BOOKKEEPING_SCHEMA)}.sync_runs "
+            f"ORDER BY started_at DESC LIMIT {int(limit)}"
+        )
+        return [r[0] if isinstance(r[0], dict) else orjson.loads(r[0]) for r in rows]
+
+    def query(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        return iter(self._fetchall(sql))
