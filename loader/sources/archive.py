@@ -39,6 +39,8 @@ def list_files(url: str, storage_options: dict | None = None) -> list[ArchiveFil
     Segment's folders are named by received day in ms, so path order is time order.
     """
     fs, _, paths = fsspec.get_fs_token_paths(url, storage_options=storage_options or {})
+    if not paths or not fs.exists(paths[0]):
+        raise FileNotFoundError(f"no archive at {url}")
     root = paths[0]
     if fs.isfile(root):
         return [ArchiveFile(_protocol_url(fs, root), fs.size(root))]
