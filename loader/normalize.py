@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from loader.messages import corrected_timestamp, parse_timestamp
+from loader.messages import corrected_timestamp
 from loader.naming import snake_case
 
 # Segment's common columns, as one rules table: column -> how it is read from a message.
@@ -51,9 +52,8 @@ class Row:
     rescued: dict[str, Any] = field(default_factory=dict)
 
 
-def _iso(value: Any) -> str | None:
-    parsed = parse_timestamp(value) if value is not None else None
-    return parsed.isoformat() if parsed is not None else None
+def _iso_dt(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def _id_text(value: Any) -> str | None:
@@ -85,15 +85,16 @@ def flatten_into(
 
 
 def _common(body: dict[str, Any]) -> dict[str, Any]:
-    ts = corrected_timestamp(body)
+    ts = corrected_timestamp(body) if body.get("timestamp") is None else None
     row: dict[str, Any] = {
         "id": body["messageId"],
         "anonymous_id": _id_text(body.get("anonymousId")),
         "user_id": _id_text(body.get("userId")),
-        "received_at": _iso(body.get("receivedAt")),
-        "sent_at": _iso(body.get("sentAt")),
-        "timestamp": ts.isoformat() if ts is not None else None,
-        "original_timestamp": _iso(body.get("originalTimestamp")),
+        # Validated ISO-8601 already (messages._check); the warehouse parses them in bulk.
+        "received_at": body.get("receivedAt"),
+        "sent_at": body.get("sentAt"),
+        "timestamp": body["timestamp"] if body.get("timestamp") is not None else _iso_dt(ts),
+        "original_timestamp": body.get("originalTimestamp"),
     }
     context = body.get("context")
     if context:

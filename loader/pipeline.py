@@ -242,6 +242,8 @@ class Loader:
     ) -> None:
         columns = self._ensure_columns(schema, table, (r.values for r in rows), report)
         names = [c for c in columns if c != RESCUED_COLUMN and c != "uuid_ts"]
+        # Layout columns are typed by normalize already; only data columns need coercion.
+        fixed = fixed_columns(table)
         has_rescue = RESCUED_COLUMN in columns
         out: list[tuple[Any, ...]] = []
         for row in rows:
@@ -250,8 +252,8 @@ class Loader:
             record: list[Any] = []
             for name in names:
                 value = values.get(name)
-                if value is None:
-                    record.append(None)
+                if value is None or name in fixed:
+                    record.append(value)
                     continue
                 converted = coerce(value, columns[name])
                 if fits(converted):

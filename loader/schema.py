@@ -51,10 +51,20 @@ def merge_new_column_types(first: ColumnType, seen: set[ColumnType]) -> ColumnTy
     return first
 
 
+# Python types that need no conversion for a column type (a str in a timestamp column does).
+_FAST: dict[type, ColumnType] = {
+    str: ColumnType.TEXT,
+    bool: ColumnType.BOOLEAN,
+    float: ColumnType.DOUBLE,
+}
+
+
 def coerce(value: Any, column_type: ColumnType) -> Any:
     """The value converted losslessly to the column's type, or _MISSING when it cannot be."""
     if value is None:
         return None
+    if _FAST.get(type(value)) is column_type:
+        return value
     if column_type is ColumnType.TEXT:
         if isinstance(value, str):
             return value
@@ -121,13 +131,16 @@ def plan_columns(
         for name, value in row.items():
             if name in known or name in fixed:
                 continue
+            if name in first and first[name] is not ColumnType.BIGINT:
+                continue
             kind = infer_type(value)
             if kind is None:
                 continue
             if name not in first:
                 first[name] = kind
                 seen[name] = {kind}
-            else:
+            elif first[name] is ColumnType.BIGINT:
+                # Only an integer column can still change type (to double) in this batch.
                 seen[name].add(kind)
     added: dict[str, ColumnType] = {}
     for name, kind in fixed.items():

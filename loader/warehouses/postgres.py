@@ -34,6 +34,8 @@ class PostgresWarehouse(SqlFamilyWarehouse):
         self.target_name = target_name
         try:
             self.conn = psycopg.connect(dsn, autocommit=True)
+            # Timestamps without an offset in an archive are UTC, as Segment treats them.
+            self.conn.execute("SET TIME ZONE 'UTC'")
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WarehouseError(
