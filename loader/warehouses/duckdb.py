@@ -53,6 +53,9 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
         # DuckDB keeps a statement's result open until it is fetched.
         self.conn.execute(sql, list(params) if params else None).fetchall()
 
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, [list(r) for r in rows])
+
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, list(params) if params else None).fetchall()
 

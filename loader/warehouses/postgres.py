@@ -50,6 +50,10 @@ class PostgresWarehouse(SqlFamilyWarehouse):
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         self.conn.execute(sql, params or None)
 
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self.conn.cursor() as cur:
+            cur.executemany(sql, rows)
+
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, params or None).fetchall()
 

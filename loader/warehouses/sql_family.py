@@ -34,6 +34,9 @@ class SqlFamilyWarehouse(Warehouse):
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError  # pragma: no cover - every adapter overrides
 
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        raise NotImplementedError  # pragma: no cover - every adapter overrides
+
     def _in_list(self) -> str:
         """SQL fragment matching a column against one list-valued parameter."""
         return f"= ANY({self.placeholder})"
@@ -132,12 +135,12 @@ class SqlFamilyWarehouse(Warehouse):
         return {r[0] for r in rows}
 
     def record_files(self, schema: str, files: Sequence[tuple[str, int]]) -> None:
-        p = self.placeholder
-        for file, lines in files:
-            self._execute(
-                f"INSERT INTO {quote(BOOKKEEPING_SCHEMA)}.loaded_files (schema_name, file, lines) "
-                f"VALUES ({p}, {p}, {p})",
-                (schema, file, lines),
+        if files:
+            self.insert_plain(
+                BOOKKEEPING_SCHEMA,
+                "loaded_files",
+                ("schema_name", "file", "lines"),
+                [(schema, file, lines) for file, lines in files],
             )
 
     def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None:
@@ -155,8 +158,7 @@ class SqlFamilyWarehouse(Warehouse):
     ) -> None:
         p = ", ".join([self.placeholder] * len(columns))
         cols = ", ".join(quote(c) for c in columns)
-        for row in rows:
-            self._execute(f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p})", row)
+        self._executemany(f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p})", rows)
 
     def record_run(self, schema: str, report: dict[str, Any]) -> None:
         p = self.placeholder
