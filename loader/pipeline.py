@@ -212,7 +212,10 @@ class Loader:
                     self._load_table(schema, table, rows, uuid_ts, report)
                 for profile, (source, key) in PROFILES.items():
                     if profile_keys[profile] and source in self._known:
-                        self._rebuild_profile(schema, profile, source, key, profile_keys[profile])
+                        upserted = self._rebuild_profile(
+                            schema, profile, source, key, profile_keys[profile]
+                        )
+                        report.rows_loaded[profile] = report.rows_loaded.get(profile, 0) + upserted
                 wh.record_files(schema, batch.files)
                 wh.record_rejects(schema, batch.rejects)
         except Exception:
@@ -279,7 +282,7 @@ class Loader:
 
     def _rebuild_profile(
         self, schema: str, profile: str, source: str, key: str, keys: set[str]
-    ) -> None:
+    ) -> int:
         traits = profile_traits(self._known[source], source)
         types = {t: self._known[source][t] for t in traits}
         existing = self._known.get(profile)
@@ -293,4 +296,4 @@ class Loader:
                 self.warehouse.add_columns(schema, profile, missing)
                 existing.update(missing)
         spec = ProfileSpec(profile, source, key, traits)
-        self.warehouse.rebuild_profiles(schema, spec, sorted(keys))
+        return self.warehouse.rebuild_profiles(schema, spec, sorted(keys))
