@@ -11,7 +11,7 @@ from rich.table import Table
 
 from loader.config import ConfigError, find_profiles, load_profiles
 from loader.naming import snake_case
-from loader.pipeline import DEFAULT_BATCH_LINES, Loader
+from loader.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
 from loader.report_view import print_report
 from loader.warehouses.base import LockBusy, Warehouse, WarehouseError
 
@@ -103,7 +103,17 @@ def load(
     except (ConfigError, WarehouseError) as exc:
         _fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
         return
-    loader = Loader(warehouse, batch_lines=batch_lines)
+
+    def progress(report: SyncReport) -> None:
+        # One line per committed batch: what a watcher (or a killed run) has for certain.
+        err_console.print(
+            f"[dim]committed: {report.files_loaded} of "
+            f"{report.files_seen - report.files_skipped} files, "
+            f"{sum(report.rows_loaded.values())} rows[/]",
+            highlight=False,
+        )
+
+    loader = Loader(warehouse, batch_lines=batch_lines, on_batch=progress)
     try:
         report = loader.load(archive_url, schema)
     except LockBusy as exc:
