@@ -63,7 +63,7 @@ def snake_case(raw: str) -> str:
     # Non-ASCII letters are not portable identifier characters on every warehouse.
     s = _NON_WORD.sub("_", s.encode("ascii", "ignore").decode("ascii")).strip("_").lower()
     if not s:
-        s = "_" + hashlib.sha1(raw.encode("utf-8")).hexdigest()[:_HASH_LEN]
+        s = "col_" + hashlib.sha1(raw.encode("utf-8")).hexdigest()[:_HASH_LEN]
     if s[0].isdigit():
         s = "_" + s
     if s in RESERVED_WORDS:
@@ -71,21 +71,6 @@ def snake_case(raw: str) -> str:
     if len(s) > MAX_IDENTIFIER_BYTES:
         s = _cut_with_hash(s, raw)
     return s
-
-
-def column_name(path: tuple[str, ...] | str) -> str:
-    """Column for a flattened path: each part snake_cased, joined with `_`."""
-    if isinstance(path, str):
-        return snake_case(path)
-    return snake_case("_".join(snake_case_part(p) for p in path))
-
-
-@lru_cache(maxsize=65536)
-def snake_case_part(raw: str) -> str:
-    """One path segment, before joining (no reserved-word or length rules yet)."""
-    s = _CAMEL_1.sub(r"\1_\2", raw)
-    s = _CAMEL_2.sub(r"\1_\2", s)
-    return _NON_WORD.sub("_", s).strip("_").lower()
 
 
 def is_valid_identifier(name: str) -> bool:
