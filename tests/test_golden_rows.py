@@ -161,11 +161,13 @@ def test_given_timestamp_is_kept_and_reserved_event_names_get_a_prefix() -> None
             "'receivedAt'",
         ),
         (
-            b'{"type": "track", "messageId": "m", "userId": "u", "receivedAt": "2026-01-01T00:00:00Z"}',
+            b'{"type": "track", "messageId": "m", "userId": "u",'
+            b' "receivedAt": "2026-01-01T00:00:00Z"}',
             "'event'",
         ),
         (
-            b'{"type": "track", "event": "e", "messageId": "m", "receivedAt": "2026-01-01T00:00:00Z"}',
+            b'{"type": "track", "event": "e", "messageId": "m",'
+            b' "receivedAt": "2026-01-01T00:00:00Z"}',
             "'userId'/'anonymousId'",
         ),
     ],
