@@ -29,7 +29,7 @@ from loader.schema import ColumnType, coerce, fits, plan_columns
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines, list_files
 from loader.warehouses.base import ProfileSpec, Warehouse
 
-DEFAULT_BATCH_LINES = 100_000
+DEFAULT_BATCH_LINES = 20_000
 
 _COMMON_TYPES: dict[str, ColumnType] = {
     "id": ColumnType.TEXT,

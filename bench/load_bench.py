@@ -1,0 +1,112 @@
+"""Benchmark: events/s, peak RSS and no-op rerun time, for DuckDB and PostgreSQL.
+
+    python bench/load_bench.py --events 1000000 --warehouse both
+
+Each load runs in its own process so its peak RSS is its own. The archive is made
+once by loader.sample (mixed call types, ~30 event names, nested properties, ~2%
+duplicates, some type conflicts) and cached under bench/.cache/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent
+CHILD = """
+import json, resource, sys, time
+from loader.pipeline import Loader
+kind, where, archive, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+if kind == "postgres":
+    from loader.warehouses.postgres import PostgresWarehouse as W
+else:
+    from loader.warehouses.duckdb import DuckDBWarehouse as W
+wh = W("bench", where)
+t = time.perf_counter()
+report = Loader(wh, batch_lines=batch).load(archive, "bench")
+seconds = time.perf_counter() - t
+wh.close()
+print(json.dumps({"seconds": seconds, "lines": report.lines_read,
+                  "rows": sum(report.rows_loaded.values()),
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def archive_for(events: int) -> Path:
+    path = ROOT / ".cache" / f"archive-{events}"
+    if not (path / ".done").exists():
+        from loader.sample import write_archive
+
+        write_archive(path, events, events_per_file=10_000, malformed=False)
+        (path / ".done").touch()
+    return path
+
+
+def run_child(kind: str, where: str, archive: Path, batch: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, kind, where, str(archive), str(batch)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench(kind: str, events: int, archive: Path, admin_dsn: str, batch: int) -> dict:
+    if kind == "postgres":
+        name = f"sluice_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        info = psycopg.conninfo.conninfo_to_dict(admin_dsn) | {"dbname": name}
+        where = psycopg.conninfo.make_conninfo(**info)
+    else:
+        db = ROOT / ".cache" / f"bench-{uuid.uuid4().hex[:8]}.duckdb"
+        where = str(db)
+    try:
+        first = run_child(kind, where, archive, batch)
+        rerun = run_child(kind, where, archive, batch)
+    finally:
+        if kind == "postgres":
+            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:
+            for p in (db, Path(str(db) + ".wal")):
+                p.unlink(missing_ok=True)
+    return {
+        "warehouse": kind,
+        "events": events,
+        "first_load_s": round(first["seconds"], 2),
+        "events_per_s": round(events / first["seconds"]),
+        "peak_rss_mb": round(first["rss_mb"]),
+        "rerun_s": round(rerun["seconds"], 3),
+        "rerun_pct": round(100 * rerun["seconds"] / first["seconds"], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--warehouse", choices=["duckdb", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+    )
+    parser.add_argument("--batch-lines", type=int, default=20_000)
+    args = parser.parse_args()
+    archive = archive_for(args.events)
+    kinds = ["duckdb", "postgres"] if args.warehouse == "both" else [args.warehouse]
+    results = [bench(k, args.events, archive, args.pg_dsn, args.batch_lines) for k in kinds]
+    header = list(results[0])
+    print(" | ".join(header))
+    for r in results:
+        print(" | ".join(str(r[h]) for h in header))
+    (ROOT / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
