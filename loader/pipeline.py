@@ -27,7 +27,7 @@ from loader.normalize import (
     Row,
     rows_for,
 )
-from loader.schema import ColumnType, coerce, fits, plan_columns
+from loader.schema import ColumnType, coerce_column, plan_columns
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines, list_files
 from loader.warehouses.base import ProfileSpec, Warehouse
 
@@ -264,28 +264,24 @@ class Loader:
         # Layout columns are typed by normalize already; only data columns need coercion.
         fixed = fixed_columns(table)
         has_rescue = RESCUED_COLUMN in columns
-        out: list[tuple[Any, ...]] = []
-        for row in rows:
-            values = row.values
-            rescued = dict(row.rescued)
-            record: list[Any] = []
-            for name in names:
-                value = values.get(name)
-                if value is None or name in fixed:
-                    record.append(value)
-                    continue
-                converted = coerce(value, columns[name])
-                if fits(converted):
-                    record.append(converted)
-                else:
-                    record.append(None)
-                    rescued[name] = value
-            record.append(uuid_ts)
-            if has_rescue:
-                if rescued:
-                    report.rescued_values += len(rescued)
-                record.append(orjson.dumps(rescued).decode() if rescued else None)
-            out.append(tuple(record))
+        # Column-wise: one pass per column is far cheaper in Python than per-value calls.
+        rescued: list[dict[str, Any] | None] = [r.rescued or None for r in rows]
+        data: list[list[Any]] = []
+        for name in names:
+            column = [r.values.get(name) for r in rows]
+            if name not in fixed:
+                column, misfits = coerce_column(column, columns[name])
+                for index, original in misfits:
+                    slot = rescued[index]
+                    if slot is None:
+                        slot = rescued[index] = {}
+                    slot[name] = original
+            data.append(column)
+        data.append([uuid_ts] * len(rows))
+        if has_rescue:
+            report.rescued_values += sum(len(r) for r in rescued if r)
+            data.append([orjson.dumps(r).decode() if r else None for r in rescued])
+        out = list(zip(*data, strict=True))
         insert_cols = [*names, "uuid_ts"] + ([RESCUED_COLUMN] if has_rescue else [])
         inserted = self.warehouse.insert_new_rows(schema, table, insert_cols, out)
         if table == "tracks" or not self._is_event_table(table):

@@ -90,6 +90,28 @@ def coerce(value: Any, column_type: ColumnType) -> Any:
     return _MISSING
 
 
+def coerce_column(
+    values: list[Any], column_type: ColumnType
+) -> tuple[list[Any], list[tuple[int, Any]]]:
+    """A whole column coerced; misfits (index, original value) become NULL for rescue."""
+    fast = _FAST_TYPE.get(column_type)
+    if fast is not None and all(v is None or type(v) is fast for v in values):
+        return values, []
+    out: list[Any] = []
+    misfits: list[tuple[int, Any]] = []
+    for index, value in enumerate(values):
+        converted = coerce(value, column_type)
+        if converted is _MISSING:
+            misfits.append((index, value))
+            out.append(None)
+        else:
+            out.append(converted)
+    return out, misfits
+
+
+_FAST_TYPE: dict[ColumnType, type] = {kind: t for t, kind in _FAST.items()}
+
+
 def fits(coerced: Any) -> bool:
     return coerced is not _MISSING
 
