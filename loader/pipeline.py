@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from loader.messages import Message, Reject, parse_line
+from loader.messages import Reject, parse_line
 from loader.normalize import (
     COMMON_COLUMNS,
     RESCUED_COLUMN,
@@ -99,10 +99,18 @@ class SyncReport:
 
 @dataclass
 class _Batch:
-    messages: list[Message] = field(default_factory=list)
+    """Whole files, normalised and deduped within the batch, ready to commit."""
+
+    by_table: dict[str, list[Row]] = field(default_factory=lambda: defaultdict(list))
+    profile_keys: dict[str, set[str]] = field(
+        default_factory=lambda: {"users": set(), "accounts": set()}
+    )
+    seen: set[str] = field(default_factory=set)
     rejects: list[Reject] = field(default_factory=list)
     files: list[tuple[str, int]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
     lines: int = 0
+    duplicates: int = 0
 
 
 @contextmanager
@@ -175,52 +183,67 @@ class Loader:
         todo = [f for f in files if f.url not in done]
         report.files_skipped = len(files) - len(todo)
         self._known = wh.read_schema(schema)
-        batch = _Batch()
-        for archive_file in todo:
-            self._read_file(archive_file, batch, report)
-            if batch.lines >= self.batch_lines:
-                self._commit(schema, batch, report)
-                batch = _Batch()
-        if batch.files or batch.rejects:
+        for batch in self._batches(todo):
             self._commit(schema, batch, report)
 
-    def _read_file(self, archive_file: ArchiveFile, batch: _Batch, report: SyncReport) -> None:
-        messages: list[Message] = []
+    def _batches(self, todo: list[ArchiveFile]) -> Iterator[_Batch]:
+        batch = _Batch()
+        for archive_file in todo:
+            self._read_file(archive_file, batch)
+            if batch.lines >= self.batch_lines:
+                yield batch
+                batch = _Batch()
+        if batch.files or batch.rejects:
+            yield batch
+
+    def _read_file(self, archive_file: ArchiveFile, batch: _Batch) -> None:
+        """Parse, validate, dedupe and normalise one file into the batch (all or nothing)."""
+        rows: list[Row] = []
         rejects: list[Reject] = []
+        ids: list[str] = []
+        users: list[str] = []
+        accounts: list[str] = []
+        duplicates = 0
         lines = 0
+        seen = batch.seen
         try:
             for line_no, raw in iter_lines(archive_file.url, self.storage_options):
                 lines += 1
                 parsed = parse_line(raw, archive_file.url, line_no)
-                (messages if isinstance(parsed, Message) else rejects).append(parsed)
+                if isinstance(parsed, Reject):
+                    rejects.append(parsed)
+                    continue
+                body = parsed.body
+                mid = body["messageId"]
+                if mid in seen:
+                    duplicates += 1
+                    continue
+                seen.add(mid)
+                ids.append(mid)
+                rows.extend(rows_for(body))
+                kind = body["type"].lower()
+                if kind == "identify" and body.get("userId") not in (None, ""):
+                    users.append(str(body["userId"]))
+                elif kind == "group":
+                    accounts.append(str(body["groupId"]))
         except CorruptFile as exc:
-            report.files_failed.append({"file": exc.file, "line": exc.line, "error": exc.reason})
+            seen.difference_update(ids)
+            batch.failed.append({"file": exc.file, "line": exc.line, "error": exc.reason})
             batch.rejects.append(Reject(exc.file, exc.line, "", exc.reason))
             return
-        report.lines_read += lines
-        batch.messages.extend(messages)
+        for row in rows:
+            batch.by_table[row.table].append(row)
+        batch.profile_keys["users"].update(users)
+        batch.profile_keys["accounts"].update(accounts)
         batch.rejects.extend(rejects)
         batch.files.append((archive_file.url, lines))
         batch.lines += lines
+        batch.duplicates += duplicates
 
     def _commit(self, schema: str, batch: _Batch, report: SyncReport) -> None:
         wh = self.warehouse
-        seen: set[str] = set()
-        by_table: dict[str, list[Row]] = defaultdict(list)
-        profile_keys: dict[str, set[str]] = {"users": set(), "accounts": set()}
-        for message in batch.messages:
-            mid = message.body["messageId"]
-            if mid in seen:
-                report.duplicates += 1
-                continue
-            seen.add(mid)
-            for row in rows_for(message.body):
-                by_table[row.table].append(row)
-            if message.body["type"].lower() == "identify" and message.body.get("userId"):
-                profile_keys["users"].add(str(message.body["userId"]))
-            if message.body["type"].lower() == "group":
-                profile_keys["accounts"].add(str(message.body["groupId"]))
-
+        by_table = batch.by_table
+        profile_keys = batch.profile_keys
         uuid_ts = _now().isoformat()
         try:
             with wh.transaction():
@@ -239,6 +262,9 @@ class Loader:
             raise
         report.files_loaded += len(batch.files)
         report.rejects += len(batch.rejects)
+        report.lines_read += batch.lines
+        report.duplicates += batch.duplicates
+        report.files_failed.extend(batch.failed)
         if self.on_batch is not None:
             self.on_batch(report)
 
