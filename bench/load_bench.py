@@ -22,14 +22,18 @@ ROOT = Path(__file__).resolve().parent
 CHILD = """
 import json, resource, sys, time
 from loader.pipeline import Loader
+from loader.selective_sync import SyncFilter, load_file
+from pathlib import Path
 kind, where, archive, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+rules = sys.argv[5] if len(sys.argv) > 5 else ""
+f = load_file(Path(rules)).filter_for("bench", "bench") if rules else SyncFilter(None)
 if kind == "postgres":
     from loader.warehouses.postgres import PostgresWarehouse as W
 else:
     from loader.warehouses.duckdb import DuckDBWarehouse as W
 wh = W("bench", where)
 t = time.perf_counter()
-report = Loader(wh, batch_lines=batch).load(archive, "bench")
+report = Loader(wh, batch_lines=batch, sync_filter=f).load(archive, "bench")
 seconds = time.perf_counter() - t
 wh.close()
 print(json.dumps({"seconds": seconds, "lines": report.lines_read,
@@ -48,9 +52,9 @@ def archive_for(events: int) -> Path:
     return path
 
 
-def run_child(kind: str, where: str, archive: Path, batch: int) -> dict:
+def run_child(kind: str, where: str, archive: Path, batch: int, rules: Path | None) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, kind, where, str(archive), str(batch)],
+        [sys.executable, "-c", CHILD, kind, where, str(archive), str(batch), str(rules or "")],
         capture_output=True,
         text=True,
         check=True,
@@ -58,7 +62,11 @@ def run_child(kind: str, where: str, archive: Path, batch: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench(kind: str, events: int, archive: Path, admin_dsn: str, batch: int) -> dict:
+def bench(
+    kind: str, events: int, archive: Path, admin_dsn: str, batch: int, rules: Path | None = None
+) -> dict:
+    """One fresh target: a first load and a no-op rerun (rules: a selective_sync.yml whose
+    target and source are both named `bench`)."""
     if kind == "postgres":
         name = f"sluice_bench_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -69,8 +77,8 @@ def bench(kind: str, events: int, archive: Path, admin_dsn: str, batch: int) -> 
         db = ROOT / ".cache" / f"bench-{uuid.uuid4().hex[:8]}.duckdb"
         where = str(db)
     try:
-        first = run_child(kind, where, archive, batch)
-        rerun = run_child(kind, where, archive, batch)
+        first = run_child(kind, where, archive, batch, rules)
+        rerun = run_child(kind, where, archive, batch, rules)
     finally:
         if kind == "postgres":
             with psycopg.connect(admin_dsn, autocommit=True) as conn:

@@ -6,51 +6,23 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from loader.cli_common import CliContext, console, fail, open_target, progress, run_sync
+from loader.cli_project import replay, selective_sync, sync
 from loader.config import ConfigError, find_profiles, load_profiles
 from loader.naming import snake_case
-from loader.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
+from loader.pipeline import DEFAULT_BATCH_LINES, Loader
 from loader.report_view import print_report
-from loader.warehouses.base import LockBusy, Warehouse, WarehouseError
-
-console = Console()
-err_console = Console(stderr=True)
-
-STARTER_PROFILES = """\
-# Sluice profiles: named warehouse targets. See profiles.example.yml for every field.
-default_target: local
-targets:
-  local:
-    type: duckdb
-    path: sluice.duckdb
-  postgres:
-    type: postgres
-    host: ${PGHOST:-127.0.0.1}
-    port: 5432
-    user: ${PGUSER:-postgres}
-    password: ${PGPASSWORD:-}
-    dbname: ${PGDATABASE:-postgres}
-"""
-
-
-class _Context:
-    def __init__(self, verbose: bool) -> None:
-        self.verbose = verbose
-
-
-def _fail(message: str, code: int) -> None:
-    err_console.print(f"[red]error:[/] {message}")
-    sys.exit(code)
+from loader.selective_sync import SyncFilter
+from loader.selective_sync import load_file as load_selective_sync
+from loader.warehouses.base import Warehouse, WarehouseError
 
 
 def _open(profiles: str | None, target: str | None) -> Warehouse:
-    from loader.warehouses.registry import open_warehouse
-
     path = find_profiles(profiles)
     name, spec = load_profiles(path).target(target)
-    return open_warehouse(name, spec)
+    return open_target(name, spec)
 
 
 @click.group()
@@ -58,27 +30,34 @@ def _open(profiles: str | None, target: str | None) -> Warehouse:
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool) -> None:
     """Sluice: Segment event archives into Segment-faithful warehouse tables."""
-    ctx.obj = _Context(verbose)
+    ctx.obj = CliContext(verbose)
 
 
 @cli.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 @click.option("--events", default=20_000, show_default=True, help="Sample events to generate.")
 def init(directory: str, events: int) -> None:
-    """Write a starter profiles.yml and a sample archive in DIRECTORY."""
+    """Write a starter sluice.yml, profiles.yml, selective_sync.yml and a sample archive
+    in DIRECTORY (existing files are kept)."""
+    from importlib.resources import files as package_files
+
     from loader.sample import write_archive
 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    profiles = root / "profiles.yml"
-    if not profiles.exists():
-        profiles.write_text(STARTER_PROFILES)
+    templates = package_files("loader") / "templates"
+    written = []
+    for name in ("sluice.yml", "profiles.yml", "selective_sync.yml"):
+        path = root / name
+        if not path.exists():
+            path.write_text((templates / name).read_text())
+            written.append(name)
     files = write_archive(root / "archive", events)
     console.print(
-        f"wrote {profiles} and a sample archive of {events} events in {len(files)} files "
-        f"under {root / 'archive'}"
+        f"wrote {', '.join(written) or 'no new config files'} and a sample archive of "
+        f"{events} events in {len(files)} files under {root / 'archive'}"
     )
-    console.print(f"next: cd {root} && sluice load archive --schema javascript_production")
+    console.print(f"next: cd {root} && sluice sync")
 
 
 @cli.command()
@@ -87,49 +66,45 @@ def init(directory: str, events: int) -> None:
 @click.option("--target", default=None, help="Target in profiles.yml (default_target if unset).")
 @click.option("--profiles", default=None, help="Path to profiles.yml.")
 @click.option("--batch-lines", default=DEFAULT_BATCH_LINES, show_default=True)
+@click.option(
+    "--selective-sync",
+    "selective_sync",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Apply this selective_sync.yml (source = the schema name).",
+)
 @click.pass_obj
 def load(
-    obj: _Context,
+    obj: CliContext,
     archive_url: str,
     schema_name: str,
     target: str | None,
     profiles: str | None,
     batch_lines: int,
+    selective_sync: str | None,
 ) -> None:
     """Load an archive (a file, a folder, or an s3:// / gs:// prefix) into SCHEMA."""
     schema = snake_case(schema_name)
     try:
-        warehouse = _open(profiles, target)
+        path = find_profiles(profiles)
+        target_name, spec = load_profiles(path).target(target)
+        rules = load_selective_sync(Path(selective_sync)) if selective_sync else None
+        warehouse = open_target(target_name, spec)
     except (ConfigError, WarehouseError) as exc:
-        _fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
-        return
-
-    def progress(report: SyncReport) -> None:
-        # One line per committed batch: what a watcher (or a killed run) has for certain.
-        err_console.print(
-            f"[dim]committed: {report.files_loaded} of "
-            f"{report.files_seen - report.files_skipped} files, "
-            f"{sum(report.rows_loaded.values())} rows[/]",
-            highlight=False,
-        )
-
-    loader = Loader(warehouse, batch_lines=batch_lines, on_batch=progress)
+        fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
+    sync_filter = rules.filter_for(target_name, schema_name) if rules else SyncFilter(None)
+    loader = Loader(warehouse, batch_lines=batch_lines, on_batch=progress, sync_filter=sync_filter)
     try:
-        report = loader.load(archive_url, schema)
-    except LockBusy as exc:
-        _fail(str(exc), 1)
-        return
-    except FileNotFoundError as exc:
-        _fail(f"archive not found: {exc}", 2)
-        return
-    except Exception as exc:  # noqa: BLE001 - one sentence, traceback with --verbose
-        if obj.verbose:
-            raise
-        _fail(f"sync of {archive_url} into {schema} failed: {exc}", 1)
-        return
+        report = run_sync(
+            obj,
+            loader,
+            f"sync of {archive_url} into {schema}",
+            lambda ld: ld.load(archive_url, schema),
+        )
     finally:
         warehouse.close()
-    print_report(report.to_dict(), console)
+    if report is None:
+        sys.exit(1)
 
 
 @cli.group()
@@ -144,13 +119,13 @@ def schema() -> None:
 def schema_show(name: str | None, target: str | None, profiles: str | None) -> None:
     """List tables, columns and types of SCHEMA[.TABLE]."""
     if not name:
-        _fail("give a schema name: sluice schema show SCHEMA[.TABLE]", 2)
+        fail("give a schema name: sluice schema show SCHEMA[.TABLE]", 2)
         return
     schema_name, _, table_name = name.partition(".")
     try:
         warehouse = _open(profiles, target)
     except (ConfigError, WarehouseError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
         return
     try:
         tables = warehouse.read_schema(schema_name)
@@ -159,7 +134,7 @@ def schema_show(name: str | None, target: str | None, profiles: str | None) -> N
     if table_name:
         tables = {k: v for k, v in tables.items() if k == table_name}
     if not tables:
-        _fail(f"no tables found for {name}", 1)
+        fail(f"no tables found for {name}", 1)
     for table, columns in sorted(tables.items()):
         view = Table("column", "type", title=f"{schema_name}.{table}")
         for column, kind in columns.items():
@@ -176,7 +151,7 @@ def runs(target: str | None, profiles: str | None, limit: int) -> None:
     try:
         warehouse = _open(profiles, target)
     except (ConfigError, WarehouseError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
         return
     try:
         warehouse.ensure_bookkeeping()
@@ -190,11 +165,16 @@ def runs(target: str | None, profiles: str | None, limit: int) -> None:
         print_report(report, console)
 
 
+cli.add_command(sync)
+cli.add_command(replay)
+cli.add_command(selective_sync)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)
     except ConfigError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
 
 
 if __name__ == "__main__":

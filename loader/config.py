@@ -97,7 +97,7 @@ def interpolate(text: str, source: str) -> str:
     )
 
 
-def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
+def line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     """Best-effort line of a pydantic error location in the YAML text."""
     node = yaml.compose(text)
     line = None
@@ -139,7 +139,7 @@ def load_profiles(path: Path) -> Profiles:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(p for p in err["loc"] if str(p) not in ("duckdb", "postgres", "_OtherTarget"))
-        line = _line_of(raw, loc)
+        line = line_of(raw, loc)
         where = f", line {line}" if line else ""
         field = ".".join(str(p) for p in loc)
         raise ConfigError(f"{path}{where}: field '{field}': {err['msg']}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -45,6 +45,15 @@ def event_table_name(event: str) -> str:
     return "_" + slug if slug in FIXED_TABLES else slug
 
 
+class RowFilter(Protocol):
+    """Selective sync as normalisation sees it: which tables and columns to build."""
+
+    def table_synced(self, table: str) -> bool: ...
+
+    def columns_kept(self, table: str) -> dict[str, bool]:
+        """column -> synced for one table (decided on first lookup)."""
+
+
 @dataclass(slots=True)
 class Row:
     table: str
@@ -68,13 +77,19 @@ def flatten_into(
     prefix: str,
     reserved: frozenset[str] | set[str],
     rescued: dict[str, Any],
+    keep: dict[str, bool] | None = None,
 ) -> None:
-    """Nested objects joined with `_`; arrays as their JSON text; reserved names rescued."""
+    """Nested objects joined with `_`; arrays as their JSON text; reserved names rescued.
+
+    `keep` (selective sync) is asked per leaf column before its value is converted.
+    """
     for key, value in obj.items():
         name = snake_case(f"{prefix}_{key}" if prefix else str(key))
         if isinstance(value, dict):
             if value:
-                flatten_into(out, value, name, reserved, rescued)
+                flatten_into(out, value, name, reserved, rescued, keep)
+            continue
+        if keep is not None and not keep[name]:
             continue
         if isinstance(value, list):
             value = orjson.dumps(value).decode()
@@ -102,39 +117,89 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def rows_for(body: dict[str, Any]) -> list[Row]:
-    """Every row one validated message produces, by table."""
+def rows_for(body: dict[str, Any], row_filter: RowFilter | None = None) -> list[Row]:
+    """Every row one validated message produces, by table.
+
+    With a row_filter, turned-off tables are never built and turned-off columns never
+    enter a row.
+    """
+    if row_filter is None:
+        return _rows(body, None)
+    return _rows(body, row_filter)
+
+
+def _only(values: dict[str, Any], table: str, f: RowFilter) -> dict[str, Any]:
+    keep = f.columns_kept(table)
+    return {k: v for k, v in values.items() if keep[k]}
+
+
+def _keep(table: str, f: RowFilter | None) -> dict[str, bool] | None:
+    return None if f is None else f.columns_kept(table)
+
+
+def _rows(body: dict[str, Any], f: RowFilter | None) -> list[Row]:
     kind = body["type"].lower()
-    common = _common(body)
     if kind == "track":
         event_text = str(body["event"])
+        table = event_table_name(event_text)
+        tracks_on = f is None or f.table_synced("tracks")
+        event_on = f is None or f.table_synced(table)
+        if not (tracks_on or event_on):
+            return []
+        common = _common(body)
         base = {**common, "event": snake_case(event_text), "event_text": event_text}
-        reserved = CORE_COLUMNS | set(EVENT_TABLE_COLUMNS) | set(common)
-        values = dict(base)
-        rescued: dict[str, Any] = {}
-        flatten_into(values, body.get("properties") or {}, "", reserved, rescued)
-        return [Row("tracks", base), Row(event_table_name(event_text), values, rescued)]
+        out = []
+        if tracks_on:
+            out.append(Row("tracks", base if f is None else _only(base, "tracks", f)))
+        if event_on:
+            reserved = CORE_COLUMNS | set(EVENT_TABLE_COLUMNS) | set(common)
+            values = dict(base) if f is None else _only(base, table, f)
+            rescued: dict[str, Any] = {}
+            properties = body.get("properties") or {}
+            flatten_into(values, properties, "", reserved, rescued, _keep(table, f))
+            out.append(Row(table, values, rescued))
+        return out
+    table = _TABLE_OF_KIND[kind]
+    if f is not None and not f.table_synced(table):
+        return []
+    common = _common(body)
+    if f is not None:
+        common = _only(common, table, f)
+    keep = _keep(table, f)
+    rescued = {}
     if kind in ("page", "screen"):
-        table = kind + "s"
         values = {**common, "name": body.get("name"), "category": body.get("category")}
-        rescued = {}
         reserved = CORE_COLUMNS | {"name", "category"} | set(common)
         properties = dict(body.get("properties") or {})
         # Segment stores the page name once; a `name` property duplicating it is not data.
         if properties.get("name") == values["name"]:
             properties.pop("name", None)
-        flatten_into(values, properties, "", reserved, rescued)
+        flatten_into(values, properties, "", reserved, rescued, keep)
+        if f is not None:
+            values = _only(values, table, f)
         return [Row(table, values, rescued)]
     if kind == "identify":
         values = dict(common)
-        rescued = {}
-        flatten_into(values, body.get("traits") or {}, "", CORE_COLUMNS | set(common), rescued)
-        return [Row("identifies", values, rescued)]
+        flatten_into(
+            values, body.get("traits") or {}, "", CORE_COLUMNS | set(common), rescued, keep
+        )
+        return [Row(table, values, rescued)]
     if kind == "group":
         values = {**common, "group_id": _id_text(body.get("groupId"))}
-        rescued = {}
         reserved = CORE_COLUMNS | {"group_id"} | set(common)
-        flatten_into(values, body.get("traits") or {}, "", reserved, rescued)
-        return [Row("groups", values, rescued)]
+        flatten_into(values, body.get("traits") or {}, "", reserved, rescued, keep)
+        return [Row(table, values, rescued)]
     # alias
-    return [Row("aliases", {**common, "previous_id": _id_text(body.get("previousId"))})]
+    values = {**common, "previous_id": _id_text(body.get("previousId"))}
+    if f is not None:
+        values = _only(values, table, f)
+    return [Row(table, values)]
+
+
+_TABLE_OF_KIND = {
+    "page": "pages",
+    "screen": "screens",
+    "identify": "identifies",
+    "group": "groups",
+    "alias": "aliases",
+}

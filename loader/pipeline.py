@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import orjson
@@ -28,7 +28,8 @@ from loader.normalize import (
     rows_for,
 )
 from loader.schema import ColumnType, coerce_column, plan_columns
-from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines, list_files
+from loader.selective_sync import SyncFilter
+from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines, list_files, received_day
 from loader.warehouses.base import ProfileSpec, Warehouse
 
 DEFAULT_BATCH_LINES = 20_000
@@ -91,6 +92,10 @@ class SyncReport:
     new_columns: list[str] = field(default_factory=list)
     rescued_values: int = 0
     rejects: int = 0
+    replay: dict[str, Any] | None = None
+    files_undated: int = 0
+    turned_off: list[str] = field(default_factory=list)
+    source_turned_off: str | None = None
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,13 +145,24 @@ class Loader:
         batch_lines: int = DEFAULT_BATCH_LINES,
         storage_options: dict | None = None,
         on_batch: Callable[[SyncReport], None] | None = None,
+        sync_filter: SyncFilter | None = None,
     ) -> None:
         self.warehouse = warehouse
         self.batch_lines = batch_lines
         self.storage_options = storage_options
         self.on_batch = on_batch
+        self.sync_filter = sync_filter if sync_filter is not None else SyncFilter(None)
+        # Normalisation skips the filter entirely when nothing is turned off.
+        self._row_filter = self.sync_filter if self.sync_filter.active else None
+        self._replay = False
 
-    def load(self, url: str, schema: str) -> SyncReport:
+    def replay(self, url: str, schema: str, first_day: date, last_day: date) -> SyncReport:
+        """Reload the files received on [first_day, last_day] (inclusive), ignoring the
+        ledger: rows whose id is missing are inserted, NULL columns of existing rows are
+        filled (a re-enabled property), and nothing already there is changed."""
+        return self.load(url, schema, days=(first_day, last_day))
+
+    def load(self, url: str, schema: str, days: tuple[date, date] | None = None) -> SyncReport:
         started = time.perf_counter()
         report = SyncReport(
             run_id=uuid.uuid4().hex,
@@ -159,7 +175,7 @@ class Loader:
         wh.ensure_bookkeeping()
         try:
             with wh.lock(schema), _cyclic_gc_paused():
-                self._load_locked(url, schema, report)
+                self._load_locked(url, schema, report, days)
             report.status = "success"
         except Exception as exc:
             report.status = "failed"
@@ -175,13 +191,32 @@ class Loader:
                     pass
         return report
 
-    def _load_locked(self, url: str, schema: str, report: SyncReport) -> None:
+    def _load_locked(
+        self, url: str, schema: str, report: SyncReport, days: tuple[date, date] | None
+    ) -> None:
         wh = self.warehouse
         files = list_files(url, self.storage_options)
+        self._replay = days is not None
+        if days is not None:
+            first, last = days
+            dated = [(f, received_day(f.url)) for f in files]
+            report.files_undated = sum(1 for _, d in dated if d is None)
+            files = [f for f, d in dated if d is not None and first <= d <= last]
+            report.replay = {"from": first.isoformat(), "to": last.isoformat()}
+            todo = files
+        else:
+            done = wh.loaded_files(schema)
+            todo = [f for f in files if f.url not in done]
         report.files_seen = len(files)
-        done = wh.loaded_files(schema)
-        todo = [f for f in files if f.url not in done]
         report.files_skipped = len(files) - len(todo)
+        if not self.sync_filter.source_enabled:
+            decision = self.sync_filter.table_decision("*")
+            # From then on: turning the source back on loads new files; replay backfills.
+            report.source_turned_off = f"line {decision.line}: {decision.reason}"
+            if days is None and todo:
+                with wh.transaction():
+                    wh.record_files(schema, [(f.url, 0) for f in todo])
+            return
         self._known = wh.read_schema(schema)
         for batch in self._batches(todo):
             self._commit(schema, batch, report)
@@ -206,6 +241,10 @@ class Loader:
         duplicates = 0
         lines = 0
         seen = batch.seen
+        row_filter = self._row_filter
+        f = self.sync_filter
+        users_on = f.table_synced("identifies") and f.table_synced("users")
+        accounts_on = f.table_synced("groups") and f.table_synced("accounts")
         try:
             for line_no, raw in iter_lines(archive_file.url, self.storage_options):
                 lines += 1
@@ -220,11 +259,12 @@ class Loader:
                     continue
                 seen.add(mid)
                 ids.append(mid)
-                rows.extend(rows_for(body))
+                rows.extend(rows_for(body, row_filter))
                 kind = body["type"].lower()
-                if kind == "identify" and body.get("userId") not in (None, ""):
-                    users.append(str(body["userId"]))
-                elif kind == "group":
+                if kind == "identify":
+                    if users_on and body.get("userId") not in (None, ""):
+                        users.append(str(body["userId"]))
+                elif kind == "group" and accounts_on:
                     accounts.append(str(body["groupId"]))
         except CorruptFile as exc:
             seen.difference_update(ids)
@@ -257,6 +297,10 @@ class Loader:
                         report.rows_loaded[profile] = report.rows_loaded.get(profile, 0) + upserted
                 wh.record_files(schema, batch.files)
                 wh.record_rejects(schema, batch.rejects)
+                turned_off = self.sync_filter.new_turned_off_names()
+                if turned_off:
+                    wh.record_turned_off(schema, turned_off)
+                    report.turned_off.extend(f"{t}.{c}" if c else t for t, c in turned_off)
         except Exception:
             self._known = wh.read_schema(schema)
             raise
@@ -309,7 +353,9 @@ class Loader:
             data.append([orjson.dumps(r).decode() if r else None for r in rescued])
         out = list(zip(*data, strict=True))
         insert_cols = [*names, "uuid_ts"] + ([RESCUED_COLUMN] if has_rescue else [])
-        inserted = self.warehouse.insert_new_rows(schema, table, insert_cols, out)
+        inserted = self.warehouse.insert_new_rows(
+            schema, table, insert_cols, out, fill_nulls=self._replay
+        )
         if table == "tracks" or not self._is_event_table(table):
             report.duplicates += len(out) - inserted
         report.rows_loaded[table] = report.rows_loaded.get(table, 0) + inserted
@@ -321,7 +367,11 @@ class Loader:
     def _rebuild_profile(
         self, schema: str, profile: str, source: str, key: str, keys: set[str]
     ) -> int:
-        traits = profile_traits(self._known[source], source)
+        traits = [
+            t
+            for t in profile_traits(self._known[source], source)
+            if self.sync_filter.column_synced(profile, t)
+        ]
         types = {t: self._known[source][t] for t in traits}
         existing = self._known.get(profile)
         wanted = {**_PROFILE_FIXED, **types}

@@ -21,6 +21,19 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f"duplicates skipped: {report['duplicates']}; rejects: {report['rejects']}; "
         f"rescued values: {report['rescued_values']}"
     )
+    if report.get("replay"):
+        r = report["replay"]
+        console.print(f"replay of files received {r['from']} to {r['to']}")
+        if report.get("files_undated"):
+            console.print(
+                f"[yellow]{report['files_undated']} file(s) name no received day in their "
+                "path and were not replayed[/]"
+            )
+    if report.get("source_turned_off"):
+        console.print(
+            f"[yellow]source turned off by selective sync ({report['source_turned_off']}); "
+            "its new files were passed over[/]"
+        )
     if report["rows_loaded"]:
         table = Table("table", "rows loaded")
         for name, rows in sorted(report["rows_loaded"].items()):
@@ -30,6 +43,14 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         console.print(f"new tables: {', '.join(report['new_tables'])}")
     if report["new_columns"]:
         console.print(f"new columns: {', '.join(report['new_columns'])}")
+    if report.get("turned_off"):
+        shown = report["turned_off"][:20]
+        more = len(report["turned_off"]) - len(shown)
+        console.print(
+            "kept out by selective sync (first seen): "
+            + ", ".join(shown)
+            + (f" and {more} more" if more > 0 else "")
+        )
     for failure in report["files_failed"]:
         console.print(
             f"[yellow]skipped corrupt file[/] {failure['file']} (line {failure['line']}): "

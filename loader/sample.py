@@ -90,13 +90,15 @@ class SampleGenerator:
         props["in_stock"] = r.random() < 0.9
         return props
 
-    def message(self) -> dict[str, Any]:
+    def message(self, received: datetime | None = None) -> dict[str, Any]:
+        """One message; a duplicate (a retried send) repeats an earlier one verbatim."""
         r = self.rng
         if self._recent and r.random() < self.duplicate_rate:
             return r.choice(self._recent)
         self._n += 1
         user = r.randint(1, self.users)
-        received = BASE_TIME + timedelta(seconds=self._n * 3 + r.randint(0, 2))
+        if received is None:
+            received = BASE_TIME + timedelta(seconds=self._n * 3 + r.randint(0, 2))
         skew = timedelta(seconds=r.randint(-30, 30))
         original = received - timedelta(seconds=r.randint(0, 5)) + skew
         sent = received - timedelta(milliseconds=r.randint(50, 900)) + skew
@@ -168,11 +170,15 @@ def write_archive(
     seed: int = 7,
     malformed: bool = True,
 ) -> list[Path]:
-    """Write Segment's `segment-logs/<source-id>/<day-ms>/*.gz` layout; returns the files."""
+    """Write Segment's `segment-logs/<source-id>/<day-ms>/*.gz` layout; returns the files.
+
+    Each file's messages were received on its folder's day, spread evenly over the day.
+    """
     gen = SampleGenerator(seed=seed)
     written: list[Path] = []
     n = 0
     file_index = 0
+    step = 86_000 / (files_per_day * events_per_file)  # seconds; leaves room for jitter
     while n < events:
         count = min(events_per_file, events - n)
         day = BASE_TIME + timedelta(days=file_index // files_per_day)
@@ -181,8 +187,10 @@ def write_archive(
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{day_ms}.{file_index:05d}.gz"
         with gzip.open(path, "wb", compresslevel=1) as out:
+            first = (file_index % files_per_day) * events_per_file
             for i in range(count):
-                out.write(orjson.dumps(gen.message()))
+                received = day + timedelta(seconds=(first + i) * step)
+                out.write(orjson.dumps(gen.message(received)))
                 out.write(b"\n")
                 if malformed and file_index == 0 and i == 10:
                     out.write(b'{"type": "track", "event": "Broken"\n')

@@ -7,9 +7,11 @@ Segment's layout (`segment-logs/<source-id>/<received-day-ms>/*.gz`) and plain
 from __future__ import annotations
 
 import gzip
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
 
 import fsspec
 
@@ -31,6 +33,29 @@ class ArchiveFile:
 def _protocol_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+_DAY_MS = re.compile(r"^\d{12,14}$")
+_ISO_DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+
+
+def received_day(url: str) -> date | None:
+    """The received day a file's path names, or None.
+
+    Segment names each folder by its received day in epoch milliseconds; other archives
+    often carry an ISO day (`dt=2026-11-01/`, `2026-11-01.ndjson`). The innermost match
+    wins.
+    """
+    for part in reversed(url.replace("\\", "/").split("/")):
+        if _DAY_MS.match(part):
+            return datetime.fromtimestamp(int(part) / 1000, tz=timezone.utc).date()
+        match = _ISO_DAY.search(part)
+        if match:
+            try:
+                return date(*(int(g) for g in match.groups()))
+            except ValueError:
+                continue
+    return None
 
 
 def list_files(url: str, storage_options: dict | None = None) -> list[ArchiveFile]:

@@ -77,9 +77,18 @@ class Warehouse(ABC):
 
     @abstractmethod
     def insert_new_rows(
-        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        fill_nulls: bool = False,
     ) -> int:
-        """Bulk-stage rows (unique ids) and insert those whose id is not there yet."""
+        """Bulk-stage rows (unique ids) and insert those whose id is not there yet.
+
+        With fill_nulls (replay), a row whose id is there already gets its NULL columns
+        filled from the staged row; nothing non-NULL is ever overwritten. Returns the
+        rows inserted or filled."""
 
     @abstractmethod
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
@@ -90,6 +99,14 @@ class Warehouse(ABC):
 
     @abstractmethod
     def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None: ...
+
+    @abstractmethod
+    def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
+        """Remember (table, column) names selective sync kept out; column '' = table."""
+
+    @abstractmethod
+    def turned_off_names(self, schema: str) -> dict[str, set[str]]:
+        """What record_turned_off remembered: {table: {column, ...}} ('' = the table)."""
 
     @abstractmethod
     def record_run(self, schema: str, report: dict[str, Any]) -> None: ...

@@ -85,7 +85,12 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
         yield
 
     def insert_new_rows(
-        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        fill_nulls: bool = False,
     ) -> int:
         if not rows:
             return 0
@@ -100,11 +105,37 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
             select = ", ".join(f"CAST({quote(c)} AS {types.get(c, 'varchar')})" for c in columns)
             result = self.conn.execute(
                 f"INSERT INTO {qualified(schema, table)} ({', '.join(quote(c) for c in columns)}) "
-                f"SELECT {select} FROM _sluice_stage ON CONFLICT DO NOTHING"
+                f"SELECT {select} FROM _sluice_stage "
+                + self._conflict_clause(quote(table), columns, fill_nulls)
             )
             return int(result.fetchone()[0])
         finally:
             self.conn.unregister("_sluice_stage")
+
+    def insert_plain(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        skip_existing: bool = False,
+    ) -> None:
+        """Bookkeeping rows through Arrow: DuckDB's executemany is a statement per row."""
+        if not rows:
+            return
+        stage = pa.Table.from_arrays(
+            [pa.array([r[i] for r in rows]) for i in range(len(columns))], names=list(columns)
+        )
+        cols = ", ".join(quote(c) for c in columns)
+        tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
+        self.conn.register("_sluice_plain", stage)
+        try:
+            self._execute(
+                f"INSERT INTO {qualified(schema, table)} ({cols}) "
+                f"SELECT {cols} FROM _sluice_plain{tail}"
+            )
+        finally:
+            self.conn.unregister("_sluice_plain")
 
     def read_schema_table(self, schema: str, table: str) -> dict[str, str]:
         rows = self._fetchall(

@@ -87,7 +87,12 @@ class PostgresWarehouse(SqlFamilyWarehouse):
             self._execute(f"CREATE INDEX ON {qualified(schema, table)} ({quote(key)})")
 
     def insert_new_rows(
-        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        fill_nulls: bool = False,
     ) -> int:
         if not rows:
             return 0
@@ -98,9 +103,11 @@ class PostgresWarehouse(SqlFamilyWarehouse):
             with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
+            target = qualified(schema, table)
+            conflict = self._conflict_clause(quote(table), columns, fill_nulls)
             cur.execute(
-                f"INSERT INTO {qualified(schema, table)} ({cols}) SELECT {cols} FROM {stage} "
-                "ON CONFLICT (id) DO NOTHING"
+                f"INSERT INTO {target} AS {quote(table)} ({cols}) SELECT {cols} FROM {stage} "
+                + conflict
             )
             inserted = cur.rowcount
         self._execute(f"DROP TABLE {stage}")

@@ -63,6 +63,12 @@ class SqlFamilyWarehouse(Warehouse):
                 f"schema_name text, target text, status text, started_at {ts}, "
                 f"finished_at {ts}, report {j})"
             )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.turned_off_names (schema_name text NOT NULL, "
+                "table_name text NOT NULL, column_name text NOT NULL, "
+                f"first_seen {ts} DEFAULT current_timestamp, "
+                "PRIMARY KEY (schema_name, table_name, column_name))"
+            )
 
     def read_schema(self, schema: str) -> dict[str, dict[str, ColumnType]]:
         reverse = {v.lower(): k for k, v in self.capabilities.type_names.items()}
@@ -136,12 +142,48 @@ class SqlFamilyWarehouse(Warehouse):
 
     def record_files(self, schema: str, files: Sequence[tuple[str, int]]) -> None:
         if files:
+            # A replay records files that may be in the ledger already.
             self.insert_plain(
                 BOOKKEEPING_SCHEMA,
                 "loaded_files",
                 ("schema_name", "file", "lines"),
                 [(schema, file, lines) for file, lines in files],
+                skip_existing=True,
             )
+
+    def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
+        if names:
+            self.insert_plain(
+                BOOKKEEPING_SCHEMA,
+                "turned_off_names",
+                ("schema_name", "table_name", "column_name"),
+                [(schema, table, column) for table, column in names],
+                skip_existing=True,
+            )
+
+    def turned_off_names(self, schema: str) -> dict[str, set[str]]:
+        rows = self._fetchall(
+            f"SELECT table_name, column_name FROM {quote(BOOKKEEPING_SCHEMA)}.turned_off_names "
+            f"WHERE schema_name = {self.placeholder}",
+            (schema,),
+        )
+        out: dict[str, set[str]] = {}
+        for table, column in rows:
+            out.setdefault(table, set()).add(column)
+        return out
+
+    def _conflict_clause(self, target: str, columns: Sequence[str], fill_nulls: bool) -> str:
+        """What to do with a staged row whose id is there already."""
+        fillable = [c for c in columns if c not in ("id", "uuid_ts", "_rescued_data")]
+        if not fill_nulls or not fillable:
+            return "ON CONFLICT (id) DO NOTHING"
+        sets = ", ".join(
+            f"{quote(c)} = COALESCE({target}.{quote(c)}, excluded.{quote(c)})" for c in fillable
+        )
+        changed = " OR ".join(
+            f"({target}.{quote(c)} IS NULL AND excluded.{quote(c)} IS NOT NULL)" for c in fillable
+        )
+        return f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {changed}"
 
     def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None:
         if not rejects:
@@ -154,11 +196,19 @@ class SqlFamilyWarehouse(Warehouse):
         )
 
     def insert_plain(
-        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        skip_existing: bool = False,
     ) -> None:
         p = ", ".join([self.placeholder] * len(columns))
         cols = ", ".join(quote(c) for c in columns)
-        self._executemany(f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p})", rows)
+        tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
+        self._executemany(
+            f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p}){tail}", rows
+        )
 
     def record_run(self, schema: str, report: dict[str, Any]) -> None:
         p = self.placeholder

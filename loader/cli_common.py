@@ -1,0 +1,66 @@
+"""What every `sluice` command shares: consoles, one-sentence failures, running a load."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from rich.console import Console
+
+from loader.pipeline import Loader, SyncReport
+from loader.report_view import print_report
+from loader.warehouses.base import LockBusy, Warehouse
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CliContext:
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err_console.print(f"[red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def open_target(name: str, spec: Any) -> Warehouse:
+    from loader.warehouses.registry import open_warehouse
+
+    return open_warehouse(name, spec)
+
+
+def progress(report: SyncReport) -> None:
+    """One line per committed batch: what a watcher (or a killed run) has for certain."""
+    err_console.print(
+        f"[dim]committed: {report.files_loaded} of "
+        f"{report.files_seen - report.files_skipped} files, "
+        f"{sum(report.rows_loaded.values())} rows[/]",
+        highlight=False,
+    )
+
+
+def run_sync(
+    ctx: CliContext,
+    loader: Loader,
+    what: str,
+    run: Callable[[Loader], SyncReport],
+) -> SyncReport | None:
+    """Run one load/replay with the CLI's error contract; None when it failed (exit 1
+    is the caller's, so several syncs can run before the process exits)."""
+    try:
+        report = run(loader)
+    except LockBusy as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        return None
+    except FileNotFoundError as exc:
+        fail(f"archive not found: {exc}", 2)
+    except Exception as exc:  # noqa: BLE001 - one sentence, traceback with --verbose
+        if ctx.verbose:
+            raise
+        err_console.print(f"[red]error:[/] {what} failed: {exc}", highlight=False)
+        return None
+    print_report(report.to_dict(), console)
+    return report

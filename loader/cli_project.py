@@ -1,0 +1,275 @@
+"""`sluice sync`, `sluice replay` and `sluice selective-sync`: commands that work from
+the project file (sluice.yml) rather than from arguments."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import date
+
+import click
+from rich.table import Table
+
+from loader.cli_common import CliContext, console, err_console, fail, open_target, progress
+from loader.cli_common import run_sync as run_one
+from loader.config import ConfigError, Profiles
+from loader.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
+from loader.project import Project, find_project, load_project
+from loader.selective_sync import Issue, SelectiveSync, check_names, parse
+from loader.warehouses.base import WarehouseError
+
+_project_option = click.option(
+    "--project", default=None, help="Path to sluice.yml (or its folder); $SLUICE_PROJECT."
+)
+_profiles_option = click.option("--profiles", default=None, help="Path to profiles.yml.")
+
+
+def _load(project_path: str | None, profiles_path: str | None) -> tuple[Project, Profiles]:
+    try:
+        project = load_project(find_project(project_path))
+        return project, project.load_profiles(profiles_path)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def _pairs(
+    project: Project, profiles: Profiles, sources: tuple[str, ...], target: str | None
+) -> list[tuple[str, str]]:
+    """(source, target) pairs to run, in file order."""
+    names = list(sources) or list(project.sources)
+    pairs = []
+    for name in names:
+        project.source(name)
+        targets = [target] if target else project.targets_of(name, profiles)
+        for t in targets:
+            profiles.target(t)
+            pairs.append((name, t))
+    return pairs
+
+
+def _run_pairs(
+    ctx: CliContext,
+    project: Project,
+    profiles: Profiles,
+    pairs: list[tuple[str, str]],
+    days: tuple[date, date] | None,
+) -> None:
+    try:
+        rules = project.load_selective_sync()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    failures = 0
+    for source_name, target_name in pairs:
+        source = project.source(source_name)
+        schema = project.schema_of(source_name)
+        url = project.archive_url(source_name)
+        try:
+            warehouse = open_target(*profiles.target(target_name))
+        except WarehouseError as exc:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False)
+            failures += 1
+            continue
+        loader = Loader(
+            warehouse,
+            batch_lines=source.batch_lines or DEFAULT_BATCH_LINES,
+            storage_options=source.storage_options or None,
+            on_batch=progress,
+            sync_filter=rules.filter_for(target_name, source_name),
+        )
+        what = f"{'replay' if days else 'sync'} of {source_name} into {target_name}"
+        try:
+            report = run_one(ctx, loader, what, _runner(url, schema, days))
+        finally:
+            warehouse.close()
+        failures += report is None
+    if failures:
+        sys.exit(1)
+
+
+def _runner(
+    url: str, schema: str, days: tuple[date, date] | None
+) -> Callable[[Loader], SyncReport]:
+    if days is None:
+        return lambda loader: loader.load(url, schema)
+    return lambda loader: loader.replay(url, schema, *days)
+
+
+@click.command()
+@click.argument("sources", nargs=-1)
+@click.option("--target", default=None, help="Only this target (default: each source's).")
+@_project_option
+@_profiles_option
+@click.pass_obj
+def sync(
+    obj: CliContext,
+    sources: tuple[str, ...],
+    target: str | None,
+    project: str | None,
+    profiles: str | None,
+) -> None:
+    """Run the sources of sluice.yml now (all of them, or those named), into their targets."""
+    proj, prof = _load(project, profiles)
+    try:
+        pairs = _pairs(proj, prof, sources, target)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    _run_pairs(obj, proj, prof, pairs, None)
+
+
+@click.command()
+@click.argument("source")
+@click.option("--from", "first", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--to", "last", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option("--target", default=None, help="Only this target (default: the source's).")
+@_project_option
+@_profiles_option
+@click.pass_obj
+def replay(
+    obj: CliContext,
+    source: str,
+    first,
+    last,
+    target: str | None,
+    project: str | None,
+    profiles: str | None,
+) -> None:
+    """Reload SOURCE's archive files received FROM..TO (inclusive, UTC days), honouring
+    the current selective sync and deduped against what the target has."""
+    if last < first:
+        fail("--to is before --from", 2)
+    proj, prof = _load(project, profiles)
+    try:
+        pairs = _pairs(proj, prof, (source,), target)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    _run_pairs(obj, proj, prof, pairs, (first.date(), last.date()))
+
+
+@click.group("selective-sync")
+def selective_sync() -> None:
+    """Check and explain selective_sync.yml."""
+
+
+def _read_rules(project: Project) -> tuple[str, SelectiveSync, list[Issue]]:
+    path = project.selective_sync_path()
+    if path is None:
+        fail(f"{project.path}: no selective_sync file is configured (key: selective_sync)", 2)
+    if not path.exists():
+        fail(f"{project.path}: selective_sync file '{path}' does not exist", 2)
+    rules, issues = parse(path.read_text(), str(path))
+    return str(path), rules, issues
+
+
+def _known_tables(
+    project: Project, profiles: Profiles, pairs: list[tuple[str, str]]
+) -> tuple[dict[tuple[str, str], dict[str, set[str]]], list[str]]:
+    """{(target, source): {table: columns}} from each warehouse and the names the
+    archive showed that selective sync kept out; plus targets that could not be read."""
+    known: dict[tuple[str, str], dict[str, set[str]]] = {}
+    unreadable: list[str] = []
+    by_target: dict[str, list[str]] = {}
+    for source, target in pairs:
+        by_target.setdefault(target, []).append(source)
+    for target, sources in by_target.items():
+        try:
+            warehouse = open_target(*profiles.target(target))
+        except (WarehouseError, ConfigError) as exc:
+            unreadable.append(f"{target}: {exc}")
+            continue
+        try:
+            warehouse.ensure_bookkeeping()
+            for source in sources:
+                schema = project.schema_of(source)
+                tables: dict[str, set[str]] = {
+                    t: set(cols) for t, cols in warehouse.read_schema(schema).items()
+                }
+                for table, columns in warehouse.turned_off_names(schema).items():
+                    tables.setdefault(table, set()).update(c for c in columns if c)
+                known[(target, source)] = tables
+        finally:
+            warehouse.close()
+    return known, unreadable
+
+
+def _all_pairs(project: Project, profiles: Profiles) -> list[tuple[str, str]]:
+    return [(s, t) for s in project.sources for t in project.targets_of(s, profiles)]
+
+
+@selective_sync.command("check")
+@_project_option
+@_profiles_option
+def check(project: str | None, profiles: str | None) -> None:
+    """Validate selective_sync.yml: exit 2 on an error, warnings for patterns that match
+    nothing known yet."""
+    proj, prof = _load(project, profiles)
+    path, rules, issues = _read_rules(proj)
+    if not any(i.error for i in issues):
+        pairs = [p for p in _all_pairs(proj, prof) if p[1] in prof.targets]
+        known, unreadable = _known_tables(proj, prof, pairs)
+        issues += check_names(rules, prof.targets, proj.sources, known)
+        for note in unreadable:
+            issues.append(Issue(None, f"patterns not checked for target {note}", False))
+    errors = [i for i in issues if i.error]
+    for issue in sorted(issues, key=lambda i: i.line or 0):
+        label = "[red]error[/]" if issue.error else "[yellow]warning[/]"
+        err_console.print(f"{label}: {issue.render(path)}", highlight=False)
+    if errors:
+        sys.exit(2)
+    console.print(f"{path}: OK ({len(issues)} warning(s))", highlight=False)
+
+
+@selective_sync.command("show")
+@click.option("--target", default=None, help="Only this target.")
+@click.option("--source", default=None, help="Only this source.")
+@click.option("--off-only", is_flag=True, help="List only what is turned off.")
+@_project_option
+@_profiles_option
+def show(
+    target: str | None,
+    source: str | None,
+    off_only: bool,
+    project: str | None,
+    profiles: str | None,
+) -> None:
+    """For every known table and column, whether it is synced and which line decided."""
+    proj, prof = _load(project, profiles)
+    path, rules, issues = _read_rules(proj)
+    errors = [i for i in issues if i.error]
+    if errors:
+        fail("; ".join(i.render(path) for i in errors), 2)
+    pairs = [
+        (s, t)
+        for s, t in _all_pairs(proj, prof)
+        if (target is None or t == target) and (source is None or s == source)
+    ]
+    if not pairs:
+        fail("no source is configured for that target/source in sluice.yml", 2)
+    known, unreadable = _known_tables(proj, prof, pairs)
+    for note in unreadable:
+        err_console.print(f"[yellow]warning:[/] cannot read target {note}", highlight=False)
+    for (t, s), tables in sorted(known.items()):
+        sync_filter = rules.filter_for(t, s)
+        view = Table("table", "column", "synced", "decided by", title=f"{t} / {s}")
+        for table in sorted(tables):
+            decision = sync_filter.table_decision(table)
+            if not (off_only and decision.synced):
+                view.add_row(table, "", _yes(decision.synced), _why(path, decision))
+            for column in sorted(tables[table]):
+                cd = sync_filter.column_decision(table, column)
+                if off_only and cd.synced:
+                    continue
+                view.add_row("", column, _yes(cd.synced), _why(path, cd))
+        if not tables:
+            console.print(f"{t} / {s}: nothing loaded or seen yet; run a sync first")
+        else:
+            console.print(view)
+
+
+def _yes(synced: bool) -> str:
+    return "[green]yes[/]" if synced else "[red]no[/]"
+
+
+def _why(path: str, decision) -> str:
+    if decision.line is None:
+        return decision.reason
+    return f"{path}:{decision.line} ({decision.reason})"

@@ -1,0 +1,130 @@
+"""sluice.yml: the sources a project syncs, where their archives are, when, and into which
+targets; plus where profiles.yml and selective_sync.yml live.
+
+Paths in the file are relative to the file itself, so a project folder can be moved or
+checked out anywhere. Errors name the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from loader.config import ConfigError, Profiles, find_profiles, interpolate, line_of, load_profiles
+from loader.naming import snake_case
+from loader.selective_sync import SelectiveSync
+from loader.selective_sync import load_file as load_selective_sync
+
+PROJECT_FILE = "sluice.yml"
+
+
+class EventSource(BaseModel):
+    """An archive of Segment messages (Segment's S3 log layout or plain NDJSON)."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["events"] = "events"
+    archive: str = Field(description="a folder, a file, or an s3:// / gs:// prefix")
+    schema_name: str | None = Field(default=None, alias="schema")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    schedule: str | None = Field(default=None, description="cron, in UTC")
+    targets: list[str] = Field(default_factory=list)
+    batch_lines: int | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError("schedule must be a 5-field cron expression, e.g. '0 * * * *'")
+        return value
+
+
+class Project(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = 1
+    profiles: str | None = None
+    selective_sync: str | None = None
+    sources: dict[str, EventSource] = Field(default_factory=dict)
+
+    # Set by load_project: where the file is, for relative paths.
+    root: Path = Field(default=Path("."), exclude=True)
+    path: Path = Field(default=Path(PROJECT_FILE), exclude=True)
+
+    def source(self, name: str) -> EventSource:
+        if name not in self.sources:
+            known = ", ".join(sorted(self.sources)) or "none"
+            raise ConfigError(f"{self.path}: unknown source '{name}' (sources: {known})")
+        return self.sources[name]
+
+    def schema_of(self, name: str) -> str:
+        return snake_case(self.source(name).schema_name or name)
+
+    def archive_url(self, name: str) -> str:
+        url = self.source(name).archive
+        if "://" in url or os.path.isabs(url):
+            return url
+        return str(self.root / url)
+
+    def profiles_path(self, explicit: str | None = None) -> Path:
+        if explicit is None and self.profiles is not None:
+            path = self.root / self.profiles
+            if not path.exists():
+                raise ConfigError(f"{self.path}: profiles file '{path}' does not exist")
+            return path
+        return find_profiles(explicit)
+
+    def load_profiles(self, explicit: str | None = None) -> Profiles:
+        return load_profiles(self.profiles_path(explicit))
+
+    def targets_of(self, name: str, profiles: Profiles) -> list[str]:
+        return self.source(name).targets or [profiles.default_target]
+
+    def selective_sync_path(self) -> Path | None:
+        return None if self.selective_sync is None else self.root / self.selective_sync
+
+    def load_selective_sync(self) -> SelectiveSync:
+        path = self.selective_sync_path()
+        if path is None:
+            return SelectiveSync()
+        if not path.exists():
+            raise ConfigError(f"{self.path}: selective_sync file '{path}' does not exist")
+        return load_selective_sync(path)
+
+
+def find_project(explicit: str | None) -> Path:
+    for candidate in (explicit, os.environ.get("SLUICE_PROJECT"), PROJECT_FILE):
+        if candidate:
+            path = Path(candidate)
+            if path.is_dir():
+                path = path / PROJECT_FILE
+            if path.exists():
+                return path
+            if candidate is explicit or candidate == os.environ.get("SLUICE_PROJECT"):
+                raise ConfigError(f"project file '{path}' does not exist")
+    raise ConfigError(
+        "no sluice.yml found: pass --project, set SLUICE_PROJECT, or run `sluice init`"
+    )
+
+
+def load_project(path: Path) -> Project:
+    raw = path.read_text()
+    text = interpolate(raw, str(path))
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        project = Project.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(err["loc"])
+        line = line_of(raw, loc)
+        where = f", line {line}" if line else ""
+        field = ".".join(str(p) for p in loc)
+        raise ConfigError(f"{path}{where}: field '{field}': {err['msg']}") from None
+    project.root = path.parent
+    project.path = path
+    return project

@@ -1,0 +1,129 @@
+"""An admin's session: edit selective_sync.yml, check it, sync, see what each line decided,
+turn something back on and replay the gap, all through the `sluice` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from tests.test_cli import sluice
+
+RULES = """\
+version: 1
+targets:
+  local:
+    javascript_production:
+      collections:
+        - video_playback_*
+      properties:
+        pages: [context_campaign_*]
+"""
+
+
+def _count(demo: Path, sql: str) -> int:
+    with duckdb.connect(str(demo / "sluice.duckdb"), read_only=True) as conn:
+        return conn.execute(sql).fetchone()[0]
+
+
+def test_check_sync_show_and_replay(tmp_path: Path) -> None:
+    assert sluice("init", "demo", "--events", "3000", cwd=tmp_path).returncode == 0
+    demo = tmp_path / "demo"
+    for name in ("sluice.yml", "profiles.yml", "selective_sync.yml"):
+        assert (demo / name).exists()
+    # The shipped example turns nothing off and is valid.
+    assert sluice("selective-sync", "check", cwd=demo).returncode == 0
+
+    (demo / "selective_sync.yml").write_text(RULES)
+    checked = sluice("selective-sync", "check", cwd=demo)
+    assert checked.returncode == 0, checked.stderr
+    # Nothing is loaded yet, so the patterns match nothing known: warnings, not errors.
+    assert "warning" in checked.stderr and "matches nothing known yet" in checked.stderr
+
+    synced = sluice("sync", cwd=demo)
+    assert synced.returncode == 0, synced.stderr
+    assert "kept out by selective sync" in synced.stdout
+    assert (
+        _count(
+            demo,
+            "SELECT count(*) FROM information_schema.tables WHERE "
+            "table_name LIKE 'video_playback%'",
+        )
+        == 0
+    )
+    assert (
+        _count(
+            demo,
+            "SELECT count(*) FROM information_schema.columns WHERE "
+            "table_name = 'pages' AND column_name LIKE 'context_campaign%'",
+        )
+        == 0
+    )
+
+    shown = sluice("selective-sync", "show", "--target", "local", "--off-only", cwd=demo)
+    assert shown.returncode == 0, shown.stderr
+    out = " ".join(shown.stdout.split())
+    assert "video_playback_started" in out and "selective_sync.yml:6" in out
+    assert "context_campaign_source" in out and "selective_sync.yml:8" in out
+    assert "order_completed" not in out  # synced, and --off-only
+    full = " ".join(sluice("selective-sync", "show", cwd=demo).stdout.split())
+    assert "order_completed" in full and "core column" in full
+
+    # Turn everything back on and replay the first day: the gap is filled.
+    (demo / "selective_sync.yml").write_text("version: 1\n")
+    again = sluice("sync", cwd=demo)
+    assert again.returncode == 0 and "0 loaded" in again.stdout
+    assert (
+        _count(
+            demo,
+            "SELECT count(*) FROM information_schema.tables WHERE "
+            "table_name LIKE 'video_playback%'",
+        )
+        == 0
+    )
+    replayed = sluice(
+        "replay",
+        "javascript_production",
+        "--from",
+        "2026-11-01",
+        "--to",
+        "2026-11-01",
+        cwd=demo,
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    assert "replay of files received 2026-11-01 to 2026-11-01" in replayed.stdout
+    assert _count(demo, "SELECT count(*) FROM javascript_production.video_playback_started") > 0
+    assert (
+        _count(
+            demo,
+            "SELECT count(*) FROM javascript_production.pages "
+            "WHERE context_campaign_source IS NULL",
+        )
+        == 0
+    )
+
+
+def test_check_errors_exit_2_naming_file_line_and_fix(tmp_path: Path) -> None:
+    assert sluice("init", "demo", "--events", "200", cwd=tmp_path).returncode == 0
+    demo = tmp_path / "demo"
+    (demo / "selective_sync.yml").write_text(
+        "version: 1\ntargets:\n  locl:\n    javascript_production: {}\n"
+        "  local:\n    javascript_production:\n      properties:\n        pages: [uuid_ts]\n"
+    )
+    checked = sluice("selective-sync", "check", cwd=demo)
+    assert checked.returncode == 2
+    err = " ".join(checked.stderr.split())
+    assert "selective_sync.yml, line 8" in err and "uuid_ts" in err and "core column" in err
+    # A sync refuses a file with errors, before touching the warehouse.
+    synced = sluice("sync", cwd=demo)
+    assert synced.returncode == 2 and "line 8" in synced.stderr
+
+    (demo / "selective_sync.yml").write_text(
+        "version: 1\ntargets:\n  locl:\n    javascript_production: {}\n"
+    )
+    checked = sluice("selective-sync", "check", cwd=demo)
+    assert checked.returncode == 2
+    assert "line 3" in checked.stderr and "did you mean 'local'" in checked.stderr
+
+    bad_replay = sluice("replay", "nope", "--from", "2026-11-01", "--to", "2026-11-02", cwd=demo)
+    assert bad_replay.returncode == 2 and "unknown source 'nope'" in bad_replay.stderr
