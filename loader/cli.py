@@ -37,8 +37,8 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 @click.option("--events", default=20_000, show_default=True, help="Sample events to generate.")
 def init(directory: str, events: int) -> None:
-    """Write a starter sluice.yml, profiles.yml, selective_sync.yml and a sample archive
-    in DIRECTORY (existing files are kept)."""
+    """Write a starter sluice.yml, profiles.yml, selective_sync.yml, dagster.yaml and a
+    sample archive in DIRECTORY (existing files are kept)."""
     from importlib.resources import files as package_files
 
     from loader.sample import write_archive
@@ -47,7 +47,7 @@ def init(directory: str, events: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     templates = package_files("loader") / "templates"
     written = []
-    for name in ("sluice.yml", "profiles.yml", "selective_sync.yml"):
+    for name in ("sluice.yml", "profiles.yml", "selective_sync.yml", "dagster.yaml"):
         path = root / name
         if not path.exists():
             path.write_text((templates / name).read_text())

@@ -10,6 +10,7 @@ from datetime import date
 import click
 from rich.table import Table
 
+from loader.catalog import update_catalog
 from loader.cli_common import CliContext, console, err_console, fail, open_target, progress
 from loader.cli_common import run_sync as run_one
 from loader.config import ConfigError, Profiles
@@ -79,6 +80,8 @@ def _run_pairs(
         what = f"{'replay' if days else 'sync'} of {source_name} into {target_name}"
         try:
             report = run_one(ctx, loader, what, _runner(url, schema, days))
+            if report is not None:
+                update_catalog(project.root, target_name, schema, warehouse.read_schema(schema))
         finally:
             warehouse.close()
         failures += report is None

@@ -87,6 +87,7 @@ class SyncReport:
     files_failed: list[dict[str, Any]] = field(default_factory=list)
     lines_read: int = 0
     rows_loaded: dict[str, int] = field(default_factory=dict)
+    rescued_by_table: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     new_tables: list[str] = field(default_factory=list)
     new_columns: list[str] = field(default_factory=list)
@@ -155,14 +156,36 @@ class Loader:
         # Normalisation skips the filter entirely when nothing is turned off.
         self._row_filter = self.sync_filter if self.sync_filter.active else None
         self._replay = False
+        self._record_files = True
 
-    def replay(self, url: str, schema: str, first_day: date, last_day: date) -> SyncReport:
+    def replay(
+        self,
+        url: str,
+        schema: str,
+        first_day: date,
+        last_day: date,
+        record_files: bool = True,
+    ) -> SyncReport:
         """Reload the files received on [first_day, last_day] (inclusive), ignoring the
         ledger: rows whose id is missing are inserted, NULL columns of existing rows are
-        filled (a re-enabled property), and nothing already there is changed."""
-        return self.load(url, schema, days=(first_day, last_day))
+        filled (a re-enabled property), and nothing already there is changed.
 
-    def load(self, url: str, schema: str, days: tuple[date, date] | None = None) -> SyncReport:
+        record_files=False is for runs that load only some tables (a Dagster subset):
+        the files must stay pending for the tables that were not selected."""
+        return self.load(
+            url, schema, days=(first_day, last_day), replay=True, record_files=record_files
+        )
+
+    def load(
+        self,
+        url: str,
+        schema: str,
+        days: tuple[date, date] | None = None,
+        replay: bool = False,
+        record_files: bool = True,
+    ) -> SyncReport:
+        """Load the archive's pending files (those received on `days`, if given; files
+        whose path names no day are pending on every day) into `schema`."""
         started = time.perf_counter()
         report = SyncReport(
             run_id=uuid.uuid4().hex,
@@ -175,7 +198,7 @@ class Loader:
         wh.ensure_bookkeeping()
         try:
             with wh.lock(schema), _cyclic_gc_paused():
-                self._load_locked(url, schema, report, days)
+                self._load_locked(url, schema, report, days, replay, record_files)
             report.status = "success"
         except Exception as exc:
             report.status = "failed"
@@ -192,17 +215,31 @@ class Loader:
         return report
 
     def _load_locked(
-        self, url: str, schema: str, report: SyncReport, days: tuple[date, date] | None
+        self,
+        url: str,
+        schema: str,
+        report: SyncReport,
+        days: tuple[date, date] | None,
+        replay: bool,
+        record_files: bool,
     ) -> None:
         wh = self.warehouse
         files = list_files(url, self.storage_options)
-        self._replay = days is not None
+        self._replay = replay
+        self._record_files = record_files
         if days is not None:
             first, last = days
             dated = [(f, received_day(f.url)) for f in files]
             report.files_undated = sum(1 for _, d in dated if d is None)
-            files = [f for f, d in dated if d is not None and first <= d <= last]
-            report.replay = {"from": first.isoformat(), "to": last.isoformat()}
+            # A replay is of days; a pending-files run takes undated files whenever it runs.
+            files = [
+                f
+                for f, d in dated
+                if (d is None and not replay) or (d is not None and first <= d <= last)
+            ]
+        if replay:
+            assert days is not None, "a replay is of a range of received days"
+            report.replay = {"from": days[0].isoformat(), "to": days[1].isoformat()}
             todo = files
         else:
             done = wh.loaded_files(schema)
@@ -213,7 +250,7 @@ class Loader:
             decision = self.sync_filter.table_decision("*")
             # From then on: turning the source back on loads new files; replay backfills.
             report.source_turned_off = f"line {decision.line}: {decision.reason}"
-            if days is None and todo:
+            if not replay and record_files and todo:
                 with wh.transaction():
                     wh.record_files(schema, [(f.url, 0) for f in todo])
             return
@@ -295,7 +332,8 @@ class Loader:
                             schema, profile, source, key, profile_keys[profile]
                         )
                         report.rows_loaded[profile] = report.rows_loaded.get(profile, 0) + upserted
-                wh.record_files(schema, batch.files)
+                if self._record_files:
+                    wh.record_files(schema, batch.files)
                 wh.record_rejects(schema, batch.rejects)
                 turned_off = self.sync_filter.new_turned_off_names()
                 if turned_off:
@@ -349,7 +387,10 @@ class Loader:
             data.append(column)
         data.append([uuid_ts] * len(rows))
         if has_rescue:
-            report.rescued_values += sum(len(r) for r in rescued if r)
+            count = sum(len(r) for r in rescued if r)
+            report.rescued_values += count
+            if count:
+                report.rescued_by_table[table] = report.rescued_by_table.get(table, 0) + count
             data.append([orjson.dumps(r).decode() if r else None for r in rescued])
         out = list(zip(*data, strict=True))
         insert_cols = [*names, "uuid_ts"] + ([RESCUED_COLUMN] if has_rescue else [])

@@ -8,6 +8,7 @@ checked out anywhere. Errors name the file, the line and the field.
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,15 @@ class EventSource(BaseModel):
     schedule: str | None = Field(default=None, description="cron, in UTC")
     targets: list[str] = Field(default_factory=list)
     batch_lines: int | None = None
+    start_date: date = Field(
+        default=date(2025, 1, 1), description="first received day (Dagster's daily partitions)"
+    )
+    freshness_hours: float = Field(
+        default=48.0, description="received_at older than this fails the freshness check"
+    )
+    max_reject_rate: float = Field(
+        default=0.01, description="rejected lines / lines read above this fails the check"
+    )
 
     @field_validator("schedule")
     @classmethod

@@ -76,8 +76,13 @@ class SyncFilter:
     list data that never reached the warehouse.
     """
 
-    def __init__(self, rules: SourceRules | None) -> None:
+    def __init__(
+        self, rules: SourceRules | None, only_tables: frozenset[str] | None = None
+    ) -> None:
         self.rules = rules
+        # A run that loads some tables only (a Dagster subset): not a rule, so what it
+        # leaves out is not remembered as turned off.
+        self.only_tables = only_tables
         self._tables: dict[str, Decision] = {}
         self._columns: dict[tuple[str, str], Decision] = {}
         self._reported: set[tuple[str, str]] = set()
@@ -106,15 +111,26 @@ class SyncFilter:
 
     def new_turned_off_names(self) -> list[tuple[str, str]]:
         """(table, column) pairs turned off since the last call; column '' = whole table."""
-        off = [(t, "") for t, d in self._tables.items() if not d.synced]
+        selected = self.only_tables
+        off = [
+            (t, "")
+            for t, d in self._tables.items()
+            if not d.synced and (selected is None or t in selected)
+        ]
         off += [k for k, d in self._columns.items() if not d.synced and self._tables[k[0]].synced]
         fresh = [k for k in off if k not in self._reported]
         self._reported.update(fresh)
         return fresh
 
+    def restricted_to(self, tables: set[str] | frozenset[str]) -> SyncFilter:
+        """The same rules, for a run that loads only `tables`."""
+        return SyncFilter(self.rules, frozenset(tables))
+
     @property
     def active(self) -> bool:
         r = self.rules
+        if self.only_tables is not None:
+            return True
         return r is not None and (
             not r.enabled or r.mode == "allow" or bool(r.collections) or bool(r.properties)
         )
@@ -130,6 +146,8 @@ class SyncFilter:
         return self.column_decision(table, column).synced
 
     def _table_decision(self, table: str) -> Decision:
+        if self.only_tables is not None and table not in self.only_tables:
+            return Decision(False, None, "not selected in this run")
         r = self.rules
         if r is None:
             return Decision(True, None, "default: everything is synced")

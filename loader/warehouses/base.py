@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from loader.messages import Reject
@@ -34,6 +35,15 @@ class Capabilities:
     type_names: dict[ColumnType, str]
     json_type: str
     max_text_chars: int | None = None
+
+
+@dataclass(frozen=True)
+class TableStats:
+    """What monitoring asks of a loaded table (Dagster metadata and checks)."""
+
+    rows: int
+    duplicate_ids: int
+    max_received_at: datetime | None
 
 
 @dataclass
@@ -113,6 +123,10 @@ class Warehouse(ABC):
 
     @abstractmethod
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def table_stats(self, schema: str, table: str) -> TableStats:
+        """Row count, ids present more than once, and the newest received_at."""
 
     @abstractmethod
     def query(self, sql: str) -> Iterator[tuple[Any, ...]]:

@@ -13,7 +13,7 @@ import orjson
 
 from loader.messages import Reject
 from loader.schema import ColumnType
-from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, Warehouse
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, TableStats, Warehouse
 
 
 def quote(name: str) -> str:
@@ -234,6 +234,13 @@ class SqlFamilyWarehouse(Warehouse):
             f"ORDER BY started_at DESC LIMIT {int(limit)}"
         )
         return [r[0] if isinstance(r[0], dict) else orjson.loads(r[0]) for r in rows]
+
+    def table_stats(self, schema: str, table: str) -> TableStats:
+        rows, duplicates, newest = self._fetchall(
+            "SELECT count(*), count(*) - count(DISTINCT id), max(received_at) "
+            f"FROM {qualified(schema, table)}"
+        )[0]
+        return TableStats(int(rows), int(duplicates), newest)
 
     def query(self, sql: str) -> Iterator[tuple[Any, ...]]:
         return iter(self._fetchall(sql))

@@ -1,0 +1,302 @@
+"""The asset factory: one multi-asset per (source, target), one spec per table.
+
+All loading is `loader`'s; this module only maps a Dagster run (partition, selection,
+config) onto one `Loader` call and the run's report onto per-table events.
+"""
+
+from collections.abc import Iterator
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from dagster_project.resources import WarehouseResource, resource_key
+from dagster_project.translator import REJECTS_TABLE, SluiceTranslator, TableInfo, column_schema
+from loader.catalog import tables_of, update_catalog
+from loader.config import ConfigError
+from loader.naming import snake_case
+from loader.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
+from loader.project import Project
+from loader.selective_sync import SelectiveSync
+from loader.warehouses.base import LockBusy, Warehouse
+
+# Tables every event source has (users/accounts follow identifies/groups).
+CORE_TABLES = ("tracks", "pages", "screens", "identifies", "users", "groups", "accounts", "aliases")
+
+CHECK_DUPLICATES = "no_duplicate_ids"
+CHECK_FRESHNESS = "received_at_fresh"
+CHECK_REJECT_RATE = "reject_rate"
+CHECK_SELECTIVE_SYNC = "selective_sync_valid"
+
+
+class SyncConfig(dg.Config):
+    replay: bool = Field(
+        default=False,
+        description=(
+            "Reload every archive file of the partition's day(s), even files already "
+            "loaded: missing rows are inserted and NULL columns filled, nothing is "
+            "changed. Backfills always replay."
+        ),
+    )
+
+
+def daily_partitions(project: Project, source: str) -> dg.DailyPartitionsDefinition:
+    """By received day (UTC); today's partition exists so files arriving today load."""
+    start = project.source(source).start_date
+    return dg.DailyPartitionsDefinition(start_date=start.isoformat(), end_offset=1)
+
+
+def op_name(source: str, target: str) -> str:
+    return f"sync__{snake_case(source)}__{snake_case(target)}"
+
+
+def pool_name(source: str, target: str) -> str:
+    """One pool per (source, target): with a limit of 1 (dagster.yaml), two runs never
+    load the same source into the same target at once."""
+    return f"sluice__{snake_case(source)}__{snake_case(target)}"
+
+
+def table_infos(
+    project: Project, rules: SelectiveSync, source: str, target: str, target_type: str
+) -> list[TableInfo]:
+    """The source's tables in this target: the core tables, every table the catalog has
+    seen, minus what selective sync turns off; plus the rejects."""
+    schema = project.schema_of(source)
+    known = tables_of(project.root, target, schema)
+    sync_filter = rules.filter_for(target, source)
+    names = sorted(set(CORE_TABLES) | set(known))
+    infos = [
+        TableInfo(target, target_type, source, schema, name, known.get(name))
+        for name in names
+        if sync_filter.table_synced(name)
+    ]
+    infos.append(TableInfo(target, target_type, source, schema, REJECTS_TABLE, None))
+    return infos
+
+
+def build_source_assets(
+    project: Project,
+    rules: SelectiveSync,
+    source: str,
+    target: str,
+    target_type: str,
+    translator: SluiceTranslator,
+) -> dg.AssetsDefinition:
+    infos = table_infos(project, rules, source, target, target_type)
+    specs = [translator.get_asset_spec(info) for info in infos]
+    table_of = {spec.key: info.table for spec, info in zip(specs, infos, strict=True)}
+    key_of = {info.table: spec.key for spec, info in zip(specs, infos, strict=True)}
+    check_specs = [
+        dg.AssetCheckSpec(CHECK_DUPLICATES, asset=key, blocking=True)
+        for key, table in table_of.items()
+        if table != REJECTS_TABLE
+    ]
+    check_specs += [
+        dg.AssetCheckSpec(CHECK_FRESHNESS, asset=key)
+        for key, table in table_of.items()
+        if table != REJECTS_TABLE
+    ]
+    rejects_key = key_of[REJECTS_TABLE]
+    check_specs += [
+        dg.AssetCheckSpec(CHECK_REJECT_RATE, asset=rejects_key),
+        dg.AssetCheckSpec(CHECK_SELECTIVE_SYNC, asset=rejects_key, blocking=True),
+    ]
+    res_key = resource_key(target)
+    settings = project.source(source)
+
+    @dg.multi_asset(
+        name=op_name(source, target),
+        specs=specs,
+        check_specs=check_specs,
+        can_subset=True,
+        partitions_def=daily_partitions(project, source),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=pool_name(source, target),
+        required_resource_keys={res_key},
+    )
+    def _sync(context: dg.AssetExecutionContext, config: SyncConfig) -> Iterator[Any]:
+        resource: WarehouseResource = getattr(context.resources, res_key)
+        selected = {table_of[k] for k in context.selected_asset_keys}
+        full = selected >= set(table_of.values())
+        window = context.partition_time_window
+        days = (window.start.date(), (window.end - timedelta(days=1)).date())
+        replay = config.replay or "dagster/backfill" in context.run.tags or not full
+        yield from _selective_sync_check(context, project, rejects_key)
+        current = project.load_selective_sync()
+        sync_filter = current.filter_for(target, source)
+        if not full:
+            # A subset replays the selected tables only and leaves the files pending.
+            sync_filter = sync_filter.restricted_to(selected - {REJECTS_TABLE})
+        schema = project.schema_of(source)
+        with resource.open() as warehouse:
+            loader = Loader(
+                warehouse,
+                batch_lines=settings.batch_lines or DEFAULT_BATCH_LINES,
+                storage_options=settings.storage_options or None,
+                sync_filter=sync_filter,
+            )
+            context.log.info(
+                f"{'replaying' if replay else 'loading pending files of'} "
+                f"{days[0]}..{days[1]} of {source} into {target}.{schema} "
+                f"({'all tables' if full else ', '.join(sorted(selected))})"
+            )
+            try:
+                report = loader.load(
+                    project.archive_url(source),
+                    schema,
+                    days=days,
+                    replay=replay,
+                    record_files=full,
+                )
+            except LockBusy as exc:
+                raise dg.RetryRequested(max_retries=20, seconds_to_wait=30) from exc
+            tables = warehouse.read_schema(schema)
+            update_catalog(project.root, target, schema, tables)
+            yield from _results(
+                context, warehouse, project, source, schema, report, tables, table_of, key_of
+            )
+            touched = set(report.rows_loaded) | set(report.new_tables)
+            discovered = sorted(t for t in touched - set(key_of) if t in tables)
+            if discovered:
+                # Recorded now; managed assets once the code location reloads the catalog.
+                context.log.warning(
+                    f"{len(discovered)} table(s) not yet declared as assets: "
+                    f"{', '.join(discovered)}; reload the code location to manage them"
+                )
+            for table in discovered:
+                yield dg.AssetMaterialization(
+                    asset_key=translator.get_asset_key(
+                        TableInfo(target, target_type, source, schema, table, None)
+                    ),
+                    metadata=_table_metadata(warehouse, schema, table, report, tables),
+                )
+
+    return _sync
+
+
+def _selective_sync_check(
+    context: dg.AssetExecutionContext, project: Project, rejects_key: dg.AssetKey
+) -> Iterator[dg.AssetCheckResult]:
+    """Fails the run (blocking check) before any load when the file has an error."""
+    try:
+        project.load_selective_sync()
+    except ConfigError as exc:
+        if dg.AssetCheckKey(rejects_key, CHECK_SELECTIVE_SYNC) in context.selected_asset_check_keys:
+            yield dg.AssetCheckResult(
+                asset_key=rejects_key,
+                check_name=CHECK_SELECTIVE_SYNC,
+                passed=False,
+                metadata={"error": str(exc)},
+            )
+        raise dg.Failure(f"selective sync file is invalid: {exc}", allow_retries=False) from exc
+
+
+def _table_metadata(
+    warehouse: Warehouse,
+    schema: str,
+    table: str,
+    report: SyncReport,
+    tables: dict[str, Any],
+) -> dict[str, Any]:
+    stats = warehouse.table_stats(schema, table)
+    new_columns = [c.split(".", 1)[1] for c in report.new_columns if c.startswith(f"{table}.")]
+    if table in report.new_tables:
+        new_columns = list(tables[table])
+    return {
+        "rows_loaded": report.rows_loaded.get(table, 0),
+        "dagster/row_count": stats.rows,
+        "new_columns": new_columns,
+        "rescued_values": report.rescued_by_table.get(table, 0),
+        "rejects": report.rejects,
+        "duration_s": report.duration_s,
+        "files_loaded": report.files_loaded,
+        "mode": "replay" if report.replay else "sync",
+        "dagster/table_name": f"{schema}.{table}",
+        "dagster/column_schema": column_schema({c: k.value for c, k in tables[table].items()}),
+    }
+
+
+def _results(
+    context: dg.AssetExecutionContext,
+    warehouse: Warehouse,
+    project: Project,
+    source: str,
+    schema: str,
+    report: SyncReport,
+    tables: dict[str, Any],
+    table_of: dict[dg.AssetKey, str],
+    key_of: dict[str, dg.AssetKey],
+) -> Iterator[dg.MaterializeResult]:
+    settings = project.source(source)
+    wanted = context.selected_asset_check_keys
+    for key in sorted(context.selected_asset_keys, key=lambda k: k.to_user_string()):
+        table = table_of[key]
+        if table == REJECTS_TABLE:
+            rate = report.rejects / report.lines_read if report.lines_read else 0.0
+            checks = [
+                dg.AssetCheckResult(
+                    asset_key=key,
+                    check_name=CHECK_REJECT_RATE,
+                    passed=rate <= settings.max_reject_rate,
+                    metadata={"reject_rate": rate, "threshold": settings.max_reject_rate},
+                ),
+                dg.AssetCheckResult(asset_key=key, check_name=CHECK_SELECTIVE_SYNC, passed=True),
+            ]
+            yield dg.MaterializeResult(
+                asset_key=key,
+                metadata={
+                    "rejects": report.rejects,
+                    "lines_read": report.lines_read,
+                    "reject_rate": rate,
+                    "files_failed": len(report.files_failed),
+                    "duration_s": report.duration_s,
+                },
+                check_results=[c for c in checks if _check_key(c) in wanted],
+            )
+            continue
+        if table not in tables:
+            continue  # no data for it yet (e.g. no screen calls): skippable
+        metadata = _table_metadata(warehouse, schema, table, report, tables)
+        stats = warehouse.table_stats(schema, table)
+        age_h = _age_hours(stats.max_received_at)
+        checks = [
+            dg.AssetCheckResult(
+                asset_key=key,
+                check_name=CHECK_DUPLICATES,
+                passed=stats.duplicate_ids == 0,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"duplicate_ids": stats.duplicate_ids},
+            ),
+            dg.AssetCheckResult(
+                asset_key=key,
+                check_name=CHECK_FRESHNESS,
+                passed=age_h is not None and age_h <= settings.freshness_hours,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "newest_received_at": str(stats.max_received_at),
+                    "age_hours": round(age_h, 1) if age_h is not None else -1.0,
+                    "threshold_hours": settings.freshness_hours,
+                },
+            ),
+        ]
+        yield dg.MaterializeResult(
+            asset_key=key,
+            metadata=metadata,
+            check_results=[c for c in checks if _check_key(c) in wanted],
+        )
+
+
+def _check_key(result: dg.AssetCheckResult) -> dg.AssetCheckKey:
+    assert result.asset_key is not None and result.check_name is not None
+    return dg.AssetCheckKey(result.asset_key, result.check_name)
+
+
+def _age_hours(newest: datetime | date | None) -> float | None:
+    if newest is None:
+        return None
+    if not isinstance(newest, datetime):
+        newest = datetime(newest.year, newest.month, newest.day, tzinfo=timezone.utc)
+    if newest.tzinfo is None:
+        newest = newest.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - newest).total_seconds() / 3600

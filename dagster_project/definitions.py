@@ -1,0 +1,45 @@
+"""The Dagster code location, built from sluice.yml (found via $SLUICE_PROJECT or the
+working directory), profiles.yml, selective_sync.yml and the catalog of tables.
+
+Loading it does no warehouse or network I/O; run `dagster dev -m dagster_project.definitions`
+in a project folder (see the README).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from dagster_project.assets import build_source_assets
+from dagster_project.automation import build_schedule, build_sensor, sync_job
+from dagster_project.resources import warehouse_resources
+from dagster_project.translator import SluiceTranslator
+from loader.project import Project, find_project, load_project
+
+
+def build_definitions(
+    project: Project, translator: SluiceTranslator | None = None
+) -> dg.Definitions:
+    translator = translator or SluiceTranslator()
+    profiles = project.load_profiles()
+    rules = project.load_selective_sync()
+    resources = warehouse_resources(project.profiles_path())
+    assets, jobs, schedules, sensors = [], [], [], []
+    for source in project.sources:
+        for target in project.targets_of(source, profiles):
+            _, spec = profiles.target(target)
+            assets_def = build_source_assets(project, rules, source, target, spec.type, translator)
+            job = sync_job(assets_def, source, target)
+            assets.append(assets_def)
+            jobs.append(job)
+            schedule = build_schedule(project, source, target, job)
+            if schedule is not None:
+                schedules.append(schedule)
+            sensors.append(build_sensor(project, source, target, job))
+    return dg.Definitions(
+        assets=assets, jobs=jobs, schedules=schedules, sensors=sensors, resources=resources
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_project(find_project(None)))
