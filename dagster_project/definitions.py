@@ -24,7 +24,8 @@ def build_definitions(
     rules = project.load_selective_sync()
     resources = warehouse_resources(project.profiles_path())
     assets, jobs, schedules, sensors = [], [], [], []
-    for source in project.sources:
+    # Archive sources; object sources run through `sluice sync` (not yet assets).
+    for source in project.event_sources():
         for target in project.targets_of(source, profiles):
             _, spec = profiles.target(target)
             assets_def = build_source_assets(project, rules, source, target, spec.type, translator)

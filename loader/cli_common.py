@@ -8,8 +8,9 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
-from loader.pipeline import Loader, SyncReport
+from loader.pipeline import SyncReport
 from loader.report_view import print_report
+from loader.sources.cloud.engine import SourceError
 from loader.warehouses.base import LockBusy, Warehouse
 
 console = Console()
@@ -44,9 +45,9 @@ def progress(report: SyncReport) -> None:
 
 def run_sync(
     ctx: CliContext,
-    loader: Loader,
+    loader: Any,
     what: str,
-    run: Callable[[Loader], SyncReport],
+    run: Callable[[Any], SyncReport],
 ) -> SyncReport | None:
     """Run one load/replay with the CLI's error contract; None when it failed (exit 1
     is the caller's, so several syncs can run before the process exits)."""
@@ -57,6 +58,9 @@ def run_sync(
         return None
     except FileNotFoundError as exc:
         fail(f"archive not found: {exc}", 2)
+    except SourceError as exc:
+        err_console.print(f"[red]error:[/] {what} failed: {exc}", highlight=False)
+        return None
     except Exception as exc:  # noqa: BLE001 - one sentence, traceback with --verbose
         if ctx.verbose:
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from datetime import date
+from typing import Any
 
 import click
 from rich.table import Table
@@ -14,9 +15,11 @@ from loader.catalog import update_catalog
 from loader.cli_common import CliContext, console, err_console, fail, open_target, progress
 from loader.cli_common import run_sync as run_one
 from loader.config import ConfigError, Profiles
+from loader.object_pipeline import ObjectLoader
 from loader.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
 from loader.project import Project, find_project, load_project
 from loader.selective_sync import Issue, SelectiveSync, check_names, parse
+from loader.sources.cloud.registry import connector_for
 from loader.warehouses.base import WarehouseError
 
 _project_option = click.option(
@@ -63,23 +66,30 @@ def _run_pairs(
     for source_name, target_name in pairs:
         source = project.source(source_name)
         schema = project.schema_of(source_name)
-        url = project.archive_url(source_name)
+        if days is not None and not project.is_archive(source_name):
+            fail(f"{source_name} is a {source.kind} source: replay is for archives", 2)
         try:
             warehouse = open_target(*profiles.target(target_name))
         except WarehouseError as exc:
             err_console.print(f"[red]error:[/] {exc}", highlight=False)
             failures += 1
             continue
-        loader = Loader(
-            warehouse,
-            batch_lines=source.batch_lines or DEFAULT_BATCH_LINES,
-            storage_options=source.storage_options or None,
-            on_batch=progress,
-            sync_filter=rules.filter_for(target_name, source_name),
-        )
+        sync_filter = rules.filter_for(target_name, source_name)
         what = f"{'replay' if days else 'sync'} of {source_name} into {target_name}"
         try:
-            report = run_one(ctx, loader, what, _runner(url, schema, days))
+            if project.is_archive(source_name):
+                url = project.archive_url(source_name)
+                loader = Loader(
+                    warehouse,
+                    batch_lines=source.batch_lines or DEFAULT_BATCH_LINES,
+                    storage_options=source.storage_options or None,
+                    on_batch=progress,
+                    sync_filter=sync_filter,
+                )
+                report = run_one(ctx, loader, what, _runner(url, schema, days))
+            else:
+                objects = ObjectLoader(warehouse, sync_filter=sync_filter)
+                report = run_one(ctx, objects, what, _object_runner(project, source, schema))
             if report is not None:
                 update_catalog(project.root, target_name, schema, warehouse.read_schema(schema))
         finally:
@@ -95,6 +105,14 @@ def _runner(
     if days is None:
         return lambda loader: loader.load(url, schema)
     return lambda loader: loader.replay(url, schema, *days)
+
+
+def _object_runner(project: Project, source: Any, schema: str) -> Callable[[Any], SyncReport]:
+    def run(objects: ObjectLoader) -> SyncReport:
+        connector = connector_for(source, project.root)
+        return objects.sync(connector, schema, source.collections)
+
+    return run
 
 
 @click.command()

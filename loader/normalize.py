@@ -203,3 +203,33 @@ _TABLE_OF_KIND = {
     "group": "groups",
     "alias": "aliases",
 }
+
+
+# Columns every object table has besides the object's own fields.
+DELETED_COLUMN = "_deleted_at"
+OBJECT_RESERVED = CORE_COLUMNS | {DELETED_COLUMN}
+
+
+def object_id(obj: dict[str, Any]) -> str:
+    value = obj.get("id", obj.get("Id"))
+    return str(value)
+
+
+def object_row(
+    table: str,
+    obj: dict[str, Any],
+    fetched_at: str,
+    deleted: bool,
+    keep: dict[str, bool] | None = None,
+) -> Row:
+    """One upstream object as a row: its fields flattened by the event rules, plus when
+    Sluice fetched it and, if deleted upstream, since when."""
+    values: dict[str, Any] = {
+        "id": object_id(obj),
+        "received_at": fetched_at,
+        DELETED_COLUMN: fetched_at if deleted else None,
+    }
+    rescued: dict[str, Any] = {}
+    fields = {k: v for k, v in obj.items() if k not in ("id", "Id")}
+    flatten_into(values, fields, "", OBJECT_RESERVED, rescued, keep)
+    return Row(table, values, rescued)

@@ -17,8 +17,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
-import orjson
-
 from loader.messages import Reject, parse_line
 from loader.normalize import (
     COMMON_COLUMNS,
@@ -27,9 +25,10 @@ from loader.normalize import (
     Row,
     rows_for,
 )
-from loader.schema import ColumnType, coerce_column, plan_columns
+from loader.schema import ColumnType
 from loader.selective_sync import SyncFilter
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines, list_files, received_day
+from loader.table_writer import TableWriter
 from loader.warehouses.base import ProfileSpec, Warehouse
 
 DEFAULT_BATCH_LINES = 20_000
@@ -93,6 +92,7 @@ class SyncReport:
     new_columns: list[str] = field(default_factory=list)
     rescued_values: int = 0
     rejects: int = 0
+    deleted_objects: int = 0
     replay: dict[str, Any] | None = None
     files_undated: int = 0
     turned_off: list[str] = field(default_factory=list)
@@ -137,6 +137,36 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+@contextmanager
+def recorded_run(wh: Warehouse, schema: str, source: str) -> Iterator[SyncReport]:
+    """A sync's report: timed, marked success or failed, and stored in `_sluice` either
+    way (except when the lock refused the run: that run never started)."""
+    started = time.perf_counter()
+    report = SyncReport(
+        run_id=uuid.uuid4().hex,
+        schema=schema,
+        target=wh.target_name,
+        source_url=source,
+        started_at=_now().isoformat(),
+    )
+    wh.ensure_bookkeeping()
+    try:
+        yield report
+        report.status = "success"
+    except Exception as exc:
+        report.status = "failed"
+        report.error = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        report.finished_at = _now().isoformat()
+        report.duration_s = round(time.perf_counter() - started, 3)
+        if report.error is None or "LockBusy" not in report.error:
+            try:
+                wh.record_run(schema, report.to_dict())
+            except Exception:  # noqa: BLE001 - the report is secondary to the error
+                pass
+
+
 class Loader:
     """Runs syncs of archives into one warehouse; the warehouse is owned by the caller."""
 
@@ -149,6 +179,7 @@ class Loader:
         sync_filter: SyncFilter | None = None,
     ) -> None:
         self.warehouse = warehouse
+        self.writer = TableWriter(warehouse)
         self.batch_lines = batch_lines
         self.storage_options = storage_options
         self.on_batch = on_batch
@@ -186,32 +217,10 @@ class Loader:
     ) -> SyncReport:
         """Load the archive's pending files (those received on `days`, if given; files
         whose path names no day are pending on every day) into `schema`."""
-        started = time.perf_counter()
-        report = SyncReport(
-            run_id=uuid.uuid4().hex,
-            schema=schema,
-            target=self.warehouse.target_name,
-            source_url=url,
-            started_at=_now().isoformat(),
-        )
         wh = self.warehouse
-        wh.ensure_bookkeeping()
-        try:
+        with recorded_run(wh, schema, url) as report:
             with wh.lock(schema), _cyclic_gc_paused():
                 self._load_locked(url, schema, report, days, replay, record_files)
-            report.status = "success"
-        except Exception as exc:
-            report.status = "failed"
-            report.error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            report.finished_at = _now().isoformat()
-            report.duration_s = round(time.perf_counter() - started, 3)
-            if report.error is None or "LockBusy" not in report.error:
-                try:
-                    wh.record_run(schema, report.to_dict())
-                except Exception:  # noqa: BLE001 - the report is secondary to the error
-                    pass
         return report
 
     def _load_locked(
@@ -254,7 +263,7 @@ class Loader:
                 with wh.transaction():
                     wh.record_files(schema, [(f.url, 0) for f in todo])
             return
-        self._known = wh.read_schema(schema)
+        self.writer.refresh(schema)
         for batch in self._batches(todo):
             self._commit(schema, batch, report)
 
@@ -327,7 +336,7 @@ class Loader:
                 for table, rows in by_table.items():
                     self._load_table(schema, table, rows, uuid_ts, report)
                 for profile, (source, key) in PROFILES.items():
-                    if profile_keys[profile] and source in self._known:
+                    if profile_keys[profile] and source in self.writer.known:
                         upserted = self._rebuild_profile(
                             schema, profile, source, key, profile_keys[profile]
                         )
@@ -340,7 +349,7 @@ class Loader:
                     wh.record_turned_off(schema, turned_off)
                     report.turned_off.extend(f"{t}.{c}" if c else t for t, c in turned_off)
         except Exception:
-            self._known = wh.read_schema(schema)
+            self.writer.refresh(schema)
             raise
         report.files_loaded += len(batch.files)
         report.rejects += len(batch.rejects)
@@ -350,50 +359,12 @@ class Loader:
         if self.on_batch is not None:
             self.on_batch(report)
 
-    def _ensure_columns(
-        self, schema: str, table: str, rows: Iterable[dict[str, Any]], report: SyncReport
-    ) -> dict[str, ColumnType]:
-        existing = self._known.get(table)
-        columns, added = plan_columns(existing, rows, fixed_columns(table))
-        if existing is None:
-            self.warehouse.create_table(schema, table, columns)
-            report.new_tables.append(table)
-        elif added:
-            self.warehouse.add_columns(schema, table, added)
-            report.new_columns.extend(f"{table}.{c}" for c in added)
-        self._known[table] = columns
-        return columns
-
     def _load_table(
         self, schema: str, table: str, rows: list[Row], uuid_ts: str, report: SyncReport
     ) -> None:
-        columns = self._ensure_columns(schema, table, (r.values for r in rows), report)
-        names = [c for c in columns if c != RESCUED_COLUMN and c != "uuid_ts"]
-        # Layout columns are typed by normalize already; only data columns need coercion.
-        fixed = fixed_columns(table)
-        has_rescue = RESCUED_COLUMN in columns
-        # Column-wise: one pass per column is far cheaper in Python than per-value calls.
-        rescued: list[dict[str, Any] | None] = [r.rescued or None for r in rows]
-        data: list[list[Any]] = []
-        for name in names:
-            column = [r.values.get(name) for r in rows]
-            if name not in fixed:
-                column, misfits = coerce_column(column, columns[name])
-                for index, original in misfits:
-                    slot = rescued[index]
-                    if slot is None:
-                        slot = rescued[index] = {}
-                    slot[name] = original
-            data.append(column)
-        data.append([uuid_ts] * len(rows))
-        if has_rescue:
-            count = sum(len(r) for r in rescued if r)
-            report.rescued_values += count
-            if count:
-                report.rescued_by_table[table] = report.rescued_by_table.get(table, 0) + count
-            data.append([orjson.dumps(r).decode() if r else None for r in rescued])
-        out = list(zip(*data, strict=True))
-        insert_cols = [*names, "uuid_ts"] + ([RESCUED_COLUMN] if has_rescue else [])
+        insert_cols, out = self.writer.prepare(
+            schema, table, rows, fixed_columns(table), uuid_ts, report
+        )
         inserted = self.warehouse.insert_new_rows(
             schema, table, insert_cols, out, fill_nulls=self._replay
         )
@@ -410,15 +381,15 @@ class Loader:
     ) -> int:
         traits = [
             t
-            for t in profile_traits(self._known[source], source)
+            for t in profile_traits(self.writer.known[source], source)
             if self.sync_filter.column_synced(profile, t)
         ]
-        types = {t: self._known[source][t] for t in traits}
-        existing = self._known.get(profile)
+        types = {t: self.writer.known[source][t] for t in traits}
+        existing = self.writer.known.get(profile)
         wanted = {**_PROFILE_FIXED, **types}
         if existing is None:
             self.warehouse.create_table(schema, profile, wanted)
-            self._known[profile] = wanted
+            self.writer.known[profile] = wanted
         else:
             missing = {c: k for c, k in wanted.items() if c not in existing}
             if missing:

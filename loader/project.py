@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from loader.config import ConfigError, Profiles, find_profiles, interpolate, line_of, load_profiles
 from loader.naming import snake_case
@@ -23,14 +23,11 @@ from loader.selective_sync import load_file as load_selective_sync
 PROJECT_FILE = "sluice.yml"
 
 
-class EventSource(BaseModel):
-    """An archive of Segment messages (Segment's S3 log layout or plain NDJSON)."""
+class _Source(BaseModel):
+    """What every source has: where it lands, when it runs, what monitoring expects."""
 
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["events"] = "events"
-    archive: str = Field(description="a folder, a file, or an s3:// / gs:// prefix")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     schema_name: str | None = Field(default=None, alias="schema")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
     schedule: str | None = Field(default=None, description="cron, in UTC")
     targets: list[str] = Field(default_factory=list)
     batch_lines: int | None = None
@@ -52,18 +49,62 @@ class EventSource(BaseModel):
         return value
 
 
+class EventSource(_Source):
+    """An archive of Segment messages (Segment's S3 log layout or plain NDJSON)."""
+
+    kind: Literal["events"] = "events"
+    archive: str = Field(description="a folder, a file, or an s3:// / gs:// prefix")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class _ObjectSource(_Source):
+    collections: list[str] | None = Field(default=None, description="default: all")
+
+
+class StripeSource(_ObjectSource):
+    kind: Literal["stripe"]
+    api_key: SecretStr
+    base_url: str = "https://api.stripe.com"
+
+
+class ZendeskSource(_ObjectSource):
+    kind: Literal["zendesk"]
+    url: str = Field(description="https://<subdomain>.zendesk.com")
+    email: str
+    api_token: SecretStr
+
+
+class SalesforceSource(_ObjectSource):
+    kind: Literal["salesforce"]
+    instance_url: str
+    access_token: SecretStr
+    fields: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class ObjectArchiveSource(_ObjectSource):
+    kind: Literal["objects"]
+    archive: str = Field(description="folder or prefix holding <collection>/*.ndjson")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+Source = Annotated[
+    EventSource | StripeSource | ZendeskSource | SalesforceSource | ObjectArchiveSource,
+    Field(discriminator="kind"),
+]
+
+
 class Project(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: Literal[1] = 1
     profiles: str | None = None
     selective_sync: str | None = None
-    sources: dict[str, EventSource] = Field(default_factory=dict)
+    sources: dict[str, Source] = Field(default_factory=dict)
 
     # Set by load_project: where the file is, for relative paths.
     root: Path = Field(default=Path("."), exclude=True)
     path: Path = Field(default=Path(PROJECT_FILE), exclude=True)
 
-    def source(self, name: str) -> EventSource:
+    def source(self, name: str) -> Any:
         if name not in self.sources:
             known = ", ".join(sorted(self.sources)) or "none"
             raise ConfigError(f"{self.path}: unknown source '{name}' (sources: {known})")
@@ -71,6 +112,12 @@ class Project(BaseModel):
 
     def schema_of(self, name: str) -> str:
         return snake_case(self.source(name).schema_name or name)
+
+    def is_archive(self, name: str) -> bool:
+        return isinstance(self.source(name), EventSource)
+
+    def event_sources(self) -> list[str]:
+        return [n for n in self.sources if self.is_archive(n)]
 
     def archive_url(self, name: str) -> str:
         url = self.source(name).archive
@@ -126,11 +173,15 @@ def load_project(path: Path) -> Project:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    for source in (data.get("sources") or {}).values():
+        if isinstance(source, dict):
+            source.setdefault("kind", "events")
     try:
         project = Project.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(err["loc"])
+        kinds = {"events", "stripe", "zendesk", "salesforce", "objects"}
+        loc = tuple(p for p in err["loc"] if p not in kinds)
         line = line_of(raw, loc)
         where = f", line {line}" if line else ""
         field = ".".join(str(p) for p in loc)

@@ -43,6 +43,8 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         console.print(f"new tables: {', '.join(report['new_tables'])}")
     if report["new_columns"]:
         console.print(f"new columns: {', '.join(report['new_columns'])}")
+    if report.get("deleted_objects"):
+        console.print(f"objects marked deleted: {report['deleted_objects']}")
     if report.get("turned_off"):
         shown = report["turned_off"][:20]
         more = len(report["turned_off"]) - len(shown)

@@ -30,7 +30,7 @@ class ArchiveFile:
     size: int
 
 
-def _protocol_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def protocol_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return path if protocol in ("file", "local") else f"{protocol}://{path}"
 
@@ -68,10 +68,10 @@ def list_files(url: str, storage_options: dict | None = None) -> list[ArchiveFil
         raise FileNotFoundError(f"no archive at {url}")
     root = paths[0]
     if fs.isfile(root):
-        return [ArchiveFile(_protocol_url(fs, root), fs.size(root))]
+        return [ArchiveFile(protocol_url(fs, root), fs.size(root))]
     found = fs.find(root, detail=True)
     files = [
-        ArchiveFile(_protocol_url(fs, p), int(info.get("size") or 0))
+        ArchiveFile(protocol_url(fs, p), int(info.get("size") or 0))
         for p, info in found.items()
         if info.get("type") != "directory" and p.endswith(ARCHIVE_SUFFIXES)
     ]

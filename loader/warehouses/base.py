@@ -101,6 +101,25 @@ class Warehouse(ABC):
         rows inserted or filled."""
 
     @abstractmethod
+    def upsert_rows(
+        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> int:
+        """Bulk-stage rows (unique ids): new ids are inserted, existing rows replaced
+        (a later version of an object)."""
+
+    @abstractmethod
+    def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
+        """Set `_deleted_at` on rows deleted upstream (a row is created if unseen)."""
+
+    @abstractmethod
+    def read_cursors(self, schema: str) -> dict[str, str]:
+        """{collection: cursor JSON} committed for an object source."""
+
+    @abstractmethod
+    def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
+        """Called inside the transaction that commits the rows the cursor covers."""
+
+    @abstractmethod
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
         """Recompute latest-per-trait rows for `keys` from the source table."""
 

@@ -92,6 +92,18 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
         rows: Sequence[Sequence[Any]],
         fill_nulls: bool = False,
     ) -> int:
+        return self._stage_insert(
+            schema, table, columns, rows, self._conflict_clause(quote(table), columns, fill_nulls)
+        )
+
+    def _stage_insert(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str,
+    ) -> int:
         if not rows:
             return 0
         types = self.read_schema_table(schema, table)
@@ -105,8 +117,7 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
             select = ", ".join(f"CAST({quote(c)} AS {types.get(c, 'varchar')})" for c in columns)
             result = self.conn.execute(
                 f"INSERT INTO {qualified(schema, table)} ({', '.join(quote(c) for c in columns)}) "
-                f"SELECT {select} FROM _sluice_stage "
-                + self._conflict_clause(quote(table), columns, fill_nulls)
+                f"SELECT {select} FROM _sluice_stage " + conflict
             )
             return int(result.fetchone()[0])
         finally:

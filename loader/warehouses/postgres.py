@@ -94,6 +94,18 @@ class PostgresWarehouse(SqlFamilyWarehouse):
         rows: Sequence[Sequence[Any]],
         fill_nulls: bool = False,
     ) -> int:
+        return self._stage_insert(
+            schema, table, columns, rows, self._conflict_clause(quote(table), columns, fill_nulls)
+        )
+
+    def _stage_insert(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str,
+    ) -> int:
         if not rows:
             return 0
         stage = quote(f"_stage_{table}")
@@ -104,7 +116,6 @@ class PostgresWarehouse(SqlFamilyWarehouse):
                 for row in rows:
                     copy.write_row(row)
             target = qualified(schema, table)
-            conflict = self._conflict_clause(quote(table), columns, fill_nulls)
             cur.execute(
                 f"INSERT INTO {target} AS {quote(table)} ({cols}) SELECT {cols} FROM {stage} "
                 + conflict

@@ -64,6 +64,12 @@ class SqlFamilyWarehouse(Warehouse):
                 f"finished_at {ts}, report {j})"
             )
             self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.cursors (schema_name text NOT NULL, "
+                "collection text NOT NULL, cursor text NOT NULL, "
+                f"updated_at {ts} DEFAULT current_timestamp, "
+                "PRIMARY KEY (schema_name, collection))"
+            )
+            self._execute(
                 f"CREATE TABLE IF NOT EXISTS {b}.turned_off_names (schema_name text NOT NULL, "
                 "table_name text NOT NULL, column_name text NOT NULL, "
                 f"first_seen {ts} DEFAULT current_timestamp, "
@@ -106,6 +112,59 @@ class SqlFamilyWarehouse(Warehouse):
             self._execute(
                 f"ALTER TABLE {qualified(schema, table)} ADD COLUMN {self._column_sql(name, kind)}"
             )
+
+    # --- objects (cloud sources) -----------------------------------------------------
+    def _stage_insert(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str,
+    ) -> int:
+        raise NotImplementedError  # pragma: no cover - every adapter overrides
+
+    def upsert_rows(
+        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> int:
+        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c != "id")
+        return self._stage_insert(
+            schema, table, columns, rows, f"ON CONFLICT (id) DO UPDATE SET {sets}"
+        )
+
+    def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
+        if not ids:
+            return 0
+        stub = [(i, at, at, at) for i in ids]
+        columns = ("id", "received_at", "uuid_ts", "_deleted_at")
+        self.insert_new_rows(schema, table, columns, stub)
+        p = self.placeholder
+        self._execute(
+            f"UPDATE {qualified(schema, table)} SET _deleted_at = CAST({p} AS "
+            f"{self.capabilities.type_names[ColumnType.TIMESTAMP]}) "
+            f"WHERE _deleted_at IS NULL AND id {self._in_list()}",
+            (at, list(ids)),
+        )
+        return len(ids)
+
+    def read_cursors(self, schema: str) -> dict[str, str]:
+        rows = self._fetchall(
+            f"SELECT collection, cursor FROM {quote(BOOKKEEPING_SCHEMA)}.cursors "
+            f"WHERE schema_name = {self.placeholder}",
+            (schema,),
+        )
+        return dict(rows)
+
+    def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
+        b, p = quote(BOOKKEEPING_SCHEMA), self.placeholder
+        self._execute(
+            f"DELETE FROM {b}.cursors WHERE schema_name = {p} AND collection = {p}",
+            (schema, collection),
+        )
+        self._execute(
+            f"INSERT INTO {b}.cursors (schema_name, collection, cursor) VALUES ({p}, {p}, {p})",
+            (schema, collection, cursor),
+        )
 
     # --- profiles (users, accounts) ------------------------------------------------
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:

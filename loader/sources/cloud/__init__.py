@@ -1,0 +1,1 @@
+"""Cloud object sources: SaaS APIs whose collections upsert into one schema each."""

@@ -1,0 +1,36 @@
+"""sluice.yml source settings -> the connector that serves them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loader.sources.cloud.engine import Connector
+
+
+def connector_for(settings: Any, root: Any = None) -> Connector:
+    """`settings` is one object source of sluice.yml; `root` resolves relative paths."""
+    kind = settings.kind
+    if kind == "stripe":
+        from loader.sources.cloud.stripe import StripeConnector
+
+        return StripeConnector(settings.api_key.get_secret_value(), settings.base_url)
+    if kind == "zendesk":
+        from loader.sources.cloud.zendesk import ZendeskConnector
+
+        return ZendeskConnector(settings.url, settings.email, settings.api_token.get_secret_value())
+    if kind == "salesforce":
+        from loader.sources.cloud.salesforce import SalesforceConnector
+
+        return SalesforceConnector(
+            settings.instance_url, settings.access_token.get_secret_value(), settings.fields
+        )
+    if kind == "objects":
+        import os
+
+        from loader.sources.objects_archive import ObjectArchiveConnector
+
+        url = settings.archive
+        if root is not None and "://" not in url and not os.path.isabs(url):
+            url = str(root / url)
+        return ObjectArchiveConnector(url, settings.storage_options or None)
+    raise ValueError(f"not an object source: {kind}")

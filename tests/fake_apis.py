@@ -1,0 +1,280 @@
+"""Real HTTP servers on loopback that follow the paging, cursor, rate-limit and error
+contracts of the Stripe, Zendesk and Salesforce APIs, over in-memory data a test edits,
+with faults a test injects (429 storms with Retry-After, 500s, outages)."""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+
+@dataclass
+class Fault:
+    status: int
+    times: int  # -1 = until cleared
+    path_contains: str = ""
+    retry_after: str | None = None
+    after_ok: int = 0  # let this many matching requests succeed first
+
+
+@dataclass
+class FakeApi:
+    """Subclasses implement route(path, query) -> (status, body)."""
+
+    requests: list[tuple[int, str, dict[str, list[str]], dict[str, str]]] = field(
+        default_factory=list
+    )
+    faults: list[Fault] = field(default_factory=list)
+    page_size: int = 2
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                url = urlparse(self.path)
+                query = parse_qs(url.query, keep_blank_values=True)
+                status, body, headers = api._serve(url.path, query, dict(self.headers))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def inject(self, fault: Fault) -> None:
+        with self._lock:
+            self.faults.append(fault)
+
+    def heal(self) -> None:
+        with self._lock:
+            self.faults.clear()
+
+    def _serve(
+        self, path: str, query: dict[str, list[str]], headers: dict[str, str]
+    ) -> tuple[int, Any, dict[str, str]]:
+        with self._lock:
+            for fault in self.faults:
+                if fault.path_contains not in path or fault.times == 0:
+                    continue
+                if fault.after_ok > 0:
+                    fault.after_ok -= 1
+                    continue
+                if fault.times > 0:
+                    fault.times -= 1
+                extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                self.requests.append((fault.status, path, query, headers))
+                return fault.status, {"error": "injected"}, extra
+            status, body = self.route(path, query)
+            self.requests.append((status, path, query, headers))
+            return status, body, {}
+
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def statuses(self, path_contains: str = "") -> list[int]:
+        return [s for s, p, _, _ in self.requests if path_contains in p]
+
+
+def _q(query: dict[str, list[str]], name: str, default: str | None = None) -> str | None:
+    return query.get(name, [default])[0]
+
+
+class FakeStripe(FakeApi):
+    """Lists newest first with starting_after/has_more and created[gt]; /v1/events with
+    type wildcards. Objects carry `created`."""
+
+    def __post_init__(self) -> None:
+        self.objects: dict[str, list[dict[str, Any]]] = {
+            c: [] for c in ("customers", "charges", "invoices", "subscriptions")
+        }
+        self.events: list[dict[str, Any]] = []
+        self.clock = 1_790_000_000
+        super().__post_init__()
+
+    def tick(self) -> int:
+        self.clock += 1
+        return self.clock
+
+    def create(self, collection: str, **fields: Any) -> dict[str, Any]:
+        obj = {"id": fields.pop("id"), "object": collection[:-1], "created": self.tick(), **fields}
+        self.objects[collection].append(obj)
+        return obj
+
+    def update(self, collection: str, oid: str, event_type: str, **fields: Any) -> None:
+        obj = next(o for o in self.objects[collection] if o["id"] == oid)
+        obj.update(fields)
+        self.events.append(
+            {
+                "id": f"evt_{len(self.events):05d}",
+                "type": event_type,
+                "created": self.tick(),
+                "data": {"object": dict(obj)},
+            }
+        )
+
+    def _page(self, items: list[dict[str, Any]], query: dict[str, list[str]]) -> dict[str, Any]:
+        items = sorted(items, key=lambda o: (o["created"], o["id"]), reverse=True)
+        gt = _q(query, "created[gt]")
+        if gt is not None:
+            items = [o for o in items if o["created"] > int(gt)]
+        after = _q(query, "starting_after")
+        if after:
+            index = next(i for i, o in enumerate(items) if o["id"] == after)
+            items = items[index + 1 :]
+        limit = min(int(_q(query, "limit", "10")), self.page_size)
+        return {"object": "list", "data": items[:limit], "has_more": len(items) > limit}
+
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        if path == "/v1/events":
+            pattern = _q(query, "type", "*")
+            return 200, self._page(
+                [e for e in self.events if fnmatch.fnmatchcase(e["type"], pattern)], query
+            )
+        collection = path.rsplit("/", 1)[-1]
+        if collection not in self.objects:
+            return 404, {"error": {"message": "Unrecognized request URL"}}
+        return 200, self._page(self.objects[collection], query)
+
+
+class FakeZendesk(FakeApi):
+    """Cursor-based incremental exports for tickets and users, time-based for
+    organizations; every object carries `updated_at` (epoch seconds)."""
+
+    def __post_init__(self) -> None:
+        self.objects: dict[str, list[dict[str, Any]]] = {
+            c: [] for c in ("tickets", "users", "organizations")
+        }
+        self.clock = 1_790_000_000
+        super().__post_init__()
+
+    def put(self, collection: str, **fields: Any) -> None:
+        self.clock += 1
+        items = self.objects[collection]
+        items[:] = [o for o in items if o["id"] != fields["id"]]
+        items.append({**fields, "updated_at": self.clock})
+
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        match = re.match(r"^/api/v2/incremental/(\w+)(/cursor)?\.json$", path)
+        if not match:
+            return 404, {"error": "InvalidEndpoint"}
+        collection, cursor_based = match.group(1), bool(match.group(2))
+        items = sorted(self.objects[collection], key=lambda o: (o["updated_at"], o["id"]))
+        if cursor_based:
+            cursor = _q(query, "cursor")
+            if cursor:
+                stamp, oid = json.loads(base64.b64decode(cursor))
+                items = [o for o in items if (o["updated_at"], o["id"]) > (stamp, oid)]
+            else:
+                start = int(_q(query, "start_time", "0"))
+                items = [o for o in items if o["updated_at"] >= start]
+            page = items[: self.page_size]
+            last = page[-1] if page else None
+            after = (
+                base64.b64encode(json.dumps([last["updated_at"], last["id"]]).encode()).decode()
+                if last
+                else cursor
+            )
+            return 200, {
+                collection: page,
+                "after_cursor": after,
+                "end_of_stream": len(items) <= self.page_size,
+            }
+        start = int(_q(query, "start_time", "0"))
+        items = [o for o in items if o["updated_at"] > start]
+        page = items[: self.page_size]
+        end_time = page[-1]["updated_at"] if page else start
+        return 200, {
+            collection: page,
+            "end_time": end_time,
+            "end_of_stream": len(items) <= self.page_size,
+        }
+
+
+class FakeSalesforce(FakeApi):
+    """queryAll with `SELECT fields FROM Object WHERE SystemModstamp >= dt ORDER BY
+    SystemModstamp ASC`, paged through nextRecordsUrl (queryMore)."""
+
+    def __post_init__(self) -> None:
+        self.records: dict[str, list[dict[str, Any]]] = {
+            o: [] for o in ("Account", "Contact", "Opportunity", "Lead")
+        }
+        self.clock = 0
+        self.pending: dict[str, list[dict[str, Any]]] = {}
+        super().__post_init__()
+
+    def _stamp(self) -> str:
+        self.clock += 1
+        minutes, seconds = divmod(self.clock, 60)
+        return f"2026-11-01T10:{minutes:02d}:{seconds:02d}.000+0000"
+
+    def put(self, sobject: str, **fields: Any) -> None:
+        items = self.records[sobject]
+        items[:] = [r for r in items if r["Id"] != fields["Id"]]
+        items.append({"IsDeleted": False, **fields, "SystemModstamp": self._stamp()})
+
+    def delete(self, sobject: str, rid: str) -> None:
+        record = next(r for r in self.records[sobject] if r["Id"] == rid)
+        self.put(sobject, **{**record, "IsDeleted": True})
+
+    def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        base = "/services/data/v59.0"
+        if path.startswith(f"{base}/query/"):
+            token = path.rsplit("/", 1)[-1]
+            results = self.pending.get(token)
+            if results is None:
+                return 400, [{"errorCode": "INVALID_QUERY_LOCATOR"}]
+            return 200, self._page(token, results)
+        if path != f"{base}/queryAll":
+            return 404, [{"errorCode": "NOT_FOUND"}]
+        soql = unquote(_q(query, "q", ""))
+        match = re.match(
+            r"SELECT (.+) FROM (\w+) WHERE SystemModstamp >= (\S+) ORDER BY SystemModstamp ASC$",
+            soql,
+        )
+        if not match:
+            return 400, [{"errorCode": "MALFORMED_QUERY", "message": soql}]
+        fields = [f.strip() for f in match.group(1).split(",")]
+        since = match.group(3).replace("Z", "")
+        rows = [
+            {
+                "attributes": {"type": match.group(2)},
+                **{f: r.get(f) for f in fields},
+            }
+            for r in sorted(self.records[match.group(2)], key=lambda r: r["SystemModstamp"])
+            if r["SystemModstamp"][:19] >= since
+        ]
+        token = f"01g{len(self.pending):05d}"
+        self.pending[token] = rows
+        return 200, self._page(token, rows)
+
+    def _page(self, token: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        page, rest = rows[: self.page_size], rows[self.page_size :]
+        body: dict[str, Any] = {"totalSize": len(rows), "done": not rest, "records": page}
+        if rest:
+            next_token = f"{token}-{len(self.pending)}"
+            self.pending[next_token] = rest
+            body["nextRecordsUrl"] = f"/services/data/v59.0/query/{next_token}"
+        return body

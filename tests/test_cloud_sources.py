@@ -1,0 +1,266 @@
+"""Cloud object sources against loopback servers that follow each API's contracts:
+paging, incremental cursors, 429 storms, 500s mid-pagination, outages between pages,
+objects updated and deleted between syncs; on DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from loader.object_pipeline import ObjectLoader
+from loader.selective_sync import parse
+from loader.sources.cloud.engine import RetryPolicy, SourceError
+from loader.sources.cloud.salesforce import SalesforceConnector
+from loader.sources.cloud.stripe import StripeConnector
+from loader.sources.cloud.zendesk import ZendeskConnector
+from loader.sources.objects_archive import ObjectArchiveConnector
+from tests.fake_apis import FakeSalesforce, FakeStripe, FakeZendesk, Fault
+from tests.helpers import write_ndjson
+
+FAST = RetryPolicy(attempts=6, backoff_s=0.01, backoff_max_s=0.05, jitter_s=0.0)
+
+
+@pytest.fixture
+def stripe() -> Iterator[FakeStripe]:
+    api = FakeStripe()
+    for i in range(7):
+        api.create(
+            "customers",
+            id=f"cus_{i}",
+            email=f"c{i}@example.com",
+            address={"city": "Berlin", "country": "DE"},
+            metadata={"plan": "pro"},
+        )
+    for i in range(5):
+        api.create(
+            "charges",
+            id=f"ch_{i}",
+            amount=100 * i,
+            currency="eur",
+            customer=f"cus_{i}",
+            paid=True,
+            refunds=[{"id": f"re_{i}"}],
+        )
+    api.create("invoices", id="in_0", total=1200, customer="cus_0")
+    api.create("subscriptions", id="sub_0", status="active", customer="cus_0")
+    yield api
+    api.stop()
+
+
+def rows(wh: Any, schema: str, table: str, columns: str = "*") -> list[tuple[Any, ...]]:
+    return sorted(wh.query(f'SELECT {columns} FROM "{schema}"."{table}"'), key=str)
+
+
+def test_stripe_full_then_incremental_with_429_storm(open_wh, stripe: FakeStripe) -> None:
+    wh = open_wh()
+    stripe.inject(Fault(429, times=5, path_contains="/v1/customers", retry_after="0"))
+    connector = StripeConnector("sk_test_secret", stripe.url, FAST)
+    report = ObjectLoader(wh).sync(connector, "stripe")
+    assert report.status == "success"
+    assert stripe.statuses("/v1/customers")[:5] == [429] * 5
+    assert rows(wh, "stripe", "customers", "count(*)") == [(7,)]
+    assert rows(wh, "stripe", "charges", "count(*)") == [(5,)]
+    tables = wh.read_schema("stripe")
+    assert {"customers", "charges", "invoices", "subscriptions"} <= set(tables)
+    assert {"address_city", "metadata_plan", "received_at", "uuid_ts", "_deleted_at"} <= set(
+        tables["customers"]
+    )
+    assert rows(wh, "stripe", "charges", "refunds")[0][0].startswith("[")
+
+    # Between syncs: an update, a deletion, a new object.
+    stripe.update("customers", "cus_1", "customer.updated", email="new@example.com")
+    stripe.update("customers", "cus_2", "customer.deleted")
+    stripe.create("charges", id="ch_new", amount=999, currency="eur", paid=False)
+    second = ObjectLoader(wh).sync(connector, "stripe")
+    assert second.status == "success"
+    by_id = {r[0]: r for r in rows(wh, "stripe", "customers", "id, email, _deleted_at")}
+    assert by_id["cus_1"][1] == "new@example.com" and by_id["cus_1"][2] is None
+    assert by_id["cus_2"][2] is not None
+    assert len(by_id) == 7
+    assert rows(wh, "stripe", "charges", "count(*), count(DISTINCT id)") == [(6, 6)]
+    # The secret is sent to the API only as the Authorization header.
+    assert all(h.get("Authorization") == "Bearer sk_test_secret" for *_, h in stripe.requests)
+    assert "sk_test_secret" not in orjson.dumps(second.to_dict()).decode()
+
+
+def test_outage_between_pages_resumes_with_no_duplicate_or_gap(open_wh, stripe: FakeStripe) -> None:
+    wh = open_wh()
+    for i in range(5, 12):
+        stripe.create("charges", id=f"ch_{i}", amount=i, currency="usd")
+    connector = StripeConnector("sk", stripe.url, FAST)
+    # Two pages of charges succeed, then the API is down (every retry gets a 500).
+    stripe.inject(Fault(500, times=-1, path_contains="/v1/charges", after_ok=2))
+    loader = ObjectLoader(wh, batch_objects=1)
+    with pytest.raises(SourceError, match="500"):
+        loader.sync(connector, "stripe", ["customers", "charges"])
+    # Newest first, two pages of two were committed with the cursor after them.
+    assert rows(wh, "stripe", "charges", "id") == [("ch_10",), ("ch_11",), ("ch_8",), ("ch_9",)]
+    cursor = orjson.loads(wh.read_cursors("stripe")["charges"])
+    assert cursor["scan"]["starting_after"] == "ch_8"
+    ok_before = len([s for s, p, _, _ in stripe.requests if p == "/v1/charges" and s == 200])
+
+    stripe.heal()
+    resumed = ObjectLoader(wh, batch_objects=1).sync(connector, "stripe", ["charges"])
+    assert resumed.status == "success"
+    assert rows(wh, "stripe", "charges", "count(*), count(DISTINCT id)") == [(12, 12)]
+    # It resumed after the last committed page instead of listing from the start.
+    listing = [q for s, p, q, _ in stripe.requests if p == "/v1/charges" and s == 200]
+    assert listing[ok_before]["starting_after"] == ["ch_8"]
+
+
+def test_zendesk_cursor_exports_updates_and_deletions(open_wh) -> None:
+    api = FakeZendesk()
+    try:
+        for i in range(5):
+            api.put(
+                "tickets",
+                id=i,
+                subject=f"Ticket {i}",
+                status="open",
+                via={"channel": "email"},
+                tags=["a", "b"],
+            )
+        for i in range(3):
+            api.put("users", id=100 + i, name=f"User {i}", active=True)
+            api.put("organizations", id=200 + i, name=f"Org {i}", deleted_at=None)
+        api.inject(Fault(500, times=1, path_contains="/tickets/"))  # transient, retried
+        wh = open_wh()
+        connector = ZendeskConnector(api.url, "admin@example.com", "tok", FAST)
+        assert ObjectLoader(wh).sync(connector, "zendesk").status == "success"
+        assert rows(wh, "zendesk", "tickets", "count(*)") == [(5,)]
+        assert "via_channel" in wh.read_schema("zendesk")["tickets"]
+        assert rows(wh, "zendesk", "organizations", "count(*)") == [(3,)]
+
+        api.put("tickets", id=1, subject="Ticket 1 (edited)", status="solved")
+        api.put("tickets", id=2, subject="Ticket 2", status="deleted")
+        api.put("users", id=101, name="User 1", active=False)
+        api.put("tickets", id=9, subject="New", status="new")
+        assert ObjectLoader(wh).sync(connector, "zendesk").status == "success"
+        tickets = {r[0]: r for r in rows(wh, "zendesk", "tickets", "id, subject, _deleted_at")}
+        assert len(tickets) == 6
+        assert tickets["1"][1] == "Ticket 1 (edited)" and tickets["1"][2] is None
+        assert tickets["2"][2] is not None
+        users = {r[0]: r[1] for r in rows(wh, "zendesk", "users", "id, _deleted_at")}
+        assert users["101"] is not None and users["100"] is None
+        # Basic auth with the API token, as Zendesk expects.
+        assert all(h.get("Authorization", "").startswith("Basic ") for *_, h in api.requests)
+    finally:
+        api.stop()
+
+
+def test_salesforce_query_more_incremental_and_is_deleted(open_wh) -> None:
+    api = FakeSalesforce()
+    try:
+        for i in range(5):
+            api.put(
+                "Account",
+                Id=f"001{i}",
+                Name=f"Acme {i}",
+                Industry="Retail",
+                NumberOfEmployees=10 * i,
+            )
+        api.put(
+            "Contact",
+            Id="0031",
+            AccountId="0010",
+            FirstName="Ada",
+            LastName="L",
+            Email="ada@example.com",
+        )
+        wh = open_wh()
+        connector = SalesforceConnector(api.url, "token", retry=FAST)
+        report = ObjectLoader(wh).sync(connector, "salesforce", ["accounts", "contacts"])
+        assert report.status == "success"
+        assert rows(wh, "salesforce", "accounts", "count(*)") == [(5,)]
+        columns = wh.read_schema("salesforce")["accounts"]
+        assert {"name", "industry", "number_of_employees", "system_modstamp"} <= set(columns)
+        assert "attributes_type" not in columns
+
+        api.put("Account", Id="0012", Name="Acme 2 GmbH", Industry="Retail", NumberOfEmployees=5)
+        api.delete("Account", "0013")
+        report = ObjectLoader(wh).sync(connector, "salesforce", ["accounts"])
+        accounts = {r[0]: r for r in rows(wh, "salesforce", "accounts", "id, name, _deleted_at")}
+        assert len(accounts) == 5
+        assert accounts["0012"][1] == "Acme 2 GmbH" and accounts["0013"][2] is not None
+        # Incremental: the second sync asked only from the last committed SystemModstamp.
+        queries = [q["q"][0] for s, p, q, _ in api.requests if p.endswith("/queryAll")]
+        assert "1970-01-01" in queries[0] and "2026-11-01T10:00:0" in queries[-1]
+    finally:
+        api.stop()
+
+
+def test_objects_from_an_archive_and_selective_sync(open_wh, tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    write_ndjson(
+        root / "products" / "001.ndjson",
+        [
+            {"id": "p1", "name": "Lamp", "price": 10, "dims": {"w": 1, "h": 2}, "secret_cost": 3},
+            {"id": "p2", "name": "Desk", "price": 99, "dims": {"w": 5, "h": 3}, "secret_cost": 40},
+        ],
+        gz=False,
+    )
+    write_ndjson(root / "stores.ndjson", [{"id": 1, "city": "Lyon"}], gz=False)
+    wh = open_wh()
+    rules, issues = parse(
+        "targets:\n  t:\n    shop:\n      collections: [stores]\n"
+        "      properties:\n        products: [secret_*]\n",
+        "selective_sync.yml",
+    )
+    assert not issues
+    sync_filter = rules.filter_for("t", "shop")
+    report = ObjectLoader(wh, sync_filter=sync_filter).sync(
+        ObjectArchiveConnector(str(root)), "shop"
+    )
+    assert report.status == "success"
+    tables = wh.read_schema("shop")
+    assert set(tables) == {"products"}
+    assert "secret_cost" not in tables["products"] and "dims_w" in tables["products"]
+
+    write_ndjson(
+        root / "products" / "002.ndjson",
+        [
+            {"id": "p1", "name": "Lamp XL", "price": 12},
+            {"id": "p2", "_deleted": True},
+        ],
+        gz=False,
+    )
+    ObjectLoader(wh, sync_filter=rules.filter_for("t", "shop")).sync(
+        ObjectArchiveConnector(str(root)), "shop"
+    )
+    products = {r[0]: r for r in rows(wh, "shop", "products", "id, name, _deleted_at")}
+    assert products["p1"][1] == "Lamp XL" and products["p1"][2] is None
+    assert products["p2"][2] is not None
+
+
+def test_sluice_sync_runs_a_cloud_source_from_sluice_yml(
+    tmp_path: Path, stripe: FakeStripe
+) -> None:
+    from tests.test_cli import sluice
+
+    (tmp_path / "profiles.yml").write_text(
+        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: wh.duckdb\n"
+    )
+    (tmp_path / "sluice.yml").write_text(
+        "version: 1\nprofiles: profiles.yml\nsources:\n  payments:\n    kind: stripe\n"
+        f"    api_key: ${{SLUICE_TEST_STRIPE_KEY}}\n    base_url: {stripe.url}\n"
+        "    collections: [customers, charges]\n"
+    )
+    env = {"SLUICE_TEST_STRIPE_KEY": "sk_live_do_not_print"}
+    first = sluice("sync", "payments", cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "customers" in first.stdout and "charges" in first.stdout
+    assert "sk_live_do_not_print" not in first.stdout + first.stderr
+    replay = sluice(
+        "replay", "payments", "--from", "2026-11-01", "--to", "2026-11-01", cwd=tmp_path, env=env
+    )
+    assert replay.returncode == 2 and "replay is for archives" in replay.stderr
+    # Bad credentials: one sentence naming the source, exit 1, no secret.
+    stripe.inject(Fault(401, times=-1))
+    denied = sluice("sync", "payments", cwd=tmp_path, env=env)
+    assert denied.returncode == 1
+    assert "stripe: 401" in denied.stderr and "credentials" in denied.stderr
+    assert "sk_live_do_not_print" not in denied.stderr
