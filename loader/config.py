@@ -92,9 +92,24 @@ def interpolate(text: str, source: str) -> str:
             )
         return value
 
-    return "\n".join(
-        _ENV.sub(lambda m, i=i: one(m, i), line) for i, line in enumerate(text.splitlines(), 1)
-    )
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        code, comment = _split_comment(line)
+        out.append(_ENV.sub(lambda m, i=i: one(m, i), code) + comment)
+    return "\n".join(out)
+
+
+def _split_comment(line: str) -> tuple[str, str]:
+    """(code, comment): references in YAML comments are documentation, not settings."""
+    quote = ""
+    for index, char in enumerate(line):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (index == 0 or line[index - 1].isspace()):
+            return line[:index], line[index:]
+    return line, ""
 
 
 def line_of(text: str, loc: tuple[Any, ...]) -> int | None:
