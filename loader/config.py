@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+M = TypeVar("M", bound=BaseModel)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -129,32 +131,48 @@ def line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def find_profiles(explicit: str | None) -> Path:
-    for candidate in (explicit, os.environ.get("SLUICE_PROFILES"), "profiles.yml"):
+def find_file(explicit: str | None, env_var: str, default: str, flag: str) -> Path:
+    """The file named by the flag, else by the environment, else ./default; a name
+    given explicitly must exist. A folder means the default file inside it."""
+    from_env = os.environ.get(env_var)
+    for candidate in (explicit, from_env, default):
         if candidate:
             path = Path(candidate)
+            if path.is_dir():
+                path = path / default
             if path.exists():
                 return path
-            if candidate is explicit or candidate == os.environ.get("SLUICE_PROFILES"):
-                raise ConfigError(f"profiles file '{candidate}' does not exist")
-    raise ConfigError(
-        "no profiles.yml found: pass --profiles, set SLUICE_PROFILES, or run `sluice init`"
-    )
+            if candidate is explicit or candidate == from_env:
+                raise ConfigError(f"{default} file '{path}' does not exist")
+    raise ConfigError(f"no {default} found: pass {flag}, set {env_var}, or run `sluice init`")
 
 
-def load_profiles(path: Path) -> Profiles:
+def read_model(path: Path, model: type[M], tags: Iterable[str] = (), prepare=None) -> M:
+    """Interpolate, parse and validate one YAML file; the first error names the file,
+    the line and the field (union tags such as a target's type are left out of it)."""
     raw = path.read_text()
     text = interpolate(raw, str(path))
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if prepare is not None:
+        prepare(data)
     try:
-        return Profiles.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = tuple(p for p in err["loc"] if str(p) not in ("duckdb", "postgres", "_OtherTarget"))
+        skip = set(tags)
+        loc = tuple(p for p in err["loc"] if str(p) not in skip)
         line = line_of(raw, loc)
         where = f", line {line}" if line else ""
         field = ".".join(str(p) for p in loc)
         raise ConfigError(f"{path}{where}: field '{field}': {err['msg']}") from None
+
+
+def find_profiles(explicit: str | None) -> Path:
+    return find_file(explicit, "SLUICE_PROFILES", "profiles.yml", "--profiles")
+
+
+def load_profiles(path: Path) -> Profiles:
+    return read_model(path, Profiles, tags=("duckdb", "postgres", "_OtherTarget"))

@@ -12,10 +12,9 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from loader.config import ConfigError, Profiles, find_profiles, interpolate, line_of, load_profiles
+from loader.config import ConfigError, Profiles, find_file, find_profiles, load_profiles, read_model
 from loader.naming import snake_case
 from loader.selective_sync import SelectiveSync
 from loader.selective_sync import load_file as load_selective_sync
@@ -152,40 +151,18 @@ class Project(BaseModel):
 
 
 def find_project(explicit: str | None) -> Path:
-    for candidate in (explicit, os.environ.get("SLUICE_PROJECT"), PROJECT_FILE):
-        if candidate:
-            path = Path(candidate)
-            if path.is_dir():
-                path = path / PROJECT_FILE
-            if path.exists():
-                return path
-            if candidate is explicit or candidate == os.environ.get("SLUICE_PROJECT"):
-                raise ConfigError(f"project file '{path}' does not exist")
-    raise ConfigError(
-        "no sluice.yml found: pass --project, set SLUICE_PROJECT, or run `sluice init`"
-    )
+    return find_file(explicit, "SLUICE_PROJECT", PROJECT_FILE, "--project")
 
 
-def load_project(path: Path) -> Project:
-    raw = path.read_text()
-    text = interpolate(raw, str(path))
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+def _default_kind(data: dict[str, Any]) -> None:
     for source in (data.get("sources") or {}).values():
         if isinstance(source, dict):
             source.setdefault("kind", "events")
-    try:
-        project = Project.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        kinds = {"events", "stripe", "zendesk", "salesforce", "objects"}
-        loc = tuple(p for p in err["loc"] if p not in kinds)
-        line = line_of(raw, loc)
-        where = f", line {line}" if line else ""
-        field = ".".join(str(p) for p in loc)
-        raise ConfigError(f"{path}{where}: field '{field}': {err['msg']}") from None
+
+
+def load_project(path: Path) -> Project:
+    kinds = ("events", "stripe", "zendesk", "salesforce", "objects")
+    project = read_model(path, Project, tags=kinds, prepare=_default_kind)
     project.root = path.parent
     project.path = path
     return project

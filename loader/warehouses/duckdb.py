@@ -84,18 +84,6 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
         # DuckDB holds an OS-level write lock on the file for the whole connection.
         yield
 
-    def insert_new_rows(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        fill_nulls: bool = False,
-    ) -> int:
-        return self._stage_insert(
-            schema, table, columns, rows, self._conflict_clause(quote(table), columns, fill_nulls)
-        )
-
     def _stage_insert(
         self,
         schema: str,

@@ -86,18 +86,6 @@ class PostgresWarehouse(SqlFamilyWarehouse):
             key = "user_id" if table == "identifies" else "group_id"
             self._execute(f"CREATE INDEX ON {qualified(schema, table)} ({quote(key)})")
 
-    def insert_new_rows(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        fill_nulls: bool = False,
-    ) -> int:
-        return self._stage_insert(
-            schema, table, columns, rows, self._conflict_clause(quote(table), columns, fill_nulls)
-        )
-
     def _stage_insert(
         self,
         schema: str,

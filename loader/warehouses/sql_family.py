@@ -113,7 +113,7 @@ class SqlFamilyWarehouse(Warehouse):
                 f"ALTER TABLE {qualified(schema, table)} ADD COLUMN {self._column_sql(name, kind)}"
             )
 
-    # --- objects (cloud sources) -----------------------------------------------------
+    # --- bulk writes: staged rows, then one set-based statement --------------------
     def _stage_insert(
         self,
         schema: str,
@@ -123,6 +123,18 @@ class SqlFamilyWarehouse(Warehouse):
         conflict: str,
     ) -> int:
         raise NotImplementedError  # pragma: no cover - every adapter overrides
+
+    def insert_new_rows(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        fill_nulls: bool = False,
+    ) -> int:
+        return self._stage_insert(
+            schema, table, columns, rows, self._conflict_clause(quote(table), columns, fill_nulls)
+        )
 
     def upsert_rows(
         self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
