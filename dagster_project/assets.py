@@ -123,7 +123,7 @@ def build_source_assets(
         days = (window.start.date(), (window.end - timedelta(days=1)).date())
         replay = config.replay or "dagster/backfill" in context.run.tags or not full
         yield from _selective_sync_check(context, project, rejects_key)
-        current = project.load_selective_sync()
+        current = current_rules(project)
         sync_filter = current.filter_for(target, source)
         if not full:
             # A subset replays the selected tables only and leaves the files pending.
@@ -153,7 +153,7 @@ def build_source_assets(
                 raise dg.RetryRequested(max_retries=20, seconds_to_wait=30) from exc
             tables = warehouse.read_schema(schema)
             update_catalog(project.root, target, schema, tables)
-            yield from _results(
+            yield from table_results(
                 context, warehouse, project, source, schema, report, tables, table_of, key_of
             )
             touched = set(report.rows_loaded) | set(report.new_tables)
@@ -175,6 +175,14 @@ def build_source_assets(
     return _sync
 
 
+def current_rules(project: Project) -> SelectiveSync:
+    """The current rules, or a run failure (not retried) naming the file and line."""
+    try:
+        return project.load_selective_sync()
+    except ConfigError as exc:
+        raise dg.Failure(f"selective sync file is invalid: {exc}", allow_retries=False) from exc
+
+
 def _selective_sync_check(
     context: dg.AssetExecutionContext, project: Project, rejects_key: dg.AssetKey
 ) -> Iterator[dg.AssetCheckResult]:
@@ -189,7 +197,7 @@ def _selective_sync_check(
                 passed=False,
                 metadata={"error": str(exc)},
             )
-        raise dg.Failure(f"selective sync file is invalid: {exc}", allow_retries=False) from exc
+        current_rules(project)
 
 
 def _table_metadata(
@@ -217,7 +225,7 @@ def _table_metadata(
     }
 
 
-def _results(
+def table_results(
     context: dg.AssetExecutionContext,
     warehouse: Warehouse,
     project: Project,

@@ -44,6 +44,10 @@ def build_schedule(
 
     def ticks(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
         now = context.scheduled_execution_time or datetime.now(timezone.utc)
+        if not project.is_archive(source):
+            # Object sources are not partitioned: each run fetches what changed.
+            yield dg.RunRequest(run_key=now.isoformat(), tags={"sluice/trigger": "schedule"})
+            return
         today = now.astimezone(timezone.utc).date()
         keys = _partition_keys(project, source, [today - timedelta(days=1), today])
         for key in keys:

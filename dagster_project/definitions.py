@@ -11,6 +11,7 @@ import dagster as dg
 
 from dagster_project.assets import build_source_assets
 from dagster_project.automation import build_schedule, build_sensor, sync_job
+from dagster_project.object_assets import build_object_source_assets
 from dagster_project.resources import warehouse_resources
 from dagster_project.translator import SluiceTranslator
 from loader.project import Project, find_project, load_project
@@ -24,18 +25,19 @@ def build_definitions(
     rules = project.load_selective_sync()
     resources = warehouse_resources(project.profiles_path())
     assets, jobs, schedules, sensors = [], [], [], []
-    # Archive sources; object sources run through `sluice sync` (not yet assets).
-    for source in project.event_sources():
+    for source in project.sources:
+        build = build_source_assets if project.is_archive(source) else build_object_source_assets
         for target in project.targets_of(source, profiles):
             _, spec = profiles.target(target)
-            assets_def = build_source_assets(project, rules, source, target, spec.type, translator)
+            assets_def = build(project, rules, source, target, spec.type, translator)
             job = sync_job(assets_def, source, target)
             assets.append(assets_def)
             jobs.append(job)
             schedule = build_schedule(project, source, target, job)
             if schedule is not None:
                 schedules.append(schedule)
-            sensors.append(build_sensor(project, source, target, job))
+            if project.is_archive(source):
+                sensors.append(build_sensor(project, source, target, job))
     return dg.Definitions(
         assets=assets, jobs=jobs, schedules=schedules, sensors=sensors, resources=resources
     )

@@ -23,6 +23,7 @@ class TableInfo:
     schema: str
     table: str
     columns: dict[str, str] | None  # from the catalog; None until a sync has created it
+    source_kind: str = "events"  # or the cloud source's kind (stripe, zendesk, ...)
 
 
 class SluiceTranslator:
@@ -40,6 +41,11 @@ class SluiceTranslator:
                     f"Lines of {info.source}'s archive that could not be loaded (file, line, "
                     f"raw text, reason), in _sluice.rejected_events."
                 ),
+            )
+        elif info.source_kind != "events":
+            kind, description = (
+                "collection",
+                (f"{info.source_kind} {info.table}, upserted by id (_deleted_at marks deletions)."),
             )
         elif info.table in FIXED_TABLES:
             kind, description = "core", f"Segment's {info.table} table for {info.source}."

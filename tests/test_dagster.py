@@ -275,3 +275,54 @@ def test_dagster_definitions_validate_on_the_sample_project(tmp_path: Path) -> N
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Validation successful" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("warehouse_kind", ["duckdb"])
+def test_cloud_source_collections_are_assets(project_dir: Path) -> None:
+    from tests.fake_apis import FakeStripe
+
+    stripe = FakeStripe()
+    try:
+        for i in range(3):
+            stripe.create("customers", id=f"cus_{i}", email=f"c{i}@example.com")
+        stripe.create("charges", id="ch_0", amount=5)
+        with (project_dir / "sluice.yml").open("a") as out:
+            out.write(
+                f"  payments:\n    kind: stripe\n    api_key: sk_test\n"
+                f"    base_url: {stripe.url}\n    schedule: '*/30 * * * *'\n"
+            )
+        defs = _defs(project_dir)
+        pay = dg.AssetKey(["local", "payments", "customers"])
+        specs = {s.key: s for s in defs.resolve_all_asset_specs()}
+        assert specs[pay].tags["sluice/table_type"] == "collection"
+        assert dg.AssetKey(["local", "payments", "subscriptions"]) in specs
+        assets_def = next(a for a in defs.assets if pay in a.keys)
+        result = dg.materialize(
+            [assets_def],
+            instance=dg.DagsterInstance.ephemeral(),
+            resources=defs.resources,
+            selection=[pay],
+            raise_on_error=False,
+        )
+        assert result.success
+        (event,) = result.get_asset_materialization_events()
+        metadata = event.materialization.metadata
+        assert event.asset_key == pay and metadata["rows_loaded"].value == 3
+        assert metadata["dagster/row_count"].value == 3
+        # Only the selected collection was fetched.
+        # Only the selected collection was fetched (and the events high-water mark).
+        assert {p for _, p, _, _ in stripe.requests} == {"/v1/customers", "/v1/events"}
+        checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+        assert checks["no_duplicate_ids"]
+        schedule = defs.resolve_schedule_def("sync__payments__local__schedule")
+        with dg.DagsterInstance.ephemeral() as instance:
+            tick = schedule.evaluate_tick(
+                dg.build_schedule_context(
+                    instance=instance,
+                    scheduled_execution_time=datetime(2026, 11, 3, 5, 0, tzinfo=timezone.utc),
+                    repository_def=defs.get_repository_def(),
+                )
+            )
+        assert [r.partition_key for r in tick.run_requests] == [None]
+    finally:
+        stripe.stop()

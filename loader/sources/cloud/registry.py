@@ -34,3 +34,23 @@ def connector_for(settings: Any, root: Any = None) -> Connector:
             url = str(root / url)
         return ObjectArchiveConnector(url, settings.storage_options or None)
     raise ValueError(f"not an object source: {kind}")
+
+
+def collections_of(settings: Any, known: dict[str, Any] | None = None) -> list[str]:
+    """The collections a source will sync, known without calling the API: configured,
+    else the connector's own list (for file exports: what the catalog has seen)."""
+    if settings.collections:
+        return list(settings.collections)
+    if settings.kind == "stripe":
+        from loader.sources.cloud.stripe import COLLECTIONS
+
+        return list(COLLECTIONS)
+    if settings.kind == "zendesk":
+        from loader.sources.cloud.zendesk import ZendeskConnector
+
+        return list(ZendeskConnector.collections)
+    if settings.kind == "salesforce":
+        from loader.sources.cloud.salesforce import OBJECTS
+
+        return list(OBJECTS)
+    return sorted(known or {})

@@ -1,0 +1,84 @@
+"""Cloud object sources (Stripe, Zendesk, Salesforce, object exports) as assets: one
+multi-asset per (source, target), one asset per collection. Not partitioned: each
+collection keeps its own cursor, so a run fetches what changed since the last one and
+a subset run syncs just the selected collections."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from dagster_project.assets import (
+    CHECK_DUPLICATES,
+    CHECK_FRESHNESS,
+    current_rules,
+    op_name,
+    pool_name,
+    table_results,
+)
+from dagster_project.resources import WarehouseResource, resource_key
+from dagster_project.translator import SluiceTranslator, TableInfo
+from loader.catalog import tables_of, update_catalog
+from loader.naming import snake_case
+from loader.object_pipeline import ObjectLoader
+from loader.project import Project
+from loader.selective_sync import SelectiveSync
+from loader.sources.cloud.registry import collections_of, connector_for
+from loader.warehouses.base import LockBusy
+
+
+def build_object_source_assets(
+    project: Project,
+    rules: SelectiveSync,
+    source: str,
+    target: str,
+    target_type: str,
+    translator: SluiceTranslator,
+) -> dg.AssetsDefinition:
+    settings = project.source(source)
+    schema = project.schema_of(source)
+    known = tables_of(project.root, target, schema)
+    sync_filter = rules.filter_for(target, source)
+    collections = {snake_case(c): c for c in collections_of(settings, known)}
+    infos = [
+        TableInfo(target, target_type, source, schema, table, known.get(table), settings.kind)
+        for table in sorted(collections)
+        if sync_filter.table_synced(table)
+    ]
+    specs = [translator.get_asset_spec(info) for info in infos]
+    table_of = {spec.key: info.table for spec, info in zip(specs, infos, strict=True)}
+    key_of = {table: key for key, table in table_of.items()}
+    check_specs = [
+        dg.AssetCheckSpec(name, asset=key, blocking=name == CHECK_DUPLICATES)
+        for key in table_of
+        for name in (CHECK_DUPLICATES, CHECK_FRESHNESS)
+    ]
+    res_key = resource_key(target)
+
+    @dg.multi_asset(
+        name=op_name(source, target),
+        specs=specs,
+        check_specs=check_specs,
+        can_subset=True,
+        pool=pool_name(source, target),
+        required_resource_keys={res_key},
+        retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+    )
+    def _sync(context: dg.AssetExecutionContext) -> Iterator[Any]:
+        resource: WarehouseResource = getattr(context.resources, res_key)
+        selected = sorted(collections[table_of[k]] for k in context.selected_asset_keys)
+        current = current_rules(project)
+        with resource.open() as warehouse:
+            loader = ObjectLoader(warehouse, sync_filter=current.filter_for(target, source))
+            context.log.info(f"syncing {', '.join(selected)} of {source} into {target}.{schema}")
+            try:
+                report = loader.sync(connector_for(settings, project.root), schema, selected)
+            except LockBusy as exc:
+                raise dg.RetryRequested(max_retries=20, seconds_to_wait=30) from exc
+            tables = warehouse.read_schema(schema)
+            update_catalog(project.root, target, schema, tables)
+            yield from table_results(
+                context, warehouse, project, source, schema, report, tables, table_of, key_of
+            )
+
+    return _sync
