@@ -6,6 +6,7 @@ everything here quotes identifiers and passes values as parameters.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -28,14 +29,17 @@ class SqlFamilyWarehouse(Warehouse):
     placeholder = "%s"
 
     # --- hooks --------------------------------------------------------------------
+    @abstractmethod
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        raise NotImplementedError  # pragma: no cover - every adapter overrides
+        """Run one statement, discarding any result."""
 
+    @abstractmethod
     def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError  # pragma: no cover - every adapter overrides
+        """Run one statement and return its rows."""
 
+    @abstractmethod
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        raise NotImplementedError  # pragma: no cover - every adapter overrides
+        """Run one statement per parameter row (small bookkeeping writes only)."""
 
     def _in_list(self) -> str:
         """SQL fragment matching a column against one list-valued parameter."""
@@ -114,6 +118,7 @@ class SqlFamilyWarehouse(Warehouse):
             )
 
     # --- bulk writes: staged rows, then one set-based statement --------------------
+    @abstractmethod
     def _stage_insert(
         self,
         schema: str,
@@ -122,7 +127,8 @@ class SqlFamilyWarehouse(Warehouse):
         rows: Sequence[Sequence[Any]],
         conflict: str,
     ) -> int:
-        raise NotImplementedError  # pragma: no cover - every adapter overrides
+        """Bulk-stage rows through the adapter's fast path, then one INSERT ... SELECT
+        with `conflict` (ON CONFLICT ...); returns the rows inserted or updated."""
 
     def insert_new_rows(
         self,
