@@ -13,6 +13,7 @@ from dagster_project.assets import build_source_assets
 from dagster_project.automation import build_schedule, build_sensor, sync_job
 from dagster_project.object_assets import build_object_source_assets
 from dagster_project.resources import warehouse_resources
+from dagster_project.retl_assets import build_retl_assets
 from dagster_project.translator import SluiceTranslator
 from loader.project import Project, find_project, load_project
 
@@ -38,6 +39,11 @@ def build_definitions(
                 schedules.append(schedule)
             if project.is_archive(source):
                 sensors.append(build_sensor(project, source, target, job))
+    if project.models_dir() is not None:
+        models_target, spec = profiles.target(project.models_target)
+        retl, retl_schedules = build_retl_assets(project, models_target, spec.type, translator)
+        assets += retl
+        schedules += retl_schedules
     return dg.Definitions(
         assets=assets, jobs=jobs, schedules=schedules, sensors=sensors, resources=resources
     )

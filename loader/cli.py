@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from loader.cli_common import CliContext, console, fail, open_target, progress, run_sync
 from loader.cli_project import replay, selective_sync, sync
+from loader.cli_retl import retl
 from loader.config import ConfigError, find_profiles, load_profiles
 from loader.naming import snake_case
 from loader.pipeline import DEFAULT_BATCH_LINES, Loader
@@ -52,6 +54,12 @@ def init(directory: str, events: int) -> None:
         if not path.exists():
             path.write_text((templates / name).read_text())
             written.append(name)
+    examples = Path(__file__).resolve().parent.parent / "sql" / "models"
+    models = root / "sql" / "models"
+    if examples.is_dir() and not models.exists():
+        # The example reverse-ETL models, from a source checkout (pip install -e .).
+        shutil.copytree(examples, models)
+        written.append("sql/models/")
     files = write_archive(root / "archive", events)
     console.print(
         f"wrote {', '.join(written) or 'no new config files'} and a sample archive of "
@@ -168,6 +176,7 @@ def runs(target: str | None, profiles: str | None, limit: int) -> None:
 cli.add_command(sync)
 cli.add_command(replay)
 cli.add_command(selective_sync)
+cli.add_command(retl)
 
 
 def main() -> None:

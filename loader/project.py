@@ -98,6 +98,10 @@ class Project(BaseModel):
     profiles: str | None = None
     selective_sync: str | None = None
     sources: dict[str, Source] = Field(default_factory=dict)
+    models: str | None = Field(default=None, description="folder of reverse-ETL models")
+    models_target: str | None = Field(
+        default=None, description="target the models run in (default_target if unset)"
+    )
 
     # Set by load_project: where the file is, for relative paths.
     root: Path = Field(default=Path("."), exclude=True)
@@ -137,6 +141,9 @@ class Project(BaseModel):
 
     def targets_of(self, name: str, profiles: Profiles) -> list[str]:
         return self.source(name).targets or [profiles.default_target]
+
+    def models_dir(self) -> Path | None:
+        return None if self.models is None else self.root / self.models
 
     def selective_sync_path(self) -> Path | None:
         return None if self.selective_sync is None else self.root / self.selective_sync

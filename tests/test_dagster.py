@@ -326,3 +326,43 @@ def test_cloud_source_collections_are_assets(project_dir: Path) -> None:
         assert [r.partition_key for r in tick.run_requests] == [None]
     finally:
         stripe.stop()
+
+
+def test_reverse_etl_models_are_assets_downstream_of_their_tables(project_dir: Path) -> None:
+    models = project_dir / "sql" / "models"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "sql" / "models", models)
+    (models / "plans.sql").write_text(
+        "SELECT u.id AS user_id, u.plan FROM {{ schema }}.users AS u WHERE u.plan IS NOT NULL\n"
+    )
+    (models / "plans.yml").write_text(
+        "key: user_id\nmode: upsert\ndestination:\n  type: file\n"
+        f"  path: {project_dir / 'exports'}\n  format: ndjson\n"
+    )
+    with (project_dir / "sluice.yml").open("a") as out:
+        out.write("models: sql/models\n")
+    defs = _defs(project_dir)
+    graph = defs.resolve_asset_graph()
+    revenue = dg.AssetKey(["reverse_etl", "segment", "users_lifetime_revenue"])
+    assert graph.get(revenue).parent_keys == {_key("users"), _key("order_completed")}
+    accounts = dg.AssetKey(["reverse_etl", "webhook", "accounts_active_users_7d"])
+    assert graph.get(accounts).parent_keys == {_key("accounts"), _key("groups"), _key("tracks")}
+    assert defs.resolve_schedule_def("retl__users_lifetime_revenue__schedule")
+
+    assert _materialize(defs, "2026-11-01").success
+    plans = dg.AssetKey(["reverse_etl", "file", "plans"])
+    plans_def = next(
+        a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and plans in a.keys
+    )
+    result = dg.materialize(
+        [plans_def], instance=dg.DagsterInstance.ephemeral(), resources=defs.resources
+    )
+    assert result.success
+    (event,) = result.get_asset_materialization_events()
+    sent = event.materialization.metadata["records_sent"].value
+    users = _count(defs, f'SELECT count(*) FROM "{SCHEMA}"."users" WHERE plan IS NOT NULL')
+    assert sent == users > 0
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed
+    files = [p for p in (project_dir / "exports").rglob("*") if p.is_file()]
+    exported = sum(len(p.read_text().splitlines()) for p in files)
+    assert exported == users

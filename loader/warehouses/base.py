@@ -150,3 +150,77 @@ class Warehouse(ABC):
     @abstractmethod
     def query(self, sql: str) -> Iterator[tuple[Any, ...]]:
         """Run a read-only statement (tests, analyses, `schema show`)."""
+
+    # --- reverse ETL ---
+    # A model's rows are materialised and diffed against its last synced snapshot inside
+    # the warehouse (set-based); only the change set is paged out to Python.
+
+    @abstractmethod
+    def retl_ensure_bookkeeping(self) -> None:
+        """Create _sluice.retl_snapshots and _sluice.retl_runs if missing."""
+
+    @abstractmethod
+    def retl_lock(self, model: str) -> AbstractContextManager[None]:
+        """Held for a whole plan or run of one model; raises LockBusy if another holds it."""
+
+    @abstractmethod
+    def retl_model_columns(self, model: str, sql: str) -> dict[str, ColumnType]:
+        """The columns (in order) the model's SELECT returns, without running it in full."""
+
+    @abstractmethod
+    def retl_stage(self, model: str, sql: str, key: str, columns: Sequence[str]) -> int:
+        """Materialise these columns of the model with its key as text and a hash of the
+        row computed in SQL (only what is sent counts as a change); returns rows staged."""
+
+    @abstractmethod
+    def retl_key_problems(self, model: str) -> tuple[int, int]:
+        """(staged rows whose key is NULL, keys present more than once)."""
+
+    @abstractmethod
+    def retl_diff(self, model: str, columns: Sequence[str]) -> dict[str, int]:
+        """Join the staged model against its snapshot into a change set (added, changed,
+        removed rows, numbered in order); returns those counts and `unchanged`."""
+
+    @abstractmethod
+    def retl_changes(
+        self, model: str, kinds: Sequence[str], columns: Sequence[str], after: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """One page of the change set: (seq, kind, key, row hash, *columns) rows with
+        seq > after, in seq order. Removed rows have NULL columns and their last hash."""
+
+    @abstractmethod
+    def retl_advance(self, model: str, seqs: Sequence[int]) -> None:
+        """Make the snapshot match these change-set rows, atomically: the destination
+        accepted them."""
+
+    @abstractmethod
+    def retl_baseline(self, model: str, kinds: Sequence[str]) -> int:
+        """Record every change-set row of these kinds in the snapshot without sending."""
+
+    @abstractmethod
+    def retl_drop_stage(self, model: str) -> None:
+        """Drop the model's staging and change-set tables."""
+
+    @abstractmethod
+    def retl_snapshot_count(self, model: str) -> int: ...
+
+    @abstractmethod
+    def retl_record_run(self, report: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def retl_recent_runs(self, model: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        """Newest first."""
+
+    @abstractmethod
+    def retl_write_table(
+        self,
+        schema: str,
+        table: str,
+        key: str,
+        columns: dict[str, ColumnType],
+        rows: Sequence[Sequence[Any]],
+        keys: Sequence[str],
+    ) -> None:
+        """The table destination: create the table (or its missing columns) if needed, then
+        in one transaction delete the rows whose key (compared as text) is in `keys` and
+        insert `rows`. Delete-then-insert needs no unique constraint and is idempotent."""

@@ -144,6 +144,15 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
         )
         return {c: str(t).lower() for c, t in rows}
 
+    # --- reverse ETL ---
+    def _retl_row_hash(self, alias: str) -> str:
+        return f"md5(CAST(to_json({alias}) AS VARCHAR))"
+
+    @contextmanager
+    def retl_lock(self, model: str) -> Iterator[None]:
+        # DuckDB holds an OS-level write lock on the file for the whole connection.
+        yield
+
 
 _ARROW: dict[str, pa.DataType] = {
     "boolean": pa.bool_(),

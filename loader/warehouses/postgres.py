@@ -111,3 +111,21 @@ class PostgresWarehouse(SqlFamilyWarehouse):
             inserted = cur.rowcount
         self._execute(f"DROP TABLE {stage}")
         return inserted
+
+    # --- reverse ETL ---
+    def _retl_row_hash(self, alias: str) -> str:
+        return f"md5(row_to_json({alias})::text)"
+
+    @contextmanager
+    def retl_lock(self, model: str) -> Iterator[None]:
+        key = zlib.crc32(f"sluice-retl:{model}".encode())
+        got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+        if not got:
+            raise LockBusy(
+                f"another reverse-ETL run of model '{model}' on target '{self.target_name}' "
+                "holds the lock; wait for it to finish"
+            )
+        try:
+            yield
+        finally:
+            self.conn.execute("SELECT pg_advisory_unlock(%s)", (key,))

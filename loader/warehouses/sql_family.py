@@ -321,3 +321,244 @@ class SqlFamilyWarehouse(Warehouse):
 
     def query(self, sql: str) -> Iterator[tuple[Any, ...]]:
         return iter(self._fetchall(sql))
+
+    # --- reverse ETL ---
+    # Staging and change-set tables live in _sluice (real tables, not TEMP ones: every
+    # warehouse has those, and a crashed run's leftovers are replaced by the next run).
+
+    def _retl_row_hash(self, alias: str) -> str:
+        """SQL hashing every column of the row aliased `alias` (dialect-specific)."""
+        raise NotImplementedError  # pragma: no cover - every adapter overrides
+
+    def _retl_table(self, kind: str, model: str) -> str:
+        return qualified(BOOKKEEPING_SCHEMA, f"retl_{kind}__{model}")
+
+    def _retl_kind(self, data_type: str) -> ColumnType:
+        """Coarse type of a model column (for creating a destination table)."""
+        t = data_type.lower()
+        if t.startswith(("bigint", "integer", "smallint", "hugeint", "tinyint", "int", "uint")):
+            if not t.startswith("interval"):
+                return ColumnType.BIGINT
+        if t.startswith(("numeric", "decimal", "double", "real", "float")):
+            return ColumnType.DOUBLE
+        if t.startswith("bool"):
+            return ColumnType.BOOLEAN
+        if t.startswith("timestamp"):
+            return ColumnType.TIMESTAMP
+        return ColumnType.TEXT
+
+    def _retl_columns_of(self, table: str) -> dict[str, ColumnType]:
+        rows = self._fetchall(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            f"WHERE table_schema = {self.placeholder} AND table_name = {self.placeholder} "
+            "ORDER BY ordinal_position",
+            (BOOKKEEPING_SCHEMA, table),
+        )
+        return {str(c): self._retl_kind(str(t)) for c, t in rows}
+
+    def retl_ensure_bookkeeping(self) -> None:
+        b = quote(BOOKKEEPING_SCHEMA)
+        ts = self.capabilities.type_names[ColumnType.TIMESTAMP]
+        with self.transaction():
+            self._execute(f"CREATE SCHEMA IF NOT EXISTS {b}")
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.retl_snapshots (model text NOT NULL, "
+                f"key text NOT NULL, row_hash text NOT NULL, synced_at {ts}, "
+                "PRIMARY KEY (model, key))"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.retl_runs (run_id text PRIMARY KEY, "
+                f"model text, target text, status text, started_at {ts}, finished_at {ts}, "
+                f"report {self.capabilities.json_type})"
+            )
+
+    def retl_model_columns(self, model: str, sql: str) -> dict[str, ColumnType]:
+        probe = self._retl_table("probe", model)
+        with self.transaction():
+            self._execute(f"DROP TABLE IF EXISTS {probe}")
+            self._execute(f"CREATE TABLE {probe} AS SELECT * FROM (\n{sql}\n) AS m LIMIT 0")
+            columns = self._retl_columns_of(f"retl_probe__{model}")
+            self._execute(f"DROP TABLE {probe}")
+        return columns
+
+    def retl_stage(self, model: str, sql: str, key: str, columns: Sequence[str]) -> int:
+        stage = self._retl_table("stage", model)
+        inner = f"SELECT {', '.join(quote(c) for c in columns)} FROM (\n{sql}\n) AS m0"
+        with self.transaction():
+            self._execute(f"DROP TABLE IF EXISTS {stage}")
+            # The alias is reserved (model columns may not start with _sluice_), so the
+            # hash sees the whole row, never a column that happens to share its name.
+            self._execute(
+                f"CREATE TABLE {stage} AS SELECT CAST(_sluice_row.{quote(key)} AS text) "
+                f"AS _sluice_key, {self._retl_row_hash('_sluice_row')} AS _sluice_hash, "
+                f"_sluice_row.* FROM ({inner}) AS _sluice_row"
+            )
+        return int(self._fetchall(f"SELECT count(*) FROM {stage}")[0][0])
+
+    def retl_key_problems(self, model: str) -> tuple[int, int]:
+        stage = self._retl_table("stage", model)
+        nulls, dupes = self._fetchall(
+            "SELECT count(*) - count(_sluice_key), count(_sluice_key) - count(DISTINCT "
+            f"_sluice_key) FROM {stage}"
+        )[0]
+        return int(nulls), int(dupes)
+
+    def retl_diff(self, model: str, columns: Sequence[str]) -> dict[str, int]:
+        stage = self._retl_table("stage", model)
+        changes = self._retl_table("changes", model)
+        p = self.placeholder
+        cols = ", ".join(quote(c) for c in columns)
+        s_cols = ", ".join(f"s.{quote(c)}" for c in columns)
+        with self.transaction():
+            self._execute(f"DROP TABLE IF EXISTS {changes}")
+            # Typed like the stage, filled with one parameterised INSERT (CREATE TABLE AS
+            # takes no parameters on PostgreSQL).
+            self._execute(
+                f"CREATE TABLE {changes} AS SELECT CAST(0 AS bigint) AS _sluice_seq, "
+                f"CAST('' AS text) AS _sluice_kind, s.* FROM {stage} AS s WHERE 1 = 0"
+            )
+            self._execute(
+                f"INSERT INTO {changes} (_sluice_seq, _sluice_kind, _sluice_key, _sluice_hash, "
+                f"{cols}) SELECT row_number() OVER (ORDER BY d._sluice_kind, d._sluice_key), "
+                f"d._sluice_kind, d._sluice_key, d._sluice_hash, {cols} FROM ("
+                "SELECT CASE WHEN p.key IS NULL THEN 'added' WHEN s._sluice_key IS NULL "
+                "THEN 'removed' ELSE 'changed' END AS _sluice_kind, "
+                "COALESCE(s._sluice_key, p.key) AS _sluice_key, "
+                "COALESCE(s._sluice_hash, p.row_hash) AS _sluice_hash, "
+                f"{s_cols} FROM {stage} AS s FULL OUTER JOIN (SELECT key, row_hash FROM "
+                f"{quote(BOOKKEEPING_SCHEMA)}.retl_snapshots WHERE model = {p}) AS p "
+                "ON p.key = s._sluice_key "
+                "WHERE p.key IS NULL OR s._sluice_key IS NULL OR p.row_hash <> s._sluice_hash"
+                ") AS d",
+                (model,),
+            )
+            self._execute(
+                f"CREATE INDEX {quote(f'retl_changes__{model}_seq')} ON {changes} (_sluice_seq)"
+            )
+        counts = {"added": 0, "changed": 0, "removed": 0}
+        for kind, n in self._fetchall(
+            f"SELECT _sluice_kind, count(*) FROM {changes} GROUP BY _sluice_kind"
+        ):
+            counts[str(kind)] = int(n)
+        staged = int(self._fetchall(f"SELECT count(*) FROM {stage}")[0][0])
+        counts["unchanged"] = staged - counts["added"] - counts["changed"]
+        return counts
+
+    def retl_changes(
+        self, model: str, kinds: Sequence[str], columns: Sequence[str], after: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        if not kinds:
+            return []
+        changes = self._retl_table("changes", model)
+        cols = "".join(f", {quote(c)}" for c in columns)
+        return self._fetchall(
+            f"SELECT _sluice_seq, _sluice_kind, _sluice_key, _sluice_hash{cols} FROM {changes} "
+            f"WHERE _sluice_kind {self._in_list()} AND _sluice_seq > {self.placeholder} "
+            f"ORDER BY _sluice_seq LIMIT {int(limit)}",
+            (list(kinds), int(after)),
+        )
+
+    def _retl_apply(self, model: str, where: str, param: list[Any]) -> None:
+        """Replace the snapshot rows of the change-set rows matching `where`."""
+        changes = self._retl_table("changes", model)
+        snapshots = f"{quote(BOOKKEEPING_SCHEMA)}.retl_snapshots"
+        p = self.placeholder
+        with self.transaction():
+            self._execute(
+                f"DELETE FROM {snapshots} WHERE model = {p} AND key IN "
+                f"(SELECT _sluice_key FROM {changes} WHERE {where})",
+                (model, param),
+            )
+            self._execute(
+                f"INSERT INTO {snapshots} (model, key, row_hash, synced_at) "
+                f"SELECT CAST({p} AS text), _sluice_key, _sluice_hash, current_timestamp "
+                f"FROM {changes} "
+                f"WHERE {where} AND _sluice_kind <> 'removed'",
+                (model, param),
+            )
+
+    def retl_advance(self, model: str, seqs: Sequence[int]) -> None:
+        if seqs:
+            self._retl_apply(model, f"_sluice_seq {self._in_list()}", [int(s) for s in seqs])
+
+    def retl_baseline(self, model: str, kinds: Sequence[str]) -> int:
+        if not kinds:
+            return 0
+        changes = self._retl_table("changes", model)
+        n = self._fetchall(
+            f"SELECT count(*) FROM {changes} WHERE _sluice_kind {self._in_list()}", (list(kinds),)
+        )[0][0]
+        if n:
+            self._retl_apply(model, f"_sluice_kind {self._in_list()}", list(kinds))
+        return int(n)
+
+    def retl_drop_stage(self, model: str) -> None:
+        for kind in ("changes", "stage", "probe"):
+            self._execute(f"DROP TABLE IF EXISTS {self._retl_table(kind, model)}")
+
+    def retl_snapshot_count(self, model: str) -> int:
+        return int(
+            self._fetchall(
+                f"SELECT count(*) FROM {quote(BOOKKEEPING_SCHEMA)}.retl_snapshots "
+                f"WHERE model = {self.placeholder}",
+                (model,),
+            )[0][0]
+        )
+
+    def retl_record_run(self, report: dict[str, Any]) -> None:
+        p = self.placeholder
+        with self.transaction():
+            self._execute(
+                f"INSERT INTO {quote(BOOKKEEPING_SCHEMA)}.retl_runs (run_id, model, target, "
+                f"status, started_at, finished_at, report) VALUES ({', '.join([p] * 7)})",
+                (
+                    report["run_id"],
+                    report["model"],
+                    self.target_name,
+                    report["status"],
+                    report["started_at"],
+                    report["finished_at"],
+                    orjson.dumps(report).decode(),
+                ),
+            )
+
+    def retl_recent_runs(self, model: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        where, params = (
+            ("", ()) if model is None else (f"WHERE model = {self.placeholder}", (model,))
+        )
+        rows = self._fetchall(
+            f"SELECT report FROM {quote(BOOKKEEPING_SCHEMA)}.retl_runs {where} "
+            f"ORDER BY started_at DESC LIMIT {int(limit)}",
+            params,
+        )
+        return [r[0] if isinstance(r[0], dict) else orjson.loads(r[0]) for r in rows]
+
+    def retl_write_table(
+        self,
+        schema: str,
+        table: str,
+        key: str,
+        columns: dict[str, ColumnType],
+        rows: Sequence[Sequence[Any]],
+        keys: Sequence[str],
+    ) -> None:
+        existing = self.read_schema(schema).get(table)
+        target = qualified(schema, table)
+        with self.transaction():
+            if existing is None:
+                self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+                cols = ", ".join(
+                    f"{quote(n)} {self.capabilities.type_names[k]}" for n, k in columns.items()
+                )
+                self._execute(f"CREATE TABLE {target} ({cols}, PRIMARY KEY ({quote(key)}))")
+            else:
+                missing = {n: k for n, k in columns.items() if n not in existing}
+                if missing:
+                    self.add_columns(schema, table, missing)
+            if keys:
+                self._execute(
+                    f"DELETE FROM {target} WHERE CAST({quote(key)} AS text) {self._in_list()}",
+                    (list(keys),),
+                )
+            if rows:
+                self.insert_plain(schema, table, list(columns), rows)
