@@ -20,7 +20,7 @@ from dagster_project.resources import WarehouseResource, resource_key
 from dagster_project.translator import SluiceTranslator, TableInfo
 from loader.catalog import tables_of, update_catalog
 from loader.naming import snake_case
-from loader.object_pipeline import ObjectLoader
+from loader.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
 from loader.project import Project
 from loader.selective_sync import SelectiveSync
 from loader.sources.cloud.registry import collections_of, connector_for
@@ -69,7 +69,11 @@ def build_object_source_assets(
         selected = sorted(collections[table_of[k]] for k in context.selected_asset_keys)
         current = current_rules(project)
         with resource.open() as warehouse:
-            loader = ObjectLoader(warehouse, sync_filter=current.filter_for(target, source))
+            loader = ObjectLoader(
+                warehouse,
+                sync_filter=current.filter_for(target, source),
+                batch_objects=settings.batch_lines or DEFAULT_BATCH_OBJECTS,
+            )
             context.log.info(f"syncing {', '.join(selected)} of {source} into {target}.{schema}")
             try:
                 report = loader.sync(connector_for(settings, project.root), schema, selected)

@@ -15,7 +15,7 @@ from loader.catalog import update_catalog
 from loader.cli_common import CliContext, console, err_console, fail, open_target, progress
 from loader.cli_common import run_sync as run_one
 from loader.config import ConfigError, Profiles
-from loader.object_pipeline import ObjectLoader
+from loader.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
 from loader.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
 from loader.project import Project, find_project, load_project
 from loader.selective_sync import Issue, SelectiveSync, check_names, parse
@@ -88,7 +88,11 @@ def _run_pairs(
                 )
                 report = run_one(ctx, loader, what, _runner(url, schema, days))
             else:
-                objects = ObjectLoader(warehouse, sync_filter=sync_filter)
+                objects = ObjectLoader(
+                    warehouse,
+                    sync_filter=sync_filter,
+                    batch_objects=source.batch_lines or DEFAULT_BATCH_OBJECTS,
+                )
                 report = run_one(ctx, objects, what, _object_runner(project, source, schema))
             if report is not None:
                 update_catalog(project.root, target_name, schema, warehouse.read_schema(schema))

@@ -9,6 +9,7 @@ import fnmatch
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -22,6 +23,7 @@ class Fault:
     path_contains: str = ""
     retry_after: str | None = None
     after_ok: int = 0  # let this many matching requests succeed first
+    hang_s: float = 0.0  # answer only after this long (a stalled API; the client is killed)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class FakeApi:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self.hanging = threading.Event()
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -84,6 +87,13 @@ class FakeApi:
                     continue
                 if fault.times > 0:
                     fault.times -= 1
+                if fault.hang_s:
+                    self.hanging.set()
+                    self._lock.release()
+                    try:
+                        time.sleep(fault.hang_s)
+                    finally:
+                        self._lock.acquire()
                 extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                 self.requests.append((fault.status, path, query, headers))
                 return fault.status, {"error": "injected"}, extra

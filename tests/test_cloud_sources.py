@@ -264,3 +264,61 @@ def test_sluice_sync_runs_a_cloud_source_from_sluice_yml(
     assert denied.returncode == 1
     assert "stripe: 401" in denied.stderr and "credentials" in denied.stderr
     assert "sk_live_do_not_print" not in denied.stderr
+
+
+def test_kill_9_between_pages_then_rerun_has_no_duplicate_or_gap(
+    tmp_path: Path, stripe: FakeStripe
+) -> None:
+    """A real `sluice sync` process killed while it waits for page 3 of charges."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import duckdb
+
+    for i in range(5, 12):
+        stripe.create("charges", id=f"ch_{i}", amount=i, currency="usd")
+    (tmp_path / "profiles.yml").write_text(
+        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: wh.duckdb\n"
+    )
+    (tmp_path / "sluice.yml").write_text(
+        "version: 1\nsources:\n  payments:\n    kind: stripe\n    api_key: sk\n"
+        f"    base_url: {stripe.url}\n    collections: [charges]\n"
+        "    batch_lines: 1\n"  # commit every page
+    )
+    stripe.inject(Fault(200, times=1, path_contains="/v1/charges", after_ok=2, hang_s=60))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "loader.cli", "sync", "payments"],
+        cwd=tmp_path,
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert stripe.hanging.wait(60), "the sync never reached page 3"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as conn:
+        # Two whole pages committed, with the cursor after them.
+        committed = conn.execute("SELECT count(*) FROM payments.charges").fetchone()[0]
+        cursor = conn.execute("SELECT cursor FROM _sluice.cursors").fetchone()[0]
+    assert committed == 4 and '"starting_after":"ch_8"' in cursor
+    ok_before = len([s for s, p, _, _ in stripe.requests if p == "/v1/charges" and s == 200])
+    stripe.heal()
+    rerun = subprocess.run(
+        [sys.executable, "-m", "loader.cli", "sync", "payments"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    with duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True) as conn:
+        count, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT id) FROM payments.charges"
+        ).fetchone()
+    assert (count, distinct) == (12, 12)
+    listing = [q for s, p, q, _ in stripe.requests if p == "/v1/charges" and s == 200]
+    assert listing[ok_before]["starting_after"] == ["ch_8"]  # resumed, not restarted
