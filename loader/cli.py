@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from loader.cli_common import CliContext, console, fail, open_target, progress, run_sync
-from loader.cli_project import replay, selective_sync, sync
+from loader.cli_project import catalog, replay, selective_sync, sync
 from loader.cli_retl import retl
 from loader.config import ConfigError, find_profiles, load_profiles
 from loader.naming import snake_case
@@ -174,6 +174,7 @@ def runs(target: str | None, profiles: str | None, limit: int) -> None:
 
 
 cli.add_command(sync)
+cli.add_command(catalog)
 cli.add_command(replay)
 cli.add_command(selective_sync)
 cli.add_command(retl)

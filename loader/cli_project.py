@@ -298,3 +298,33 @@ def _why(path: str, decision) -> str:
     if decision.line is None:
         return decision.reason
     return f"{path}:{decision.line} ({decision.reason})"
+
+
+@click.group()
+def catalog() -> None:
+    """The tables Dagster declares as assets (.sluice/catalog.json beside sluice.yml)."""
+
+
+@catalog.command("refresh")
+@_project_option
+@_profiles_option
+def catalog_refresh(project: str | None, profiles: str | None) -> None:
+    """Rebuild the catalog from every source's targets (each sync also refreshes it)."""
+    proj, prof = _load(project, profiles)
+    failures = 0
+    for source, target in _all_pairs(proj, prof):
+        schema = proj.schema_of(source)
+        try:
+            warehouse = open_target(*prof.target(target))
+        except (WarehouseError, ConfigError) as exc:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False)
+            failures += 1
+            continue
+        try:
+            tables = warehouse.read_schema(schema)
+        finally:
+            warehouse.close()
+        update_catalog(proj.root, target, schema, tables)
+        console.print(f"{target}.{schema}: {len(tables)} table(s)", highlight=False)
+    if failures:
+        sys.exit(1)

@@ -127,3 +127,17 @@ def test_check_errors_exit_2_naming_file_line_and_fix(tmp_path: Path) -> None:
 
     bad_replay = sluice("replay", "nope", "--from", "2026-11-01", "--to", "2026-11-02", cwd=demo)
     assert bad_replay.returncode == 2 and "unknown source 'nope'" in bad_replay.stderr
+
+
+def test_catalog_refresh_lists_what_the_warehouse_has(tmp_path: Path) -> None:
+    import json
+
+    assert sluice("init", "demo", "--events", "500", cwd=tmp_path).returncode == 0
+    demo = tmp_path / "demo"
+    assert sluice("load", "archive", "--schema", "javascript_production", cwd=demo).returncode == 0
+    assert not (demo / ".sluice" / "catalog.json").exists()  # `load` is not a project run
+    refreshed = sluice("catalog", "refresh", cwd=demo)
+    assert refreshed.returncode == 0, refreshed.stderr
+    catalog = json.loads((demo / ".sluice" / "catalog.json").read_text())
+    tables = catalog["local"]["javascript_production"]
+    assert "order_completed" in tables and tables["tracks"]["received_at"] == "timestamp"
