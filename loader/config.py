@@ -81,6 +81,13 @@ class Profiles(BaseModel):
         return chosen, self.targets[chosen]
 
 
+def check_cron(value: str | None) -> str | None:
+    """A pydantic validator for `schedule:` fields (5-field cron, UTC)."""
+    if value is not None and len(value.split()) != 5:
+        raise ValueError("schedule must be a 5-field cron expression, e.g. '0 * * * *'")
+    return value
+
+
 def interpolate(text: str, source: str) -> str:
     """Replace ${VAR} and ${VAR:-default}; a missing variable is an error naming the line."""
 

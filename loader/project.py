@@ -14,7 +14,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from loader.config import ConfigError, Profiles, find_file, find_profiles, load_profiles, read_model
+from loader.config import (
+    ConfigError,
+    Profiles,
+    check_cron,
+    find_file,
+    find_profiles,
+    load_profiles,
+    read_model,
+)
 from loader.naming import snake_case
 from loader.selective_sync import SelectiveSync
 from loader.selective_sync import load_file as load_selective_sync
@@ -40,12 +48,7 @@ class _Source(BaseModel):
         default=0.01, description="rejected lines / lines read above this fails the check"
     )
 
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError("schedule must be a 5-field cron expression, e.g. '0 * * * *'")
-        return value
+    _cron = field_validator("schedule")(check_cron)
 
 
 class EventSource(_Source):

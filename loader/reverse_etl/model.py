@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from loader.config import ConfigError, interpolate, line_of
+from loader.config import ConfigError, check_cron, interpolate, line_of
 from loader.reverse_etl.destinations import (
     KNOWN_TYPES,
     Destination,
@@ -59,12 +59,7 @@ class ModelSpec(BaseModel):
     mapping: dict[str, str] | None = Field(default=None, description="column -> field")
     destination: dict[str, Any]
 
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError("schedule must be a 5-field cron expression, e.g. '0 * * * *'")
-        return value
+    _cron = field_validator("schedule")(check_cron)
 
     @field_validator("schema_name")
     @classmethod

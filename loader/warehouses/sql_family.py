@@ -326,9 +326,9 @@ class SqlFamilyWarehouse(Warehouse):
     # Staging and change-set tables live in _sluice (real tables, not TEMP ones: every
     # warehouse has those, and a crashed run's leftovers are replaced by the next run).
 
+    @abstractmethod
     def _retl_row_hash(self, alias: str) -> str:
         """SQL hashing every column of the row aliased `alias` (dialect-specific)."""
-        raise NotImplementedError  # pragma: no cover - every adapter overrides
 
     def _retl_table(self, kind: str, model: str) -> str:
         return qualified(BOOKKEEPING_SCHEMA, f"retl_{kind}__{model}")
