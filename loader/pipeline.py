@@ -338,7 +338,7 @@ class Loader:
                 for profile, (source, key) in PROFILES.items():
                     if profile_keys[profile] and source in self.writer.known:
                         upserted = self._rebuild_profile(
-                            schema, profile, source, key, profile_keys[profile]
+                            schema, profile, source, key, profile_keys[profile], report
                         )
                         report.rows_loaded[profile] = report.rows_loaded.get(profile, 0) + upserted
                 if self._record_files:
@@ -377,7 +377,13 @@ class Loader:
         return table not in TABLE_COLUMNS
 
     def _rebuild_profile(
-        self, schema: str, profile: str, source: str, key: str, keys: set[str]
+        self,
+        schema: str,
+        profile: str,
+        source: str,
+        key: str,
+        keys: set[str],
+        report: SyncReport,
     ) -> int:
         traits = [
             t
@@ -390,10 +396,12 @@ class Loader:
         if existing is None:
             self.warehouse.create_table(schema, profile, wanted)
             self.writer.known[profile] = wanted
+            report.new_tables.append(profile)
         else:
             missing = {c: k for c, k in wanted.items() if c not in existing}
             if missing:
                 self.warehouse.add_columns(schema, profile, missing)
                 existing.update(missing)
+                report.new_columns.extend(f"{profile}.{c}" for c in missing)
         spec = ProfileSpec(profile, source, key, traits)
         return self.warehouse.rebuild_profiles(schema, spec, sorted(keys))
