@@ -75,13 +75,21 @@ def test_stripe_full_then_incremental_with_429_storm(open_wh, stripe: FakeStripe
     stripe.update("customers", "cus_1", "customer.updated", email="new@example.com")
     stripe.update("customers", "cus_2", "customer.deleted")
     stripe.create("charges", id="ch_new", amount=999, currency="eur", paid=False)
+    stripe.create("customers", id="cus_new", email="new-customer@example.com")
     second = ObjectLoader(wh).sync(connector, "stripe")
     assert second.status == "success"
     by_id = {r[0]: r for r in rows(wh, "stripe", "customers", "id, email, _deleted_at")}
     assert by_id["cus_1"][1] == "new@example.com" and by_id["cus_1"][2] is None
     assert by_id["cus_2"][2] is not None
-    assert len(by_id) == 7
+    assert len(by_id) == 8
     assert rows(wh, "stripe", "charges", "count(*), count(DISTINCT id)") == [(6, 6)]
+    # Nothing changed since: a third sync sends nothing new and asks only for what is newer.
+    third = ObjectLoader(wh).sync(connector, "stripe")
+    assert third.rows_loaded == {}
+    cursor = orjson.loads(wh.read_cursors("stripe")["charges"])
+    assert cursor["created_gt"] == max(c["created"] for c in stripe.objects["charges"])
+    last_listing = [q for s, p, q, _ in stripe.requests if p == "/v1/charges"][-1]
+    assert last_listing["created[gt]"] == [str(cursor["created_gt"])]
     # The secret is sent to the API only as the Authorization header.
     assert all(h.get("Authorization") == "Bearer sk_test_secret" for *_, h in stripe.requests)
     assert "sk_test_secret" not in orjson.dumps(second.to_dict()).decode()

@@ -7,7 +7,7 @@ endpoint. A listing interrupted between pages resumes from its `starting_after`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from loader.sources.cloud.engine import (
@@ -48,14 +48,19 @@ class StripeConnector:
         path, event_type = COLLECTIONS[collection]
         state = dict(cursor or {})
         first_sync = "created_gt" not in state and "scan" not in state
-        yield from self._new_objects(path, collection, state)
+        if "events_gt" not in state:
+            # Taken before the first listing, so a change made while it runs is an event
+            # the next sync applies, never one that falls between the two.
+            state["events_gt"] = self._latest_event_time()
+        state = yield from self._new_objects(path, collection, state)
         if first_sync:
-            return  # the listing saw every object as it is now
+            return  # the listing saw every object as it was when listed
         yield from self._changes(event_type, state)
 
     def _new_objects(
         self, path: str, collection: str, state: dict[str, Any]
-    ) -> Iterator[ObjectPage]:
+    ) -> Generator[ObjectPage, None, dict[str, Any]]:
+        """Objects created since the last complete listing; returns the state after it."""
         high_water = int(state.get("created_gt", -1))
         scan = state.get("scan") or {}
         while True:
@@ -75,12 +80,9 @@ class StripeConnector:
             else:
                 state = {k: v for k, v in state.items() if k != "scan"}
                 state["created_gt"] = newest
-                if "events_gt" not in state:
-                    # Changes from now on come from events.
-                    state["events_gt"] = self._latest_event_time()
             yield ObjectPage(objects, dict(state))
             if "scan" not in state:
-                return
+                return state
 
     def _latest_event_time(self) -> int:
         body = self._list("/v1/events", {"limit": 1})
