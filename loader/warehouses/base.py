@@ -144,6 +144,10 @@ class Warehouse(ABC):
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]: ...
 
     @abstractmethod
+    def table_ref(self, schema: str, table: str) -> str:
+        """The table as this warehouse's SQL names it (quoted), for read-only queries."""
+
+    @abstractmethod
     def table_stats(self, schema: str, table: str) -> TableStats:
         """Row count, ids present more than once, and the newest received_at."""
 

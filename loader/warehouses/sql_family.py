@@ -312,6 +312,9 @@ class SqlFamilyWarehouse(Warehouse):
         )
         return [r[0] if isinstance(r[0], dict) else orjson.loads(r[0]) for r in rows]
 
+    def table_ref(self, schema: str, table: str) -> str:
+        return qualified(schema, table)
+
     def table_stats(self, schema: str, table: str) -> TableStats:
         rows, duplicates, newest = self._fetchall(
             "SELECT count(*), count(*) - count(DISTINCT id), max(received_at) "

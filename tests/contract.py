@@ -1,0 +1,182 @@
+"""The contract every warehouse adapter passes: the same scenarios, through the
+`Warehouse` interface only (plus `table_ref` for read-only SQL), so a new adapter is
+proven by running them (see tests/test_contract.py for DuckDB and PostgreSQL).
+
+Each scenario is `scenario(open_wh, tmp_path)`, where `open_wh()` returns a connected
+adapter for one fresh, empty target (several calls: the same target).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loader.pipeline import Loader
+from loader.warehouses.base import Warehouse
+from tests.helpers import identify, track, write_ndjson
+
+OpenWarehouse = Callable[[], Warehouse]
+SCHEMA = "contract_src"
+
+
+def _archive(root: Path) -> Path:
+    """Every call type, a duplicate, a malformed line, a type conflict, a late change."""
+    day1 = [
+        track("t1", "Order Completed", revenue=10.5, coupon="A", nested={"x": 1}),
+        track("t2", "Order Completed", revenue=20, items=[1, 2]),
+        track("t1", "Order Completed", revenue=10.5, coupon="A", nested={"x": 1}),  # dupe
+        {
+            "type": "page",
+            "messageId": "p1",
+            "anonymousId": "a1",
+            "name": "Home",
+            "receivedAt": "2026-11-01T10:00:01Z",
+            "properties": {"path": "/"},
+        },
+        {
+            "type": "screen",
+            "messageId": "s1",
+            "userId": "u1",
+            "name": "Main",
+            "receivedAt": "2026-11-01T10:00:02Z",
+        },
+        identify(
+            "i1",
+            "u1",
+            "2026-11-01T10:00:00Z",
+            "2026-11-01T10:00:03Z",
+            plan="free",
+            email="u1@example.com",
+        ),
+        {
+            "type": "group",
+            "messageId": "g1",
+            "userId": "u1",
+            "groupId": "acme",
+            "receivedAt": "2026-11-01T10:00:04Z",
+            "traits": {"employees": 40},
+        },
+        {
+            "type": "alias",
+            "messageId": "a1",
+            "userId": "u1",
+            "previousId": "anon-1",
+            "receivedAt": "2026-11-01T10:00:05Z",
+        },
+    ]
+    day2 = [
+        # A new column, and a value that does not fit `revenue` (double): rescued.
+        track("t3", "Order Completed", "2026-11-02T09:00:00Z", revenue="lots", channel="web"),
+        # A later identify wins for plan; email stays from the earlier one.
+        identify("i2", "u1", "2026-11-02T09:00:00Z", "2026-11-02T09:00:01Z", plan="pro"),
+    ]
+    write_ndjson(root / "day1.ndjson.gz", day1)
+    path = write_ndjson(root / "day2.ndjson.gz", day2)
+    with open(path.with_name("day3.ndjson"), "wb") as out:
+        out.write(b'{"type": "track", "messageId": \n')  # malformed
+    return root
+
+
+def _one(wh: Warehouse, sql: str) -> Any:
+    return list(wh.query(sql))[0][0]
+
+
+def _rows(wh: Warehouse, table: str) -> int:
+    return wh.table_stats(SCHEMA, table).rows
+
+
+def scenario_golden_archive(open_wh: OpenWarehouse, tmp_path: Path) -> None:
+    wh = open_wh()
+    report = Loader(wh).load(str(_archive(tmp_path / "archive")), SCHEMA)
+    assert report.status == "success" and report.rejects == 1
+    tables = wh.read_schema(SCHEMA)
+    expected = {
+        "tracks": 3,
+        "order_completed": 3,
+        "pages": 1,
+        "screens": 1,
+        "identifies": 2,
+        "groups": 1,
+        "aliases": 1,
+        "users": 1,
+        "accounts": 1,
+    }
+    assert {t: _rows(wh, t) for t in expected} == expected
+    assert {"revenue", "coupon", "nested_x", "items", "channel"} <= set(tables["order_completed"])
+    assert tables["order_completed"]["revenue"].value == "double"
+    assert "revenue" not in tables["tracks"]
+    users = wh.table_ref(SCHEMA, "users")
+    assert _one(wh, f"SELECT plan FROM {users} WHERE id = 'u1'") == "pro"
+    assert _one(wh, f"SELECT email FROM {users} WHERE id = 'u1'") == "u1@example.com"
+    rejects = wh.table_ref("_sluice", "rejected_events")
+    assert "not valid JSON" in _one(wh, f"SELECT reason FROM {rejects}")
+
+
+def scenario_rescue(open_wh: OpenWarehouse, tmp_path: Path) -> None:
+    wh = open_wh()
+    Loader(wh).load(str(_archive(tmp_path / "archive")), SCHEMA)
+    table = wh.table_ref(SCHEMA, "order_completed")
+    revenue, rescued = list(
+        wh.query(f"SELECT revenue, _rescued_data FROM {table} WHERE id = 't3'")
+    )[0]
+    assert revenue is None
+    rescued = json.loads(rescued) if isinstance(rescued, str) else rescued
+    assert rescued == {"revenue": "lots"}
+
+
+def scenario_dedupe_across_runs(open_wh: OpenWarehouse, tmp_path: Path) -> None:
+    wh = open_wh()
+    archive = _archive(tmp_path / "archive")
+    Loader(wh).load(str(archive), SCHEMA)
+    first = {t: wh.table_stats(SCHEMA, t) for t in wh.read_schema(SCHEMA)}
+    again = Loader(wh).load(str(archive), SCHEMA)
+    assert again.files_loaded == 0
+    # The same messages under other names (an overlapping export) add nothing.
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in archive.iterdir():
+        (copy / f"copy-{f.name}").write_bytes(f.read_bytes())
+    Loader(wh).load(str(copy), SCHEMA)
+    after = {t: wh.table_stats(SCHEMA, t) for t in wh.read_schema(SCHEMA)}
+    assert {t: s.rows for t, s in after.items()} == {t: s.rows for t, s in first.items()}
+    assert all(s.duplicate_ids == 0 for s in after.values())
+
+
+class _Crash(Exception):
+    pass
+
+
+def scenario_crash_then_rerun(open_wh: OpenWarehouse, tmp_path: Path) -> None:
+    """A failure after the first committed batch; the rerun finishes with no duplicate
+    and no gap (a kill -9 of a real process is in tests/test_exactly_once.py)."""
+    archive = _archive(tmp_path / "archive")
+    clean = open_wh()
+    Loader(clean).load(str(archive), "contract_clean")
+    expected = {
+        t: clean.table_stats("contract_clean", t).rows for t in clean.read_schema("contract_clean")
+    }
+
+    def crash(_report: Any) -> None:
+        raise _Crash("the process dies here")
+
+    wh = open_wh()
+    try:
+        Loader(wh, batch_lines=1, on_batch=crash).load(str(archive), SCHEMA)
+    except _Crash:
+        pass
+    partial = sum(wh.table_stats(SCHEMA, t).rows for t in wh.read_schema(SCHEMA))
+    assert 0 < partial < sum(expected.values())
+    Loader(wh, batch_lines=1).load(str(archive), SCHEMA)
+    got = {t: wh.table_stats(SCHEMA, t) for t in wh.read_schema(SCHEMA)}
+    assert {t: s.rows for t, s in got.items()} == expected
+    assert all(s.duplicate_ids == 0 for s in got.values())
+
+
+CONTRACT = [
+    scenario_golden_archive,
+    scenario_rescue,
+    scenario_dedupe_across_runs,
+    scenario_crash_then_rerun,
+]

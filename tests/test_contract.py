@@ -1,0 +1,14 @@
+"""The adapter contract (tests/contract.py) on DuckDB and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.contract import CONTRACT
+
+
+@pytest.mark.parametrize("scenario", CONTRACT, ids=lambda s: s.__name__)
+def test_contract(scenario, open_wh, tmp_path: Path) -> None:
+    scenario(open_wh, tmp_path)
