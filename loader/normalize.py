@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import chain
 from typing import Any, Protocol
 
 import orjson
@@ -61,6 +63,39 @@ class Row:
     rescued: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class TableChunk:
+    """Rows of one table laid out for bulk work: tuples aligned to `names` (a name a row
+    lacks is None there). Cheaper to ship between processes than dicts (no keys per
+    row), and zip turns it into columns in one C loop."""
+
+    names: list[str]
+    rows: list[tuple[Any, ...]]
+    rescued: list[dict[str, Any] | None]
+
+    @classmethod
+    def of_rows(cls, rows: Sequence[Row]) -> TableChunk:
+        values = [r.values for r in rows]
+        names = list(dict.fromkeys(chain.from_iterable(values)))
+        return cls(
+            names,
+            [tuple(map(v.get, names)) for v in values],
+            [r.rescued or None for r in rows],
+        )
+
+    def columns(self) -> dict[str, tuple[Any, ...]]:
+        """name -> the column's values in row order."""
+        if not self.rows:
+            return {name: () for name in self.names}
+        return dict(zip(self.names, zip(*self.rows, strict=True), strict=True))
+
+    def without_ids(self, ids: set[str]) -> TableChunk:
+        """The chunk minus rows whose id is in `ids` (duplicates of an earlier file)."""
+        at = self.names.index("id")
+        keep = [i for i, row in enumerate(self.rows) if row[at] not in ids]
+        return TableChunk(self.names, [self.rows[i] for i in keep], [self.rescued[i] for i in keep])
+
+
 def _iso_dt(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -71,6 +106,30 @@ def _id_text(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
+# Column names by parent name and key: most keys recur in every message, so the naming
+# function runs once per distinct path rather than once per value. Bounded, because keys
+# can be data (ids used as object keys) and a long sync must not grow without limit.
+_NAMES_UNDER: dict[str, dict[Any, str]] = {}
+_MAX_NAMES_PER_PARENT = 4096
+_MAX_PARENTS = 16384
+
+
+def _names_under(prefix: str) -> dict[Any, str]:
+    names = _NAMES_UNDER.get(prefix)
+    if names is None:
+        names = {}
+        if len(_NAMES_UNDER) < _MAX_PARENTS:
+            _NAMES_UNDER[prefix] = names
+    return names
+
+
+def _new_name(names: dict[Any, str], prefix: str, key: Any) -> str:
+    name = snake_case(f"{prefix}_{key}" if prefix else str(key))
+    if len(names) < _MAX_NAMES_PER_PARENT:
+        names[key] = name
+    return name
+
+
 def flatten_into(
     out: dict[str, Any],
     obj: dict[str, Any],
@@ -78,22 +137,27 @@ def flatten_into(
     reserved: frozenset[str] | set[str],
     rescued: dict[str, Any],
     keep: dict[str, bool] | None = None,
+    taken: dict[str, Any] | None = None,
 ) -> None:
-    """Nested objects joined with `_`; arrays as their JSON text; reserved names rescued.
+    """Nested objects joined with `_`; arrays as their JSON text; names that are
+    `reserved` or already `taken` (the row's common columns) go to `rescued`.
 
     `keep` (selective sync) is asked per leaf column before its value is converted.
     """
+    names = _names_under(prefix)
     for key, value in obj.items():
-        name = snake_case(f"{prefix}_{key}" if prefix else str(key))
-        if isinstance(value, dict):
+        name = names.get(key)
+        if name is None:
+            name = _new_name(names, prefix, key)
+        if type(value) is dict:
             if value:
-                flatten_into(out, value, name, reserved, rescued, keep)
+                flatten_into(out, value, name, reserved, rescued, keep, taken)
             continue
         if keep is not None and not keep[name]:
             continue
-        if isinstance(value, list):
+        if type(value) is list:
             value = orjson.dumps(value).decode()
-        if name in reserved:
+        if name in reserved or (taken is not None and name in taken):
             rescued[name] = value
             continue
         out[name] = value
@@ -113,7 +177,7 @@ def _common(body: dict[str, Any]) -> dict[str, Any]:
     }
     context = body.get("context")
     if context:
-        flatten_into(row, {"context": context}, "", CORE_COLUMNS, {})
+        flatten_into(row, context, "context", CORE_COLUMNS, {})
     return row
 
 
@@ -152,11 +216,10 @@ def _rows(body: dict[str, Any], f: RowFilter | None) -> list[Row]:
         if tracks_on:
             out.append(Row("tracks", base if f is None else _only(base, "tracks", f)))
         if event_on:
-            reserved = CORE_COLUMNS | set(EVENT_TABLE_COLUMNS) | set(common)
             values = dict(base) if f is None else _only(base, table, f)
             rescued: dict[str, Any] = {}
             properties = body.get("properties") or {}
-            flatten_into(values, properties, "", reserved, rescued, _keep(table, f))
+            flatten_into(values, properties, "", _TRACK_RESERVED, rescued, _keep(table, f), common)
             out.append(Row(table, values, rescued))
         return out
     table = _TABLE_OF_KIND[kind]
@@ -169,25 +232,22 @@ def _rows(body: dict[str, Any], f: RowFilter | None) -> list[Row]:
     rescued = {}
     if kind in ("page", "screen"):
         values = {**common, "name": body.get("name"), "category": body.get("category")}
-        reserved = CORE_COLUMNS | {"name", "category"} | set(common)
-        properties = dict(body.get("properties") or {})
+        properties = body.get("properties") or {}
         # Segment stores the page name once; a `name` property duplicating it is not data.
-        if properties.get("name") == values["name"]:
-            properties.pop("name", None)
-        flatten_into(values, properties, "", reserved, rescued, keep)
+        if "name" in properties and properties["name"] == values["name"]:
+            properties = {k: v for k, v in properties.items() if k != "name"}
+        flatten_into(values, properties, "", _PAGE_RESERVED, rescued, keep, common)
         if f is not None:
             values = _only(values, table, f)
         return [Row(table, values, rescued)]
     if kind == "identify":
         values = dict(common)
-        flatten_into(
-            values, body.get("traits") or {}, "", CORE_COLUMNS | set(common), rescued, keep
-        )
+        flatten_into(values, body.get("traits") or {}, "", CORE_COLUMNS, rescued, keep, common)
         return [Row(table, values, rescued)]
     if kind == "group":
         values = {**common, "group_id": _id_text(body.get("groupId"))}
-        reserved = CORE_COLUMNS | {"group_id"} | set(common)
-        flatten_into(values, body.get("traits") or {}, "", reserved, rescued, keep)
+        traits = body.get("traits") or {}
+        flatten_into(values, traits, "", _GROUP_RESERVED, rescued, keep, common)
         return [Row(table, values, rescued)]
     # alias
     values = {**common, "previous_id": _id_text(body.get("previousId"))}
@@ -195,6 +255,10 @@ def _rows(body: dict[str, Any], f: RowFilter | None) -> list[Row]:
         values = _only(values, table, f)
     return [Row(table, values)]
 
+
+_TRACK_RESERVED = CORE_COLUMNS | frozenset(EVENT_TABLE_COLUMNS)
+_PAGE_RESERVED = CORE_COLUMNS | frozenset({"name", "category"})
+_GROUP_RESERVED = CORE_COLUMNS | frozenset({"group_id"})
 
 _TABLE_OF_KIND = {
     "page": "pages",

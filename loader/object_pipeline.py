@@ -7,7 +7,14 @@ from __future__ import annotations
 import orjson
 
 from loader.naming import snake_case
-from loader.normalize import DELETED_COLUMN, RESCUED_COLUMN, Row, object_id, object_row
+from loader.normalize import (
+    DELETED_COLUMN,
+    RESCUED_COLUMN,
+    Row,
+    TableChunk,
+    object_id,
+    object_row,
+)
 from loader.pipeline import SyncReport, _now, recorded_run
 from loader.schema import ColumnType
 from loader.selective_sync import SyncFilter
@@ -115,7 +122,7 @@ class ObjectLoader:
             with wh.transaction():
                 batch = list(rows.values())
                 columns, out = self.writer.prepare(
-                    schema, table, batch, OBJECT_FIXED, uuid_ts, report
+                    schema, table, [TableChunk.of_rows(batch)], OBJECT_FIXED, uuid_ts, report
                 )
                 if out:
                     upserted = wh.upsert_rows(schema, table, columns, out)

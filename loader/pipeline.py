@@ -17,17 +17,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
-from loader.messages import Reject, parse_line
-from loader.normalize import (
-    COMMON_COLUMNS,
-    RESCUED_COLUMN,
-    TABLE_COLUMNS,
-    Row,
-    rows_for,
-)
+from loader.file_reader import FileRead, ReadOptions, default_readers, read_files
+from loader.messages import Reject
+from loader.normalize import COMMON_COLUMNS, RESCUED_COLUMN, TABLE_COLUMNS, TableChunk
 from loader.schema import ColumnType
 from loader.selective_sync import SyncFilter
-from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines, list_files, received_day
+from loader.sources.archive import ArchiveFile, list_files, received_day
 from loader.table_writer import TableWriter
 from loader.warehouses.base import ProfileSpec, Warehouse
 
@@ -107,7 +102,7 @@ class SyncReport:
 class _Batch:
     """Whole files, normalised and deduped within the batch, ready to commit."""
 
-    by_table: dict[str, list[Row]] = field(default_factory=lambda: defaultdict(list))
+    by_table: dict[str, list[TableChunk]] = field(default_factory=lambda: defaultdict(list))
     profile_keys: dict[str, set[str]] = field(
         default_factory=lambda: {"users": set(), "accounts": set()}
     )
@@ -177,8 +172,12 @@ class Loader:
         storage_options: dict | None = None,
         on_batch: Callable[[SyncReport], None] | None = None,
         sync_filter: SyncFilter | None = None,
+        readers: int | None = None,
     ) -> None:
+        """`readers`: processes that parse files while this one loads (None: one per
+        spare core; 0: read in this process)."""
         self.warehouse = warehouse
+        self.readers = default_readers() if readers is None else readers
         self.writer = TableWriter(warehouse)
         self.batch_lines = batch_lines
         self.storage_options = storage_options
@@ -268,63 +267,42 @@ class Loader:
             self._commit(schema, batch, report)
 
     def _batches(self, todo: list[ArchiveFile]) -> Iterator[_Batch]:
+        f = self.sync_filter
+        options = ReadOptions(
+            storage_options=self.storage_options,
+            row_filter=self._row_filter,
+            users_on=f.table_synced("identifies") and f.table_synced("users"),
+            accounts_on=f.table_synced("groups") and f.table_synced("accounts"),
+        )
+        # An active selective-sync filter records its decisions as it is asked, for the
+        # report: it must be asked in this process, so such syncs read here.
+        readers = 0 if self._row_filter is not None else self.readers
         batch = _Batch()
-        for archive_file in todo:
-            self._read_file(archive_file, batch)
+        for read in read_files(todo, options, readers):
+            self._add_file(read, batch)
             if batch.lines >= self.batch_lines:
                 yield batch
                 batch = _Batch()
         if batch.files or batch.rejects:
             yield batch
 
-    def _read_file(self, archive_file: ArchiveFile, batch: _Batch) -> None:
-        """Parse, validate, dedupe and normalise one file into the batch (all or nothing)."""
-        rows: list[Row] = []
-        rejects: list[Reject] = []
-        ids: list[str] = []
-        users: list[str] = []
-        accounts: list[str] = []
-        duplicates = 0
-        lines = 0
-        seen = batch.seen
-        row_filter = self._row_filter
-        f = self.sync_filter
-        users_on = f.table_synced("identifies") and f.table_synced("users")
-        accounts_on = f.table_synced("groups") and f.table_synced("accounts")
-        try:
-            for line_no, raw in iter_lines(archive_file.url, self.storage_options):
-                lines += 1
-                parsed = parse_line(raw, archive_file.url, line_no)
-                if isinstance(parsed, Reject):
-                    rejects.append(parsed)
-                    continue
-                body = parsed.body
-                mid = body["messageId"]
-                if mid in seen:
-                    duplicates += 1
-                    continue
-                seen.add(mid)
-                ids.append(mid)
-                rows.extend(rows_for(body, row_filter))
-                kind = body["type"].lower()
-                if kind == "identify":
-                    if users_on and body.get("userId") not in (None, ""):
-                        users.append(str(body["userId"]))
-                elif kind == "group" and accounts_on:
-                    accounts.append(str(body["groupId"]))
-        except CorruptFile as exc:
-            seen.difference_update(ids)
-            batch.failed.append({"file": exc.file, "line": exc.line, "error": exc.reason})
-            batch.rejects.append(Reject(exc.file, exc.line, "", exc.reason))
+    @staticmethod
+    def _add_file(read: FileRead, batch: _Batch) -> None:
+        """A file's rows into the batch; a messageId already in the batch (from an
+        earlier file) is a duplicate, and the first copy wins."""
+        batch.rejects.extend(read.rejects)
+        if read.failure is not None:
+            batch.failed.append(read.failure)
             return
-        for row in rows:
-            batch.by_table[row.table].append(row)
-        batch.profile_keys["users"].update(users)
-        batch.profile_keys["accounts"].update(accounts)
-        batch.rejects.extend(rejects)
-        batch.files.append((archive_file.url, lines))
-        batch.lines += lines
-        batch.duplicates += duplicates
+        repeated = batch.seen.intersection(read.ids)
+        batch.seen.update(read.ids)
+        for table, chunk in read.tables.items():
+            batch.by_table[table].append(chunk.without_ids(repeated) if repeated else chunk)
+        batch.profile_keys["users"].update(read.users)
+        batch.profile_keys["accounts"].update(read.accounts)
+        batch.files.append((read.url, read.lines))
+        batch.lines += read.lines
+        batch.duplicates += read.duplicates + len(repeated)
 
     def _commit(self, schema: str, batch: _Batch, report: SyncReport) -> None:
         wh = self.warehouse
@@ -360,7 +338,7 @@ class Loader:
             self.on_batch(report)
 
     def _load_table(
-        self, schema: str, table: str, rows: list[Row], uuid_ts: str, report: SyncReport
+        self, schema: str, table: str, rows: list[TableChunk], uuid_ts: str, report: SyncReport
     ) -> None:
         insert_cols, out = self.writer.prepare(
             schema, table, rows, fixed_columns(table), uuid_ts, report

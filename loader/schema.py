@@ -6,9 +6,11 @@ converted, the rest go to the row's `_rescued_data` so nothing is ever lost.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -59,16 +61,29 @@ _FAST: dict[type, ColumnType] = {
 }
 
 
-def coerce(value: Any, column_type: ColumnType) -> Any:
-    """The value converted losslessly to the column's type, or _MISSING when it cannot be."""
+def json_text(value: Any) -> str:
+    """A value as compact JSON text. orjson refuses integers beyond 64 bits, which API
+    payloads parsed by the standard json module can carry; those take the slow path."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def coerce(value: Any, column_type: ColumnType, max_text_chars: int | None = None) -> Any:
+    """The value converted losslessly to the column's type, or _MISSING when it cannot be.
+
+    `max_text_chars` is the warehouse's text width (Capabilities.max_text_chars): a text
+    value longer than that does not fit its column either."""
     if value is None:
         return None
+    if column_type is ColumnType.TEXT:
+        text = value if isinstance(value, str) else json_text(value)
+        if max_text_chars is not None and len(text) > max_text_chars:
+            return _MISSING
+        return text
     if _FAST.get(type(value)) is column_type:
         return value
-    if column_type is ColumnType.TEXT:
-        if isinstance(value, str):
-            return value
-        return orjson.dumps(value).decode()
     if column_type is ColumnType.BOOLEAN:
         return value if isinstance(value, bool) else _MISSING
     if isinstance(value, bool):
@@ -91,16 +106,19 @@ def coerce(value: Any, column_type: ColumnType) -> Any:
 
 
 def coerce_column(
-    values: list[Any], column_type: ColumnType
-) -> tuple[list[Any], list[tuple[int, Any]]]:
-    """A whole column coerced; misfits (index, original value) become NULL for rescue."""
-    fast = _FAST_TYPE.get(column_type)
-    if fast is not None and all(v is None or type(v) is fast for v in values):
+    values: Sequence[Any], column_type: ColumnType, max_text_chars: int | None = None
+) -> tuple[Sequence[Any], list[tuple[int, Any]]]:
+    """A whole column coerced; misfits (index, original value) become NULL for rescue.
+    Text longer than `max_text_chars` (when given) is a misfit too.
+
+    Most columns already hold their type: that is found with C-level passes (the set of
+    value types, then min/max/len) before falling back to per-value conversion."""
+    if _already_fits(values, column_type, max_text_chars):
         return values, []
     out: list[Any] = []
     misfits: list[tuple[int, Any]] = []
     for index, value in enumerate(values):
-        converted = coerce(value, column_type)
+        converted = coerce(value, column_type, max_text_chars)
         if converted is _MISSING:
             misfits.append((index, value))
             out.append(None)
@@ -109,7 +127,30 @@ def coerce_column(
     return out, misfits
 
 
-_FAST_TYPE: dict[ColumnType, type] = {kind: t for t, kind in _FAST.items()}
+_NONE_TYPE = type(None)
+# Value types a column takes as they are (a str in a timestamp column needs parsing).
+_AS_IS: dict[ColumnType, frozenset[type]] = {
+    ColumnType.TEXT: frozenset({str}),
+    ColumnType.BOOLEAN: frozenset({bool}),
+    ColumnType.DOUBLE: frozenset({float}),
+    ColumnType.BIGINT: frozenset({int}),
+    ColumnType.TIMESTAMP: frozenset(),
+}
+
+
+def _already_fits(values: Sequence[Any], column_type: ColumnType, width: int | None) -> bool:
+    kinds = set(map(type, values))
+    kinds.discard(_NONE_TYPE)
+    if not kinds <= _AS_IS[column_type]:
+        return False
+    if not kinds:
+        return True
+    if column_type is ColumnType.TEXT:
+        return width is None or max(map(len, filter(None, values)), default=0) <= width
+    if column_type is ColumnType.BIGINT:
+        present = [v for v in values if v is not None]
+        return INT64_MIN <= min(present) and max(present) <= INT64_MAX
+    return True
 
 
 def fits(coerced: Any) -> bool:
@@ -146,29 +187,36 @@ def plan_columns(
 
     `fixed` are the columns whose type the table layout fixes (common columns).
     """
+    rows = rows if isinstance(rows, list) else list(rows)
+    names = list(dict.fromkeys(chain.from_iterable(rows)))
+    tuples = [tuple(map(row.get, names)) for row in rows]
+    by_name = dict(zip(names, zip(*tuples, strict=True), strict=True))
+    return plan_table_columns(existing, by_name, fixed)
+
+
+def plan_table_columns(
+    existing: dict[str, ColumnType] | None,
+    columns: Mapping[str, Sequence[Any]],
+    fixed: dict[str, ColumnType],
+) -> tuple[dict[str, ColumnType], dict[str, ColumnType]]:
+    """plan_columns for a batch already laid out as columns (name -> values in row order,
+    names in order of first appearance). A new column takes its first non-null value's
+    type; an integer column becomes double if the same batch also holds fractions."""
     known = dict(existing or {})
-    first: dict[str, ColumnType] = {}
-    seen: dict[str, set[ColumnType]] = {}
-    for row in rows:
-        for name, value in row.items():
-            if name in known or name in fixed:
-                continue
-            if name in first and first[name] is not ColumnType.BIGINT:
-                continue
-            kind = infer_type(value)
-            if kind is None:
-                continue
-            if name not in first:
-                first[name] = kind
-                seen[name] = {kind}
-            elif first[name] is ColumnType.BIGINT:
-                # Only an integer column can still change type (to double) in this batch.
-                seen[name].add(kind)
     added: dict[str, ColumnType] = {}
     for name, kind in fixed.items():
         if name not in known:
             added[name] = kind
-    for name, kind in first.items():
-        added[name] = merge_new_column_types(kind, seen[name])
+    for name, values in columns.items():
+        if name in known or name in fixed:
+            continue
+        first = next((v for v in values if v is not None), None)
+        kind = infer_type(first)
+        if kind is None:
+            continue  # all null: the column waits until a value shows its type
+        if kind is ColumnType.BIGINT:
+            seen = {infer_type(v) for v in values if v is not None}
+            kind = merge_new_column_types(kind, seen)
+        added[name] = kind
     known.update(added)
     return known, added

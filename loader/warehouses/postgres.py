@@ -86,6 +86,47 @@ class PostgresWarehouse(SqlFamilyWarehouse):
             key = "user_id" if table == "identifies" else "group_id"
             self._execute(f"CREATE INDEX ON {qualified(schema, table)} ({quote(key)})")
 
+    def insert_new_rows(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        fill_nulls: bool = False,
+    ) -> int:
+        """Rows whose id is new, COPYed straight into the table.
+
+        The ids already there are looked up first (one index probe per id, under the
+        sync's lock), so the common case (new events) skips the staging table and the
+        INSERT ... SELECT: about half the database work. A replay (fill_nulls), ids
+        repeated within the rows, or a concurrent writer that inserts one of the ids in
+        between (a unique violation, rolled back to a savepoint) take the staged path."""
+        if fill_nulls or not rows or "id" not in columns:
+            return super().insert_new_rows(schema, table, columns, rows, fill_nulls)
+        at = list(columns).index("id")
+        ids = [row[at] for row in rows]
+        if len(set(ids)) != len(ids):
+            return super().insert_new_rows(schema, table, columns, rows, fill_nulls)
+        target = qualified(schema, table)
+        present = {
+            found
+            for (found,) in self.conn.execute(
+                f"SELECT id FROM {target} WHERE id = ANY(%s)", (ids,)
+            ).fetchall()
+        }
+        fresh = [row for row in rows if row[at] not in present] if present else rows
+        if not fresh:
+            return 0
+        cols = ", ".join(quote(c) for c in columns)
+        try:
+            with self.conn.transaction(), self.conn.cursor() as cur:
+                with cur.copy(f"COPY {target} ({cols}) FROM STDIN") as copy:
+                    for row in fresh:
+                        copy.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            return super().insert_new_rows(schema, table, columns, fresh, fill_nulls)
+        return len(fresh)
+
     def _stage_insert(
         self,
         schema: str,

@@ -16,4 +16,16 @@ def open_warehouse(name: str, target: Any) -> Warehouse:
         from loader.warehouses.postgres import PostgresWarehouse
 
         return PostgresWarehouse(name, target.conninfo())
+    if target.type == "snowflake":
+        from loader.warehouses.snowflake import SnowflakeTarget, SnowflakeWarehouse
+
+        return SnowflakeWarehouse(name, SnowflakeTarget.from_target(name, target))
+    if target.type == "redshift":
+        from loader.warehouses.redshift import RedshiftTarget, RedshiftWarehouse
+
+        return RedshiftWarehouse(name, RedshiftTarget.from_target(name, target))
+    if target.type == "bigquery":
+        from loader.warehouses.bigquery import BigQueryTarget, BigQueryWarehouse
+
+        return BigQueryWarehouse(name, BigQueryTarget.from_target(name, target))
     raise WarehouseError(f"target '{name}': the {target.type} adapter is not available yet")

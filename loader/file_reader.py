@@ -1,0 +1,208 @@
+"""One archive file -> validated, normalised rows, and the reader processes that do it.
+
+Reading is the CPU-heavy half of a sync and touches no warehouse, so it runs in reader
+processes beside the one that loads: while the loader coerces and COPYs one batch, the
+readers parse the next files. Results come back in archive order, so "first copy of a
+messageId wins" stays deterministic, and only a few files are in flight at a time, so
+memory stays bounded by batch size.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from loader.messages import Reject, parse_line
+from loader.normalize import Row, RowFilter, TableChunk, rows_for
+from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines
+
+
+@dataclass(slots=True)
+class FileRead:
+    """What one file holds, ready to merge into a batch: the messageIds of its valid
+    lines (first copy within the file kept), their rows per table, and what failed.
+
+    A file is all or nothing: a corrupt gzip stream yields `failure` and no rows."""
+
+    url: str
+    lines: int = 0
+    ids: list[str] = field(default_factory=list)
+    tables: dict[str, TableChunk] = field(default_factory=dict)
+    duplicates: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+    users: set[str] = field(default_factory=set)
+    accounts: set[str] = field(default_factory=set)
+    failure: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadOptions:
+    """Everything a reader needs besides the file; picklable for reader processes."""
+
+    storage_options: dict[str, Any] | None = None
+    row_filter: RowFilter | None = None
+    users_on: bool = True
+    accounts_on: bool = True
+
+
+def read_file(archive_file: ArchiveFile, options: ReadOptions) -> FileRead:
+    """Parse, validate and normalise every line of one file."""
+    read = FileRead(archive_file.url)
+    ids = read.ids
+    seen: set[str] = set()
+    rejects = read.rejects
+    users = read.users
+    accounts = read.accounts
+    by_table: dict[str, list[Row]] = {}
+    row_filter = options.row_filter
+    url = archive_file.url
+    try:
+        for line_no, raw in iter_lines(url, options.storage_options):
+            read.lines += 1
+            parsed = parse_line(raw, url, line_no)
+            if isinstance(parsed, Reject):
+                rejects.append(parsed)
+                continue
+            body = parsed.body
+            mid = body["messageId"]
+            if mid in seen:
+                read.duplicates += 1
+                continue
+            seen.add(mid)
+            ids.append(mid)
+            for row in rows_for(body, row_filter):
+                rows = by_table.get(row.table)
+                if rows is None:
+                    rows = by_table[row.table] = []
+                rows.append(row)
+            kind = body["type"].lower()
+            if kind == "identify":
+                if options.users_on and body.get("userId") not in (None, ""):
+                    users.add(str(body["userId"]))
+            elif kind == "group" and options.accounts_on:
+                accounts.add(str(body["groupId"]))
+    except CorruptFile as exc:
+        failed = FileRead(url, read.lines)
+        failed.failure = {"file": exc.file, "line": exc.line, "error": exc.reason}
+        failed.rejects.append(Reject(exc.file, exc.line, "", exc.reason))
+        return failed
+    read.tables = {table: TableChunk.of_rows(rows) for table, rows in by_table.items()}
+    return read
+
+
+def default_readers() -> int:
+    """One reader per core beyond the loader's own (the warehouse gets its share too)."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+class _ReaderProcess:
+    """A `python -m loader.file_reader` child fed (file, options) and answering FileReads
+    over its pipes, length-prefixed pickles. A plain subprocess rather than
+    multiprocessing: nothing of the parent (its __main__, threads, connections) is
+    re-imported or forked, and the child exits when the parent's end of the pipe closes."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "loader.file_reader"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+
+    def send(self, archive_file: ArchiveFile, options: ReadOptions) -> None:
+        assert self.process.stdin is not None
+        _write_frame(self.process.stdin, (archive_file, options))
+
+    def receive(self) -> FileRead:
+        assert self.process.stdout is not None
+        read = _read_frame(self.process.stdout)
+        if read is None:
+            code = self.process.wait()
+            raise RuntimeError(f"an archive reader process exited with code {code}")
+        if isinstance(read, BaseException):
+            raise read
+        return read
+
+    def close(self) -> None:
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _write_frame(stream: IO[bytes], obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_FRAME.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    (size,) = _FRAME.unpack(head)
+    return pickle.loads(stream.read(size))
+
+
+_FRAME = struct.Struct("<Q")
+
+
+def read_files(
+    files: Sequence[ArchiveFile], options: ReadOptions, readers: int
+) -> Iterator[FileRead]:
+    """FileReads in archive order: in this process when `readers` is 0 or there is too
+    little to share, else in `readers` processes, file i going to reader i mod n, with
+    at most two files queued per reader (a reader blocks on its full pipe until the
+    loader takes its result, so memory stays bounded)."""
+    if readers <= 0 or len(files) < 2:
+        for archive_file in files:
+            yield read_file(archive_file, options)
+        return
+    pool = [_ReaderProcess() for _ in range(min(readers, len(files)))]
+    sent = 0
+    try:
+        for received in range(len(files)):
+            while sent < len(files) and sent < received + 2 * len(pool):
+                pool[sent % len(pool)].send(files[sent], options)
+                sent += 1
+            yield pool[received % len(pool)].receive()
+    finally:
+        for reader in pool:
+            reader.close()
+
+
+def _serve() -> None:
+    """The reader process: answer each request on stdin with its FileRead on stdout."""
+    requests = sys.stdin.buffer
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout = sys.stderr  # nothing else may write into the answer stream
+    gc.disable()  # FileReads hold no cycles; see pipeline._cyclic_gc_paused
+    while True:
+        request = _read_frame(requests)
+        if request is None:
+            return
+        archive_file, options = request
+        try:
+            answer: Any = read_file(archive_file, options)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the loader process
+            answer = exc
+        _write_frame(answers, answer)
+        answer = None
+
+
+if __name__ == "__main__":
+    # Through the importable module, so the FileReads pickle as loader.file_reader's.
+    from loader.file_reader import _serve as serve
+
+    serve()

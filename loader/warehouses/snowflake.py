@@ -1,0 +1,977 @@
+"""Snowflake (snowflake-connector-python): rows bound into set-based INSERT/UPDATE
+statements per chunk; no DDL inside a load transaction.
+
+Identifier convention: Sluice's names are lower snake_case; Snowflake folds unquoted
+identifiers to UPPER case. Every schema, table and column is created as its upper-case
+quoted name ("ORDER_COMPLETED"."REVENUE"), which is exactly what the unquoted lower-case
+name resolves to, so analysts (and dbt's Segment packages) write
+`SELECT revenue FROM javascript_production.order_completed` without quotes.
+`read_schema` reports the lower-case names the pipeline uses; `table_ref` gives the
+quoted upper-case name. The bookkeeping schema is `_SLUICE` (`_sluice` unquoted).
+
+Types: BOOLEAN, NUMBER(38,0), FLOAT, TIMESTAMP_TZ, VARCHAR; `_rescued_data` is VARIANT
+(an OBJECT: `_rescued_data:revenue` reads a rescued value).
+
+Bulk path: Snowflake commits the open transaction implicitly on any DDL (CREATE TABLE,
+even a temporary one), so a per-batch stage table would break the batch's atomicity
+(rows committed without their ledger entry). Rows are therefore bound as text parameters
+into a `(SELECT CAST(column1 AS ...) AS "ID", ... FROM VALUES (...), ...)` source, up to
+`CHUNK_ROWS` rows per statement, and written with `INSERT ... SELECT ... WHERE NOT EXISTS`
+(new ids) and `UPDATE ... FROM` (replay fill-nulls, upserts): DML only, inside the batch
+transaction. Snowflake does not enforce PRIMARY KEY, so every insert that must skip
+existing rows matches on the key. DDL that the pipeline issues inside a transaction
+(a new table or column) commits first, as Snowflake does anyway; see `_execute`.
+
+Locks: no advisory locks in Snowflake; a row in `_SLUICE.LOCKS` (name, holder token,
+lease expiry) taken with one MERGE; a held, unexpired lock raises LockBusy. A crashed
+sync's lock expires after `lock_lease_minutes`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+from typing import Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from loader.config import ConfigError
+from loader.messages import Reject
+from loader.schema import ColumnType
+from loader.warehouses.base import (
+    BOOKKEEPING_SCHEMA,
+    Capabilities,
+    LockBusy,
+    ProfileSpec,
+    TableStats,
+    Warehouse,
+    WarehouseError,
+)
+
+CAPABILITIES = Capabilities(
+    max_identifier_bytes=255,
+    type_names={
+        ColumnType.BOOLEAN: "BOOLEAN",
+        ColumnType.BIGINT: "NUMBER(38,0)",
+        ColumnType.DOUBLE: "FLOAT",
+        ColumnType.TIMESTAMP: "TIMESTAMP_TZ",
+        ColumnType.TEXT: "VARCHAR",
+    },
+    json_type="VARIANT",
+    max_text_chars=16_777_216,
+)
+
+# information_schema.columns.data_type -> ColumnType
+_READ_TYPES = {
+    "boolean": ColumnType.BOOLEAN,
+    "number": ColumnType.BIGINT,
+    "integer": ColumnType.BIGINT,
+    "bigint": ColumnType.BIGINT,
+    "float": ColumnType.DOUBLE,
+    "double": ColumnType.DOUBLE,
+    "real": ColumnType.DOUBLE,
+    "timestamp_tz": ColumnType.TIMESTAMP,
+    "timestamp_ltz": ColumnType.TIMESTAMP,
+    "timestamp_ntz": ColumnType.TIMESTAMP,
+    "text": ColumnType.TEXT,
+    "varchar": ColumnType.TEXT,
+    "variant": ColumnType.TEXT,
+    "object": ColumnType.TEXT,
+    "array": ColumnType.TEXT,
+}
+
+# Rows per statement, and bound text per statement (Snowflake caps a statement's text).
+CHUNK_ROWS = 1000
+CHUNK_CHARS = 500_000
+RESCUED = "_rescued_data"
+# Bookkeeping tables: the columns that identify a row (Snowflake does not enforce keys).
+_KEYS = {
+    "loaded_files": ("schema_name", "file"),
+    "turned_off_names": ("schema_name", "table_name", "column_name"),
+}
+T = TypeVar("T")
+
+
+class SnowflakeTarget(BaseModel):
+    """The typed fields of a `type: snowflake` target in profiles.yml."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["snowflake"]
+    account: str = Field(description="account identifier, e.g. myorg-myaccount")
+    user: str
+    password: SecretStr | None = None
+    private_key_path: str | None = Field(default=None, description="PEM key for key-pair auth")
+    private_key_passphrase: SecretStr | None = None
+    role: str | None = None
+    warehouse: str | None = None
+    database: str
+    host: str | None = Field(default=None, description="only for a fake or proxied endpoint")
+    port: int | None = None
+    protocol: Literal["https", "http"] | None = None
+    login_timeout: int = 30
+    network_timeout: int | None = Field(default=None, description="connector default if unset")
+    lock_lease_minutes: int = 360
+    retries: int = 4
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> SnowflakeTarget:
+        if self.password is None and self.private_key_path is None:
+            raise ValueError("give either password or private_key_path")
+        return self
+
+    @classmethod
+    def from_target(cls, name: str, target: Any) -> SnowflakeTarget:
+        data = target.model_dump() if isinstance(target, BaseModel) else dict(target)
+        for key, value in list(data.items()):
+            if isinstance(value, SecretStr):
+                data[key] = value.get_secret_value()
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "target"
+            raise ConfigError(
+                f"profiles.yml: target '{name}': field '{field}': {err['msg']}"
+            ) from None
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "account": self.account,
+            "user": self.user,
+            "database": self.database.upper(),
+            "login_timeout": self.login_timeout,
+            # Timestamps without an offset in an archive are UTC, as Segment treats them.
+            "session_parameters": {
+                "TIMEZONE": "UTC",
+                "CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False,
+            },
+            "application": "sluice",
+        }
+        if self.password is not None:
+            kw["password"] = self.password.get_secret_value()
+        if self.private_key_path is not None:
+            kw["private_key"] = self._private_key_der()
+            kw["authenticator"] = "SNOWFLAKE_JWT"
+        for key in ("role", "warehouse", "host", "port", "protocol", "network_timeout"):
+            value = getattr(self, key)
+            if value is not None:
+                kw[key] = value
+        return kw
+
+    def _private_key_der(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            with open(self.private_key_path or "", "rb") as f:
+                pem = f.read()
+            passphrase = self.private_key_passphrase
+            key = serialization.load_pem_private_key(
+                pem, passphrase.get_secret_value().encode() if passphrase else None
+            )
+        except (OSError, ValueError, TypeError) as exc:
+            reason = type(exc).__name__ if isinstance(exc, (ValueError, TypeError)) else exc
+            raise WarehouseError(
+                f"cannot read the private key '{self.private_key_path}' ({reason}); check "
+                "private_key_path and private_key_passphrase in profiles.yml"
+            ) from None
+        return key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+def ident(name: str) -> str:
+    """The quoted upper-case identifier (what the unquoted lower-case name resolves to)."""
+    return '"' + name.upper().replace('"', '""') + '"'
+
+
+def qualified(schema: str, table: str) -> str:
+    return f"{ident(schema)}.{ident(table)}"
+
+
+def _text(value: Any) -> str | None:
+    """Values are bound as text and CAST in SQL, so a VALUES column has one type."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def _chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[str | None]]]:
+    """(rows, flat text parameters) per statement: at most CHUNK_ROWS rows and, past the
+    first row, about CHUNK_CHARS characters of bound text."""
+    params: list[str | None] = []
+    n = size = 0
+    for row in rows:
+        values = [_text(v) for v in row]
+        width = sum(len(v) + 4 for v in values if v is not None) + 8 * len(values)
+        if n and (n >= CHUNK_ROWS or size + width > CHUNK_CHARS):
+            yield n, params
+            params, n, size = [], 0, 0
+        params.extend(values)
+        n += 1
+        size += width
+    if n:
+        yield n, params
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    from snowflake.connector import errors
+
+    names = (
+        "OperationalError",
+        "ServiceUnavailableError",
+        "GatewayTimeoutError",
+        "BadGatewayError",
+        "OtherHTTPRetryableError",
+        "RequestTimeoutError",
+    )
+    return tuple(getattr(errors, n) for n in names if hasattr(errors, n))
+
+
+# Snowflake error numbers: login failures and missing/unauthorised objects.
+_AUTH_ERRNOS = {390100, 390101, 390102, 390144, 390190, 394300, 250001}
+_PERMISSION_ERRNOS = {2003, 3001, 3003, 3041, 390189, 390201, 390317}
+
+
+class SnowflakeWarehouse(Warehouse):
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self, target_name: str, target: SnowflakeTarget, connect: Callable[..., Any] | None = None
+    ) -> None:
+        self.target_name = target_name
+        self.target = target
+        self._secrets = [
+            s.get_secret_value()
+            for s in (target.password, target.private_key_passphrase)
+            if s is not None and s.get_secret_value()
+        ]
+        self._depth = 0
+        self._types: dict[tuple[str, str], dict[str, ColumnType]] = {}
+        self._holder = uuid.uuid4().hex
+        if connect is None:
+            import snowflake.connector
+
+            connect = snowflake.connector.connect
+        kwargs = target.connect_kwargs()
+        try:
+            self.conn = self._retry(lambda: connect(**kwargs))
+        except Exception as exc:  # noqa: BLE001 - every connect failure becomes one sentence
+            raise WarehouseError(self._connect_message(exc)) from None
+
+    # --- errors and retries ----------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _first_line(self, exc: BaseException) -> str:
+        msg = getattr(exc, "raw_msg", None) or str(exc)
+        lines = [ln.strip() for ln in str(msg).strip().splitlines() if ln.strip()]
+        return self._scrub(lines[0].rstrip(".")) if lines else type(exc).__name__
+
+    def _connect_message(self, exc: BaseException) -> str:
+        errno = getattr(exc, "errno", None)
+        where = f"Snowflake target '{self.target_name}' (account '{self.target.account}')"
+        if errno in _AUTH_ERRNOS and errno != 250001:
+            fix = "check user and password (or private_key_path) in profiles.yml"
+        elif errno in _PERMISSION_ERRNOS:
+            fix = "check role, warehouse and database in profiles.yml and the role's grants"
+        elif isinstance(exc, WarehouseError):
+            return str(exc)
+        else:
+            fix = "check account (and host/port if set) in profiles.yml and the network"
+        return f"cannot connect to {where}: {self._first_line(exc)}; {fix}"
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        transient = _transient_errors()
+        attempts = max(1, self.target.retries)
+        for attempt in range(attempts):
+            try:
+                return fn()
+            except transient as exc:
+                errno = getattr(exc, "errno", None)
+                if attempt == attempts - 1 or errno in _AUTH_ERRNOS - {250001}:
+                    raise
+                time.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _run(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        """Execute one statement; transient errors are retried outside a transaction
+        (inside one, the transaction is lost with the connection: the caller reruns)."""
+
+        def once() -> Any:
+            cur = self.conn.cursor()
+            cur.execute(sql, tuple(params) if params else None)
+            return cur
+
+        try:
+            return once() if self._depth else self._retry(once)
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            if getattr(exc, "errno", None) in (3001, 3003, 3041):
+                raise WarehouseError(
+                    f"Snowflake target '{self.target_name}': {self._first_line(exc)}; grant the "
+                    f"role '{self.target.role or 'default'}' the privileges on database "
+                    f"'{self.target.database}' (USAGE, CREATE SCHEMA, and ownership of its "
+                    "schemas)"
+                ) from None
+            raise
+
+    def _execute(self, sql: str, params: Sequence[Any] | None = None) -> int:
+        if self._depth and sql.lstrip()[:6].upper() in ("CREATE", "ALTER ", "DROP T", "DROP S"):
+            # Snowflake commits the open transaction before any DDL; do it explicitly so
+            # every engine (and fakesnow) sees the same thing, then carry on in a new one.
+            # Safe for loads: rows committed early are skipped by id on a rerun, and
+            # the file ledger is only written after the batch's last DDL.
+            self._run("COMMIT")
+            try:
+                self._run(sql, params).close()
+            finally:
+                self._run("BEGIN")
+            return 0
+        cur = self._run(sql, params)
+        count = cur.rowcount
+        cur.close()
+        return int(count or 0)
+
+    def _fetchall(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        cur = self._run(sql, params)
+        try:
+            return [tuple(r) for r in cur.fetchall()]
+        finally:
+            cur.close()
+
+    # --- connection, transactions, locks ------------------------------------------------
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:  # Snowflake transactions do not nest: join the outer one.
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._run("BEGIN")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            self._rollback()
+            raise
+        self._depth = 0
+        self._run("COMMIT")
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.cursor().execute("ROLLBACK")
+        except Exception:  # noqa: BLE001 - a lost session rolls back by itself
+            pass
+
+    def _ensure_locks(self) -> None:
+        b = ident(BOOKKEEPING_SCHEMA)
+        self._execute(f"CREATE SCHEMA IF NOT EXISTS {b}")
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {b}.LOCKS (NAME VARCHAR NOT NULL, HOLDER VARCHAR "
+            "NOT NULL, ACQUIRED_AT TIMESTAMP_TZ, EXPIRES_AT TIMESTAMP_TZ, PRIMARY KEY (NAME))"
+        )
+
+    @contextmanager
+    def _lease(self, name: str, busy: str) -> Iterator[None]:
+        self._ensure_locks()
+        locks = f"{ident(BOOKKEEPING_SCHEMA)}.LOCKS"
+        minutes = int(self.target.lock_lease_minutes)
+        # One MERGE takes a free or expired lock; Snowflake serialises MERGEs on a table.
+        self._execute(
+            f"MERGE INTO {locks} AS l USING (SELECT %s AS NAME, %s AS HOLDER) AS s "
+            "ON l.NAME = s.NAME "
+            "WHEN MATCHED AND l.EXPIRES_AT < CURRENT_TIMESTAMP() THEN UPDATE SET "
+            "HOLDER = s.HOLDER, ACQUIRED_AT = CURRENT_TIMESTAMP(), "
+            f"EXPIRES_AT = DATEADD(minute, {minutes}, CURRENT_TIMESTAMP()) "
+            "WHEN NOT MATCHED THEN INSERT (NAME, HOLDER, ACQUIRED_AT, EXPIRES_AT) VALUES "
+            f"(s.NAME, s.HOLDER, CURRENT_TIMESTAMP(), DATEADD(minute, {minutes}, "
+            "CURRENT_TIMESTAMP()))",
+            (name, self._holder),
+        )
+        held = self._fetchall(f"SELECT HOLDER FROM {locks} WHERE NAME = %s", (name,))
+        if not held or held[0][0] != self._holder:
+            raise LockBusy(
+                f"{busy} on Snowflake target '{self.target_name}' holds the lock; wait for it "
+                f"to finish (a crashed run's lock expires after {minutes} minutes, or delete "
+                f"its row from _sluice.locks where name = '{name}')"
+            )
+        try:
+            yield
+        finally:
+            self._execute(
+                f"DELETE FROM {locks} WHERE NAME = %s AND HOLDER = %s", (name, self._holder)
+            )
+
+    def lock(self, schema: str) -> Iterator[None]:  # type: ignore[override]
+        return self._lease(f"sync:{schema}", f"another sync of schema '{schema}'")
+
+    def retl_lock(self, model: str) -> Iterator[None]:  # type: ignore[override]
+        return self._lease(f"retl:{model}", f"another reverse-ETL run of model '{model}'")
+
+    # --- schema -------------------------------------------------------------------------
+    def ensure_bookkeeping(self) -> None:
+        b = ident(BOOKKEEPING_SCHEMA)
+        ts = "TIMESTAMP_TZ"
+        self._ensure_locks()
+        for ddl in (
+            f"CREATE TABLE IF NOT EXISTS {b}.LOADED_FILES (SCHEMA_NAME VARCHAR NOT NULL, "
+            f"FILE VARCHAR NOT NULL, LINES NUMBER(38,0), LOADED_AT {ts} DEFAULT "
+            "CURRENT_TIMESTAMP(), PRIMARY KEY (SCHEMA_NAME, FILE))",
+            f"CREATE TABLE IF NOT EXISTS {b}.REJECTED_EVENTS (SCHEMA_NAME VARCHAR NOT NULL, "
+            "FILE VARCHAR NOT NULL, LINE NUMBER(38,0), RAW VARCHAR, REASON VARCHAR NOT NULL, "
+            f"REJECTED_AT {ts} DEFAULT CURRENT_TIMESTAMP())",
+            f"CREATE TABLE IF NOT EXISTS {b}.SYNC_RUNS (RUN_ID VARCHAR NOT NULL, "
+            f"SCHEMA_NAME VARCHAR, TARGET VARCHAR, STATUS VARCHAR, STARTED_AT {ts}, "
+            f"FINISHED_AT {ts}, REPORT VARCHAR, PRIMARY KEY (RUN_ID))",
+            f"CREATE TABLE IF NOT EXISTS {b}.CURSORS (SCHEMA_NAME VARCHAR NOT NULL, "
+            f"COLLECTION VARCHAR NOT NULL, CURSOR VARCHAR NOT NULL, UPDATED_AT {ts} DEFAULT "
+            "CURRENT_TIMESTAMP(), PRIMARY KEY (SCHEMA_NAME, COLLECTION))",
+            f"CREATE TABLE IF NOT EXISTS {b}.TURNED_OFF_NAMES (SCHEMA_NAME VARCHAR NOT NULL, "
+            "TABLE_NAME VARCHAR NOT NULL, COLUMN_NAME VARCHAR NOT NULL, FIRST_SEEN "
+            f"{ts} DEFAULT CURRENT_TIMESTAMP(), PRIMARY KEY (SCHEMA_NAME, TABLE_NAME, "
+            "COLUMN_NAME))",
+        ):
+            self._execute(ddl)
+
+    def _columns(self, schema: str, table: str | None = None) -> list[tuple[str, str, str]]:
+        sql = (
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = %s"
+        )
+        params: list[Any] = [schema.upper()]
+        if table is not None:
+            sql += " AND table_name = %s"
+            params.append(table.upper())
+        rows = self._fetchall(sql + " ORDER BY table_name, ordinal_position", params)
+        return [(str(t).lower(), str(c).lower(), str(d).lower()) for t, c, d in rows]
+
+    def read_schema(self, schema: str) -> dict[str, dict[str, ColumnType]]:
+        out: dict[str, dict[str, ColumnType]] = {}
+        for table, column, data_type in self._columns(schema):
+            kind = _READ_TYPES.get(data_type.split("(")[0], ColumnType.TEXT)
+            out.setdefault(table, {})[column] = kind
+        for table, cols in out.items():
+            self._types[(schema, table)] = dict(cols)
+        return out
+
+    def _column_sql(self, name: str, kind: ColumnType) -> str:
+        if name == RESCUED:
+            return f"{ident(name)} VARIANT"
+        return f"{ident(name)} {CAPABILITIES.type_names[kind]}"
+
+    def _sql_type(self, schema: str, table: str, column: str) -> str:
+        types = self._types.get((schema, table))
+        if types is None or column not in types:
+            types = self._types[(schema, table)] = {
+                c: _READ_TYPES.get(d.split("(")[0], ColumnType.TEXT)
+                for _, c, d in self._columns(schema, table)
+            }
+        if column == RESCUED:
+            return "VARIANT"
+        return CAPABILITIES.type_names[types.get(column, ColumnType.TEXT)]
+
+    def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
+        self._execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+        cols = ", ".join(self._column_sql(n, k) for n, k in columns.items())
+        self._execute(f"CREATE TABLE {qualified(schema, table)} ({cols}, PRIMARY KEY (ID))")
+        self._types[(schema, table)] = dict(columns)
+
+    def add_columns(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
+        for name, kind in columns.items():
+            self._execute(
+                f"ALTER TABLE {qualified(schema, table)} ADD COLUMN {self._column_sql(name, kind)}"
+            )
+            self._types.setdefault((schema, table), {})[name] = kind
+
+    # --- bulk writes: rows bound into a VALUES source, then set-based DML -----------------
+    def _using(self, schema: str, table: str, columns: Sequence[str], n: int) -> str:
+        """`(SELECT CAST(column1 AS type) AS "COL", ... FROM VALUES (%s, ...), ...)`."""
+        select = []
+        for i, c in enumerate(columns, 1):
+            kind = self._sql_type(schema, table, c)
+            if kind == "VARIANT":
+                value = f"PARSE_JSON(column{i})"
+            elif kind == "VARCHAR":  # bound as text already
+                value = f"column{i}"
+            else:
+                value = f"CAST(column{i} AS {kind})"
+            select.append(f"{value} AS {ident(c)}")
+        row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+        return f"(SELECT {', '.join(select)} FROM VALUES {', '.join([row] * n)})"
+
+    def write_sql(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        n: int,
+        keys: Sequence[str] = ("id",),
+        mode: Literal["insert", "fill_nulls", "upsert"] = "insert",
+    ) -> list[str]:
+        """The statements writing `n` bound rows (public for tests): for fill_nulls and
+        upsert an `UPDATE ... FROM` of the rows whose key is there, then an
+        `INSERT ... SELECT ... WHERE NOT EXISTS` of the others. Each takes the same
+        parameters. (One MERGE would do both, but fakesnow cannot run MERGE inside a
+        transaction; under the schema lock the two statements are equivalent.)"""
+        target = qualified(schema, table)
+        using = self._using(schema, table, columns, n)
+        match = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in keys)
+        rest = [c for c in columns if c not in keys]
+        statements = []
+        if mode == "upsert" and rest:
+            sets = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in rest)
+            statements.append(f"UPDATE {target} AS t SET {sets} FROM {using} AS s WHERE {match}")
+        fillable = [c for c in rest if c not in ("uuid_ts", RESCUED)]
+        if mode == "fill_nulls" and fillable:
+            sets = ", ".join(f"{ident(c)} = COALESCE(t.{ident(c)}, s.{ident(c)})" for c in fillable)
+            changed = " OR ".join(
+                f"(t.{ident(c)} IS NULL AND s.{ident(c)} IS NOT NULL)" for c in fillable
+            )
+            statements.append(
+                f"UPDATE {target} AS t SET {sets} FROM {using} AS s WHERE {match} AND ({changed})"
+            )
+        cols = ", ".join(ident(c) for c in columns)
+        values = ", ".join(f"s.{ident(c)}" for c in columns)
+        statements.append(
+            f"INSERT INTO {target} ({cols}) SELECT {values} FROM {using} AS s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match})"
+        )
+        return statements
+
+    def _write(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        keys: Sequence[str] = ("id",),
+        mode: Literal["insert", "fill_nulls", "upsert"] = "insert",
+    ) -> int:
+        """Rows inserted or updated, in chunks of CHUNK_ROWS bound rows per statement."""
+        total = 0
+        for n, params in _chunks(rows):
+            for sql in self.write_sql(schema, table, columns, n, keys, mode):
+                total += self._execute(sql, params)
+        return total
+
+    def insert_new_rows(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        fill_nulls: bool = False,
+    ) -> int:
+        mode: Literal["insert", "fill_nulls"] = "fill_nulls" if fill_nulls else "insert"
+        return self._write(schema, table, columns, rows, mode=mode) if rows else 0
+
+    def upsert_rows(
+        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> int:
+        return self._write(schema, table, columns, rows, mode="upsert") if rows else 0
+
+    def insert_plain(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        skip_existing: bool = False,
+    ) -> None:
+        if not rows:
+            return
+        if skip_existing:
+            keys = _KEYS.get(table, tuple(columns)) if schema == BOOKKEEPING_SCHEMA else columns
+            self._write(schema, table, columns, rows, keys=keys)
+            return
+        cols = ", ".join(ident(c) for c in columns)
+        for n, params in _chunks(rows):
+            self._execute(
+                f"INSERT INTO {qualified(schema, table)} ({cols}) SELECT * FROM "
+                + self._using(schema, table, columns, n),
+                params,
+            )
+
+    def _in(self, n: int) -> str:
+        return "IN (" + ", ".join(["%s"] * n) + ")"
+
+    def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
+        if not ids:
+            return 0
+        stub = [(i, at, at, at) for i in ids]
+        self.insert_new_rows(schema, table, ("id", "received_at", "uuid_ts", "_deleted_at"), stub)
+        for start in range(0, len(ids), CHUNK_ROWS):
+            chunk = list(ids[start : start + CHUNK_ROWS])
+            self._execute(
+                f"UPDATE {qualified(schema, table)} SET _DELETED_AT = CAST(%s AS TIMESTAMP_TZ) "
+                f"WHERE _DELETED_AT IS NULL AND ID {self._in(len(chunk))}",
+                [at, *chunk],
+            )
+        return len(ids)
+
+    def read_cursors(self, schema: str) -> dict[str, str]:
+        rows = self._fetchall(
+            f"SELECT COLLECTION, CURSOR FROM {ident(BOOKKEEPING_SCHEMA)}.CURSORS "
+            "WHERE SCHEMA_NAME = %s",
+            (schema,),
+        )
+        return {str(c): str(v) for c, v in rows}
+
+    def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
+        b = ident(BOOKKEEPING_SCHEMA)
+        self._execute(
+            f"DELETE FROM {b}.CURSORS WHERE SCHEMA_NAME = %s AND COLLECTION = %s",
+            (schema, collection),
+        )
+        self._execute(
+            f"INSERT INTO {b}.CURSORS (SCHEMA_NAME, COLLECTION, CURSOR) VALUES (%s, %s, %s)",
+            (schema, collection, cursor),
+        )
+
+    # --- profiles (users, accounts) --------------------------------------------------------
+    def profile_sql(self, schema: str, spec: ProfileSpec, n: int) -> str:
+        """Latest non-NULL value per trait: FIRST_VALUE ... IGNORE NULLS over the key's rows
+        newest first (Snowflake has no aggregate FILTER clause). Public for tests."""
+        key = ident(spec.key_column)
+        order = '"TIMESTAMP" DESC NULLS LAST, RECEIVED_AT DESC NULLS LAST'
+        window = (
+            f"OVER (PARTITION BY {key} ORDER BY {order} "
+            "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
+        )
+        traits = [
+            f"FIRST_VALUE({ident(c)}) IGNORE NULLS {window} AS {ident(c)}"
+            for c in spec.trait_columns
+        ]
+        inner = ", ".join(
+            [
+                f"{key} AS _SLUICE_KEY",
+                *traits,
+                f"MAX(RECEIVED_AT) OVER (PARTITION BY {key}) AS _SLUICE_RECEIVED_AT",
+                f"ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {order}) AS _SLUICE_RN",
+            ]
+        )
+        cols = ["id", *spec.trait_columns, "received_at", "uuid_ts"]
+        outer = ", ".join(
+            ["_SLUICE_KEY", *(ident(c) for c in spec.trait_columns), "_SLUICE_RECEIVED_AT"]
+        )
+        return (
+            f"INSERT INTO {qualified(schema, spec.table)} ({', '.join(ident(c) for c in cols)}) "
+            f"SELECT {outer}, CURRENT_TIMESTAMP() FROM (SELECT {inner} FROM "
+            f"{qualified(schema, spec.source_table)} WHERE {key} {self._in(n)}) AS p "
+            "WHERE _SLUICE_RN = 1"
+        )
+
+    def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        target = qualified(schema, spec.table)
+        for start in range(0, len(keys), CHUNK_ROWS):
+            chunk = list(keys[start : start + CHUNK_ROWS])
+            self._execute(f"DELETE FROM {target} WHERE ID {self._in(len(chunk))}", chunk)
+            self._execute(self.profile_sql(schema, spec, len(chunk)), chunk)
+        return len(keys)
+
+    # --- bookkeeping -----------------------------------------------------------------------
+    def loaded_files(self, schema: str) -> set[str]:
+        rows = self._fetchall(
+            f"SELECT FILE FROM {ident(BOOKKEEPING_SCHEMA)}.LOADED_FILES WHERE SCHEMA_NAME = %s",
+            (schema,),
+        )
+        return {str(r[0]) for r in rows}
+
+    def record_files(self, schema: str, files: Sequence[tuple[str, int]]) -> None:
+        if files:
+            self.insert_plain(
+                BOOKKEEPING_SCHEMA,
+                "loaded_files",
+                ("schema_name", "file", "lines"),
+                [(schema, f, n) for f, n in files],
+                skip_existing=True,
+            )
+
+    def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None:
+        if rejects:
+            self.insert_plain(
+                BOOKKEEPING_SCHEMA,
+                "rejected_events",
+                ("schema_name", "file", "line", "raw", "reason"),
+                [(schema, r.file, r.line, r.raw, r.reason) for r in rejects],
+            )
+
+    def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
+        if names:
+            self.insert_plain(
+                BOOKKEEPING_SCHEMA,
+                "turned_off_names",
+                ("schema_name", "table_name", "column_name"),
+                [(schema, t, c) for t, c in names],
+                skip_existing=True,
+            )
+
+    def turned_off_names(self, schema: str) -> dict[str, set[str]]:
+        rows = self._fetchall(
+            f"SELECT TABLE_NAME, COLUMN_NAME FROM {ident(BOOKKEEPING_SCHEMA)}.TURNED_OFF_NAMES "
+            "WHERE SCHEMA_NAME = %s",
+            (schema,),
+        )
+        out: dict[str, set[str]] = {}
+        for table, column in rows:
+            out.setdefault(str(table), set()).add(str(column))
+        return out
+
+    def _record(self, table: str, first: str, report: dict[str, Any], key: str) -> None:
+        self._execute(
+            f"INSERT INTO {ident(BOOKKEEPING_SCHEMA)}.{ident(table)} (RUN_ID, {first}, TARGET, "
+            "STATUS, STARTED_AT, FINISHED_AT, REPORT) VALUES (%s, %s, %s, %s, "
+            "CAST(%s AS TIMESTAMP_TZ), CAST(%s AS TIMESTAMP_TZ), %s)",
+            (
+                report["run_id"],
+                key,
+                self.target_name,
+                report["status"],
+                _text(report["started_at"]),
+                _text(report["finished_at"]),
+                orjson.dumps(report).decode(),
+            ),
+        )
+
+    def record_run(self, schema: str, report: dict[str, Any]) -> None:
+        self._record("sync_runs", "SCHEMA_NAME", report, schema)
+
+    def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        rows = self._fetchall(
+            f"SELECT REPORT FROM {ident(BOOKKEEPING_SCHEMA)}.SYNC_RUNS "
+            f"ORDER BY STARTED_AT DESC LIMIT {int(limit)}"
+        )
+        return [orjson.loads(r[0]) for r in rows]
+
+    def table_ref(self, schema: str, table: str) -> str:
+        return qualified(schema, table)
+
+    def table_stats(self, schema: str, table: str) -> TableStats:
+        rows, duplicates, newest = self._fetchall(
+            "SELECT COUNT(*), COUNT(*) - COUNT(DISTINCT ID), MAX(RECEIVED_AT) "
+            f"FROM {qualified(schema, table)}"
+        )[0]
+        return TableStats(int(rows), int(duplicates), newest if rows else None)
+
+    def query(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        return iter(self._fetchall(sql))
+
+    # --- reverse ETL -------------------------------------------------------------------------
+    # Staging and change-set tables are real tables in _SLUICE (CTAS is DDL in Snowflake and
+    # commits on its own; a crashed run's leftovers are replaced by the next run).
+    def _retl_table(self, kind: str, model: str) -> str:
+        return qualified(BOOKKEEPING_SCHEMA, f"retl_{kind}__{model}")
+
+    def retl_ensure_bookkeeping(self) -> None:
+        b = ident(BOOKKEEPING_SCHEMA)
+        self._ensure_locks()
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {b}.RETL_SNAPSHOTS (MODEL VARCHAR NOT NULL, KEY VARCHAR "
+            "NOT NULL, ROW_HASH VARCHAR NOT NULL, SYNCED_AT TIMESTAMP_TZ, PRIMARY KEY (MODEL, KEY))"
+        )
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {b}.RETL_RUNS (RUN_ID VARCHAR NOT NULL, MODEL VARCHAR, "
+            "TARGET VARCHAR, STATUS VARCHAR, STARTED_AT TIMESTAMP_TZ, FINISHED_AT TIMESTAMP_TZ, "
+            "REPORT VARCHAR, PRIMARY KEY (RUN_ID))"
+        )
+
+    @staticmethod
+    def _retl_kind(data_type: str) -> ColumnType:
+        t = data_type.lower()
+        if t.startswith(("number", "decimal", "numeric", "int", "bigint", "smallint")):
+            return ColumnType.BIGINT  # NUMBER with a scale: see retl_model_columns
+        if t.startswith(("float", "double", "real")):
+            return ColumnType.DOUBLE
+        if t.startswith("bool"):
+            return ColumnType.BOOLEAN
+        if t.startswith("timestamp"):
+            return ColumnType.TIMESTAMP
+        return ColumnType.TEXT
+
+    def retl_model_columns(self, model: str, sql: str) -> dict[str, ColumnType]:
+        probe = self._retl_table("probe", model)
+        self._execute(f"CREATE OR REPLACE TABLE {probe} AS SELECT * FROM (\n{sql}\n) AS m LIMIT 0")
+        rows = self._fetchall(
+            "SELECT column_name, data_type, numeric_scale FROM information_schema.columns "
+            "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+            (BOOKKEEPING_SCHEMA.upper(), f"retl_probe__{model}".upper()),
+        )
+        self._execute(f"DROP TABLE IF EXISTS {probe}")
+        out = {}
+        for column, data_type, scale in rows:
+            kind = self._retl_kind(str(data_type))
+            if str(data_type).lower() in ("number", "decimal", "numeric") and scale:
+                kind = ColumnType.DOUBLE
+            out[str(column).lower()] = kind
+        return out
+
+    def retl_stage(self, model: str, sql: str, key: str, columns: Sequence[str]) -> int:
+        stage = self._retl_table("stage", model)
+        inner = f"SELECT {', '.join(ident(c) for c in columns)} FROM (\n{sql}\n) AS m0"
+        # The hash sees the whole sent row: an OBJECT with sorted keys, NULLs kept.
+        self._execute(
+            f"CREATE OR REPLACE TABLE {stage} AS SELECT CAST(r.{ident(key)} AS VARCHAR) AS "
+            "_SLUICE_KEY, MD5(TO_VARCHAR(OBJECT_CONSTRUCT_KEEP_NULL(r.*))) AS _SLUICE_HASH, "
+            f"r.* FROM ({inner}) AS r"
+        )
+        return int(self._fetchall(f"SELECT COUNT(*) FROM {stage}")[0][0])
+
+    def retl_key_problems(self, model: str) -> tuple[int, int]:
+        stage = self._retl_table("stage", model)
+        nulls, dupes = self._fetchall(
+            "SELECT COUNT(*) - COUNT(_SLUICE_KEY), COUNT(_SLUICE_KEY) - COUNT(DISTINCT "
+            f"_SLUICE_KEY) FROM {stage}"
+        )[0]
+        return int(nulls), int(dupes)
+
+    def retl_diff(self, model: str, columns: Sequence[str]) -> dict[str, int]:
+        stage = self._retl_table("stage", model)
+        changes = self._retl_table("changes", model)
+        s_cols = "".join(f", s.{ident(c)}" for c in columns)
+        snapshots = f"{ident(BOOKKEEPING_SCHEMA)}.RETL_SNAPSHOTS"
+        model_lit = "'" + model.replace("'", "''") + "'"  # CTAS: no bind parameters
+        self._execute(
+            f"CREATE OR REPLACE TABLE {changes} AS SELECT ROW_NUMBER() OVER (ORDER BY "
+            "d._SLUICE_KIND, d._SLUICE_KEY) AS _SLUICE_SEQ, d._SLUICE_KIND, d._SLUICE_KEY, "
+            f"d._SLUICE_HASH{''.join(', d.' + ident(c) for c in columns)} FROM ("
+            "SELECT CASE WHEN p.KEY IS NULL THEN 'added' WHEN s._SLUICE_KEY IS NULL "
+            "THEN 'removed' ELSE 'changed' END AS _SLUICE_KIND, "
+            "COALESCE(s._SLUICE_KEY, p.KEY) AS _SLUICE_KEY, "
+            f"COALESCE(s._SLUICE_HASH, p.ROW_HASH) AS _SLUICE_HASH{s_cols} FROM {stage} AS s "
+            f"FULL OUTER JOIN (SELECT KEY, ROW_HASH FROM {snapshots} WHERE MODEL = {model_lit}) "
+            "AS p ON p.KEY = s._SLUICE_KEY WHERE p.KEY IS NULL OR s._SLUICE_KEY IS NULL OR "
+            "p.ROW_HASH <> s._SLUICE_HASH) AS d"
+        )
+        counts = {"added": 0, "changed": 0, "removed": 0}
+        for kind, n in self._fetchall(
+            f"SELECT _SLUICE_KIND, COUNT(*) FROM {changes} GROUP BY _SLUICE_KIND"
+        ):
+            counts[str(kind)] = int(n)
+        staged = int(self._fetchall(f"SELECT COUNT(*) FROM {stage}")[0][0])
+        counts["unchanged"] = staged - counts["added"] - counts["changed"]
+        return counts
+
+    def retl_changes(
+        self, model: str, kinds: Sequence[str], columns: Sequence[str], after: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        if not kinds:
+            return []
+        changes = self._retl_table("changes", model)
+        cols = "".join(f", {ident(c)}" for c in columns)
+        return self._fetchall(
+            f"SELECT _SLUICE_SEQ, _SLUICE_KIND, _SLUICE_KEY, _SLUICE_HASH{cols} FROM {changes} "
+            f"WHERE _SLUICE_KIND {self._in(len(kinds))} AND _SLUICE_SEQ > %s "
+            f"ORDER BY _SLUICE_SEQ LIMIT {int(limit)}",
+            [*kinds, int(after)],
+        )
+
+    def _retl_apply(self, model: str, where: str, params: list[Any]) -> None:
+        changes = self._retl_table("changes", model)
+        snapshots = f"{ident(BOOKKEEPING_SCHEMA)}.RETL_SNAPSHOTS"
+        with self.transaction():
+            self._execute(
+                f"DELETE FROM {snapshots} WHERE MODEL = %s AND KEY IN "
+                f"(SELECT _SLUICE_KEY FROM {changes} WHERE {where})",
+                [model, *params],
+            )
+            self._execute(
+                f"INSERT INTO {snapshots} (MODEL, KEY, ROW_HASH, SYNCED_AT) SELECT "
+                f"CAST(%s AS VARCHAR), _SLUICE_KEY, _SLUICE_HASH, CURRENT_TIMESTAMP() FROM "
+                f"{changes} WHERE {where} AND _SLUICE_KIND <> 'removed'",
+                [model, *params],
+            )
+
+    def retl_advance(self, model: str, seqs: Sequence[int]) -> None:
+        for start in range(0, len(seqs), CHUNK_ROWS):
+            chunk = [int(s) for s in seqs[start : start + CHUNK_ROWS]]
+            self._retl_apply(model, f"_SLUICE_SEQ {self._in(len(chunk))}", chunk)
+
+    def retl_baseline(self, model: str, kinds: Sequence[str]) -> int:
+        if not kinds:
+            return 0
+        changes = self._retl_table("changes", model)
+        where = f"_SLUICE_KIND {self._in(len(kinds))}"
+        n = int(self._fetchall(f"SELECT COUNT(*) FROM {changes} WHERE {where}", list(kinds))[0][0])
+        if n:
+            self._retl_apply(model, where, list(kinds))
+        return n
+
+    def retl_drop_stage(self, model: str) -> None:
+        for kind in ("changes", "stage", "probe"):
+            self._execute(f"DROP TABLE IF EXISTS {self._retl_table(kind, model)}")
+
+    def retl_snapshot_count(self, model: str) -> int:
+        return int(
+            self._fetchall(
+                f"SELECT COUNT(*) FROM {ident(BOOKKEEPING_SCHEMA)}.RETL_SNAPSHOTS WHERE MODEL = %s",
+                (model,),
+            )[0][0]
+        )
+
+    def retl_record_run(self, report: dict[str, Any]) -> None:
+        self._record("retl_runs", "MODEL", report, report["model"])
+
+    def retl_recent_runs(self, model: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        where, params = ("", ()) if model is None else ("WHERE MODEL = %s", (model,))
+        rows = self._fetchall(
+            f"SELECT REPORT FROM {ident(BOOKKEEPING_SCHEMA)}.RETL_RUNS {where} "
+            f"ORDER BY STARTED_AT DESC LIMIT {int(limit)}",
+            params,
+        )
+        return [orjson.loads(r[0]) for r in rows]
+
+    def retl_write_table(
+        self,
+        schema: str,
+        table: str,
+        key: str,
+        columns: dict[str, ColumnType],
+        rows: Sequence[Sequence[Any]],
+        keys: Sequence[str],
+    ) -> None:
+        existing = self.read_schema(schema).get(table)
+        target = qualified(schema, table)
+        # DDL first: in Snowflake it would commit the delete-and-insert transaction.
+        if existing is None:
+            self._execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+            cols = ", ".join(f"{ident(n)} {CAPABILITIES.type_names[k]}" for n, k in columns.items())
+            self._execute(f"CREATE TABLE {target} ({cols}, PRIMARY KEY ({ident(key)}))")
+            self._types[(schema, table)] = dict(columns)
+        else:
+            missing = {n: k for n, k in columns.items() if n not in existing}
+            if missing:
+                self.add_columns(schema, table, missing)
+        with self.transaction():
+            for start in range(0, len(keys), CHUNK_ROWS):
+                chunk = list(keys[start : start + CHUNK_ROWS])
+                self._execute(
+                    f"DELETE FROM {target} WHERE CAST({ident(key)} AS VARCHAR) "
+                    f"{self._in(len(chunk))}",
+                    chunk,
+                )
+            if rows:
+                self.insert_plain(schema, table, list(columns), rows)

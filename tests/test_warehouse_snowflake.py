@@ -1,0 +1,413 @@
+"""The Snowflake adapter on fakesnow's server mode: the real snowflake-connector-python
+network path (login, query requests, result decoding) against a local fake server.
+
+Each test gets its own database on one session-wide server. What fakesnow cannot do is
+noted where it matters:
+- `ALTER SESSION SET TIMEZONE` is not implemented (the adapter sets TIMEZONE as a
+  session parameter at login, which fakesnow ignores; its DuckDB session is UTC anyway);
+- a NULL TIMESTAMP_TZ is read back as 1970-01-01 (so tests do not read NULL timestamps);
+- fakesnow enforces PRIMARY KEY (Snowflake does not); the adapter never relies on either.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import fakesnow
+import pytest
+import snowflake.connector as snowflake_connector
+
+from loader.config import ConfigError, _OtherTarget
+from loader.schema import ColumnType
+from loader.warehouses.base import LockBusy, ProfileSpec, WarehouseError
+from loader.warehouses.registry import open_warehouse
+from tests.contract import CONTRACT
+
+
+@pytest.fixture(scope="session")
+def fakesnow_server():
+    logging.getLogger("fakesnow").setLevel(logging.WARNING)
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    with fakesnow.server() as kwargs:
+        yield kwargs
+
+
+def _target(server: dict, database: str, **extra) -> _OtherTarget:
+    fields = {
+        "type": "snowflake",
+        "account": server["account"],
+        "user": server["user"],
+        "password": server["password"],
+        "database": database,
+        "host": server["host"],
+        "port": server["port"],
+        "protocol": server["protocol"],
+        "role": "loader",
+        "warehouse": "load_wh",
+        # fakesnow's own advice: a fake server's HTTP 500 is a bug, not worth retrying.
+        "network_timeout": server["network_timeout"],
+        **extra,
+    }
+    return _OtherTarget.model_validate(fields)
+
+
+@pytest.fixture
+def database(fakesnow_server) -> str:
+    name = f"sluice_{uuid.uuid4().hex[:10]}"
+    conn = snowflake_connector.connect(**fakesnow_server)
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return name
+
+
+@pytest.fixture
+def open_wh(fakesnow_server, database):
+    """A factory opening (possibly several times) the same fresh fakesnow database."""
+    opened = []
+
+    def factory():
+        wh = open_warehouse("sf_test", _target(fakesnow_server, database))
+        # tests/test_reverse_etl.py seeds its source tables through `wh.conn.execute`.
+        wh.conn.execute = wh._execute
+        opened.append(wh)
+        return wh
+
+    yield factory
+    for wh in opened:
+        try:
+            wh.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+@pytest.mark.parametrize("scenario", CONTRACT, ids=lambda s: s.__name__)
+def test_contract(scenario, open_wh, tmp_path: Path) -> None:
+    scenario(open_wh, tmp_path)
+
+
+# End-to-end tests of the loader and of reverse ETL, collected again in this module, where
+# `open_wh` is the fakesnow fixture above. Not re-run here: tests/test_cloud_sources.py
+# (its checks read `_deleted_at IS NULL` back, and fakesnow's server returns a NULL
+# TIMESTAMP_TZ as 1970-01-01), and the webhook-retry tests of test_reverse_etl.py (they
+# pass on fakesnow too, but add a minute and test no warehouse SQL beyond these).
+from tests.test_load import (  # noqa: E402, F401
+    test_corrupt_gzip_is_reported_and_other_files_load,
+    test_malformed_lines_are_rejected_with_file_line_and_reason,
+    test_new_tables_and_columns_appear_mid_archive,
+    test_sample_archive_loads_all_segment_tables,
+    test_timestamp_is_corrected_for_client_clock_skew,
+    test_users_hold_latest_trait_by_event_time_with_late_arrivals,
+)
+from tests.test_reverse_etl import (  # noqa: E402, F401
+    _token,
+    receiver,
+    test_model_errors_name_file_and_line,
+    test_sync_modes,
+    test_table_destination_mirrors_the_model,
+)
+
+
+def test_upper_case_names_queryable_without_quotes(open_wh, tmp_path: Path) -> None:
+    from loader.pipeline import Loader
+    from tests.contract import SCHEMA, _archive
+
+    wh = open_wh()
+    Loader(wh).load(str(_archive(tmp_path / "archive")), SCHEMA)
+    # What an analyst writes: no quotes, lower case.
+    rows = list(wh.query(f"SELECT revenue FROM {SCHEMA}.order_completed WHERE id = 't1'"))
+    assert rows == [(10.5,)]
+    assert wh.table_ref(SCHEMA, "order_completed") == '"CONTRACT_SRC"."ORDER_COMPLETED"'
+    names = {r[0] for r in wh.query("SELECT table_name FROM information_schema.tables")}
+    assert "ORDER_COMPLETED" in names
+    types = wh.read_schema(SCHEMA)["order_completed"]
+    assert types["revenue"] is ColumnType.DOUBLE and types["id"] is ColumnType.TEXT
+    assert wh.read_schema(SCHEMA)["identifies"]["timestamp"] is ColumnType.TIMESTAMP
+
+
+def test_upsert_fill_nulls_and_mark_deleted(open_wh) -> None:
+    wh = open_wh()
+    wh.ensure_bookkeeping()
+    cols = {
+        "id": ColumnType.TEXT,
+        "received_at": ColumnType.TIMESTAMP,
+        "uuid_ts": ColumnType.TIMESTAMP,
+        "_deleted_at": ColumnType.TIMESTAMP,
+        "n": ColumnType.BIGINT,
+        "ok": ColumnType.BOOLEAN,
+        "name": ColumnType.TEXT,
+    }
+    wh.create_table("objs", "things", cols)
+    ts = "2026-11-01T10:00:00+00:00"
+    names = ("id", "received_at", "uuid_ts", "n", "ok", "name")
+    with wh.transaction():
+        assert wh.insert_new_rows("objs", "things", names, [("a", ts, ts, 1, True, None)]) == 1
+    # Again: nothing new; with fill_nulls the NULL `name` is filled, `n` is kept.
+    assert wh.insert_new_rows("objs", "things", names, [("a", ts, ts, 2, False, "x")]) == 0
+    wh.insert_new_rows("objs", "things", names, [("a", ts, ts, 2, False, "x")], fill_nulls=True)
+    table = wh.table_ref("objs", "things")
+    assert list(wh.query(f"SELECT n, ok, name FROM {table}")) == [(1, True, "x")]
+    wh.upsert_rows(
+        "objs", "things", names, [("a", ts, ts, 3, False, "y"), ("b", ts, ts, 4, None, None)]
+    )
+    assert list(wh.query(f"SELECT id, n, ok, name FROM {table} ORDER BY id")) == [
+        ("a", 3, False, "y"),
+        ("b", 4, None, None),
+    ]
+    assert wh.mark_deleted("objs", "things", ["b", "c"], ts) == 2
+    deleted = list(wh.query(f"SELECT id FROM {table} WHERE _deleted_at IS NOT NULL ORDER BY id"))
+    assert deleted == [("b",), ("c",)]
+    wh.save_cursor("objs", "things", '{"after": 1}')
+    wh.save_cursor("objs", "things", '{"after": 2}')
+    assert wh.read_cursors("objs") == {"things": '{"after": 2}'}
+
+
+def test_transaction_rolls_back(open_wh) -> None:
+    wh = open_wh()
+    wh.ensure_bookkeeping()
+    with pytest.raises(RuntimeError):
+        with wh.transaction():
+            wh.record_files("s", [("f1", 1)])
+            raise RuntimeError("boom")
+    assert wh.loaded_files("s") == set()
+    wh.record_files("s", [("f1", 1)])
+    wh.record_files("s", [("f1", 1), ("f2", 2)])  # a replay re-records f1: skipped
+    assert wh.loaded_files("s") == {"f1", "f2"}
+    wh.record_turned_off("s", [("t", ""), ("t", "c")])
+    wh.record_turned_off("s", [("t", "c")])
+    assert wh.turned_off_names("s") == {"t": {"", "c"}}
+
+
+def test_lock_busy_across_connections(open_wh) -> None:
+    first, second = open_wh(), open_wh()
+    first.ensure_bookkeeping()
+    with first.lock("src"):
+        with pytest.raises(LockBusy, match="another sync of schema 'src'"):
+            with second.lock("src"):
+                pass
+        with second.lock("other"):  # another schema is free
+            pass
+    with second.lock("src"):  # released
+        pass
+    with first.retl_lock("m"):
+        with pytest.raises(LockBusy, match="reverse-ETL run of model 'm'"):
+            with second.retl_lock("m"):
+                pass
+
+
+def test_recent_runs(open_wh) -> None:
+    wh = open_wh()
+    wh.ensure_bookkeeping()
+    report = {
+        "run_id": "r1",
+        "status": "success",
+        "started_at": "2026-11-01T10:00:00+00:00",
+        "finished_at": "2026-11-01T10:01:00+00:00",
+    }
+    wh.record_run("s", report)
+    wh.record_run("s", {**report, "run_id": "r2", "started_at": "2026-11-02T10:00:00+00:00"})
+    assert [r["run_id"] for r in wh.recent_runs()] == ["r2", "r1"]
+
+
+def test_reverse_etl_cycle(open_wh) -> None:
+    wh = open_wh()
+    wh.ensure_bookkeeping()
+    wh.retl_ensure_bookkeeping()
+    cols = {"id": ColumnType.TEXT, "n": ColumnType.BIGINT, "received_at": ColumnType.TIMESTAMP}
+    wh.create_table("src", "people", cols)
+    ts = "2026-11-01T10:00:00+00:00"
+    wh.insert_new_rows("src", "people", ("id", "n", "received_at"), [("a", 1, ts), ("b", 2, ts)])
+    sql = "SELECT id, n FROM src.people"
+    columns = wh.retl_model_columns("m", sql)
+    assert list(columns) == ["id", "n"]
+    assert wh.retl_stage("m", sql, "id", list(columns)) == 2
+    assert wh.retl_key_problems("m") == (0, 0)
+    assert wh.retl_diff("m", list(columns)) == {
+        "added": 2,
+        "changed": 0,
+        "removed": 0,
+        "unchanged": 0,
+    }
+    page = wh.retl_changes("m", ["added"], list(columns), 0, 10)
+    assert [(r[1], r[2], r[5]) for r in page] == [("added", "a", 1), ("added", "b", 2)]
+    wh.retl_advance("m", [page[0][0]])
+    assert wh.retl_snapshot_count("m") == 1
+    assert wh.retl_baseline("m", ["added"]) == 2
+    assert wh.retl_snapshot_count("m") == 2
+    wh.retl_stage("m", sql, "id", list(columns))
+    assert wh.retl_diff("m", list(columns))["unchanged"] == 2
+    wh.retl_drop_stage("m")
+    wh.retl_write_table(
+        "dest", "out", "id", {"id": ColumnType.TEXT, "n": ColumnType.BIGINT}, [("a", 5)], ["a"]
+    )
+    wh.retl_write_table(
+        "dest", "out", "id", {"id": ColumnType.TEXT, "n": ColumnType.BIGINT}, [("a", 6)], ["a"]
+    )
+    assert list(wh.query("SELECT id, n FROM dest.out")) == [("a", 6)]
+    report = {
+        "run_id": "r1",
+        "model": "m",
+        "status": "success",
+        "started_at": ts,
+        "finished_at": ts,
+    }
+    wh.retl_record_run(report)
+    assert wh.retl_recent_runs("m")[0]["run_id"] == "r1"
+
+
+def test_generated_merge_and_profile_sql(open_wh) -> None:
+    """The Snowflake-only statements, as text (they also ran on fakesnow above)."""
+    wh = open_wh()
+    wh._types[("s", "t")] = {
+        "id": ColumnType.TEXT,
+        "n": ColumnType.BIGINT,
+        "uuid_ts": ColumnType.TIMESTAMP,
+        "_rescued_data": ColumnType.TEXT,
+    }
+    update, insert = wh.write_sql(
+        "s", "t", ["id", "n", "uuid_ts", "_rescued_data"], 2, mode="fill_nulls"
+    )
+    using = '(SELECT column1 AS "ID", CAST(column2 AS NUMBER(38,0)) AS "N"'
+    assert update.startswith(f'UPDATE "S"."T" AS t SET "N" = COALESCE(t."N", s."N") FROM {using}')
+    assert update.endswith('WHERE t."ID" = s."ID" AND ((t."N" IS NULL AND s."N" IS NOT NULL))')
+    assert (
+        'PARSE_JSON(column4) AS "_RESCUED_DATA"' in update and 'COALESCE(t."UUID_TS"' not in update
+    )
+    assert "FROM VALUES (%s, %s, %s, %s), (%s, %s, %s, %s)) AS s" in insert
+    assert insert.startswith('INSERT INTO "S"."T" ("ID", "N", "UUID_TS", "_RESCUED_DATA") SELECT')
+    assert insert.endswith('WHERE NOT EXISTS (SELECT 1 FROM "S"."T" AS t WHERE t."ID" = s."ID")')
+    upsert = wh.write_sql("s", "t", ["id", "n"], 1, mode="upsert")
+    assert upsert[0].startswith('UPDATE "S"."T" AS t SET "N" = s."N" FROM')
+    assert len(wh.write_sql("s", "t", ["id", "n"], 1)) == 1
+    spec = ProfileSpec("users", "identifies", "user_id", ["plan"])
+    profile = wh.profile_sql("s", spec, 2)
+    assert 'FIRST_VALUE("PLAN") IGNORE NULLS OVER (PARTITION BY "USER_ID" ORDER BY' in profile
+    assert "FILTER" not in profile and 'WHERE "USER_ID" IN (%s, %s)' in profile
+
+
+def test_connection_failure_is_one_sentence_without_secret(fakesnow_server, database) -> None:
+    secret = "s3cr3t-Pa55"
+    target = _target(fakesnow_server, database, password=secret, port=1, login_timeout=2, retries=2)
+    with pytest.raises(WarehouseError) as info:
+        open_warehouse("sf_prod", target)
+    message = str(info.value)
+    assert secret not in message
+    assert "\n" not in message
+    assert message.startswith("cannot connect to Snowflake target 'sf_prod' (account 'fakesnow')")
+    assert "check account (and host/port if set) in profiles.yml" in message
+
+
+def test_bad_target_config_names_the_field(fakesnow_server) -> None:
+    target = _OtherTarget.model_validate({"type": "snowflake", "account": "a", "user": "u"})
+    with pytest.raises(ConfigError, match="target 'sf': field 'database'"):
+        open_warehouse("sf", target)
+    target = _OtherTarget.model_validate(
+        {"type": "snowflake", "account": "a", "user": "u", "database": "d"}
+    )
+    with pytest.raises(ConfigError, match="password or private_key_path"):
+        open_warehouse("sf", target)
+
+
+def test_transient_errors_are_retried(fakesnow_server, database) -> None:
+    from snowflake.connector.errors import OperationalError
+
+    from loader.warehouses.snowflake import SnowflakeTarget, SnowflakeWarehouse
+
+    calls = []
+
+    def flaky(**kwargs):
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError(msg="connection reset", errno=250003)
+        return snowflake_connector.connect(**kwargs)
+
+    target = SnowflakeTarget.from_target("sf", _target(fakesnow_server, database))
+    wh = SnowflakeWarehouse("sf", target, connect=flaky)
+    assert len(calls) == 3
+    assert list(wh.query("SELECT 1")) == [(1,)]
+    wh.close()
+
+
+def _fail_with(errno: int, msg: str, calls: list[int]):
+    from snowflake.connector.errors import DatabaseError
+
+    def connect(**_kwargs):
+        calls.append(1)
+        raise DatabaseError(msg=msg, errno=errno)
+
+    return connect
+
+
+def test_login_and_permission_failures_name_the_fix(fakesnow_server, database) -> None:
+    from loader.warehouses.snowflake import SnowflakeTarget, SnowflakeWarehouse
+
+    target = SnowflakeTarget.from_target("sf", _target(fakesnow_server, database))
+    calls: list[int] = []
+    with pytest.raises(WarehouseError) as info:
+        SnowflakeWarehouse("sf", target, connect=_fail_with(390100, "Incorrect username", calls))
+    assert calls == [1]  # a wrong password is not retried
+    assert str(info.value) == (
+        "cannot connect to Snowflake target 'sf' (account 'fakesnow'): Incorrect username; "
+        "check user and password (or private_key_path) in profiles.yml"
+    )
+    with pytest.raises(WarehouseError, match="check role, warehouse and database"):
+        SnowflakeWarehouse(
+            "sf", target, connect=_fail_with(390189, "Role 'LOADER' does not exist", [])
+        )
+
+
+def test_permission_error_on_a_statement(open_wh) -> None:
+    from snowflake.connector.errors import ProgrammingError
+
+    wh = open_wh()
+
+    class Denied:
+        def execute(self, *_args):
+            raise ProgrammingError(
+                msg="Insufficient privileges to operate on schema 'X'", errno=3001
+            )
+
+    real = wh.conn
+    wh.conn = type("C", (), {"cursor": lambda self: Denied(), "close": real.close})()
+    with pytest.raises(WarehouseError) as info:
+        wh.ensure_bookkeeping()
+    wh.conn = real
+    message = str(info.value)
+    assert message.startswith("Snowflake target 'sf_test': Insufficient privileges")
+    assert "grant the role 'loader'" in message and "\n" not in message
+
+
+def test_key_pair_auth_reaches_the_server(fakesnow_server, database, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"phrase"),
+    )
+    (tmp_path / "key.p8").write_bytes(pem)
+    target = _target(fakesnow_server, database).model_dump()
+    del target["password"]
+    target.update(private_key_path=str(tmp_path / "key.p8"), private_key_passphrase="phrase")
+    wh = open_warehouse("sf_kp", _OtherTarget.model_validate(target))
+    assert list(wh.query("SELECT 1")) == [(1,)]
+    wh.close()
+    target["private_key_passphrase"] = "wrong"
+    with pytest.raises(WarehouseError) as info:
+        open_warehouse("sf_kp", _OtherTarget.model_validate(target))
+    assert "wrong" not in str(info.value)
+    assert "check private_key_path and private_key_passphrase" in str(info.value)
+
+
+def test_expired_lock_is_taken_over(fakesnow_server, database) -> None:
+    crashed = open_warehouse("sf", _target(fakesnow_server, database, lock_lease_minutes=0))
+    crashed.ensure_bookkeeping()
+    crashed.lock("src").__enter__()  # never released: the process died
+    other = open_warehouse("sf", _target(fakesnow_server, database))
+    with other.lock("src"):
+        pass
+    crashed.close()
+    other.close()
