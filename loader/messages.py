@@ -6,6 +6,7 @@ nothing is silently dropped and one bad line never fails its batch.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -35,16 +36,27 @@ class Message:
     line: int
 
 
+# Python 3.11's fromisoformat reads a trailing "Z" itself; 3.10's needs "+00:00".
+_fromisoformat = (
+    datetime.fromisoformat
+    if sys.version_info >= (3, 11)
+    else lambda value: datetime.fromisoformat(value.replace("Z", "+00:00"))
+)
+
+
 def parse_timestamp(value: Any) -> datetime | None:
     """ISO-8601 to an aware UTC datetime; None when it is not one."""
-    if not isinstance(value, str) or len(value) < 10 or not value[:4].isdigit():
+    if type(value) is not str or len(value) < 10 or not value[:4].isdigit():
         return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = _fromisoformat(value)
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+    zone = parsed.tzinfo
+    if zone is timezone.utc:
+        return parsed
+    if zone is None:
+        return parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
 
 
@@ -64,10 +76,14 @@ def _check(body: dict[str, Any]) -> str | None:
         value = body.get(field)
         if value is not None and not isinstance(value, (str, int)):
             return f"field '{field}': expected a string, got {type(value).__name__}"
+    times: dict[str, datetime] = {}
     for field in _TIME_FIELDS:
         value = body.get(field)
-        if value is not None and parse_timestamp(value) is None:
-            return f"field '{field}': not an ISO-8601 timestamp: {value!r}"
+        if value is not None:
+            parsed = parse_timestamp(value)
+            if parsed is None:
+                return f"field '{field}': not an ISO-8601 timestamp: {value!r}"
+            times[field] = parsed
     if body.get("receivedAt") is None:
         return "field 'receivedAt': missing"
     if kind.lower() == "track" and not body.get("event"):
@@ -78,6 +94,11 @@ def _check(body: dict[str, Any]) -> str | None:
         return "field 'previousId': an alias call needs a previousId"
     if body.get("userId") in (None, "") and body.get("anonymousId") in (None, ""):
         return "fields 'userId'/'anonymousId': one of them is required"
+    if "timestamp" not in times:
+        # Filled here from the values just parsed, rather than parsed again by normalize.
+        corrected = _corrected(times)
+        if corrected is not None:
+            body["timestamp"] = corrected.isoformat()
     return None
 
 
@@ -100,9 +121,18 @@ def corrected_timestamp(body: dict[str, Any]) -> datetime | None:
     received_at - (sent_at - original_timestamp)."""
     if body.get("timestamp") is not None:
         return parse_timestamp(body["timestamp"])
-    received = parse_timestamp(body.get("receivedAt"))
-    original = parse_timestamp(body.get("originalTimestamp"))
-    sent = parse_timestamp(body.get("sentAt"))
+    times = {}
+    for field in ("receivedAt", "originalTimestamp", "sentAt"):
+        parsed = parse_timestamp(body.get(field))
+        if parsed is not None:
+            times[field] = parsed
+    return _corrected(times)
+
+
+def _corrected(times: dict[str, datetime]) -> datetime | None:
+    received = times.get("receivedAt")
+    original = times.get("originalTimestamp")
+    sent = times.get("sentAt")
     if received is not None and sent is not None and original is not None:
         return received - (sent - original)
     return original or received

@@ -75,13 +75,21 @@ class TableChunk:
 
     @classmethod
     def of_rows(cls, rows: Sequence[Row]) -> TableChunk:
-        values = [r.values for r in rows]
+        return cls.of_values([r.values for r in rows], [r.rescued or None for r in rows])
+
+    @classmethod
+    def of_values(
+        cls, values: list[dict[str, Any]], rescued: list[dict[str, Any] | None]
+    ) -> TableChunk:
         names = list(dict.fromkeys(chain.from_iterable(values)))
-        return cls(
-            names,
-            [tuple(map(v.get, names)) for v in values],
-            [r.rescued or None for r in rows],
-        )
+        width = len(names)
+        # Most rows of a table carry every name in the same order (one code path built
+        # them): their values are the tuple as they are; the rest are aligned by name.
+        rows = [
+            tuple(v.values()) if len(v) == width and list(v) == names else tuple(map(v.get, names))
+            for v in values
+        ]
+        return cls(names, rows, rescued)
 
     def columns(self) -> dict[str, tuple[Any, ...]]:
         """name -> the column's values in row order."""

@@ -1,0 +1,134 @@
+"""Reading archive files: line splitting, and reader processes that must give exactly
+what reading in the loader's own process gives."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from loader.file_reader import ReadOptions, read_file, read_files
+from loader.pipeline import Loader
+from loader.sources import archive
+from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines, list_files
+from tests.helpers import identify, snapshot, track, write_ndjson
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_lines_are_numbered_across_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gz: bool
+) -> None:
+    monkeypatch.setattr(archive, "_BLOCK_BYTES", 7)  # lines straddle many blocks
+    body = b'{"a": 1}\r\n\n   \n{"b": "two words"}\n{"c": 3}'  # CRLF, blanks, no final \n
+    path = tmp_path / ("f.ndjson.gz" if gz else "f.ndjson")
+    path.write_bytes(gzip.compress(body) if gz else body)
+    assert list(iter_lines(str(path))) == [
+        (1, b'{"a": 1}'),
+        (4, b'{"b": "two words"}'),
+        (5, b'{"c": 3}'),
+    ]
+
+
+def test_corrupt_gzip_names_file_and_line(tmp_path: Path) -> None:
+    good = gzip.compress(b"".join(b'{"n": %d}\n' % i for i in range(50_000)))
+    path = tmp_path / "broken.gz"
+    path.write_bytes(good[: len(good) // 2] + b"\x00garbage")
+    with pytest.raises(CorruptFile) as caught:
+        for _ in iter_lines(str(path)):
+            pass
+    assert caught.value.file == str(path)
+    assert caught.value.line > 1  # the lines before the damage were read
+    assert "corrupt gzip" in str(caught.value)
+
+
+def _archive(root: Path) -> Path:
+    """Three files: cross-file duplicates, a malformed line, a corrupt file."""
+    write_ndjson(
+        root / "a" / "1.ndjson.gz",
+        [track("t1", revenue=1), track("t2", revenue=2.5), b"not json", track("t1", revenue=1)],
+    )
+    write_ndjson(
+        root / "b" / "2.ndjson.gz",
+        [
+            track("t2", revenue=2.5),  # duplicate of the first file's t2: first copy wins
+            track("t3", "Signed Up", plan="pro"),
+            identify("i1", "u1", "2026-11-01T10:00:00Z", "2026-11-01T10:00:01Z", plan="pro"),
+        ],
+    )
+    (root / "c").mkdir()
+    (root / "c" / "3.ndjson.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    write_ndjson(root / "d" / "4.ndjson.gz", [track(f"x{i}", n=i) for i in range(300)])
+    return root
+
+
+def test_reader_processes_return_what_reading_here_returns(tmp_path: Path) -> None:
+    files = list_files(str(_archive(tmp_path)))
+    options = ReadOptions()
+    here = list(read_files(files, options, readers=0))
+    there = list(read_files(files, options, readers=2))
+    assert [r.url for r in there] == [f.url for f in files]  # archive order kept
+    assert there == here
+    assert here[0].duplicates == 1 and len(here[0].rejects) == 1
+    assert here[2].failure is not None and "corrupt gzip" in here[2].failure["error"]
+
+
+def test_an_error_in_a_reader_process_reaches_the_loader(tmp_path: Path) -> None:
+    real = write_ndjson(tmp_path / "ok.ndjson.gz", [track("t1")])
+    files = [ArchiveFile(str(real), 1), ArchiveFile(str(tmp_path / "gone.ndjson.gz"), 1)]
+    with pytest.raises(FileNotFoundError, match="gone.ndjson.gz"):
+        list(read_files(files, ReadOptions(), readers=2))
+
+
+def test_read_file_fills_the_corrected_timestamp(tmp_path: Path) -> None:
+    message = track("t1")
+    message.update(
+        receivedAt="2026-11-01T10:00:10Z",
+        sentAt="2026-11-01T10:00:05Z",
+        originalTimestamp="2026-11-01T09:59:00Z",
+    )
+    path = write_ndjson(tmp_path / "f.ndjson.gz", [message])
+    read = read_file(ArchiveFile(str(path), 1), ReadOptions())
+    tracks = read.tables["tracks"]
+    row = dict(zip(tracks.names, tracks.rows[0], strict=True))
+    # received - (sent - original): it happened 65 s before it was sent, by server time.
+    assert row["timestamp"] == "2026-11-01T09:59:05+00:00"
+
+
+def test_loads_with_and_without_reader_processes_are_identical(open_wh, tmp_path: Path) -> None:
+    source = str(_archive(tmp_path / "archive"))
+    wh = open_wh()
+    serial = Loader(wh, batch_lines=3, readers=0).load(source, "serial")
+    parallel = Loader(wh, batch_lines=3, readers=2).load(source, "parallel")
+    assert snapshot(wh, "serial") == snapshot(wh, "parallel")
+    for field in ("rows_loaded", "duplicates", "rejects", "files_loaded", "lines_read"):
+        assert getattr(serial, field) == getattr(parallel, field), field
+    assert parallel.rows_loaded["tracks"] == 303 and parallel.duplicates == 2
+    assert [f["file"] for f in parallel.files_failed] == [f"{source}/c/3.ndjson.gz"]
+
+
+def test_a_concurrently_inserted_id_falls_back_to_the_staged_path(pg_dsn: str) -> None:
+    """The direct COPY path checks ids first; if another writer inserts one of them in
+    between, the unique violation is rolled back and the staged path inserts the rest."""
+    from loader.schema import ColumnType
+    from loader.warehouses.postgres import PostgresWarehouse
+
+    wh = PostgresWarehouse("pg", pg_dsn)
+    wh.create_table("s", "t", {"id": ColumnType.TEXT, "n": ColumnType.BIGINT})
+    real_execute = wh.conn.execute
+
+    def racing_execute(sql, params=None, **kwargs):
+        result = real_execute(sql, params, **kwargs)
+        if sql.startswith("SELECT id FROM"):  # right after the probe saw no 'b'
+            with psycopg.connect(pg_dsn, autocommit=True) as other:
+                other.execute("INSERT INTO s.t (id, n) VALUES ('b', 99)")
+        return result
+
+    wh.conn.execute = racing_execute  # type: ignore[method-assign]
+    with wh.transaction():
+        inserted = wh.insert_new_rows("s", "t", ["id", "n"], [("a", 1), ("b", 2), ("c", 3)])
+    wh.conn.execute = real_execute  # type: ignore[method-assign]
+    assert inserted == 2
+    assert sorted(wh.query("SELECT id, n FROM s.t")) == [("a", 1), ("b", 99), ("c", 3)]
+    wh.close()
