@@ -32,13 +32,17 @@ if kind == "postgres":
 else:
     from loader.warehouses.duckdb import DuckDBWarehouse as W
 wh = W("bench", where)
+loader = Loader(wh, batch_lines=batch, sync_filter=f)
 t = time.perf_counter()
-report = Loader(wh, batch_lines=batch, sync_filter=f).load(archive, "bench")
+report = loader.load(archive, "bench")
 seconds = time.perf_counter() - t
 wh.close()
 print(json.dumps({"seconds": seconds, "lines": report.lines_read,
                   "rows": sum(report.rows_loaded.values()),
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  # reader processes counted at the largest one's peak: an upper bound
+                  "rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                             + loader.readers
+                             * resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024}))
 """
 
 

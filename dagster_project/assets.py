@@ -135,6 +135,7 @@ def build_source_assets(
                 batch_lines=settings.batch_lines or DEFAULT_BATCH_LINES,
                 storage_options=settings.storage_options or None,
                 sync_filter=sync_filter,
+                readers=settings.readers,
             )
             context.log.info(
                 f"{'replaying' if replay else 'loading pending files of'} "

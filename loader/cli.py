@@ -75,6 +75,12 @@ def init(directory: str, events: int) -> None:
 @click.option("--profiles", default=None, help="Path to profiles.yml.")
 @click.option("--batch-lines", default=DEFAULT_BATCH_LINES, show_default=True)
 @click.option(
+    "--readers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Processes that parse files while this one loads (default: one per core; 0: none).",
+)
+@click.option(
     "--selective-sync",
     "selective_sync",
     default=None,
@@ -89,6 +95,7 @@ def load(
     target: str | None,
     profiles: str | None,
     batch_lines: int,
+    readers: int | None,
     selective_sync: str | None,
 ) -> None:
     """Load an archive (a file, a folder, or an s3:// / gs:// prefix) into SCHEMA."""
@@ -101,7 +108,13 @@ def load(
     except (ConfigError, WarehouseError) as exc:
         fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
     sync_filter = rules.filter_for(target_name, schema_name) if rules else SyncFilter(None)
-    loader = Loader(warehouse, batch_lines=batch_lines, on_batch=progress, sync_filter=sync_filter)
+    loader = Loader(
+        warehouse,
+        batch_lines=batch_lines,
+        on_batch=progress,
+        sync_filter=sync_filter,
+        readers=readers,
+    )
     try:
         report = run_sync(
             obj,

@@ -85,6 +85,7 @@ def _run_pairs(
                     storage_options=source.storage_options or None,
                     on_batch=progress,
                     sync_filter=sync_filter,
+                    readers=source.readers,
                 )
                 report = run_one(ctx, loader, what, _runner(url, schema, days))
             else:

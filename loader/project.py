@@ -57,6 +57,9 @@ class EventSource(_Source):
     kind: Literal["events"] = "events"
     archive: str = Field(description="a folder, a file, or an s3:// / gs:// prefix")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    readers: int | None = Field(
+        default=None, ge=0, description="reader processes (default: one per core; 0: none)"
+    )
 
 
 class _ObjectSource(_Source):

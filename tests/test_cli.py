@@ -79,3 +79,14 @@ def test_postgres_target_from_profiles(tmp_path: Path, pg_dsn: str, sample_archi
     assert "tracks" in result.stdout
     bad = sluice("load", str(tmp_path / "nowhere"), "--schema", "web", cwd=tmp_path)
     assert bad.returncode == 2 and "archive not found" in bad.stderr
+
+
+def test_readers_option_in_process_and_refused_when_negative(tmp_path: Path) -> None:
+    init = sluice("init", "demo", "--events", "2000", cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    demo = tmp_path / "demo"
+    bad = sluice("load", "archive", "--schema", "web", "--readers", "-1", cwd=demo)
+    assert bad.returncode == 2 and "--readers" in bad.stderr
+    serial = sluice("load", "archive", "--schema", "web", "--readers", "0", cwd=demo)
+    assert serial.returncode == 0, serial.stderr
+    assert "success" in serial.stdout and "rejects: 1" in serial.stdout

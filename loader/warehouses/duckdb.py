@@ -95,10 +95,10 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
         if not rows:
             return 0
         types = self.read_schema_table(schema, table)
-        arrays = []
-        for i, name in enumerate(columns):
-            values = [r[i] for r in rows]
-            arrays.append(pa.array(values, type=_ARROW[types.get(name, "varchar")]))
+        arrays = [
+            pa.array(values, type=_ARROW[types.get(name, "varchar")])
+            for name, values in zip(columns, zip(*rows, strict=True), strict=True)
+        ]
         stage = pa.Table.from_arrays(arrays, names=list(columns))
         self.conn.register("_sluice_stage", stage)
         try:
