@@ -17,6 +17,8 @@ from loader.messages import Reject
 from loader.schema import ColumnType
 
 BOOKKEEPING_SCHEMA = "_sluice"
+# Row tuples for a bulk path, in the order of the accompanying column names.
+Rows = Sequence[Sequence[Any]]
 
 
 class WarehouseError(Exception):
@@ -87,12 +89,7 @@ class Warehouse(ABC):
 
     @abstractmethod
     def insert_new_rows(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        fill_nulls: bool = False,
+        self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
     ) -> int:
         """Bulk-stage rows (unique ids) and insert those whose id is not there yet.
 

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from loader.schema import ColumnType
-from loader.warehouses.base import Capabilities, LockBusy, WarehouseError
+from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
 from loader.warehouses.sql_family import SqlFamilyWarehouse, qualified, quote
 
 CAPABILITIES = Capabilities(
@@ -87,12 +87,7 @@ class PostgresWarehouse(SqlFamilyWarehouse):
             self._execute(f"CREATE INDEX ON {qualified(schema, table)} ({quote(key)})")
 
     def insert_new_rows(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        fill_nulls: bool = False,
+        self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
     ) -> int:
         """Rows whose id is new, COPYed straight into the table.
 

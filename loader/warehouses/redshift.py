@@ -80,6 +80,7 @@ from loader.warehouses.base import (
     Capabilities,
     LockBusy,
     ProfileSpec,
+    Rows,
     WarehouseError,
 )
 from loader.warehouses.postgres import PostgresWarehouse
@@ -831,12 +832,7 @@ class RedshiftWarehouse(PostgresWarehouse):
         return stage
 
     def insert_new_rows(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        fill_nulls: bool = False,
+        self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
     ) -> int:
         if not rows:
             return 0

@@ -48,6 +48,7 @@ from loader.warehouses.base import (
     Capabilities,
     LockBusy,
     ProfileSpec,
+    Rows,
     TableStats,
     Warehouse,
     WarehouseError,
@@ -577,12 +578,7 @@ class SnowflakeWarehouse(Warehouse):
         return total
 
     def insert_new_rows(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        fill_nulls: bool = False,
+        self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
     ) -> int:
         mode: Literal["insert", "fill_nulls"] = "fill_nulls" if fill_nulls else "insert"
         return self._write(schema, table, columns, rows, mode=mode) if rows else 0

@@ -14,7 +14,7 @@ import orjson
 
 from loader.messages import Reject
 from loader.schema import ColumnType
-from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, TableStats, Warehouse
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, Rows, TableStats, Warehouse
 
 
 def quote(name: str) -> str:
@@ -131,12 +131,7 @@ class SqlFamilyWarehouse(Warehouse):
         with `conflict` (ON CONFLICT ...); returns the rows inserted or updated."""
 
     def insert_new_rows(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        fill_nulls: bool = False,
+        self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
     ) -> int:
         return self._stage_insert(
             schema, table, columns, rows, self._conflict_clause(quote(table), columns, fill_nulls)
