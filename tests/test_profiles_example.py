@@ -1,0 +1,56 @@
+"""profiles.example.yml is the reference an admin copies: every target in it must be
+accepted by its adapter's settings, and every setting an adapter reads must be in it."""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+from loader.config import load_profiles
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "profiles.example.yml"
+# type -> (adapter module, its settings model)
+ADAPTER_SETTINGS = {
+    "snowflake": ("loader.warehouses.snowflake", "SnowflakeTarget"),
+    "redshift": ("loader.warehouses.redshift", "RedshiftTarget"),
+    "bigquery": ("loader.warehouses.bigquery", "BigQueryTarget"),
+}
+
+
+def _settings_model(kind: str) -> type:
+    module, name = ADAPTER_SETTINGS[kind]
+    return getattr(importlib.import_module(module), name)
+
+
+@pytest.fixture
+def profiles(monkeypatch: pytest.MonkeyPatch):
+    text = EXAMPLE.read_text()
+    for name in set(re.findall(r"\$\{([A-Z0-9_]+)\}", text)):
+        monkeypatch.setenv(name, f"example-{name.lower()}")
+    return load_profiles(EXAMPLE)
+
+
+def test_every_example_target_is_accepted_by_its_adapter(profiles) -> None:
+    kinds = {target.type for target in profiles.targets.values()}
+    assert kinds >= {"duckdb", "postgres", "snowflake", "redshift", "bigquery"}
+    for name, target in profiles.targets.items():
+        if target.type in ADAPTER_SETTINGS:
+            settings = _settings_model(target.type).from_target(name, target)
+            assert settings.type == target.type
+
+
+@pytest.mark.parametrize("kind", sorted(ADAPTER_SETTINGS))
+def test_every_adapter_setting_is_documented(kind: str) -> None:
+    text = EXAMPLE.read_text()
+    section = text[text.index(f"type: {kind}") :]
+    following = re.search(r"\n  [a-z_]+:\n", section)
+    section = section[: following.start()] if following else section
+    missing = [
+        field
+        for field in _settings_model(kind).model_fields
+        if field != "type" and not re.search(rf"^\s*#?\s*{field}:", section, re.MULTILINE)
+    ]
+    assert missing == [], f"profiles.example.yml lacks {kind} settings {missing}"
