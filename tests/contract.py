@@ -87,6 +87,11 @@ def _rows(wh: Warehouse, table: str) -> int:
     return wh.table_stats(SCHEMA, table).rows
 
 
+def _json(value: Any) -> Any:
+    """A `_rescued_data` value as read back: JSON text or an already decoded object."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def scenario_golden_archive(open_wh: OpenWarehouse, tmp_path: Path) -> None:
     wh = open_wh()
     report = Loader(wh).load(str(_archive(tmp_path / "archive")), SCHEMA)
@@ -122,8 +127,62 @@ def scenario_rescue(open_wh: OpenWarehouse, tmp_path: Path) -> None:
         wh.query(f"SELECT revenue, _rescued_data FROM {table} WHERE id = 't3'")
     )[0]
     assert revenue is None
-    rescued = json.loads(rescued) if isinstance(rescued, str) else rescued
-    assert rescued == {"revenue": "lots"}
+    assert _json(rescued) == {"revenue": "lots"}
+
+
+def scenario_schema_evolution(open_wh: OpenWarehouse, tmp_path: Path) -> None:
+    """A later sync brings a new event (a new table), a new property (a new column) and
+    values that do not fit the types the first sync gave existing columns (rescued);
+    rows loaded before keep their values."""
+    root = tmp_path / "evolving"
+    write_ndjson(root / "day1.ndjson.gz", [track("e1", revenue=10, coupon="A", gift=True)])
+    first = Loader(open_wh()).load(str(root), SCHEMA)
+    assert first.status == "success" and "order_completed" in first.new_tables
+    day2 = [
+        # revenue is bigint and gift boolean since day 1: 2.5 and "yes" do not fit.
+        track(
+            "e2",
+            received="2026-11-02T09:00:00Z",
+            revenue=2.5,
+            coupon="B",
+            gift="yes",
+            channel="web",
+        ),
+        track("e3", "Signed Up", "2026-11-02T09:00:01Z", plan="pro"),
+    ]
+    write_ndjson(root / "day2.ndjson.gz", day2)
+    wh = open_wh()  # a new connection: what the first sync created is read back
+    later = Loader(wh).load(str(root), SCHEMA)
+    assert later.status == "success" and later.files_loaded == 1
+    assert "signed_up" in later.new_tables and "order_completed" not in later.new_tables
+    assert "order_completed.channel" in later.new_columns
+    assert later.rescued_values == 2
+    tables = wh.read_schema(SCHEMA)
+    assert tables["signed_up"]["plan"].value == "text"
+    orders = tables["order_completed"]
+    assert {c: orders[c].value for c in ("revenue", "gift", "coupon", "channel")} == {
+        "revenue": "bigint",
+        "gift": "boolean",
+        "coupon": "text",
+        "channel": "text",
+    }
+    assert "_rescued_data" in orders
+    table = wh.table_ref(SCHEMA, "order_completed")
+    rows = list(
+        wh.query(
+            f"SELECT id, revenue, gift, coupon, channel, _rescued_data FROM {table} ORDER BY id"
+        )
+    )
+    assert [r[:5] for r in rows] == [("e1", 10, True, "A", None), ("e2", None, None, "B", "web")]
+    assert rows[0][5] is None
+    assert _json(rows[1][5]) == {"revenue": 2.5, "gift": "yes"}
+    signed_up = wh.table_ref(SCHEMA, "signed_up")
+    assert list(wh.query(f"SELECT id, plan FROM {signed_up}")) == [("e3", "pro")]
+    assert {t: _rows(wh, t) for t in ("tracks", "order_completed", "signed_up")} == {
+        "tracks": 3,
+        "order_completed": 2,
+        "signed_up": 1,
+    }
 
 
 def scenario_dedupe_across_runs(open_wh: OpenWarehouse, tmp_path: Path) -> None:
@@ -177,6 +236,7 @@ def scenario_crash_then_rerun(open_wh: OpenWarehouse, tmp_path: Path) -> None:
 CONTRACT = [
     scenario_golden_archive,
     scenario_rescue,
+    scenario_schema_evolution,
     scenario_dedupe_across_runs,
     scenario_crash_then_rerun,
 ]

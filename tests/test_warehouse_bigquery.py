@@ -461,11 +461,12 @@ def test_generated_sql_parses_as_bigquery(open_wh) -> None:
         "s._sluice_match WHEN MATCHED THEN DELETE WHEN NOT MATCHED AND s._sluice_match "
         "IS NULL THEN INSERT (`id`, `n`) VALUES (s.`id`, s.`n`)"
     )
-    statements = (fill, upsert, profile, alter, replace, wh.lease_sql())
-    for sql in (*statements, wh.retl_apply_sql("m", "TRUE")):
-        parsed = sqlglot.parse_one(sql, read="bigquery")
-        assert parsed is not None
-    assert len(sqlglot.parse_one(alter, read="bigquery").args["actions"]) == 2
+    # Each parses as the statement it claims to be (not sqlglot's opaque Command fallback).
+    merges = (fill, upsert, profile, replace, wh.lease_sql(), wh.retl_apply_sql("m", "TRUE"))
+    for sql in merges:
+        assert isinstance(sqlglot.parse_one(sql, read="bigquery"), sqlglot.exp.Merge), sql
+    parsed = sqlglot.parse_one(alter, read="bigquery")
+    assert isinstance(parsed, sqlglot.exp.Alter) and len(parsed.args["actions"]) == 2
 
 
 def test_dataset_prefix_keeps_environments_apart(open_wh) -> None:

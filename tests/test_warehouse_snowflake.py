@@ -256,8 +256,10 @@ def test_reverse_etl_cycle(open_wh) -> None:
     assert wh.retl_recent_runs("m")[0]["run_id"] == "r1"
 
 
-def test_generated_merge_and_profile_sql(open_wh) -> None:
-    """The Snowflake-only statements, as text (they also ran on fakesnow above)."""
+def test_generated_write_and_profile_sql(open_wh) -> None:
+    """The write statements (UPDATE ... FROM, INSERT ... WHERE NOT EXISTS: no MERGE, see
+    the module docstring of loader/warehouses/snowflake.py) and the profile statement, as
+    text (they also ran on fakesnow above)."""
     wh = open_wh()
     wh._types[("s", "t")] = {
         "id": ColumnType.TEXT,

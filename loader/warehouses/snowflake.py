@@ -22,6 +22,23 @@ transaction. Snowflake does not enforce PRIMARY KEY, so every insert that must s
 existing rows matches on the key. DDL that the pipeline issues inside a transaction
 (a new table or column) commits first, as Snowflake does anyway; see `_execute`.
 
+Why no stage/write_pandas plus one MERGE per table: MERGE is DML on Snowflake, but the
+tests run this adapter on fakesnow 0.12.1 (server mode, snowflake-connector-python 4.8.1),
+which cannot run a MERGE inside a transaction. It rewrites MERGE as `CREATE OR REPLACE
+TEMPORARY TABLE merge_candidates AS ...` plus UPDATE/INSERT, so after `BEGIN`,
+`MERGE INTO "S"."T" AS t USING (SELECT column1 AS "ID", ... FROM VALUES (%s, %s), ...)
+AS s ON t."ID" = s."ID" WHEN MATCHED THEN UPDATE SET ... WHEN NOT MATCHED THEN INSERT ...`
+fails (as it does with a permanent staging table, created before the transaction and
+filled by INSERT inside it, as the source): DuckDB raises `TransactionException:
+Attempting to write to database "_fs_global" in a transaction that has already modified
+database "<database>"`, which the client gets as HTTP 500 (290500 InternalServerError).
+In an `autocommit=False` session fakesnow instead commits before that temporary table,
+so a row written before the MERGE survives a ROLLBACK. `write_pandas`, even with
+`auto_create_table=False`, starts with `CREATE TEMP STAGE` (DDL: an implicit commit on
+Snowflake), which fails inside BEGIN on fakesnow with the same `_fs_global` error.
+Outside a transaction fakesnow runs MERGE (the lock below takes one); a stage created
+beforehand, `PUT` and `COPY INTO` a permanent table do run, and roll back, inside one.
+
 Locks: no advisory locks in Snowflake; a row in `_SLUICE.LOCKS` (name, holder token,
 lease expiry) taken with one MERGE; a held, unexpired lock raises LockBusy. A crashed
 sync's lock expires after `lock_lease_minutes`.
@@ -534,8 +551,9 @@ class SnowflakeWarehouse(Warehouse):
         """The statements writing `n` bound rows (public for tests): for fill_nulls and
         upsert an `UPDATE ... FROM` of the rows whose key is there, then an
         `INSERT ... SELECT ... WHERE NOT EXISTS` of the others. Each takes the same
-        parameters. (One MERGE would do both, but fakesnow cannot run MERGE inside a
-        transaction; under the schema lock the two statements are equivalent.)"""
+        parameters. (One MERGE would do both, but fakesnow 0.12.1 cannot run MERGE inside a
+        transaction: see the module docstring. Under the schema lock the two statements
+        are equivalent.)"""
         target = qualified(schema, table)
         using = self._using(schema, table, columns, n)
         match = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in keys)
