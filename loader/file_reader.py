@@ -15,12 +15,14 @@ import pickle
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from loader.encoded import EncodedChunk, RowEncoder, encode_table
 from loader.messages import Reject, parse_line
-from loader.normalize import RowFilter, TableChunk, rows_for
+from loader.normalize import RowFilter, TableChunk, fixed_columns, rows_for
+from loader.schema import ColumnType
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines
 
 
@@ -35,11 +37,14 @@ class FileRead:
     lines: int = 0
     ids: list[str] = field(default_factory=list)
     tables: dict[str, TableChunk] = field(default_factory=dict)
+    encoded: dict[str, EncodedChunk] = field(default_factory=dict)
     duplicates: int = 0
     rejects: list[Reject] = field(default_factory=list)
     users: set[str] = field(default_factory=set)
     accounts: set[str] = field(default_factory=set)
     failure: dict[str, Any] | None = None
+    # What selective sync decided while reading (for the loader's report).
+    decided: tuple[list[str], list[tuple[str, str]]] = ([], [])
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +55,25 @@ class ReadOptions:
     row_filter: RowFilter | None = None
     users_on: bool = True
     accounts_on: bool = True
+    # The warehouse's bulk format, when readers are to encode rows (loader.encoded).
+    encoder: RowEncoder | None = None
+    text_width: int | None = None
 
 
-def read_file(archive_file: ArchiveFile, options: ReadOptions) -> FileRead:
-    """Parse, validate and normalise every line of one file."""
+@dataclass(frozen=True, slots=True)
+class EncodeContext:
+    """What encoding one file needs from the loader at the time it is sent: the table
+    columns it knows, and the rows' `uuid_ts`."""
+
+    known: dict[str, dict[str, ColumnType]]
+    uuid_ts: str
+
+
+def read_file(
+    archive_file: ArchiveFile, options: ReadOptions, context: EncodeContext | None = None
+) -> FileRead:
+    """Parse, validate and normalise every line of one file; with an encoder and a
+    context, encode each table's rows too (`encoded` instead of `tables`)."""
     read = FileRead(archive_file.url)
     ids = read.ids
     seen: set[str] = set()
@@ -94,7 +114,24 @@ def read_file(archive_file: ArchiveFile, options: ReadOptions) -> FileRead:
         failed.failure = {"file": exc.file, "line": exc.line, "error": exc.reason}
         failed.rejects.append(Reject(exc.file, exc.line, "", exc.reason))
         return failed
-    read.tables = {t: TableChunk.of_values(v, r) for t, (v, r) in by_table.items()}
+    chunks = {t: TableChunk.of_values(v, r) for t, (v, r) in by_table.items()}
+    if row_filter is not None:
+        read.decided = row_filter.decided_names()
+    if options.encoder is None or context is None:
+        read.tables = chunks
+        return read
+    read.encoded = {
+        table: encode_table(
+            url,
+            chunk,
+            context.known.get(table),
+            fixed_columns(table),
+            context.uuid_ts,
+            options.encoder,
+            options.text_width,
+        )
+        for table, chunk in chunks.items()
+    }
     return read
 
 
@@ -117,9 +154,11 @@ class _ReaderProcess:
             stdout=subprocess.PIPE,
         )
 
-    def send(self, archive_file: ArchiveFile, options: ReadOptions) -> None:
+    def send(
+        self, archive_file: ArchiveFile, options: ReadOptions, context: EncodeContext | None
+    ) -> None:
         assert self.process.stdin is not None
-        _write_frame(self.process.stdin, (archive_file, options))
+        _write_frame(self.process.stdin, (archive_file, options, context))
 
     def receive(self) -> FileRead:
         assert self.process.stdout is not None
@@ -161,22 +200,26 @@ _FRAME = struct.Struct("<Q")
 
 
 def read_files(
-    files: Sequence[ArchiveFile], options: ReadOptions, readers: int
+    files: Sequence[ArchiveFile],
+    options: ReadOptions,
+    readers: int,
+    context: Callable[[], EncodeContext | None] = lambda: None,
 ) -> Iterator[FileRead]:
     """FileReads in archive order: in this process when `readers` is 0 or there is too
     little to share, else in `readers` processes, file i going to reader i mod n, with
     at most two files queued per reader (a reader blocks on its full pipe until the
-    loader takes its result, so memory stays bounded)."""
+    loader takes its result, so memory stays bounded). `context` is asked as each file
+    is sent, so a file is encoded against the tables as the loader knows them then."""
     if readers <= 0 or len(files) < 2:
         for archive_file in files:
-            yield read_file(archive_file, options)
+            yield read_file(archive_file, options, context())
         return
     pool = [_ReaderProcess() for _ in range(min(readers, len(files)))]
     sent = 0
     try:
         for received in range(len(files)):
             while sent < len(files) and sent < received + 2 * len(pool):
-                pool[sent % len(pool)].send(files[sent], options)
+                pool[sent % len(pool)].send(files[sent], options, context())
                 sent += 1
             yield pool[received % len(pool)].receive()
     finally:
@@ -194,9 +237,9 @@ def _serve() -> None:
         request = _read_frame(requests)
         if request is None:
             return
-        archive_file, options = request
+        archive_file, options, context = request
         try:
-            answer: Any = read_file(archive_file, options)
+            answer: Any = read_file(archive_file, options, context)
         except Exception as exc:  # noqa: BLE001 - re-raised in the loader process
             answer = exc
         _write_frame(answers, answer)

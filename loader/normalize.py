@@ -12,6 +12,7 @@ import orjson
 
 from loader.messages import corrected_timestamp
 from loader.naming import snake_case
+from loader.schema import ColumnType
 
 # Segment's common columns, as one rules table: column -> how it is read from a message.
 COMMON_COLUMNS: tuple[str, ...] = (
@@ -25,6 +26,7 @@ COMMON_COLUMNS: tuple[str, ...] = (
     "uuid_ts",
 )
 RESCUED_COLUMN = "_rescued_data"
+EVENT_TABLE_COLUMNS = ("event", "event_text")
 CORE_COLUMNS: frozenset[str] = frozenset(COMMON_COLUMNS) | {RESCUED_COLUMN}
 # Columns specific to a table: they are not overwritten by a property/trait of that name.
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -38,7 +40,32 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "accounts": (),
 }
 FIXED_TABLES = frozenset(TABLE_COLUMNS)
-EVENT_TABLE_COLUMNS = ("event", "event_text")
+
+_COMMON_TYPES: dict[str, ColumnType] = {
+    "id": ColumnType.TEXT,
+    "anonymous_id": ColumnType.TEXT,
+    "user_id": ColumnType.TEXT,
+    "received_at": ColumnType.TIMESTAMP,
+    "sent_at": ColumnType.TIMESTAMP,
+    "timestamp": ColumnType.TIMESTAMP,
+    "original_timestamp": ColumnType.TIMESTAMP,
+    "uuid_ts": ColumnType.TIMESTAMP,
+    RESCUED_COLUMN: ColumnType.TEXT,
+}
+# users and accounts: rebuilt from identifies/groups, keyed by user/group id.
+PROFILE_FIXED: dict[str, ColumnType] = {
+    "id": ColumnType.TEXT,
+    "received_at": ColumnType.TIMESTAMP,
+    "uuid_ts": ColumnType.TIMESTAMP,
+}
+
+
+def fixed_columns(table: str) -> dict[str, ColumnType]:
+    """Columns whose type the layout fixes, in table order."""
+    if table in ("users", "accounts"):
+        return dict(PROFILE_FIXED)
+    extra = TABLE_COLUMNS.get(table, EVENT_TABLE_COLUMNS)
+    return {**_COMMON_TYPES, **{c: ColumnType.TEXT for c in extra}}
 
 
 def event_table_name(event: str) -> str:
@@ -54,6 +81,9 @@ class RowFilter(Protocol):
 
     def columns_kept(self, table: str) -> dict[str, bool]:
         """column -> synced for one table (decided on first lookup)."""
+
+    def decided_names(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """Tables and (table, column) pairs decided so far."""
 
 
 @dataclass(slots=True)

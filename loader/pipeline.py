@@ -17,46 +17,35 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
-from loader.file_reader import FileRead, ReadOptions, default_readers, read_files
+from loader.encoded import EncodedChunk
+from loader.file_reader import (
+    EncodeContext,
+    FileRead,
+    ReadOptions,
+    default_readers,
+    read_files,
+)
 from loader.messages import Reject
-from loader.normalize import COMMON_COLUMNS, RESCUED_COLUMN, TABLE_COLUMNS, TableChunk
-from loader.schema import ColumnType
+from loader.normalize import (
+    COMMON_COLUMNS,
+    PROFILE_FIXED,
+    RESCUED_COLUMN,
+    TABLE_COLUMNS,
+    TableChunk,
+    fixed_columns,
+)
 from loader.selective_sync import SyncFilter
 from loader.sources.archive import ArchiveFile, list_files, received_day
-from loader.table_writer import TableWriter
+from loader.table_writer import TableWriter, count_rescued
 from loader.warehouses.base import ProfileSpec, Warehouse
 
 DEFAULT_BATCH_LINES = 20_000
 
-_COMMON_TYPES: dict[str, ColumnType] = {
-    "id": ColumnType.TEXT,
-    "anonymous_id": ColumnType.TEXT,
-    "user_id": ColumnType.TEXT,
-    "received_at": ColumnType.TIMESTAMP,
-    "sent_at": ColumnType.TIMESTAMP,
-    "timestamp": ColumnType.TIMESTAMP,
-    "original_timestamp": ColumnType.TIMESTAMP,
-    "uuid_ts": ColumnType.TIMESTAMP,
-    RESCUED_COLUMN: ColumnType.TEXT,
-}
-_PROFILE_FIXED: dict[str, ColumnType] = {
-    "id": ColumnType.TEXT,
-    "received_at": ColumnType.TIMESTAMP,
-    "uuid_ts": ColumnType.TIMESTAMP,
-}
 # Profile table -> (event table it is built from, key column there).
 PROFILES: dict[str, tuple[str, str]] = {
     "users": ("identifies", "user_id"),
     "accounts": ("groups", "group_id"),
 }
-
-
-def fixed_columns(table: str) -> dict[str, ColumnType]:
-    """Columns whose type the layout fixes, in table order."""
-    if table in PROFILES:
-        return dict(_PROFILE_FIXED)
-    extra = TABLE_COLUMNS.get(table, ("event", "event_text"))
-    return {**_COMMON_TYPES, **{c: ColumnType.TEXT for c in extra}}
 
 
 def profile_traits(source_columns: Iterable[str], source_table: str) -> list[str]:
@@ -103,10 +92,14 @@ class _Batch:
     """Whole files, normalised and deduped within the batch, ready to commit."""
 
     by_table: dict[str, list[TableChunk]] = field(default_factory=lambda: defaultdict(list))
+    encoded: dict[str, list[EncodedChunk]] = field(default_factory=lambda: defaultdict(list))
     profile_keys: dict[str, set[str]] = field(
         default_factory=lambda: {"users": set(), "accounts": set()}
     )
     seen: set[str] = field(default_factory=set)
+    # The previous batch's ids: committed by now, so a re-send of one (duplicates sit
+    # close together in an archive) is dropped here instead of refused by the warehouse.
+    recent: set[str] = field(default_factory=set)
     rejects: list[Reject] = field(default_factory=list)
     files: list[tuple[str, int]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
@@ -187,6 +180,7 @@ class Loader:
         self._row_filter = self.sync_filter if self.sync_filter.active else None
         self._replay = False
         self._record_files = True
+        self._read_options = ReadOptions()
 
     def replay(
         self,
@@ -268,23 +262,29 @@ class Loader:
 
     def _batches(self, todo: list[ArchiveFile]) -> Iterator[_Batch]:
         f = self.sync_filter
-        options = ReadOptions(
+        capabilities = self.warehouse.capabilities
+        options = self._read_options = ReadOptions(
             storage_options=self.storage_options,
             row_filter=self._row_filter,
             users_on=f.table_synced("identifies") and f.table_synced("users"),
             accounts_on=f.table_synced("groups") and f.table_synced("accounts"),
+            encoder=capabilities.row_encoder,
+            text_width=capabilities.max_text_chars,
         )
-        # An active selective-sync filter records its decisions as it is asked, for the
-        # report: it must be asked in this process, so such syncs read here.
-        readers = 0 if self._row_filter is not None else self.readers
         batch = _Batch()
-        for read in read_files(todo, options, readers):
+        for read in read_files(todo, options, self.readers, self._encode_context):
+            # The readers' copies of the filter decided names; this one reports them.
+            self.sync_filter.learn(read.decided)
             self._add_file(read, batch)
             if batch.lines >= self.batch_lines:
                 yield batch
-                batch = _Batch()
+                batch = _Batch(recent=batch.seen)
         if batch.files or batch.rejects:
             yield batch
+
+    def _encode_context(self) -> EncodeContext:
+        known = {table: dict(columns) for table, columns in self.writer.known.items()}
+        return EncodeContext(known, _now().isoformat())
 
     @staticmethod
     def _add_file(read: FileRead, batch: _Batch) -> None:
@@ -295,9 +295,12 @@ class Loader:
             batch.failed.append(read.failure)
             return
         repeated = batch.seen.intersection(read.ids)
+        repeated.update(batch.recent.intersection(read.ids))
         batch.seen.update(read.ids)
         for table, chunk in read.tables.items():
             batch.by_table[table].append(chunk.without_ids(repeated) if repeated else chunk)
+        for table, encoded in read.encoded.items():
+            batch.encoded[table].append(encoded.without_ids(repeated) if repeated else encoded)
         batch.profile_keys["users"].update(read.users)
         batch.profile_keys["accounts"].update(read.accounts)
         batch.files.append((read.url, read.lines))
@@ -313,6 +316,8 @@ class Loader:
             with wh.transaction():
                 for table, rows in by_table.items():
                     self._load_table(schema, table, rows, uuid_ts, report)
+                for table, chunks in batch.encoded.items():
+                    self._load_encoded(schema, table, chunks, uuid_ts, report)
                 for profile, (source, key) in PROFILES.items():
                     if profile_keys[profile] and source in self.writer.known:
                         upserted = self._rebuild_profile(
@@ -346,9 +351,47 @@ class Loader:
         inserted = self.warehouse.insert_new_rows(
             schema, table, insert_cols, out, fill_nulls=self._replay
         )
+        self._count_loaded(table, len(out), inserted, report)
+
+    def _count_loaded(self, table: str, offered: int, inserted: int, report: SyncReport) -> None:
         if table == "tracks" or not self._is_event_table(table):
-            report.duplicates += len(out) - inserted
+            report.duplicates += offered - inserted
         report.rows_loaded[table] = report.rows_loaded.get(table, 0) + inserted
+
+    def _load_encoded(
+        self,
+        schema: str,
+        table: str,
+        chunks: list[EncodedChunk],
+        uuid_ts: str,
+        report: SyncReport,
+    ) -> None:
+        """Readers' encoded rows: the batch's new columns typed from every file's
+        evidence in archive order, then one bulk insert. A chunk whose reader typed a new
+        column otherwise is laid out again here from its rows as read."""
+        chunks = [c for c in chunks if c.rows]
+        if not chunks:
+            return
+        fixed = fixed_columns(table)
+        columns = self.writer.ensure_from_evidence(
+            schema, table, [c.evidence for c in chunks], fixed, report
+        )
+        fitting = [c for c in chunks if all(columns.get(n) is t for n, t in c.types.items())]
+        inserted = self.warehouse.insert_encoded(schema, table, fitting, fill_nulls=self._replay)
+        offered = sum(c.rows for c in fitting)
+        count_rescued(report, table, sum(len(c.rescued_at) for c in fitting))
+        if len(fitting) < len(chunks):
+            kept = {id(c) for c in fitting}
+            # Only a column new to the reader can be typed otherwise, and then it sent rows.
+            again = [c.raw for c in chunks if id(c) not in kept]
+            if any(raw is None for raw in again):
+                raise RuntimeError(f"{table}: a reader typed a known column otherwise")
+            names, rows = self.writer.prepare(schema, table, again, fixed, uuid_ts, report)
+            inserted += self.warehouse.insert_new_rows(
+                schema, table, names, rows, fill_nulls=self._replay
+            )
+            offered += len(rows)
+        self._count_loaded(table, offered, inserted, report)
 
     @staticmethod
     def _is_event_table(table: str) -> bool:
@@ -370,7 +413,7 @@ class Loader:
         ]
         types = {t: self.writer.known[source][t] for t in traits}
         existing = self.writer.known.get(profile)
-        wanted = {**_PROFILE_FIXED, **types}
+        wanted = {**PROFILE_FIXED, **types}
         if existing is None:
             self.warehouse.create_table(schema, profile, wanted)
             self.writer.known[profile] = wanted

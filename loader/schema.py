@@ -46,13 +46,6 @@ def infer_type(value: Any) -> ColumnType | None:
     return ColumnType.TEXT
 
 
-def merge_new_column_types(first: ColumnType, seen: set[ColumnType]) -> ColumnType:
-    """First type wins, except integers and floats together in the creating batch."""
-    if first is ColumnType.BIGINT and ColumnType.DOUBLE in seen:
-        return ColumnType.DOUBLE
-    return first
-
-
 # Python types that need no conversion for a column type (a str in a timestamp column does).
 _FAST: dict[type, ColumnType] = {
     str: ColumnType.TEXT,
@@ -194,29 +187,72 @@ def plan_columns(
     return plan_table_columns(existing, by_name, fixed)
 
 
+@dataclass(frozen=True, slots=True)
+class ColumnEvidence:
+    """What a run of values says about the type of a column that does not exist yet:
+    its first non-null value's type, and whether fractions were among the numbers.
+
+    Evidence from consecutive parts of a batch merges (`then`) into exactly what the
+    whole batch would give, so reader processes can each look at their own files and
+    the loader still decides as if it had seen the batch at once."""
+
+    first: ColumnType
+    saw_double: bool
+
+    def then(self, later: ColumnEvidence) -> ColumnEvidence:
+        return ColumnEvidence(self.first, self.saw_double or later.saw_double)
+
+    @property
+    def column_type(self) -> ColumnType:
+        """First type wins, except integers and floats together in the creating batch."""
+        if self.first is ColumnType.BIGINT and self.saw_double:
+            return ColumnType.DOUBLE
+        return self.first
+
+
+def column_evidence(values: Sequence[Any]) -> ColumnEvidence | None:
+    """None when every value is null: the column waits until a value shows its type."""
+    first = next((v for v in values if v is not None), None)
+    kind = infer_type(first)
+    if kind is None:
+        return None
+    saw_double = False
+    if kind is ColumnType.BIGINT:
+        saw_double = ColumnType.DOUBLE in {infer_type(v) for v in values if v is not None}
+    return ColumnEvidence(kind, saw_double)
+
+
 def plan_table_columns(
     existing: dict[str, ColumnType] | None,
     columns: Mapping[str, Sequence[Any]],
     fixed: dict[str, ColumnType],
 ) -> tuple[dict[str, ColumnType], dict[str, ColumnType]]:
     """plan_columns for a batch already laid out as columns (name -> values in row order,
-    names in order of first appearance). A new column takes its first non-null value's
-    type; an integer column becomes double if the same batch also holds fractions."""
+    names in order of first appearance)."""
+    evidence: dict[str, ColumnEvidence] = {}
+    for name, values in columns.items():
+        if existing is not None and name in existing or name in fixed:
+            continue
+        found = column_evidence(values)
+        if found is not None:
+            evidence[name] = found
+    return plan_from_evidence(existing, evidence, fixed)
+
+
+def plan_from_evidence(
+    existing: dict[str, ColumnType] | None,
+    evidence: Mapping[str, ColumnEvidence],
+    fixed: dict[str, ColumnType],
+) -> tuple[dict[str, ColumnType], dict[str, ColumnType]]:
+    """(full column set, columns to add): layout columns first, then each column the
+    evidence names that the table lacks, typed by it."""
     known = dict(existing or {})
     added: dict[str, ColumnType] = {}
     for name, kind in fixed.items():
         if name not in known:
             added[name] = kind
-    for name, values in columns.items():
-        if name in known or name in fixed:
-            continue
-        first = next((v for v in values if v is not None), None)
-        kind = infer_type(first)
-        if kind is None:
-            continue  # all null: the column waits until a value shows its type
-        if kind is ColumnType.BIGINT:
-            seen = {infer_type(v) for v in values if v is not None}
-            kind = merge_new_column_types(kind, seen)
-        added[name] = kind
+    for name, found in evidence.items():
+        if name not in known and name not in fixed:
+            added[name] = found.column_type
     known.update(added)
     return known, added

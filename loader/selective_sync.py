@@ -122,6 +122,18 @@ class SyncFilter:
         self._reported.update(fresh)
         return fresh
 
+    def decided_names(self) -> tuple[list[str], list[tuple[str, str]]]:
+        """The tables and (table, column) pairs decided so far: what a reader process's
+        copy hands back so the loader's filter learns (and reports) them too."""
+        return list(self._tables), list(self._columns)
+
+    def learn(self, decided: tuple[list[str], list[tuple[str, str]]]) -> None:
+        tables, columns = decided
+        for table in tables:
+            self.table_decision(table)
+        for table, column in columns:
+            self.column_decision(table, column)
+
     def restricted_to(self, tables: set[str] | frozenset[str]) -> SyncFilter:
         """The same rules, for a run that loads only `tables`."""
         return SyncFilter(self.rules, frozenset(tables))

@@ -8,10 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, repeat
 from typing import Any, Protocol
 
-import orjson
-
 from loader.normalize import RESCUED_COLUMN, TableChunk
-from loader.schema import ColumnType, coerce_column, plan_table_columns
+from loader.row_layout import lay_out_rows
+from loader.schema import ColumnEvidence, ColumnType, plan_from_evidence, plan_table_columns
 from loader.warehouses.base import Warehouse
 
 
@@ -41,6 +40,35 @@ class TableWriter:
     ) -> dict[str, ColumnType]:
         existing = self.known.get(table)
         columns, added = plan_table_columns(existing, batch_columns, fixed)
+        return self._evolve(schema, table, existing, columns, added, report)
+
+    def ensure_from_evidence(
+        self,
+        schema: str,
+        table: str,
+        evidence_in_order: Iterable[Mapping[str, ColumnEvidence]],
+        fixed: dict[str, ColumnType],
+        report: EvolutionReport,
+    ) -> dict[str, ColumnType]:
+        """ensure_columns for a batch whose parts each described its new columns."""
+        merged: dict[str, ColumnEvidence] = {}
+        for evidence in evidence_in_order:
+            for name, found in evidence.items():
+                prior = merged.get(name)
+                merged[name] = found if prior is None else prior.then(found)
+        existing = self.known.get(table)
+        columns, added = plan_from_evidence(existing, merged, fixed)
+        return self._evolve(schema, table, existing, columns, added, report)
+
+    def _evolve(
+        self,
+        schema: str,
+        table: str,
+        existing: dict[str, ColumnType] | None,
+        columns: dict[str, ColumnType],
+        added: dict[str, ColumnType],
+        report: EvolutionReport,
+    ) -> dict[str, ColumnType]:
         if existing is None:
             self.warehouse.create_table(schema, table, columns)
             report.new_tables.append(table)
@@ -68,39 +96,24 @@ class TableWriter:
         batch_columns = _concatenated_columns(chunks, count)
         columns = self.ensure_columns(schema, table, batch_columns, fixed, report)
         names = [c for c in columns if c != RESCUED_COLUMN and c != "uuid_ts"]
-        has_rescue = RESCUED_COLUMN in columns
-        width = self.warehouse.capabilities.max_text_chars
         rescued: list[dict[str, Any] | None] = [r for c in chunks for r in c.rescued]
-        data: list[Iterable[Any]] = []
-        for name in names:
-            column = batch_columns.get(name)
-            if column is None:  # a known column this batch does not have
-                data.append(repeat(None, count))
-                continue
-            # Layout columns are typed by normalisation already; data columns are coerced.
-            # A layout text column (but the id) still obeys the warehouse's text width.
-            kind: ColumnType | None = None
-            if name not in fixed:
-                kind = columns[name]
-            elif width is not None and name != "id" and columns[name] is ColumnType.TEXT:
-                kind = ColumnType.TEXT
-            if kind is not None:
-                column, misfits = coerce_column(column, kind, width)
-                for index, original in misfits:
-                    slot = rescued[index]
-                    if slot is None:
-                        slot = rescued[index] = {}
-                    slot[name] = original
-            data.append(column)
-        data.append(repeat(uuid_ts, count))
-        if has_rescue:
-            total = sum(len(r) for r in rescued if r)
-            report.rescued_values += total
-            if total:
-                report.rescued_by_table[table] = report.rescued_by_table.get(table, 0) + total
-            data.append([orjson.dumps(r).decode() if r else None for r in rescued])
-        out = list(zip(*data, strict=True)) if count else []
-        return [*names, "uuid_ts"] + ([RESCUED_COLUMN] if has_rescue else []), out
+        out_names, rows, rescued_at = lay_out_rows(
+            names,
+            columns,
+            batch_columns,
+            fixed,
+            rescued,
+            uuid_ts,
+            self.warehouse.capabilities.max_text_chars,
+        )
+        count_rescued(report, table, len(rescued_at))
+        return out_names, rows
+
+
+def count_rescued(report: EvolutionReport, table: str, values: int) -> None:
+    if values:
+        report.rescued_values += values
+        report.rescued_by_table[table] = report.rescued_by_table.get(table, 0) + values
 
 
 def _concatenated_columns(chunks: Sequence[TableChunk], count: int) -> dict[str, Sequence[Any]]:

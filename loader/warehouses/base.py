@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from loader.encoded import EncodedChunk, RowEncoder
 from loader.messages import Reject
 from loader.schema import ColumnType
 
@@ -37,6 +38,8 @@ class Capabilities:
     type_names: dict[ColumnType, str]
     json_type: str
     max_text_chars: int | None = None
+    # Set when the adapter takes rows that reader processes encoded (insert_encoded).
+    row_encoder: RowEncoder | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,13 @@ class Warehouse(ABC):
         With fill_nulls (replay), a row whose id is there already gets its NULL columns
         filled from the staged row; nothing non-NULL is ever overwritten. Returns the
         rows inserted or filled."""
+
+    def insert_encoded(
+        self, schema: str, table: str, chunks: Sequence[EncodedChunk], fill_nulls: bool = False
+    ) -> int:
+        """insert_new_rows for rows already encoded by `capabilities.row_encoder` (ids
+        unique across the chunks). Only adapters that declare a row_encoder are asked."""
+        raise TypeError(f"{type(self).__name__} declares no row_encoder")
 
     @abstractmethod
     def upsert_rows(

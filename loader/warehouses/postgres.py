@@ -3,15 +3,53 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.adapt import Transformer
 
+from loader.encoded import EncodedChunk
 from loader.schema import ColumnType
 from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
 from loader.warehouses.sql_family import SqlFamilyWarehouse, qualified, quote
+
+try:  # psycopg's own COPY row formatter (C with psycopg[binary]); not public API
+    from psycopg._copy_base import format_row_text
+except ImportError:  # pragma: no cover - another psycopg layout: readers send tuples
+    format_row_text = None
+
+
+def _payloads(chunks: Sequence[EncodedChunk]) -> Callable[[psycopg.Copy], None]:
+    def write(copy: psycopg.Copy) -> None:
+        for chunk in chunks:
+            copy.write(chunk.payload)
+
+    return write
+
+
+def _rows(rows: Rows) -> Callable[[psycopg.Copy], None]:
+    def write(copy: psycopg.Copy) -> None:
+        for row in rows:
+            copy.write_row(row)
+
+    return write
+
+
+class CopyTextEncoder:
+    """Rows in COPY's text format, formatted in the reader processes by the same code
+    psycopg's `Copy.write_row` runs, so bytes and tuples load identically."""
+
+    __slots__ = ()
+
+    def encode(self, rows: Sequence[Sequence[Any]]) -> bytes:
+        transformer = Transformer()
+        out = bytearray()
+        for row in rows:
+            format_row_text(row, transformer, out)
+        return bytes(out)
+
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=63,
@@ -23,6 +61,7 @@ CAPABILITIES = Capabilities(
         ColumnType.TEXT: "text",
     },
     json_type="jsonb",
+    row_encoder=CopyTextEncoder() if format_row_text is not None else None,
 )
 
 
@@ -102,25 +141,62 @@ class PostgresWarehouse(SqlFamilyWarehouse):
         ids = [row[at] for row in rows]
         if len(set(ids)) != len(ids):
             return super().insert_new_rows(schema, table, columns, rows, fill_nulls)
-        target = qualified(schema, table)
-        present = {
-            found
-            for (found,) in self.conn.execute(
-                f"SELECT id FROM {target} WHERE id = ANY(%s)", (ids,)
-            ).fetchall()
-        }
+        present = self._present_ids(schema, table, ids)
         fresh = [row for row in rows if row[at] not in present] if present else rows
         if not fresh:
             return 0
-        cols = ", ".join(quote(c) for c in columns)
         try:
-            with self.conn.transaction(), self.conn.cursor() as cur:
-                with cur.copy(f"COPY {target} ({cols}) FROM STDIN") as copy:
-                    for row in fresh:
-                        copy.write_row(row)
+            return self._copy_direct(schema, table, columns, _rows(fresh))
         except psycopg.errors.UniqueViolation:
             return super().insert_new_rows(schema, table, columns, fresh, fill_nulls)
-        return len(fresh)
+
+    def insert_encoded(
+        self, schema: str, table: str, chunks: Sequence[EncodedChunk], fill_nulls: bool = False
+    ) -> int:
+        """COPY the readers' bytes straight into the table, one COPY per column set.
+
+        New events (the common case) need no lookup and no staging: the primary key
+        refuses a repeat, the refused COPY rolls back to its savepoint, and only then
+        are the ids already there looked up (one index probe each) and left out. A
+        replay (fill_nulls) goes through a staging table and INSERT ... ON CONFLICT."""
+        by_columns: dict[tuple[str, ...], list[EncodedChunk]] = {}
+        for chunk in chunks:
+            if chunk.ids:
+                by_columns.setdefault(chunk.columns, []).append(chunk)
+        inserted = 0
+        for columns, group in by_columns.items():
+            if fill_nulls:
+                conflict = self._conflict_clause(quote(table), columns, fill_nulls)
+                inserted += self._staged(schema, table, columns, _payloads(group), conflict)
+                continue
+            try:
+                inserted += self._copy_direct(schema, table, columns, _payloads(group))
+            except psycopg.errors.UniqueViolation:
+                ids = [i for chunk in group for i in chunk.ids]
+                present = self._present_ids(schema, table, ids)
+                fresh = [chunk.without_ids(present) for chunk in group]
+                inserted += self._copy_direct(schema, table, columns, _payloads(fresh))
+        return inserted
+
+    def _copy_direct(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        write: Callable[[psycopg.Copy], None],
+    ) -> int:
+        """One COPY into the table under a savepoint; its row count."""
+        cols = ", ".join(quote(c) for c in columns)
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            with cur.copy(f"COPY {qualified(schema, table)} ({cols}) FROM STDIN") as copy:
+                write(copy)
+            return cur.rowcount
+
+    def _present_ids(self, schema: str, table: str, ids: list[str]) -> set[str]:
+        found = self.conn.execute(
+            f"SELECT id FROM {qualified(schema, table)} WHERE id = ANY(%s)", (ids,)
+        ).fetchall()
+        return {row_id for (row_id,) in found}
 
     def _stage_insert(
         self,
@@ -132,13 +208,22 @@ class PostgresWarehouse(SqlFamilyWarehouse):
     ) -> int:
         if not rows:
             return 0
+        return self._staged(schema, table, columns, _rows(rows), conflict)
+
+    def _staged(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        write: Callable[[psycopg.Copy], None],
+        conflict: str,
+    ) -> int:
         stage = quote(f"_stage_{table}")
         cols = ", ".join(quote(c) for c in columns)
         self._execute(f"CREATE TEMP TABLE {stage} (LIKE {qualified(schema, table)}) ON COMMIT DROP")
         with self.conn.cursor() as cur:
             with cur.copy(f"COPY {stage} ({cols}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row(row)
+                write(copy)
             target = qualified(schema, table)
             cur.execute(
                 f"INSERT INTO {target} AS {quote(table)} ({cols}) SELECT {cols} FROM {stage} "

@@ -1,0 +1,112 @@
+"""Rows encoded for a warehouse's bulk format by the reader processes themselves.
+
+Handing a batch to the loading process as Python tuples costs a pickle, an unpickle and
+a second pass to format each value for COPY; encoded bytes cross the pipe nearly free
+and the loading process only streams them. The price is that a reader types the columns
+new to the table from its own file alone: it sends its evidence along, the loader
+decides the batch's types from all files' evidence in archive order (exactly what it
+would decide from the whole batch), and a chunk typed differently from that decision is
+laid out again by the loader from the rows as read, which a chunk with new columns
+carries along (a new column's first values can disagree between the files of its first
+batch; once the table has the column, readers type it as the table does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from loader.normalize import RESCUED_COLUMN, TableChunk
+from loader.row_layout import lay_out_rows
+from loader.schema import ColumnEvidence, ColumnType, column_evidence
+
+
+class RowEncoder(Protocol):
+    """A warehouse's bulk row format (picklable: it travels to reader processes).
+
+    Each row must end in one b"\\n" that appears nowhere else in it, so the loader can
+    drop single rows (duplicates of an earlier file) without decoding."""
+
+    def encode(self, rows: Sequence[Sequence[Any]]) -> bytes: ...
+
+
+@dataclass(slots=True)
+class EncodedChunk:
+    """One table's rows from one file, encoded. `types` are the types the values were
+    coerced to (data columns); `evidence` is what the file showed of columns the reader
+    did not know; `rescued_at` the row index of each rescued value; `raw` the rows as
+    read, kept only while there is evidence (the loader may type those columns
+    otherwise)."""
+
+    url: str
+    columns: tuple[str, ...]
+    payload: bytes
+    ids: list[str]
+    types: dict[str, ColumnType]
+    evidence: dict[str, ColumnEvidence]
+    rescued_at: list[int]
+    raw: TableChunk | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.ids)
+
+    def without_ids(self, drop: set[str]) -> EncodedChunk:
+        """The chunk minus the rows whose id is in `drop`."""
+        keep = [i for i, row_id in enumerate(self.ids) if row_id not in drop]
+        if len(keep) == len(self.ids):
+            return self
+        lines = self.payload.split(b"\n")
+        kept = set(keep)
+        return EncodedChunk(
+            self.url,
+            self.columns,
+            b"".join(lines[i] + b"\n" for i in keep),
+            [self.ids[i] for i in keep],
+            self.types,
+            self.evidence,
+            [i for i in self.rescued_at if i in kept],
+            self.raw.without_ids(drop) if self.raw is not None else None,
+        )
+
+
+def encode_table(
+    url: str,
+    chunk: TableChunk,
+    known: Mapping[str, ColumnType] | None,
+    fixed: Mapping[str, ColumnType],
+    uuid_ts: str,
+    encoder: RowEncoder,
+    width: int | None,
+) -> EncodedChunk:
+    """One table's rows of one file, typed, rescued and encoded."""
+    columns = chunk.columns()
+    types: dict[str, ColumnType] = {}
+    evidence: dict[str, ColumnEvidence] = {}
+    for name, values in columns.items():
+        kind = (known or {}).get(name) or fixed.get(name)
+        if kind is None:
+            found = column_evidence(values)
+            if found is None:
+                continue  # all null and unknown: the column waits, its NULLs need no COPY
+            evidence[name] = found
+            kind = found.column_type
+        types[name] = kind
+    all_types = {**fixed, **types}
+    names = [n for n in columns if n in types and n not in (RESCUED_COLUMN, "uuid_ts")]
+    rescued = [dict(r) if r else None for r in chunk.rescued]  # the raw chunk keeps its own
+    out_names, rows, rescued_at = lay_out_rows(
+        names, all_types, columns, fixed, rescued, uuid_ts, width
+    )
+    data_types = {n: t for n, t in types.items() if n not in fixed}
+    return EncodedChunk(
+        url,
+        tuple(out_names),
+        encoder.encode(rows),
+        list(columns["id"]),
+        data_types,
+        evidence,
+        rescued_at,
+        chunk if evidence else None,
+    )
