@@ -13,22 +13,29 @@ batch; once the table has the column, readers type it as the table does).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Protocol
 
 from loader.normalize import RESCUED_COLUMN, TableChunk
-from loader.row_layout import lay_out_rows
+from loader.row_layout import lay_out_columns
 from loader.schema import ColumnEvidence, ColumnType, column_evidence
 
 
 class RowEncoder(Protocol):
-    """A warehouse's bulk row format (picklable: it travels to reader processes).
+    """A warehouse's bulk row format (picklable: it travels to reader processes)."""
 
-    Each row must end in one b"\\n" that appears nowhere else in it, so the loader can
-    drop single rows (duplicates of an earlier file) without decoding."""
-
-    def encode(self, rows: Sequence[Sequence[Any]]) -> bytes: ...
+    def encode(
+        self,
+        columns: Sequence[tuple[str, ColumnType]],
+        values: Sequence[Iterable[Any]],
+        rows: int,
+    ) -> tuple[bytes, list[int]]:
+        """The rows of these columns (`values` column by column, as laid out by
+        loader.row_layout) as one payload, and where each row ends in it, so the loader
+        can drop single rows (duplicates of an earlier file) without decoding."""
+        ...
 
 
 @dataclass(slots=True)
@@ -42,6 +49,7 @@ class EncodedChunk:
     url: str
     columns: tuple[str, ...]
     payload: bytes
+    row_ends: list[int]
     ids: list[str]
     types: dict[str, ColumnType]
     evidence: dict[str, ColumnEvidence]
@@ -57,16 +65,20 @@ class EncodedChunk:
         keep = [i for i, row_id in enumerate(self.ids) if row_id not in drop]
         if len(keep) == len(self.ids):
             return self
-        lines = self.payload.split(b"\n")
-        kept = set(keep)
+        payload, ends = self.payload, self.row_ends
+        starts = [0, *ends]
+        parts = [payload[starts[i] : ends[i]] for i in keep]
+        kept_ends = list(accumulate(map(len, parts)))
+        position = {old: new for new, old in enumerate(keep)}
         return EncodedChunk(
             self.url,
             self.columns,
-            b"".join(lines[i] + b"\n" for i in keep),
+            b"".join(parts),
+            kept_ends,
             [self.ids[i] for i in keep],
             self.types,
             self.evidence,
-            [i for i in self.rescued_at if i in kept],
+            [position[i] for i in self.rescued_at if i in position],
             self.raw.without_ids(drop) if self.raw is not None else None,
         )
 
@@ -96,14 +108,16 @@ def encode_table(
     all_types = {**fixed, **types}
     names = [n for n in columns if n in types and n not in (RESCUED_COLUMN, "uuid_ts")]
     rescued = [dict(r) if r else None for r in chunk.rescued]  # the raw chunk keeps its own
-    out_names, rows, rescued_at = lay_out_rows(
+    out_names, values, rescued_at = lay_out_columns(
         names, all_types, columns, fixed, rescued, uuid_ts, width
     )
     data_types = {n: t for n, t in types.items() if n not in fixed}
+    payload, row_ends = encoder.encode([(n, all_types[n]) for n in out_names], values, len(rescued))
     return EncodedChunk(
         url,
         tuple(out_names),
-        encoder.encode(rows),
+        payload,
+        row_ends,
         list(columns["id"]),
         data_types,
         evidence,

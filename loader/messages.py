@@ -60,39 +60,49 @@ def parse_timestamp(value: Any) -> datetime | None:
     return parsed.astimezone(timezone.utc)
 
 
+_LOWER_KINDS = {kind: kind for kind in CALL_TYPES}
+
+
 def _check(body: dict[str, Any]) -> str | None:
-    kind = body.get("type")
-    if not isinstance(kind, str) or kind.lower() not in CALL_TYPES:
-        return f"field 'type': unknown call type {kind!r}"
-    mid = body.get("messageId")
+    get = body.get
+    kind = get("type")
+    lowered = _LOWER_KINDS.get(kind) if type(kind) is str else None
+    if lowered is None:
+        if not isinstance(kind, str) or kind.lower() not in CALL_TYPES:
+            return f"field 'type': unknown call type {kind!r}"
+        lowered = kind.lower()
+    mid = get("messageId")
     if not isinstance(mid, str) or not mid:
         return "field 'messageId': missing or not a non-empty string"
     if len(mid) > MAX_MESSAGE_ID_CHARS:
         return f"field 'messageId': longer than {MAX_MESSAGE_ID_CHARS} characters"
     for field in _OBJECT_FIELDS:
-        if body.get(field) is not None and not isinstance(body[field], dict):
-            return f"field '{field}': expected an object, got {type(body[field]).__name__}"
+        value = get(field)
+        if value is not None and type(value) is not dict and not isinstance(value, dict):
+            return f"field '{field}': expected an object, got {type(value).__name__}"
     for field in _STRING_FIELDS:
-        value = body.get(field)
-        if value is not None and not isinstance(value, (str, int)):
+        value = get(field)
+        if value is not None and type(value) is not str and not isinstance(value, (str, int)):
             return f"field '{field}': expected a string, got {type(value).__name__}"
     times: dict[str, datetime] = {}
     for field in _TIME_FIELDS:
-        value = body.get(field)
+        value = get(field)
         if value is not None:
             parsed = parse_timestamp(value)
             if parsed is None:
                 return f"field '{field}': not an ISO-8601 timestamp: {value!r}"
             times[field] = parsed
-    if body.get("receivedAt") is None:
+    if "receivedAt" not in times:
         return "field 'receivedAt': missing"
-    if kind.lower() == "track" and not body.get("event"):
-        return "field 'event': a track call needs an event name"
-    if kind.lower() == "group" and body.get("groupId") in (None, ""):
-        return "field 'groupId': a group call needs a groupId"
-    if kind.lower() == "alias" and body.get("previousId") in (None, ""):
+    if lowered == "track":
+        if not get("event"):
+            return "field 'event': a track call needs an event name"
+    elif lowered == "group":
+        if get("groupId") in (None, ""):
+            return "field 'groupId': a group call needs a groupId"
+    elif lowered == "alias" and get("previousId") in (None, ""):
         return "field 'previousId': an alias call needs a previousId"
-    if body.get("userId") in (None, "") and body.get("anonymousId") in (None, ""):
+    if get("userId") in (None, "") and get("anonymousId") in (None, ""):
         return "fields 'userId'/'anonymousId': one of them is required"
     if "timestamp" not in times:
         # Filled here from the values just parsed, rather than parsed again by normalize.

@@ -182,38 +182,46 @@ def flatten_into(
 
     `keep` (selective sync) is asked per leaf column before its value is converted.
     """
-    names = _names_under(prefix)
+    names = _NAMES_UNDER.get(prefix)
+    if names is None:
+        names = _names_under(prefix)
     for key, value in obj.items():
         name = names.get(key)
         if name is None:
             name = _new_name(names, prefix, key)
-        if type(value) is dict:
+        kind = type(value)
+        if kind is dict:
             if value:
                 flatten_into(out, value, name, reserved, rescued, keep, taken)
             continue
         if keep is not None and not keep[name]:
             continue
-        if type(value) is list:
+        if kind is list:
             value = orjson.dumps(value).decode()
         if name in reserved or (taken is not None and name in taken):
             rescued[name] = value
-            continue
-        out[name] = value
+        else:
+            out[name] = value
 
 
 def _common(body: dict[str, Any]) -> dict[str, Any]:
-    ts = corrected_timestamp(body) if body.get("timestamp") is None else None
+    get = body.get
+    timestamp = get("timestamp")
+    anonymous_id = get("anonymousId")
+    user_id = get("userId")
     row: dict[str, Any] = {
         "id": body["messageId"],
-        "anonymous_id": _id_text(body.get("anonymousId")),
-        "user_id": _id_text(body.get("userId")),
+        "anonymous_id": anonymous_id
+        if type(anonymous_id) is str and anonymous_id
+        else _id_text(anonymous_id),
+        "user_id": user_id if type(user_id) is str and user_id else _id_text(user_id),
         # Validated ISO-8601 already (messages._check); the warehouse parses them in bulk.
-        "received_at": body.get("receivedAt"),
-        "sent_at": body.get("sentAt"),
-        "timestamp": body["timestamp"] if body.get("timestamp") is not None else _iso_dt(ts),
-        "original_timestamp": body.get("originalTimestamp"),
+        "received_at": get("receivedAt"),
+        "sent_at": get("sentAt"),
+        "timestamp": timestamp if timestamp is not None else _iso_dt(corrected_timestamp(body)),
+        "original_timestamp": get("originalTimestamp"),
     }
-    context = body.get("context")
+    context = get("context")
     if context:
         flatten_into(row, context, "context", CORE_COLUMNS, {})
     return row

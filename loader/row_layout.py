@@ -17,7 +17,7 @@ from loader.normalize import RESCUED_COLUMN
 from loader.schema import ColumnType, coerce_column
 
 
-def lay_out_rows(
+def lay_out_columns(
     names: Sequence[str],
     types: Mapping[str, ColumnType],
     batch_columns: Mapping[str, Sequence[Any]],
@@ -25,8 +25,8 @@ def lay_out_rows(
     rescued: list[dict[str, Any] | None],
     uuid_ts: str,
     width: int | None,
-) -> tuple[list[str], list[tuple[Any, ...]], list[int]]:
-    """(column names, row tuples, rows' indexes with rescued values, once per value).
+) -> tuple[list[str], list[Iterable[Any]], list[int]]:
+    """(column names, their values, rows' indexes with rescued values, once per value).
 
     `names` are the columns to emit (not uuid_ts / _rescued_data, which are added);
     a name the batch lacks is NULL throughout. `rescued` (one slot per row) receives the
@@ -66,5 +66,21 @@ def lay_out_rows(
             else:
                 texts.append(None)
         data.append(texts)
-    rows = list(zip(*data, strict=True)) if count else []
+    return out_names, data, rescued_at
+
+
+def lay_out_rows(
+    names: Sequence[str],
+    types: Mapping[str, ColumnType],
+    batch_columns: Mapping[str, Sequence[Any]],
+    fixed: Mapping[str, ColumnType],
+    rescued: list[dict[str, Any] | None],
+    uuid_ts: str,
+    width: int | None,
+) -> tuple[list[str], list[tuple[Any, ...]], list[int]]:
+    """lay_out_columns as row tuples."""
+    out_names, data, rescued_at = lay_out_columns(
+        names, types, batch_columns, fixed, rescued, uuid_ts, width
+    )
+    rows = list(zip(*data, strict=True)) if len(rescued) else []
     return out_names, rows, rescued_at

@@ -211,14 +211,19 @@ class ColumnEvidence:
 
 
 def column_evidence(values: Sequence[Any]) -> ColumnEvidence | None:
-    """None when every value is null: the column waits until a value shows its type."""
+    """None when every value is null: the column waits until a value shows its type.
+
+    `saw_double` looks at every value, whatever the first one's type, so the evidence
+    of a later part that starts with a fraction still counts after an integer."""
     first = next((v for v in values if v is not None), None)
     kind = infer_type(first)
     if kind is None:
         return None
-    saw_double = False
-    if kind is ColumnType.BIGINT:
-        saw_double = ColumnType.DOUBLE in {infer_type(v) for v in values if v is not None}
+    kinds = set(map(type, values))
+    saw_double = float in kinds
+    if not saw_double and int in kinds:
+        ints = [v for v in values if type(v) is int]
+        saw_double = min(ints) < INT64_MIN or max(ints) > INT64_MAX
     return ColumnEvidence(kind, saw_double)
 
 

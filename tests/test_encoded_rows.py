@@ -1,0 +1,198 @@
+"""Rows encoded by reader processes (PostgreSQL's binary COPY) load exactly what the
+tuple path loads: types decided across files as if from the whole batch, awkward values
+intact, duplicates dropped within a batch, across batches and against earlier syncs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loader.encoded import EncodedChunk
+from loader.pipeline import Loader
+from loader.schema import ColumnEvidence, column_evidence
+from loader.warehouses.postgres import PostgresWarehouse
+from tests.helpers import snapshot, table_rows, track, write_ndjson
+
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+    st.sampled_from(["2026-11-01T10:00:00Z", "2026-11-01", "not a time"]),
+)
+
+
+@given(st.lists(VALUES, max_size=12), st.lists(VALUES, max_size=12))
+def test_evidence_of_two_parts_merges_into_the_evidence_of_the_whole(
+    first: list[Any], second: list[Any]
+) -> None:
+    """What lets readers type columns file by file: merging their evidence in archive
+    order gives the type the loader would infer from the whole batch."""
+    a, b = column_evidence(first), column_evidence(second)
+    merged: ColumnEvidence | None = a.then(b) if a and b else a or b
+    assert merged == column_evidence(first + second)
+
+
+def _archive(root: Path, files: list[list[dict[str, Any]]]) -> Path:
+    for n, messages in enumerate(files):
+        write_ndjson(root / "segment-logs" / "src" / "1793491200000" / f"f{n:02d}.gz", messages)
+    return root
+
+
+class TuplePostgres(PostgresWarehouse):
+    """The same adapter without a row encoder: readers hand over tuples (the path every
+    other adapter takes), the reference the encoded path must match."""
+
+    capabilities = replace(PostgresWarehouse.capabilities, row_encoder=None)
+
+
+def _both(archive: Path, pg_dsn: str, batch_lines: int = 10_000) -> tuple:
+    """Schema `s` loaded with reader processes encoding rows, schema `t` with tuples,
+    and their reports."""
+    pg = PostgresWarehouse("pg", pg_dsn)
+    assert pg.capabilities.row_encoder is not None
+    pg_report = Loader(pg, batch_lines=batch_lines, readers=2).load(str(archive), "s")
+    ref = TuplePostgres("pg", pg_dsn)
+    ref_report = Loader(ref, batch_lines=batch_lines, readers=2).load(str(archive), "t")
+    assert snapshot(pg, "s") == snapshot(ref, "t")
+    for report in (pg_report, ref_report):
+        report.schema, report.run_id, report.started_at, report.finished_at = "", "", "", ""
+        report.duration_s = 0.0
+    assert pg_report == ref_report
+    return pg, pg_report, ref, ref_report
+
+
+def test_new_column_typed_by_the_first_file_of_the_batch(tmp_path: Path, pg_dsn: str) -> None:
+    """File 1 shows `quantity` as text first, file 2 as numbers: the column is text in
+    both loads, file 2's numbers are kept as their text (not coerced twice)."""
+    archive = _archive(
+        tmp_path / "a",
+        [
+            [track("m1", quantity="many"), track("m2", quantity=3)],
+            [track("m3", quantity=2.5), track("m4", quantity=7)],
+            [track("m5", ratio=1), track("m6", ratio=2.5, gift=True)],
+        ],
+    )
+    pg, pg_report, ref, ref_report = _both(archive, pg_dsn)
+    try:
+        assert pg.read_schema("s")["order_completed"]["quantity"].value == "text"
+        assert pg.read_schema("s")["order_completed"]["ratio"].value == "double"
+        rows = dict(table_rows(pg, "SELECT id, quantity FROM s.order_completed"))
+        assert rows == {"m1": "many", "m2": "3", "m3": "2.5", "m4": "7", "m5": None, "m6": None}
+    finally:
+        pg.close()
+        ref.close()
+
+
+def test_awkward_values_round_trip_through_binary_copy(tmp_path: Path, pg_dsn: str) -> None:
+    awkward = {
+        "note": 'tab\there, newline\nthere, back\\slash, "quotes", ünïcödé, emoji 🎉',
+        "blank": "",
+        "big": 2**62,
+        "bigger": 1e20,
+        "tiny": -0.000001,
+        "flag": False,
+        "seen_at": "2026-11-01T10:00:00+02:00",
+        "items": [1, "two", {"three": 3}],
+    }
+    later = {
+        "note": 5,  # a number in a text column: its JSON text
+        "blank": None,
+        "big": 1.5,  # a fraction in a bigint column: rescued
+        "bigger": 3,
+        "tiny": 1,
+        "flag": "yes",  # rescued
+        "seen_at": "2026-11-01T08:00:00",  # no offset: UTC
+        "items": [],
+    }
+    archive = _archive(tmp_path / "a", [[track("m1", **awkward)], [track("m2", **later)]])
+    # One file per batch: the second meets the columns the first created.
+    pg, pg_report, ref, ref_report = _both(archive, pg_dsn, batch_lines=1)
+    try:
+        assert pg_report.rescued_values == 2
+        ((note, blank, seen_at, rescued),) = table_rows(
+            pg,
+            "SELECT note, blank, seen_at::text, _rescued_data FROM s.order_completed "
+            "WHERE id = 'm1'",
+        )
+        assert (note, blank) == (awkward["note"], "")
+        assert seen_at == "2026-11-01 08:00:00+00"
+        assert rescued is None
+        ((later_note, later_seen_at, later_rescued),) = table_rows(
+            pg,
+            "SELECT note, seen_at::text, _rescued_data FROM s.order_completed WHERE id = 'm2'",
+        )
+        assert (later_note, later_seen_at) == ("5", "2026-11-01 08:00:00+00")
+        assert later_rescued == {"big": 1.5, "flag": "yes"}
+    finally:
+        pg.close()
+        ref.close()
+
+
+def test_duplicates_within_across_batches_and_runs(tmp_path: Path, pg_dsn: str) -> None:
+    """A re-send in the next file, two batches later, and in a later sync: each id is
+    loaded once, first copy wins, and every repeat is counted."""
+    first = [track(f"m{i}", n=i) for i in range(10)]
+    files = [
+        first,
+        [track("m9", n=-1), *[track(f"m{i}", n=i) for i in range(10, 20)]],  # next file
+        [track(f"m{i}", n=i) for i in range(20, 30)],
+        [track("m1", n=-1), *[track(f"m{i}", n=i) for i in range(30, 40)]],  # 2 batches on
+    ]
+    archive = _archive(tmp_path / "a", files)
+    pg, pg_report, ref, ref_report = _both(archive, pg_dsn, batch_lines=10)
+    try:
+        assert pg_report.rows_loaded["order_completed"] == 40
+        assert pg_report.duplicates == 2
+        assert dict(table_rows(pg, "SELECT id, n FROM s.order_completed"))["m1"] == 1
+        # A later archive overlapping the loaded one: only new ids go in.
+        write_ndjson(
+            tmp_path / "a" / "segment-logs" / "src" / "1793577600000" / "g.gz",
+            [track("m5", n=-5), track("m40", n=40)],
+        )
+        again = Loader(pg, readers=2).load(str(tmp_path / "a"), "s")
+        assert again.rows_loaded["order_completed"] == 1
+        assert again.duplicates == 1
+        assert dict(table_rows(pg, "SELECT id, n FROM s.order_completed"))["m5"] == 5
+    finally:
+        pg.close()
+        ref.close()
+
+
+def test_replay_fills_nulls_through_the_encoded_path(tmp_path: Path, pg_dsn: str) -> None:
+    archive = _archive(tmp_path / "a", [[track("m1", a=1)], [track("m2", a=2)]])
+    pg = PostgresWarehouse("pg", pg_dsn)
+    try:
+        Loader(pg, readers=2).load(str(archive), "s")
+        pg.conn.execute("UPDATE s.order_completed SET a = NULL WHERE id = 'm2'")
+        from datetime import date
+
+        report = Loader(pg, readers=2).replay(
+            str(archive), "s", date(2026, 11, 1), date(2026, 11, 1)
+        )
+        assert report.status == "success"
+        assert dict(table_rows(pg, "SELECT id, a FROM s.order_completed")) == {"m1": 1, "m2": 2}
+    finally:
+        pg.close()
+
+
+def test_dropping_rows_keeps_the_rest_of_the_payload_aligned() -> None:
+    chunk = EncodedChunk(
+        url="f",
+        columns=("id",),
+        payload=b"aaBBBcccc",
+        row_ends=[2, 5, 9],
+        ids=["a", "b", "c"],
+        types={},
+        evidence={},
+        rescued_at=[1, 2, 2],
+    )
+    kept = chunk.without_ids({"b"})
+    assert (kept.payload, kept.row_ends, kept.ids) == (b"aacccc", [2, 6], ["a", "c"])
+    assert kept.rescued_at == [1, 1]
+    assert chunk.without_ids(set()) is chunk
