@@ -284,7 +284,9 @@ def show(
                 cd = sync_filter.column_decision(table, column)
                 if off_only and cd.synced:
                     continue
-                view.add_row("", column, _yes(cd.synced), _why(path, cd))
+                # The table on every row: with --off-only (or a long table) a row would
+                # otherwise not say which table its column belongs to.
+                view.add_row(table, column, _yes(cd.synced), _why(path, cd))
         if not tables:
             console.print(f"{t} / {s}: nothing loaded or seen yet; run a sync first")
         else:

@@ -4,6 +4,9 @@ covers, so a crash between pages resumes with no duplicate and no gap."""
 
 from __future__ import annotations
 
+from operator import itemgetter
+from typing import Any
+
 import orjson
 
 from loader.naming import snake_case
@@ -124,6 +127,7 @@ class ObjectLoader:
                 columns, out = self.writer.prepare(
                     schema, table, [TableChunk.of_rows(batch)], OBJECT_FIXED, uuid_ts, report
                 )
+                columns, out = self._without_turned_off(table, columns, out)
                 if out:
                     upserted = wh.upsert_rows(schema, table, columns, out)
                     report.rows_loaded[table] = report.rows_loaded.get(table, 0) + upserted
@@ -137,6 +141,26 @@ class ObjectLoader:
         except Exception:
             self.writer.refresh(schema)
             raise
+
+    def _without_turned_off(
+        self, table: str, columns: list[str], rows: list[tuple[Any, ...]]
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """The upsert writes every column it is given, and the writer lays out every
+        column the table has; a column turned off in selective sync is absent from the
+        batch, so it would be written as NULL over the value loaded before it was turned
+        off. Leave it out of the upsert instead: existing data stays untouched."""
+        f = self.sync_filter
+        if not f.active:
+            return columns, rows
+        kept = [
+            i
+            for i, c in enumerate(columns)
+            if c in OBJECT_FIXED or c == "uuid_ts" or f.column_synced(table, c)
+        ]
+        if len(kept) == len(columns):
+            return columns, rows
+        pick = itemgetter(*kept)  # `kept` holds id and received_at at least: tuples out
+        return [columns[i] for i in kept], [pick(r) for r in rows]
 
     def _record_turned_off(self, schema: str, report: SyncReport) -> None:
         names = self.sync_filter.new_turned_off_names()

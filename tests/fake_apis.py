@@ -136,6 +136,11 @@ class FakeStripe(FakeApi):
     def update(self, collection: str, oid: str, event_type: str, **fields: Any) -> None:
         obj = next(o for o in self.objects[collection] if o["id"] == oid)
         obj.update(fields)
+        self.emit(event_type, obj)
+
+    def emit(self, event_type: str, obj: dict[str, Any]) -> None:
+        """An event about `obj`, which may be of a type no list endpoint here serves
+        (a dispute under `charge.dispute.created`), as Stripe sends them."""
         self.events.append(
             {
                 "id": f"evt_{len(self.events):05d}",

@@ -3,22 +3,41 @@ turn something back on and replay the gap, all through the `sluice` command."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
 
 from tests.test_cli import sluice
 
-RULES = """\
-version: 1
-targets:
-  local:
-    javascript_production:
-      collections:
-        - video_playback_*
-      properties:
-        pages: [context_campaign_*]
-"""
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_example() -> tuple[str, list[list[str]]]:
+    """The README's worked example: the selective_sync.yml it shows, and the rows it
+    claims `sluice selective-sync show --target local --off-only` prints (cells)."""
+    section = README.read_text().split("\n## Selective sync", 1)[1].split("\n## ", 1)[0]
+    rules = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    commands = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    claimed = [
+        re.split(r"\s{2,}", line.lstrip("#").strip())
+        for line in commands.splitlines()
+        if line.startswith("#")
+    ]
+    assert claimed[0] == ["table", "column", "synced", "decided by"]
+    return rules, claimed[1:]
+
+
+RULES, README_ROWS = _readme_example()
+
+
+def _table_rows(stdout: str) -> list[list[str]]:
+    """The body rows of a rich table as cells."""
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in stdout.splitlines()
+        if line.startswith("│")
+    ]
 
 
 def _count(demo: Path, sql: str) -> int:
@@ -65,7 +84,18 @@ def test_check_sync_show_and_replay(tmp_path: Path) -> None:
     out = " ".join(shown.stdout.split())
     assert "video_playback_started" in out and "selective_sync.yml:6" in out
     assert "context_campaign_source" in out and "selective_sync.yml:8" in out
-    assert "order_completed" not in out  # synced, and --off-only
+    table_rows = _table_rows(shown.stdout)
+    # --off-only: of order_completed (synced) only its turned-off column is listed.
+    assert {r[1] for r in table_rows if r[0] == "order_completed"} == {"context_ip"}
+    # Every row names its table, also the rows of columns of a synced table.
+    assert table_rows and all(row[0] for row in table_rows), shown.stdout
+    assert ["pages", "context_campaign_source", "no"] == table_rows[
+        [r[1] for r in table_rows].index("context_campaign_source")
+    ][:3]
+    # What the README claims this example prints is what it prints.
+    printed = [[cell for cell in row if cell] for row in table_rows]
+    for claimed in README_ROWS:
+        assert claimed in printed, (claimed, shown.stdout)
     full = " ".join(sluice("selective-sync", "show", cwd=demo).stdout.split())
     assert "order_completed" in full and "core column" in full
 

@@ -134,9 +134,12 @@ def test_materialize_a_day_emits_per_table_metadata_and_checks(project_dir: Path
     assert checks[(_key("tracks"), "no_duplicate_ids")].passed
     assert checks[(_key("rejected_events"), "reject_rate")].passed
     assert checks[(_key("rejected_events"), "selective_sync_valid")].passed
-    # The sample archive is from 2026-11: older than the freshness window today.
+    # The sample archive is from 2026-11-01: older than the 48 h window today, so the
+    # freshness check fails (a warning: the run still succeeded).
     fresh = checks[(_key("pages"), "received_at_fresh")]
-    assert fresh.severity == dg.AssetCheckSeverity.WARN
+    assert not fresh.passed
+    assert fresh.metadata["threshold_hours"].value == 48
+    assert fresh.metadata["age_hours"].value > 48
 
     # Only day 1 was loaded.
     days = _count(defs, f'SELECT count(DISTINCT CAST(received_at AS date)) FROM "{SCHEMA}"."pages"')
@@ -145,6 +148,15 @@ def test_materialize_a_day_emits_per_table_metadata_and_checks(project_dir: Path
     assert "order_completed" in tables_of(project_dir, "local", SCHEMA)
     specs = {s.key for s in _defs(project_dir).resolve_all_asset_specs()}
     assert _key("order_completed") in specs
+
+    # With a window wider than the data's age (50 years), the same check passes.
+    config = project_dir / "sluice.yml"
+    config.write_text(config.read_text().replace("freshness_hours: 48", "freshness_hours: 438000"))
+    later = _materialize(_defs(project_dir), "2026-11-02", selection=[_key("pages")])
+    assert later.success
+    checks = {(c.asset_key, c.check_name): c for c in later.get_asset_check_evaluations()}
+    fresh = checks[(_key("pages"), "received_at_fresh")]
+    assert fresh.passed and fresh.metadata["threshold_hours"].value == 438000
 
 
 def test_subset_loads_only_selected_tables_and_leaves_files_pending(project_dir: Path) -> None:

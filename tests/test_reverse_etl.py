@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from loader.config import ConfigError
 from loader.pipeline import Loader
 from loader.reverse_etl.model import ModelError, load_model
 from loader.reverse_etl.runner import RetlReport, plan_model, run_model
@@ -357,6 +358,62 @@ def test_segment_track_calls(open_wh, receiver: Receiver, tmp_path: Path, monkey
     assert messages[0]["context"]["library"]["name"] == "sluice"
 
 
+def test_segment_group_calls(open_wh, receiver: Receiver, tmp_path: Path, monkeypatch) -> None:
+    """group: the model's key is the groupId, a column mapped to userId is the member,
+    the other mapped fields are group traits; each change goes out once."""
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk_group")
+    wh = open_wh()
+    make_customers(wh, 3)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "accounts.sql").write_text(
+        "SELECT id AS account_id, 'owner-' || id AS owner_id, plan, score\n"
+        "FROM {{ schema }}.customers\n"
+    )
+    spec = {
+        "key": "account_id",
+        "schema": "src",
+        "destination": {"type": "segment", "endpoint": receiver.url, "call": "group"},
+        "mapping": {"owner_id": "userId", "plan": "plan", "score": "employees"},
+    }
+    (models / "accounts.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+    first = run(wh, models, "accounts")
+    assert first.status == "success" and first.sent["added"] == 3
+    assert first.destination == f"segment group -> {receiver.url}/v1/batch"
+    posted = receiver.requests[-1]
+    assert posted["path"] == "/v1/batch"
+    auth = base64.b64encode(b"wk_group:").decode()
+    assert posted["headers"]["authorization"] == f"Basic {auth}"
+    messages = receiver.accepted()
+    # The key (not mapped to groupId) is the groupId, and is sent as a trait too.
+    assert [(m["type"], m["groupId"], m["userId"], m["traits"]) for m in messages] == [
+        (
+            "group",
+            f"c0{i}",
+            f"owner-c0{i}",
+            {"account_id": f"c0{i}", "plan": "free", "employees": i},
+        )
+        for i in (1, 2, 3)
+    ]
+    assert all("event" not in m and "properties" not in m for m in messages)
+
+    sql(wh, "UPDATE src.customers SET plan = 'pro' WHERE id = 'c02'")
+    receiver.clear()
+    second = run(wh, models, "accounts")
+    assert second.counts["changed"] == 1 and second.sent["changed"] == 1
+    assert [(m["groupId"], m["traits"]["plan"]) for m in receiver.accepted()] == [("c02", "pro")]
+    receiver.clear()
+    assert sum(run(wh, models, "accounts").sent.values()) == 0 and receiver.requests == []
+
+    # A group call without a member (no column mapped to userId/anonymousId) is refused.
+    spec["mapping"] = {"plan": "plan"}
+    (models / "accounts.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(ModelError, match="a group call needs a member"):
+        run(wh, models, "accounts")
+    assert receiver.requests == []
+
+
 # --- the example models on the sample project, through the Segment destination --------
 def test_example_models_on_the_sample_project(
     open_wh, receiver: Receiver, sample_archive: Path, monkeypatch: pytest.MonkeyPatch
@@ -440,6 +497,69 @@ def test_table_destination_mirrors_the_model(open_wh, tmp_path: Path) -> None:
     assert second.counts == {"added": 1, "changed": 1, "removed": 2, "unchanged": 5}
     assert list(wh.query(target)) == list(wh.query(source))
     assert sum(run(wh, models).sent.values()) == 0
+
+
+def test_table_destination_in_another_target(
+    open_wh, warehouse_kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """`target:` names another profiles.yml target (here the other kind of warehouse): the
+    model runs where its data is, its rows land in the other target, which the run
+    opens itself and closes after."""
+    from loader.warehouses.duckdb import DuckDBWarehouse
+    from loader.warehouses.postgres import PostgresWarehouse
+
+    def open_crm() -> Any:
+        if warehouse_kind == "duckdb":
+            return PostgresWarehouse("crm", request.getfixturevalue("pg_dsn"))
+        return DuckDBWarehouse("crm", str(tmp_path / "crm.duckdb"))
+
+    opened: list[str] = []
+
+    def open_target(name: str) -> Any:
+        opened.append(name)
+        return open_crm()
+
+    wh = open_wh()
+    make_customers(wh, 5)
+    destination = {"type": "table", "target": "crm", "schema": "sales", "table": "customers"}
+    models = write_model(
+        tmp_path / "models",
+        destination,
+        mode="mirror",
+        mapping={"customer_id": "id", "name": "full_name", "plan": "plan"},
+    )
+    source = "SELECT id, name, plan FROM src.customers ORDER BY id"
+    target = "SELECT id, full_name, plan FROM sales.customers ORDER BY id"
+
+    def landed() -> list[tuple[Any, ...]]:
+        crm = open_crm()
+        try:
+            return [tuple(r) for r in crm.query(target)]
+        finally:
+            crm.close()
+
+    first = run(wh, models, open_target=open_target)
+    assert first.status == "success" and first.sent["added"] == 5
+    assert first.destination == "table sales.customers (target crm)"
+    assert opened == ["crm"]
+    assert landed() == [tuple(r) for r in wh.query(source)]
+    # Nothing was written into the model's own warehouse.
+    assert "customers" not in wh.read_schema("sales")
+
+    sql(
+        wh,
+        "UPDATE src.customers SET plan = 'pro' WHERE id = 'c02'",
+        "DELETE FROM src.customers WHERE id = 'c05'",
+        "INSERT INTO src.customers VALUES ('c06', 'Customer 6', 'team', 6)",
+    )
+    second = run(wh, models, open_target=open_target)
+    assert second.counts == {"added": 1, "changed": 1, "removed": 1, "unchanged": 3}
+    assert landed() == [tuple(r) for r in wh.query(source)]
+    assert sum(run(wh, models, open_target=open_target).sent.values()) == 0
+
+    # Without a way to open other targets (no profiles.yml), the run says so.
+    with pytest.raises(ConfigError, match="destination target 'crm' needs profiles.yml"):
+        run(wh, models)
 
 
 def test_file_destination_ndjson_and_csv(open_wh, tmp_path: Path) -> None:

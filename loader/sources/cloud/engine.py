@@ -39,9 +39,19 @@ class Connector(Protocol):
 
 
 class _CappedRetry(Retry):
-    """urllib3's retry, with the server's Retry-After honoured up to a cap."""
+    """urllib3's retry, with the server's Retry-After honoured up to a cap.
 
-    retry_after_cap: float = 60.0
+    urllib3 makes a fresh Retry (`new()`) for every attempt, passing only its own
+    settings, so the cap is an __init__ argument that `new()` hands on; an attribute set
+    on the first object alone would be lost at the first retry."""
+
+    def __init__(self, *args: Any, retry_after_cap: float = 60.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_after_cap = retry_after_cap
+
+    def new(self, **kw: Any) -> _CappedRetry:
+        kw.setdefault("retry_after_cap", self.retry_after_cap)
+        return super().new(**kw)
 
     def get_retry_after(self, response: Any) -> float | None:
         after = super().get_retry_after(response)
@@ -75,8 +85,8 @@ def http_session(
         backoff_jitter=policy.jitter_s,
         respect_retry_after_header=True,
         raise_on_status=False,
+        retry_after_cap=policy.retry_after_cap_s,
     )
-    retry.retry_after_cap = policy.retry_after_cap_s
     session = requests.Session()
     session.headers.update(headers)
     session.auth = auth

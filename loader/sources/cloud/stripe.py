@@ -25,6 +25,16 @@ COLLECTIONS: dict[str, tuple[str, str]] = {
     "invoices": ("/v1/invoices", "invoice.*"),
     "subscriptions": ("/v1/subscriptions", "customer.subscription.*"),
 }
+# collection -> the `object` field of its objects. The event wildcards are wider than a
+# collection (`customer.*` also matches `customer.subscription.*` and
+# `customer.discount.*`, `charge.*` matches `charge.dispute.*` and `charge.refund.*`),
+# so an event is applied only when its `data.object.object` is the collection's type.
+OBJECT_TYPES: dict[str, str] = {
+    "customers": "customer",
+    "charges": "charge",
+    "invoices": "invoice",
+    "subscriptions": "subscription",
+}
 PAGE = 100
 
 
@@ -55,7 +65,7 @@ class StripeConnector:
         state = yield from self._new_objects(path, collection, state)
         if first_sync:
             return  # the listing saw every object as it was when listed
-        yield from self._changes(event_type, state)
+        yield from self._changes(event_type, OBJECT_TYPES[collection], state)
 
     def _new_objects(
         self, path: str, collection: str, state: dict[str, Any]
@@ -89,9 +99,14 @@ class StripeConnector:
         data = body.get("data") or []
         return int(data[0]["created"]) if data else 0
 
-    def _changes(self, event_type: str, state: dict[str, Any]) -> Iterator[ObjectPage]:
+    def _changes(
+        self, event_type: str, object_type: str, state: dict[str, Any]
+    ) -> Iterator[ObjectPage]:
         """Events since the last sync, applied oldest first, in pages that end where the
-        event time changes so a resumed sync neither skips nor repeats a second."""
+        event time changes so a resumed sync neither skips nor repeats a second.
+
+        Events about another kind of object (a subscription's event under `customer.*`)
+        are skipped, but still advance the cursor so they are not fetched again."""
         since = int(state.get("events_gt", 0))
         events: list[dict[str, Any]] = []
         starting_after = None
@@ -116,6 +131,8 @@ class StripeConnector:
             deleted: set[str] = set()
             for event in chunk:
                 obj = event["data"]["object"]
+                if obj.get("object") != object_type:
+                    continue
                 latest[obj["id"]] = obj
                 if event["type"].endswith(".deleted"):
                     deleted.add(obj["id"])
