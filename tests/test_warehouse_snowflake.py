@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import fakesnow
@@ -268,20 +269,21 @@ def test_generated_write_and_profile_sql(open_wh) -> None:
         "_rescued_data": ColumnType.TEXT,
     }
     update, insert = wh.write_sql(
-        "s", "t", ["id", "n", "uuid_ts", "_rescued_data"], 2, mode="fill_nulls"
+        "s", "t", ["id", "n", "uuid_ts", "_rescued_data"], mode="fill_nulls"
     )
-    using = '(SELECT column1 AS "ID", CAST(column2 AS NUMBER(38,0)) AS "N"'
-    assert update.startswith(f'UPDATE "S"."T" AS t SET "N" = COALESCE(t."N", s."N") FROM {using}')
+    source = '(SELECT s."ID" AS "ID", CAST(s."N" AS NUMBER(38,0)) AS "N"'
+    assert update.startswith(f'UPDATE "S"."T" AS t SET "N" = COALESCE(t."N", s."N") FROM {source}')
     assert update.endswith('WHERE t."ID" = s."ID" AND ((t."N" IS NULL AND s."N" IS NOT NULL))')
-    assert (
-        'PARSE_JSON(column4) AS "_RESCUED_DATA"' in update and 'COALESCE(t."UUID_TS"' not in update
-    )
-    assert "FROM VALUES (%s, %s, %s, %s), (%s, %s, %s, %s)) AS s" in insert
+    assert 'PARSE_JSON(s."_RESCUED_DATA") AS "_RESCUED_DATA"' in update
+    assert 'COALESCE(t."UUID_TS"' not in update
+    assert 'FROM "_SLUICE"."STAGE__S__T" AS s) AS s' in insert and "VALUES" not in insert
     assert insert.startswith('INSERT INTO "S"."T" ("ID", "N", "UUID_TS", "_RESCUED_DATA") SELECT')
     assert insert.endswith('WHERE NOT EXISTS (SELECT 1 FROM "S"."T" AS t WHERE t."ID" = s."ID")')
-    upsert = wh.write_sql("s", "t", ["id", "n"], 1, mode="upsert")
+    upsert = wh.write_sql("s", "t", ["id", "n"], mode="upsert")
     assert upsert[0].startswith('UPDATE "S"."T" AS t SET "N" = s."N" FROM')
-    assert len(wh.write_sql("s", "t", ["id", "n"], 1)) == 1
+    assert len(wh.write_sql("s", "t", ["id", "n"])) == 1
+    (plain,) = wh.write_sql("s", "t", ["id", "n"], mode="plain")
+    assert "NOT EXISTS" not in plain
     spec = ProfileSpec("users", "identifies", "user_id", ["plan"])
     profile = wh.profile_sql("s", spec, 2)
     assert 'FIRST_VALUE("PLAN") IGNORE NULLS OVER (PARTITION BY "USER_ID" ORDER BY' in profile
@@ -413,3 +415,139 @@ def test_expired_lock_is_taken_over(fakesnow_server, database) -> None:
         pass
     crashed.close()
     other.close()
+
+
+def _statement_log(wh) -> list[str]:
+    """Every statement the adapter sends over its real connection, in order."""
+    sent: list[str] = []
+    run = wh._run
+
+    def logged(sql, params=None):
+        sent.append(" ".join(sql.split()))
+        return run(sql, params)
+
+    wh._run = logged
+    return sent
+
+
+def test_rows_go_through_the_stage_inside_one_transaction(open_wh) -> None:
+    first = open_wh()
+    first.ensure_bookkeeping()
+    cols = {"id": ColumnType.TEXT, "received_at": ColumnType.TIMESTAMP, "n": ColumnType.BIGINT}
+    first.create_table("objs", "things", cols)
+    # A second connection (nothing cached): the staging tables are checked at `lock`.
+    wh = open_wh()
+    sent = _statement_log(wh)
+    ts = "2026-11-01T10:00:00+00:00"
+    with wh.lock("objs"):
+        start = len(sent)
+        with wh.transaction():
+            wh.insert_new_rows("objs", "things", ("id", "received_at", "n"), [("a", ts, 1)])
+            wh.record_files("objs", [("f1", 1)])
+        batch = sent[start:]
+    assert batch[0] == "BEGIN" and batch[-1] == "COMMIT"
+    inner = batch[1:-1]
+    assert not [s for s in inner if s.split()[0] in ("BEGIN", "COMMIT", "CREATE", "ALTER")]
+    puts = [s for s in inner if s.startswith("PUT 'file://")]
+    copies = [s for s in inner if s.startswith("COPY INTO")]
+    assert len(puts) == len(copies) == 2  # the table and the _sluice.loaded_files ledger
+    assert all('@"_SLUICE"."SLUICE_STAGE"/load' in s for s in puts)
+    assert copies[0].startswith('COPY INTO "_SLUICE"."STAGE__OBJS__THINGS" FROM @')
+    assert all("TYPE = PARQUET" in s and "PURGE = TRUE" in s for s in copies)
+    assert copies[1].startswith('COPY INTO "_SLUICE"."STAGE___SLUICE__LOADED_FILES"')
+    assert not [s for s in sent if "VALUES" in s and "THINGS" in s]
+    inserts = [s for s in inner if s.startswith('INSERT INTO "OBJS"."THINGS"')]
+    assert inserts and 'FROM "_SLUICE"."STAGE__OBJS__THINGS" AS s' in inserts[0]
+    assert list(wh.query("SELECT id, n FROM objs.things")) == [("a", 1)]
+    assert wh.loaded_files("objs") == {"f1"}
+    # Staged files are purged by COPY; staging tables are left empty.
+    assert list(wh.query('LIST @"_SLUICE"."SLUICE_STAGE"')) == []
+    assert list(wh.query('SELECT COUNT(*) FROM "_SLUICE"."STAGE__OBJS__THINGS"')) == [(0,)]
+
+
+def test_a_failed_batch_leaves_no_rows_no_ledger_and_no_staged_file(open_wh) -> None:
+    wh = open_wh()
+    wh.ensure_bookkeeping()
+    wh.create_table("objs", "things", {"id": ColumnType.TEXT, "n": ColumnType.BIGINT})
+    with pytest.raises(RuntimeError):
+        with wh.transaction():
+            wh.insert_new_rows("objs", "things", ("id", "n"), [("a", 1), ("b", 2)])
+            wh.record_files("objs", [("f1", 1)])
+            assert list(wh.query("SELECT COUNT(*) FROM objs.things")) == [(2,)]
+            raise RuntimeError("crash after the ledger write")
+    assert list(wh.query("SELECT COUNT(*) FROM objs.things")) == [(0,)]
+    assert wh.loaded_files("objs") == set()
+    assert list(wh.query('LIST @"_SLUICE"."SLUICE_STAGE"')) == []
+    # The rerun loads the batch.
+    with wh.transaction():
+        wh.insert_new_rows("objs", "things", ("id", "n"), [("a", 1), ("b", 2)])
+        wh.record_files("objs", [("f1", 1)])
+    assert list(wh.query("SELECT id, n FROM objs.things ORDER BY id")) == [("a", 1), ("b", 2)]
+
+
+def test_awkward_values_round_trip_through_the_stage(open_wh) -> None:
+    import orjson
+
+    wh = open_wh()
+    wh.ensure_bookkeeping()
+    cols = {
+        "id": ColumnType.TEXT,
+        "received_at": ColumnType.TIMESTAMP,
+        "ok": ColumnType.BOOLEAN,
+        "n": ColumnType.BIGINT,
+        "x": ColumnType.DOUBLE,
+        "s": ColumnType.TEXT,
+        "_rescued_data": ColumnType.TEXT,
+    }
+    wh.create_table("odd", "vals", cols)
+    big = 2**63 - 1  # fakesnow's NUMBER(38,0) is 64-bit; Snowflake's holds 38 digits
+    texts = [
+        "",
+        "a,b \"quoted\", 'single'",
+        "line1\nline2\r\nline3",
+        "\\N",
+        "NULL",
+        "tab\there, ünïcødé ✓ 🚀",
+        " leading and trailing ",
+    ]
+    rows = []
+    for i, text in enumerate(texts):
+        rows.append(
+            (
+                f"r{i}",
+                "2026-11-01T10:00:00.123456+05:30" if i % 2 else datetime(2026, 1, 2, 3, 4, 5),
+                [True, False, None][i % 3],
+                [big, -big - 1, 0, None][i % 4],
+                [0.1 + 0.2, 1e300, -2.5e-300, 5e-324, None][i % 5],
+                text,
+                {"revenue": "1,5", "nested": {"q": '"', "nl": "\n"}, "k": [1, None]} if i else None,
+            )
+        )
+    rows.append(("r-null", "2026-11-01T10:00:00Z", None, None, None, None, None))
+    names = tuple(cols)
+    with wh.transaction():
+        assert wh.insert_new_rows("odd", "vals", names, rows) == len(rows)
+    got = {
+        r[0]: r
+        for r in wh.query("SELECT id, received_at, ok, n, x, s, _rescued_data FROM odd.vals")
+    }
+    assert len(got) == len(rows)
+    for row in rows:
+        back = got[row[0]]
+        sent_ts = row[1] if isinstance(row[1], datetime) else datetime.fromisoformat(row[1])
+        if sent_ts.tzinfo is None:
+            sent_ts = sent_ts.replace(tzinfo=timezone.utc)
+        assert back[1] == sent_ts  # the same instant (fakesnow returns it in UTC)
+        assert back[2:6] == row[2:6], row[0]
+        assert (orjson.loads(back[6]) if back[6] is not None else None) == row[6]
+    assert got["r0"][5] == "" and got["r-null"][5] is None  # "" and NULL stay apart
+    assert list(wh.query("SELECT COUNT(*) FROM odd.vals WHERE s IS NULL")) == [(1,)]
+    assert list(wh.query("SELECT _rescued_data:revenue FROM odd.vals WHERE id = 'r1'")) == [
+        ('"1,5"',)
+    ]
+    # The UPDATE ... FROM path (upsert) reads the same staged values.
+    wh.upsert_rows("odd", "vals", ("id", "s", "n"), [("r1", "", big), ("r0", None, None)])
+    assert list(wh.query("SELECT id, s, n FROM odd.vals WHERE id IN ('r0', 'r1') ORDER BY id")) == [
+        ("r0", None, None),
+        ("r1", "", big),
+    ]

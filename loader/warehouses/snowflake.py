@@ -1,5 +1,6 @@
-"""Snowflake (snowflake-connector-python): rows bound into set-based INSERT/UPDATE
-statements per chunk; no DDL inside a load transaction.
+"""Snowflake (snowflake-connector-python): rows bulk-loaded through a named internal stage
+(PUT + COPY INTO a staging table), then set-based INSERT/UPDATE; no DDL inside a load
+transaction.
 
 Identifier convention: Sluice's names are lower snake_case; Snowflake folds unquoted
 identifiers to UPPER case. Every schema, table and column is created as its upper-case
@@ -12,32 +13,47 @@ quoted upper-case name. The bookkeeping schema is `_SLUICE` (`_sluice` unquoted)
 Types: BOOLEAN, NUMBER(38,0), FLOAT, TIMESTAMP_TZ, VARCHAR; `_rescued_data` is VARIANT
 (an OBJECT: `_rescued_data:revenue` reads a rescued value).
 
-Bulk path: Snowflake commits the open transaction implicitly on any DDL (CREATE TABLE,
-even a temporary one), so a per-batch stage table would break the batch's atomicity
-(rows committed without their ledger entry). Rows are therefore bound as text parameters
-into a `(SELECT CAST(column1 AS ...) AS "ID", ... FROM VALUES (...), ...)` source, up to
-`CHUNK_ROWS` rows per statement, and written with `INSERT ... SELECT ... WHERE NOT EXISTS`
-(new ids) and `UPDATE ... FROM` (replay fill-nulls, upserts): DML only, inside the batch
-transaction. Snowflake does not enforce PRIMARY KEY, so every insert that must skip
-existing rows matches on the key. DDL that the pipeline issues inside a transaction
-(a new table or column) commits first, as Snowflake does anyway; see `_execute`.
+Bulk path. Snowflake commits the open transaction implicitly on any DDL (CREATE TABLE or
+CREATE STAGE, even temporary ones), so everything a load needs besides DML exists before
+the batch transaction starts: the named internal stage `_SLUICE.SLUICE_STAGE` and, per
+target table, a permanent staging table `_SLUICE."STAGE__<SCHEMA>__<TABLE>"` with the
+target's columns, all VARCHAR. They are created (or given new columns) with the target
+table (`create_table`, `add_columns`), by `ensure_bookkeeping` for the bookkeeping tables
+written in a batch, and at the start of every sync (`lock`) for tables that predate them.
+Inside the batch transaction each write of a table then runs DML and file commands only:
+`DELETE FROM` the staging table; the rows as text columns in one Parquet file (NULL stays
+NULL and "" stays "", commas, quotes and newlines need no escaping: no CSV dialect to get
+right), `PUT` to `@_SLUICE.SLUICE_STAGE/load/<uuid>.parquet`; `COPY INTO` the staging
+table `MATCH_BY_COLUMN_NAME = CASE_SENSITIVE PURGE = TRUE` (the file is removed once
+loaded; the rows loaded are checked against the rows sent); then `INSERT ... SELECT ...
+WHERE NOT EXISTS` (new keys) and `UPDATE ... FROM` (replay fill-nulls, upserts) from
+`(SELECT CAST(s."N" AS NUMBER(38,0)) AS "N", PARSE_JSON(s."_RESCUED_DATA") ..., FROM
+<staging> AS s)`; and `DELETE FROM` the staging table again. A rollback undoes the COPY
+with the rest, so rows and the `_sluice.loaded_files` ledger commit together. Snowflake
+does not enforce PRIMARY KEY, so every insert that must skip existing rows matches on the
+key. DDL that the pipeline issues inside a transaction (a new table or column, with its
+staging table) commits first, as Snowflake does anyway; see `_execute`. A file PUT by a
+process that died before its COPY stays in the stage, never loaded (each COPY names its
+own file); `REMOVE @_sluice.sluice_stage/load/` clears such leftovers.
 
-Why no stage/write_pandas plus one MERGE per table: MERGE is DML on Snowflake, but the
-tests run this adapter on fakesnow 0.12.1 (server mode, snowflake-connector-python 4.8.1),
-which cannot run a MERGE inside a transaction. It rewrites MERGE as `CREATE OR REPLACE
-TEMPORARY TABLE merge_candidates AS ...` plus UPDATE/INSERT, so after `BEGIN`,
-`MERGE INTO "S"."T" AS t USING (SELECT column1 AS "ID", ... FROM VALUES (%s, %s), ...)
-AS s ON t."ID" = s."ID" WHEN MATCHED THEN UPDATE SET ... WHEN NOT MATCHED THEN INSERT ...`
-fails (as it does with a permanent staging table, created before the transaction and
-filled by INSERT inside it, as the source): DuckDB raises `TransactionException:
-Attempting to write to database "_fs_global" in a transaction that has already modified
-database "<database>"`, which the client gets as HTTP 500 (290500 InternalServerError).
-In an `autocommit=False` session fakesnow instead commits before that temporary table,
-so a row written before the MERGE survives a ROLLBACK. `write_pandas`, even with
-`auto_create_table=False`, starts with `CREATE TEMP STAGE` (DDL: an implicit commit on
-Snowflake), which fails inside BEGIN on fakesnow with the same `_fs_global` error.
-Outside a transaction fakesnow runs MERGE (the lock below takes one); a stage created
-beforehand, `PUT` and `COPY INTO` a permanent table do run, and roll back, inside one.
+Why COPY into a staging table and then INSERT/UPDATE, not one MERGE per table (or
+`write_pandas`): MERGE is DML on Snowflake, but the tests run this adapter on fakesnow
+0.12.1 (server mode, snowflake-connector-python 4.8.1), which cannot run a MERGE inside a
+transaction. It rewrites MERGE as `CREATE OR REPLACE TEMPORARY TABLE merge_candidates AS
+...` plus UPDATE/INSERT, so after `BEGIN`, `MERGE INTO "S"."T" AS t USING (SELECT column1
+AS "ID", ... FROM VALUES (%s, %s), ...) AS s ON t."ID" = s."ID" WHEN MATCHED THEN UPDATE
+SET ... WHEN NOT MATCHED THEN INSERT ...` fails (as it does with a permanent staging table,
+created before the transaction and filled inside it, as the source): DuckDB raises
+`TransactionException: Attempting to write to database "_fs_global" in a transaction that
+has already modified database "<database>"`, which the client gets as HTTP 500 (290500
+InternalServerError). In an `autocommit=False` session fakesnow instead commits before
+that temporary table, so a row written before the MERGE survives a ROLLBACK.
+`write_pandas`, even with `auto_create_table=False`, starts with `CREATE TEMP STAGE` (DDL:
+an implicit commit on Snowflake), which fails inside BEGIN on fakesnow with the same
+`_fs_global` error. Outside a transaction fakesnow runs MERGE (the lock below takes one);
+a stage created beforehand, `PUT` and `COPY INTO` a permanent table do run, and roll
+back, inside one, which is the path above. On fakesnow NUMBER(38,0) is a 64-bit integer
+and TIMESTAMP_TZ values come back in UTC (the instant kept, the offset not).
 
 Locks: no advisory locks in Snowflake; a row in `_SLUICE.LOCKS` (name, holder token,
 lease expiry) taken with one MERGE; a held, unexpired lock raises LockBusy. A crashed
@@ -47,11 +63,13 @@ sync's lock expires after `lock_lease_minutes`.
 from __future__ import annotations
 
 import random
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -103,15 +121,20 @@ _READ_TYPES = {
     "array": ColumnType.TEXT,
 }
 
-# Rows per statement, and bound text per statement (Snowflake caps a statement's text).
+# Bound keys per `IN (...)` list (profile rebuilds, deletes by id, reverse ETL).
 CHUNK_ROWS = 1000
-CHUNK_CHARS = 500_000
+# The named internal stage in _SLUICE that every load PUTs its Parquet file to (under
+# STAGE_PREFIX; COPY INTO ... PURGE = TRUE removes each file once loaded).
+STAGE = "sluice_stage"
+STAGE_PREFIX = "load"
 RESCUED = "_rescued_data"
 # Bookkeeping tables: the columns that identify a row (Snowflake does not enforce keys).
 _KEYS = {
     "loaded_files": ("schema_name", "file"),
     "turned_off_names": ("schema_name", "table_name", "column_name"),
 }
+# Bookkeeping tables written through the stage (inside the batch: they need staging tables).
+_STAGED_BOOKKEEPING = ("loaded_files", "rejected_events", "turned_off_names")
 T = TypeVar("T")
 
 
@@ -226,24 +249,6 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def _chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[str | None]]]:
-    """(rows, flat text parameters) per statement: at most CHUNK_ROWS rows and, past the
-    first row, about CHUNK_CHARS characters of bound text."""
-    params: list[str | None] = []
-    n = size = 0
-    for row in rows:
-        values = [_text(v) for v in row]
-        width = sum(len(v) + 4 for v in values if v is not None) + 8 * len(values)
-        if n and (n >= CHUNK_ROWS or size + width > CHUNK_CHARS):
-            yield n, params
-            params, n, size = [], 0, 0
-        params.extend(values)
-        n += 1
-        size += width
-    if n:
-        yield n, params
-
-
 def _transient_errors() -> tuple[type[BaseException], ...]:
     from snowflake.connector import errors
 
@@ -278,6 +283,9 @@ class SnowflakeWarehouse(Warehouse):
         ]
         self._depth = 0
         self._types: dict[tuple[str, str], dict[str, ColumnType]] = {}
+        # (schema, table) -> the columns its staging table is known to have.
+        self._staged: dict[tuple[str, str], set[str]] = {}
+        self._stage_ready = False
         self._holder = uuid.uuid4().hex
         if connect is None:
             import snowflake.connector
@@ -442,8 +450,14 @@ class SnowflakeWarehouse(Warehouse):
                 f"DELETE FROM {locks} WHERE NAME = %s AND HOLDER = %s", (name, self._holder)
             )
 
+    @contextmanager
     def lock(self, schema: str) -> Iterator[None]:  # type: ignore[override]
-        return self._lease(f"sync:{schema}", f"another sync of schema '{schema}'")
+        with self._lease(f"sync:{schema}", f"another sync of schema '{schema}'"):
+            # The start of a sync, outside any batch: the stage and staging tables exist
+            # before the first batch transaction (their DDL would commit it).
+            self.prepare_staging(BOOKKEEPING_SCHEMA, list(_STAGED_BOOKKEEPING))
+            self.prepare_staging(schema)
+            yield
 
     def retl_lock(self, model: str) -> Iterator[None]:  # type: ignore[override]
         return self._lease(f"retl:{model}", f"another reverse-ETL run of model '{model}'")
@@ -472,6 +486,7 @@ class SnowflakeWarehouse(Warehouse):
             "COLUMN_NAME))",
         ):
             self._execute(ddl)
+        self.prepare_staging(BOOKKEEPING_SCHEMA, list(_STAGED_BOOKKEEPING))
 
     def _columns(self, schema: str, table: str | None = None) -> list[tuple[str, str, str]]:
         sql = (
@@ -515,6 +530,7 @@ class SnowflakeWarehouse(Warehouse):
         cols = ", ".join(self._column_sql(n, k) for n, k in columns.items())
         self._execute(f"CREATE TABLE {qualified(schema, table)} ({cols}, PRIMARY KEY (ID))")
         self._types[(schema, table)] = dict(columns)
+        self._sync_staging(schema, table, list(columns), None)
 
     def add_columns(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
         for name, kind in columns.items():
@@ -522,46 +538,101 @@ class SnowflakeWarehouse(Warehouse):
                 f"ALTER TABLE {qualified(schema, table)} ADD COLUMN {self._column_sql(name, kind)}"
             )
             self._types.setdefault((schema, table), {})[name] = kind
+        staged = self._staged.get((schema, table))
+        if staged is None:  # not seen by this connection yet: compare with the target
+            self.prepare_staging(schema, [table])
+        else:
+            self._sync_staging(schema, table, list(columns), staged)
 
-    # --- bulk writes: rows bound into a VALUES source, then set-based DML -----------------
-    def _using(self, schema: str, table: str, columns: Sequence[str], n: int) -> str:
-        """`(SELECT CAST(column1 AS type) AS "COL", ... FROM VALUES (%s, ...), ...)`."""
+    # --- bulk writes: a Parquet file, PUT to the stage, COPY INTO a staging table, DML -----
+    def _staging(self, schema: str, table: str) -> str:
+        """The staging table of a target table: `_SLUICE."STAGE__<SCHEMA>__<TABLE>"`."""
+        return qualified(BOOKKEEPING_SCHEMA, f"stage__{schema}__{table}")
+
+    def _ensure_stage(self) -> None:
+        if not self._stage_ready:
+            b = ident(BOOKKEEPING_SCHEMA)
+            self._execute(f"CREATE SCHEMA IF NOT EXISTS {b}")
+            self._execute(f"CREATE STAGE IF NOT EXISTS {b}.{ident(STAGE)}")
+            self._stage_ready = True
+
+    def _sync_staging(
+        self, schema: str, table: str, columns: Sequence[str], have: set[str] | None
+    ) -> None:
+        """Create the staging table (all VARCHAR: values are cast in the DML) or add the
+        columns it lacks. DDL: called outside the batch transaction (see the docstring)."""
+        self._ensure_stage()
+        staging = self._staging(schema, table)
+        if have is None:
+            cols = ", ".join(f"{ident(c)} VARCHAR" for c in columns)
+            self._execute(f"CREATE OR REPLACE TABLE {staging} ({cols})")
+            have = set(columns)
+        for column in columns:
+            if column not in have:
+                self._execute(f"ALTER TABLE {staging} ADD COLUMN {ident(column)} VARCHAR")
+                have.add(column)
+        self._staged[(schema, table)] = have
+
+    def prepare_staging(self, schema: str, tables: Sequence[str] | None = None) -> None:
+        """Bring the staging tables of `schema`'s tables (or of `tables` only) in line with
+        them: run at the start of a sync (`lock`), before any batch transaction."""
+        wanted: dict[str, list[str]] = {}
+        for table, column, _ in self._columns(schema):
+            if (tables is None and schema != BOOKKEEPING_SCHEMA) or table in (tables or ()):
+                wanted.setdefault(table, []).append(column)
+        if not wanted:
+            return
+        self._ensure_stage()
+        have: dict[str, set[str]] = {}
+        for table, column, _ in self._columns(BOOKKEEPING_SCHEMA):
+            have.setdefault(table, set()).add(column)
+        for table, columns in wanted.items():
+            staged = have.get(f"stage__{schema}__{table}".lower())
+            if staged is None or not set(columns) <= staged:
+                self._sync_staging(schema, table, columns, staged)
+            else:
+                self._staged[(schema, table)] = staged
+
+    def _source(self, schema: str, table: str, columns: Sequence[str]) -> str:
+        """`(SELECT CAST(s."N" AS NUMBER(38,0)) AS "N", ... FROM <staging> AS s)`: the
+        staged text typed as the target's columns."""
         select = []
-        for i, c in enumerate(columns, 1):
+        for c in columns:
             kind = self._sql_type(schema, table, c)
             if kind == "VARIANT":
-                value = f"PARSE_JSON(column{i})"
-            elif kind == "VARCHAR":  # bound as text already
-                value = f"column{i}"
+                value = f"PARSE_JSON(s.{ident(c)})"
+            elif kind == "VARCHAR":
+                value = f"s.{ident(c)}"
             else:
-                value = f"CAST(column{i} AS {kind})"
+                value = f"CAST(s.{ident(c)} AS {kind})"
             select.append(f"{value} AS {ident(c)}")
-        row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-        return f"(SELECT {', '.join(select)} FROM VALUES {', '.join([row] * n)})"
+        return f"(SELECT {', '.join(select)} FROM {self._staging(schema, table)} AS s)"
 
     def write_sql(
         self,
         schema: str,
         table: str,
         columns: Sequence[str],
-        n: int,
         keys: Sequence[str] = ("id",),
-        mode: Literal["insert", "fill_nulls", "upsert"] = "insert",
+        mode: Literal["insert", "fill_nulls", "upsert", "plain"] = "insert",
     ) -> list[str]:
-        """The statements writing `n` bound rows (public for tests): for fill_nulls and
-        upsert an `UPDATE ... FROM` of the rows whose key is there, then an
-        `INSERT ... SELECT ... WHERE NOT EXISTS` of the others. Each takes the same
-        parameters. (One MERGE would do both, but fakesnow 0.12.1 cannot run MERGE inside a
-        transaction: see the module docstring. Under the schema lock the two statements
-        are equivalent.)"""
+        """The statements writing the staged rows into the target (public for tests): for
+        fill_nulls and upsert an `UPDATE ... FROM` of the rows whose key is there, then an
+        `INSERT ... SELECT ... WHERE NOT EXISTS` of the others (plain: every row). (One
+        MERGE would do both, but fakesnow 0.12.1 cannot run MERGE inside a transaction: see
+        the module docstring. Under the schema lock the two statements are equivalent.)"""
         target = qualified(schema, table)
-        using = self._using(schema, table, columns, n)
+        source = self._source(schema, table, columns)
+        cols = ", ".join(ident(c) for c in columns)
+        values = ", ".join(f"s.{ident(c)}" for c in columns)
+        if mode == "plain":
+            return [f"INSERT INTO {target} ({cols}) SELECT {values} FROM {source} AS s"]
         match = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in keys)
         rest = [c for c in columns if c not in keys]
         statements = []
         if mode == "upsert" and rest:
             sets = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in rest)
-            statements.append(f"UPDATE {target} AS t SET {sets} FROM {using} AS s WHERE {match}")
+            statements.append(f"UPDATE {target} AS t SET {sets} FROM {source} AS s WHERE {match}")
         fillable = [c for c in rest if c not in ("uuid_ts", RESCUED)]
         if mode == "fill_nulls" and fillable:
             sets = ", ".join(f"{ident(c)} = COALESCE(t.{ident(c)}, s.{ident(c)})" for c in fillable)
@@ -569,15 +640,46 @@ class SnowflakeWarehouse(Warehouse):
                 f"(t.{ident(c)} IS NULL AND s.{ident(c)} IS NOT NULL)" for c in fillable
             )
             statements.append(
-                f"UPDATE {target} AS t SET {sets} FROM {using} AS s WHERE {match} AND ({changed})"
+                f"UPDATE {target} AS t SET {sets} FROM {source} AS s WHERE {match} AND ({changed})"
             )
-        cols = ", ".join(ident(c) for c in columns)
-        values = ", ".join(f"s.{ident(c)}" for c in columns)
         statements.append(
-            f"INSERT INTO {target} ({cols}) SELECT {values} FROM {using} AS s "
+            f"INSERT INTO {target} ({cols}) SELECT {values} FROM {source} AS s "
             f"WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match})"
         )
         return statements
+
+    def _stage_rows(
+        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Empty the staging table, then load `rows` into it: one Parquet file of text
+        columns (NULL stays NULL, "" stays "", any text survives: no CSV quoting), PUT to
+        the stage and COPY INTO, which removes the file once loaded (PURGE = TRUE)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        staging = self._staging(schema, table)
+        stage = f"@{ident(BOOKKEEPING_SCHEMA)}.{ident(STAGE)}"
+        data = {
+            c.upper(): pa.array([_text(r[i]) for r in rows], pa.string())
+            for i, c in enumerate(columns)
+        }
+        self._execute(f"DELETE FROM {staging}")
+        with tempfile.TemporaryDirectory(prefix="sluice-sf-") as tmp:
+            name = f"{uuid.uuid4().hex}.parquet"
+            path = Path(tmp, name)
+            pq.write_table(pa.table(data), path)
+            local = path.as_posix().replace("'", "\\'")
+            self._execute(f"PUT 'file://{local}' {stage}/{STAGE_PREFIX} AUTO_COMPRESS = FALSE")
+        result = self._fetchall(
+            f"COPY INTO {staging} FROM {stage}/{STAGE_PREFIX}/{name} FILE_FORMAT = "
+            "(TYPE = PARQUET) MATCH_BY_COLUMN_NAME = CASE_SENSITIVE PURGE = TRUE"
+        )
+        loaded = sum(int(r[3] or 0) for r in result if len(r) > 3)
+        if loaded != len(rows):
+            raise WarehouseError(
+                f"Snowflake target '{self.target_name}': COPY INTO {staging} loaded {loaded} "
+                f"of {len(rows)} rows ({result!r}); check the stage {STAGE} in _sluice"
+            )
 
     def _write(
         self,
@@ -586,13 +688,20 @@ class SnowflakeWarehouse(Warehouse):
         columns: Sequence[str],
         rows: Sequence[Sequence[Any]],
         keys: Sequence[str] = ("id",),
-        mode: Literal["insert", "fill_nulls", "upsert"] = "insert",
+        mode: Literal["insert", "fill_nulls", "upsert", "plain"] = "insert",
     ) -> int:
-        """Rows inserted or updated, in chunks of CHUNK_ROWS bound rows per statement."""
+        """Rows inserted or updated: stage them, run the DML, empty the staging table again;
+        one transaction (joined if a batch is open)."""
+        if not set(columns) <= self._staged.get((schema, table), set()):
+            # Normally done by lock/ensure_bookkeeping/create_table/add_columns before the
+            # batch; DDL here commits an open transaction first (see `_execute`).
+            self.prepare_staging(schema, [table])
         total = 0
-        for n, params in _chunks(rows):
-            for sql in self.write_sql(schema, table, columns, n, keys, mode):
-                total += self._execute(sql, params)
+        with self.transaction():
+            self._stage_rows(schema, table, columns, rows)
+            for sql in self.write_sql(schema, table, columns, keys, mode):
+                total += self._execute(sql)
+            self._execute(f"DELETE FROM {self._staging(schema, table)}")
         return total
 
     def insert_new_rows(
@@ -619,14 +728,8 @@ class SnowflakeWarehouse(Warehouse):
         if skip_existing:
             keys = _KEYS.get(table, tuple(columns)) if schema == BOOKKEEPING_SCHEMA else columns
             self._write(schema, table, columns, rows, keys=keys)
-            return
-        cols = ", ".join(ident(c) for c in columns)
-        for n, params in _chunks(rows):
-            self._execute(
-                f"INSERT INTO {qualified(schema, table)} ({cols}) SELECT * FROM "
-                + self._using(schema, table, columns, n),
-                params,
-            )
+        else:
+            self._write(schema, table, columns, rows, mode="plain")
 
     def _in(self, n: int) -> str:
         return "IN (" + ", ".join(["%s"] * n) + ")"
@@ -979,6 +1082,7 @@ class SnowflakeWarehouse(Warehouse):
             missing = {n: k for n, k in columns.items() if n not in existing}
             if missing:
                 self.add_columns(schema, table, missing)
+        self.prepare_staging(schema, [table])
         with self.transaction():
             for start in range(0, len(keys), CHUNK_ROWS):
                 chunk = list(keys[start : start + CHUNK_ROWS])
