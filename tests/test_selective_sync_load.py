@@ -175,3 +175,65 @@ targets:
     data = set(tables["order_completed"]) - PROTECTED_COLUMNS
     assert data == {"revenue", "currency"}
     assert "email" in tables["users"] and "plan" in tables["identifies"]
+
+
+def test_turning_off_later_leaves_loaded_data_untouched(
+    open_wh, tmp_path: Path, three_days: list[Path]
+) -> None:
+    """Data loaded before a collection or property is turned off keeps its tables,
+    columns and values through later syncs with it off; new data only lacks it."""
+    wh = open_wh()
+    Loader(wh, batch_lines=500).load(str(_live(tmp_path, three_days[:1])), "web")
+    before = _by_column(wh, "web")
+    assert {"screens", "pages", "order_completed", "users"} <= set(before)
+    assert "revenue" in before["order_completed"] and "plan" in before["identifies"]
+    assert "context_campaign_source" in before["pages"]
+
+    off = OFF + "        identifies: [plan]\n"
+    later = Loader(wh, batch_lines=500, sync_filter=_filter(off))
+    report = later.load(str(_live(tmp_path, three_days[:2])), "web")
+    assert report.status == "success" and report.files_loaded == 4
+    after = _by_column(wh, "web")
+
+    # Every table and column is still there.
+    for table, columns in before.items():
+        assert set(columns) <= set(after[table]), table
+    # Rows loaded before: every value unchanged.
+    for table in ("screens", "pages", "order_completed", "identifies"):
+        names = list(before[table])
+        old = {row[names.index("id")]: row for row in zip(*before[table].values(), strict=True)}
+        new = {
+            row[names.index("id")]: row
+            for row in zip(*(after[table][n] for n in names), strict=True)
+        }
+        assert {i: new[i] for i in old} == old, table
+    # screens is off: nothing new; the other tables got day 2, without what is off.
+    assert after["screens"]["id"] == before["screens"]["id"]
+    old_ids = set(before["order_completed"]["id"])
+    new_revenue = [
+        revenue
+        for i, revenue in zip(
+            after["order_completed"]["id"], after["order_completed"]["revenue"], strict=True
+        )
+        if i not in old_ids
+    ]
+    assert new_revenue and set(new_revenue) == {"None"}
+
+
+def test_turning_off_a_user_trait_keeps_the_value_users_have(open_wh, tmp_path: Path) -> None:
+    from tests.helpers import identify, write_ndjson
+
+    wh = open_wh()
+    archive = tmp_path / "archive"
+    write_ndjson(
+        archive / "day1.json.gz",
+        [identify("m1", "u1", "2026-11-01T10:00:00Z", "2026-11-01T10:00:01Z", plan="pro")],
+    )
+    Loader(wh).load(str(archive), "web")
+    write_ndjson(
+        archive / "day2.json.gz",
+        [identify("m2", "u1", "2026-11-02T10:00:00Z", "2026-11-02T10:00:01Z", email="a@b.c")],
+    )
+    text = "targets:\n  t:\n    web:\n      properties:\n        users: [plan]\n"
+    Loader(wh, sync_filter=_filter(text)).load(str(archive), "web")
+    assert list(wh.query('SELECT id, email, plan FROM "web"."users"')) == [("u1", "a@b.c", "pro")]

@@ -195,10 +195,12 @@ class SqlFamilyWarehouse(Warehouse):
             [quote(spec.key_column), *traits, "max(received_at)", "current_timestamp"]
         )
         key = quote(spec.key_column)
-        self._execute(f"DELETE FROM {target} WHERE id {self._in_list()}", (list(keys),))
+        # Only the synced traits are written: a trait turned off keeps the value it has.
+        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in cols if c != "id")
         self._execute(
             f"INSERT INTO {target} ({', '.join(quote(c) for c in cols)}) SELECT {select} "
-            f"FROM {source} WHERE {key} {self._in_list()} GROUP BY {key}",
+            f"FROM {source} WHERE {key} {self._in_list()} GROUP BY {key} "
+            f"ON CONFLICT (id) DO UPDATE SET {sets}",
             (list(keys),),
         )
         return len(keys)
