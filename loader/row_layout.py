@@ -67,20 +67,3 @@ def lay_out_columns(
                 texts.append(None)
         data.append(texts)
     return out_names, data, rescued_at
-
-
-def lay_out_rows(
-    names: Sequence[str],
-    types: Mapping[str, ColumnType],
-    batch_columns: Mapping[str, Sequence[Any]],
-    fixed: Mapping[str, ColumnType],
-    rescued: list[dict[str, Any] | None],
-    uuid_ts: str,
-    width: int | None,
-) -> tuple[list[str], list[tuple[Any, ...]], list[int]]:
-    """lay_out_columns as row tuples."""
-    out_names, data, rescued_at = lay_out_columns(
-        names, types, batch_columns, fixed, rescued, uuid_ts, width
-    )
-    rows = list(zip(*data, strict=True)) if len(rescued) else []
-    return out_names, rows, rescued_at

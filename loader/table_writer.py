@@ -9,7 +9,7 @@ from itertools import chain, repeat
 from typing import Any, Protocol
 
 from loader.normalize import RESCUED_COLUMN, TableChunk
-from loader.row_layout import lay_out_rows
+from loader.row_layout import lay_out_columns
 from loader.schema import ColumnEvidence, ColumnType, plan_from_evidence, plan_table_columns
 from loader.warehouses.base import Warehouse
 
@@ -97,7 +97,7 @@ class TableWriter:
         columns = self.ensure_columns(schema, table, batch_columns, fixed, report)
         names = [c for c in columns if c != RESCUED_COLUMN and c != "uuid_ts"]
         rescued: list[dict[str, Any] | None] = [r for c in chunks for r in c.rescued]
-        out_names, rows, rescued_at = lay_out_rows(
+        out_names, values, rescued_at = lay_out_columns(
             names,
             columns,
             batch_columns,
@@ -106,6 +106,7 @@ class TableWriter:
             uuid_ts,
             self.warehouse.capabilities.max_text_chars,
         )
+        rows = list(zip(*values, strict=True)) if rescued else []
         count_rescued(report, table, len(rescued_at))
         return out_names, rows
 
