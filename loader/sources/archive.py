@@ -6,7 +6,6 @@ Segment's layout (`segment-logs/<source-id>/<received-day-ms>/*.gz`) and plain
 
 from __future__ import annotations
 
-import gzip
 import re
 import zlib
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 
 import fsspec
+from isal import igzip, isal_zlib
 
 ARCHIVE_SUFFIXES = (".gz", ".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz")
 
@@ -90,7 +90,8 @@ def iter_lines(url: str, storage_options: dict | None = None) -> Iterator[tuple[
     with fsspec.open(url, "rb", **(storage_options or {})) as raw:
         head = raw.read(2)
         raw.seek(0)
-        stream = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+        # ISA-L's gzip reader: the same stream, a third of zlib's CPU per byte.
+        stream = igzip.IGzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
         partial = b""
         try:
             while block := stream.read(_BLOCK_BYTES):
@@ -101,7 +102,7 @@ def iter_lines(url: str, storage_options: dict | None = None) -> Iterator[tuple[
                     line = line.strip()
                     if line:
                         yield line_no, line
-        except (OSError, EOFError, zlib.error) as exc:
+        except (OSError, EOFError, zlib.error, isal_zlib.error) as exc:
             raise CorruptFile(url, line_no + 1, f"corrupt gzip data: {exc}") from None
         line_no += 1
         partial = partial.strip()
