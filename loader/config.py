@@ -30,6 +30,9 @@ class _Target(BaseModel):
 class DuckDBTarget(_Target):
     type: Literal["duckdb"]
     path: str = "sluice.duckdb"
+    # DuckDB sizes its buffer pool from the machine's RAM (80%); these bound it.
+    memory_limit: str | None = None
+    threads: int | None = None
 
 
 class PostgresTarget(_Target):

@@ -54,3 +54,24 @@ def test_every_adapter_setting_is_documented(kind: str) -> None:
         if field != "type" and not re.search(rf"^\s*#?\s*{field}:", section, re.MULTILINE)
     ]
     assert missing == [], f"profiles.example.yml lacks {kind} settings {missing}"
+
+
+def test_duckdb_memory_limit_and_threads_reach_duckdb(tmp_path: Path) -> None:
+    from loader.config import DuckDBTarget
+    from loader.warehouses.base import WarehouseError
+    from loader.warehouses.registry import open_warehouse
+
+    target = DuckDBTarget(
+        type="duckdb", path=str(tmp_path / "w.duckdb"), memory_limit="256MB", threads=1
+    )
+    wh = open_warehouse("local", target)
+    try:
+        ((memory, threads),) = wh.query(
+            "SELECT current_setting('memory_limit'), current_setting('threads')"
+        )
+        assert (memory, int(threads)) == ("244.1 MiB", 1)
+    finally:
+        wh.close()
+    bad = DuckDBTarget(type="duckdb", path=str(tmp_path / "x.duckdb"), memory_limit="lots")
+    with pytest.raises(WarehouseError, match="target 'local'.*memory_limit"):
+        open_warehouse("local", bad)

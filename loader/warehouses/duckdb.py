@@ -31,12 +31,25 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
     capabilities = CAPABILITIES
     placeholder = "?"
 
-    def __init__(self, target_name: str, path: str) -> None:
+    def __init__(
+        self,
+        target_name: str,
+        path: str,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """`memory_limit` ("512MB") and `threads` bound DuckDB's buffer pool and worker
+        threads, which otherwise grow to 80% of RAM and one per core."""
         self.target_name = target_name
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        config: dict[str, str | int] = {}
+        if memory_limit is not None:
+            config["memory_limit"] = memory_limit
+        if threads is not None:
+            config["threads"] = threads
         try:
-            self.conn = duckdb.connect(path)
+            self.conn = duckdb.connect(path, config=config)
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
                 raise LockBusy(
@@ -44,6 +57,11 @@ class DuckDBWarehouse(SqlFamilyWarehouse):
                     "process (another sync is running); wait for it to finish"
                 ) from None
             raise WarehouseError(f"cannot open DuckDB target '{target_name}': {exc}") from None
+        except (duckdb.InvalidInputException, duckdb.ParserException) as exc:
+            raise WarehouseError(
+                f"DuckDB target '{target_name}': {exc}; check memory_limit and threads in "
+                "profiles.yml"
+            ) from None
         self.conn.execute("SET TimeZone = 'UTC'")
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ def open_warehouse(name: str, target: Any) -> Warehouse:
     if target.type == "duckdb":
         from loader.warehouses.duckdb import DuckDBWarehouse
 
-        return DuckDBWarehouse(name, target.path)
+        return DuckDBWarehouse(name, target.path, target.memory_limit, target.threads)
     if target.type == "postgres":
         from loader.warehouses.postgres import PostgresWarehouse
 
