@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loader.pipeline import Loader
+from loader.selective_sync import parse
 from loader.warehouses.base import Warehouse
 from tests.helpers import identify, track, write_ndjson
 
@@ -233,10 +234,40 @@ def scenario_crash_then_rerun(open_wh: OpenWarehouse, tmp_path: Path) -> None:
     assert all(s.duplicate_ids == 0 for s in got.values())
 
 
+def scenario_turned_off_trait_keeps_profile_values(open_wh: OpenWarehouse, tmp_path: Path) -> None:
+    """A trait turned off for `users` after it was loaded: a later identify of the same
+    user updates the synced traits and leaves the turned-off one as it was; a new user
+    is inserted without it (selective sync: existing data is untouched)."""
+    root = tmp_path / "profiles"
+    day1 = [identify("i1", "u1", "2026-11-01T10:00:00Z", "2026-11-01T10:00:01Z", plan="pro")]
+    write_ndjson(root / "day1.ndjson.gz", day1)
+    wh = open_wh()
+    assert Loader(wh).load(str(root), SCHEMA).status == "success"
+    day2 = [
+        identify("i2", "u1", "2026-11-02T10:00:00Z", "2026-11-02T10:00:01Z", email="a@b.c"),
+        identify("i3", "u2", "2026-11-02T10:00:00Z", "2026-11-02T10:00:02Z", plan="team"),
+    ]
+    write_ndjson(root / "day2.ndjson.gz", day2)
+    text = f"targets:\n  t:\n    {SCHEMA}:\n      properties:\n        users: [plan]\n"
+    rules, issues = parse(text, "selective_sync.yml")
+    assert not issues
+    wh = open_wh()  # a new connection, as a later sync has
+    later = Loader(wh, sync_filter=rules.filter_for("t", SCHEMA))
+    report = later.load(str(root), SCHEMA)
+    assert report.status == "success" and report.files_loaded == 1
+    users = wh.table_ref(SCHEMA, "users")
+    rows = sorted(wh.query(f"SELECT id, email, plan FROM {users}"), key=lambda r: str(r[0]))
+    assert rows == [("u1", "a@b.c", "pro"), ("u2", None, None)]
+    assert wh.table_stats(SCHEMA, "users").duplicate_ids == 0
+    identifies = wh.table_ref(SCHEMA, "identifies")  # only `users` has plan turned off
+    assert _one(wh, f"SELECT plan FROM {identifies} WHERE id = 'i3'") == "team"
+
+
 CONTRACT = [
     scenario_golden_archive,
     scenario_rescue,
     scenario_schema_evolution,
     scenario_dedupe_across_runs,
     scenario_crash_then_rerun,
+    scenario_turned_off_trait_keeps_profile_values,
 ]

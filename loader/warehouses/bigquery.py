@@ -260,7 +260,9 @@ def merge_sql(
 def profile_sql(target: str, source: str, spec: ProfileSpec) -> str:
     """Latest non-NULL value per trait for the keys in `@keys`, merged into the profile
     table (public for tests): ARRAY_AGG(... IGNORE NULLS ORDER BY newest)[SAFE_OFFSET(0)]
-    per key, newest by `timestamp` then `received_at`."""
+    per key, newest by `timestamp` then `received_at`. A matched row gets only the synced
+    traits, `received_at` and `uuid_ts`: a column not in `spec.trait_columns` (a trait
+    turned off by selective sync) keeps its value."""
     key = quote(spec.key_column)
     order = "ORDER BY `timestamp` DESC NULLS LAST, `received_at` DESC NULLS LAST"
     traits = [

@@ -23,8 +23,9 @@ Bulk path: rows are written as one gzip CSV object under the target's `s3_stagin
 `COPY ... FROM 's3://...' IAM_ROLE '...' FORMAT AS CSV GZIP` (or `ACCESS_KEY_ID ...
 SECRET_ACCESS_KEY ...` when a key pair is configured instead of a role), then written with
 one set-based statement per table: `INSERT ... SELECT ... LEFT JOIN ... WHERE t.id IS
-NULL` (new ids), `MERGE` (upserts: a later version replaces the row), and, for a replay,
-`UPDATE ... FROM` filling NULL columns first. There is no `ON CONFLICT` on Redshift. The
+NULL` (new ids), `MERGE` (upserts: a later version replaces the row; profile rebuilds,
+from a temporary table of the rebuilt rows), and, for a replay, `UPDATE ... FROM` filling
+NULL columns first. There is no `ON CONFLICT` on Redshift. The
 staged object is deleted after the COPY. The COPY text is built by `copy_statement`
 (pure) and run by `_copy_from_s3` (the one hook the tests replace, to feed PostgreSQL the
 object that very text names, downloaded from S3).
@@ -867,15 +868,21 @@ class RedshiftWarehouse(PostgresWarehouse):
             return 0
         target = qualified(schema, spec.table)
         source = qualified(schema, spec.source_table)
-        stage = quote(f"_sluice_keys_{uuid.uuid4().hex[:12]}")
+        suffix = uuid.uuid4().hex[:12]
+        stage = quote(f"_sluice_keys_{suffix}")
+        profiles = quote(f"_sluice_profiles_{suffix}")
+        columns = ["id", *spec.trait_columns, "received_at", "uuid_ts"]
         with self.transaction():
             self._execute(f"CREATE TEMP TABLE {stage} (k {WIDE})")
             self._bulk_copy(stage, ["k"], [(k,) for k in keys], f"{schema}.{spec.table}.keys")
-            self._execute(
-                f"DELETE FROM {target} USING {stage} AS _sluice_k "
-                f"WHERE {quote(spec.table)}.id = _sluice_k.k"
-            )
-            self._execute(profile_statement(target, source, stage, spec))
+            # The rebuilt rows go to a temporary table shaped like the profile table (a
+            # Redshift MERGE reads a table, not a subquery); the MERGE then sets only the
+            # synced traits, received_at and uuid_ts of existing rows, so a column not in
+            # spec.trait_columns (a trait turned off by selective sync) keeps its value.
+            self._execute(f"CREATE TEMP TABLE {profiles} (LIKE {target})")
+            self._execute(profile_statement(profiles, source, stage, spec))
+            self._execute(merge_statement(target, profiles, columns))
+            self._execute(f"DROP TABLE {profiles}")
             self._execute(f"DROP TABLE {stage}")
         return len(keys)
 

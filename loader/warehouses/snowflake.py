@@ -769,8 +769,10 @@ class SnowflakeWarehouse(Warehouse):
 
     # --- profiles (users, accounts) --------------------------------------------------------
     def profile_sql(self, schema: str, spec: ProfileSpec, n: int) -> str:
-        """Latest non-NULL value per trait: FIRST_VALUE ... IGNORE NULLS over the key's rows
-        newest first (Snowflake has no aggregate FILTER clause). Public for tests."""
+        """The profile rows of `n` keys (bound): latest non-NULL value per synced trait,
+        FIRST_VALUE ... IGNORE NULLS over the key's rows newest first (Snowflake has no
+        aggregate FILTER clause), as `_SLUICE_KEY`, the traits, `_SLUICE_RECEIVED_AT`.
+        Public for tests."""
         key = ident(spec.key_column)
         order = '"TIMESTAMP" DESC NULLS LAST, RECEIVED_AT DESC NULLS LAST'
         window = (
@@ -789,25 +791,54 @@ class SnowflakeWarehouse(Warehouse):
                 f"ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {order}) AS _SLUICE_RN",
             ]
         )
-        cols = ["id", *spec.trait_columns, "received_at", "uuid_ts"]
         outer = ", ".join(
             ["_SLUICE_KEY", *(ident(c) for c in spec.trait_columns), "_SLUICE_RECEIVED_AT"]
         )
         return (
-            f"INSERT INTO {qualified(schema, spec.table)} ({', '.join(ident(c) for c in cols)}) "
-            f"SELECT {outer}, CURRENT_TIMESTAMP() FROM (SELECT {inner} FROM "
+            f"SELECT {outer} FROM (SELECT {inner} FROM "
             f"{qualified(schema, spec.source_table)} WHERE {key} {self._in(n)}) AS p "
             "WHERE _SLUICE_RN = 1"
         )
 
+    def profile_write_sql(self, schema: str, spec: ProfileSpec, n: int) -> list[str]:
+        """The statements rebuilding the profiles of `n` keys (each binds the keys once;
+        public for tests): an `UPDATE ... FROM` setting only the synced traits,
+        `received_at` and `uuid_ts` of the rows there (a column not in
+        `spec.trait_columns`, e.g. a trait turned off by selective sync, keeps its value),
+        then an `INSERT ... WHERE NOT EXISTS` of the new keys. No MERGE: see write_sql."""
+        target = qualified(schema, spec.table)
+        profiles = f"({self.profile_sql(schema, spec, n)}) AS p"
+        sets = ", ".join(
+            [
+                *(f"{ident(c)} = p.{ident(c)}" for c in spec.trait_columns),
+                f"{ident('received_at')} = p._SLUICE_RECEIVED_AT",
+                f"{ident('uuid_ts')} = CURRENT_TIMESTAMP()",
+            ]
+        )
+        cols = ", ".join(ident(c) for c in ["id", *spec.trait_columns, "received_at", "uuid_ts"])
+        values = ", ".join(
+            [
+                "p._SLUICE_KEY",
+                *(f"p.{ident(c)}" for c in spec.trait_columns),
+                "p._SLUICE_RECEIVED_AT",
+                "CURRENT_TIMESTAMP()",
+            ]
+        )
+        return [
+            f"UPDATE {target} AS t SET {sets} FROM {profiles} WHERE t.{ident('id')} = "
+            "p._SLUICE_KEY",
+            f"INSERT INTO {target} ({cols}) SELECT {values} FROM {profiles} WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {target} AS t WHERE t.{ident('id')} = p._SLUICE_KEY)",
+        ]
+
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
         if not keys:
             return 0
-        target = qualified(schema, spec.table)
-        for start in range(0, len(keys), CHUNK_ROWS):
-            chunk = list(keys[start : start + CHUNK_ROWS])
-            self._execute(f"DELETE FROM {target} WHERE ID {self._in(len(chunk))}", chunk)
-            self._execute(self.profile_sql(schema, spec, len(chunk)), chunk)
+        with self.transaction():  # joins the batch's transaction when one is open
+            for start in range(0, len(keys), CHUNK_ROWS):
+                chunk = list(keys[start : start + CHUNK_ROWS])
+                for sql in self.profile_write_sql(schema, spec, len(chunk)):
+                    self._execute(sql, chunk)
         return len(keys)
 
     # --- bookkeeping -----------------------------------------------------------------------
