@@ -321,7 +321,13 @@ class Loader:
                 for profile, (source, key) in PROFILES.items():
                     if profile_keys[profile] and source in self.writer.known:
                         upserted = self._rebuild_profile(
-                            schema, profile, source, key, profile_keys[profile], report
+                            schema,
+                            profile,
+                            source,
+                            key,
+                            profile_keys[profile],
+                            _offered_ids(batch, source),
+                            report,
                         )
                         report.rows_loaded[profile] = report.rows_loaded.get(profile, 0) + upserted
                 if self._record_files:
@@ -404,6 +410,7 @@ class Loader:
         source: str,
         key: str,
         keys: set[str],
+        new_ids: list[str],
         report: SyncReport,
     ) -> int:
         traits = [
@@ -424,5 +431,14 @@ class Loader:
                 self.warehouse.add_columns(schema, profile, missing)
                 existing.update(missing)
                 report.new_columns.extend(f"{profile}.{c}" for c in missing)
-        spec = ProfileSpec(profile, source, key, traits)
+        spec = ProfileSpec(profile, source, key, traits, new_ids)
         return self.warehouse.rebuild_profiles(schema, spec, sorted(keys))
+
+
+def _offered_ids(batch: _Batch, table: str) -> list[str]:
+    """Ids of the rows the batch offered to `table` (new or already there)."""
+    ids = [i for chunk in batch.encoded.get(table, ()) for i in chunk.ids]
+    for chunk in batch.by_table.get(table, ()):
+        if chunk.rows:
+            ids.extend(chunk.columns()["id"])
+    return ids

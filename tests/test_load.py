@@ -178,6 +178,49 @@ def test_users_hold_latest_trait_by_event_time_with_late_arrivals(open_wh, tmp_p
     ]
 
 
+def test_profiles_updated_batch_by_batch_equal_a_full_recompute(open_wh, tmp_path: Path) -> None:
+    """users is kept up to date from each batch's rows when they follow the profile's
+    newest event (its mark), and recomputed from all rows otherwise (a late arrival, a
+    user seen for the first time). One file per batch must give what one batch over
+    everything gives."""
+    day = "2026-11-0{}T{:02d}:00:00Z"
+    files = [
+        [identify("a", "u1", day.format(1, 10), day.format(1, 10), plan="free", email="a@x")],
+        [identify("b", "u1", day.format(2, 10), day.format(2, 10), city="Lyon")],  # newer
+        [identify("c", "u1", day.format(1, 9), day.format(3, 10), plan="old", zip="1")],  # late
+        [identify("d", "u1", day.format(3, 10), day.format(3, 11), plan="pro")],  # newer
+        [
+            {
+                **identify("e", "u1", day.format(4, 10), day.format(4, 10), email="b@x"),
+                "timestamp": None,
+                "originalTimestamp": None,
+                "sentAt": None,
+            },
+            identify("f", "u2", day.format(4, 10), day.format(4, 10), plan="team"),
+        ],
+    ]
+    for n, messages in enumerate(files):
+        write_ndjson(tmp_path / "a" / f"{n}.json", messages, gz=False)
+    wh = open_wh()
+    Loader(wh, batch_lines=1).load(str(tmp_path / "a"), "per_batch")
+    Loader(wh, batch_lines=100).load(str(tmp_path / "a"), "at_once")
+    select = "SELECT id, plan, email, city, zip, received_at FROM {}.users ORDER BY id"
+    per_batch = table_rows(wh, select.format("per_batch"))
+    assert per_batch == table_rows(wh, select.format("at_once"))
+    assert [row[:5] for row in per_batch] == [
+        ("u1", "pro", "b@x", "Lyon", "1"),  # e's time is its received_at (Segment's rule)
+        ("u2", "team", None, None, None),
+    ]
+    marks = dict(
+        table_rows(
+            wh,
+            "SELECT key, CAST(mark_ts AS VARCHAR) FROM _sluice.profile_marks "
+            "WHERE schema_name = 'per_batch'",
+        )
+    )
+    assert set(marks) == {"u1", "u2"} and marks["u1"].startswith("2026-11-04 10:00:00")
+
+
 def test_timestamp_is_corrected_for_client_clock_skew(open_wh, tmp_path: Path) -> None:
     msg = track("t1")
     msg.update(

@@ -59,6 +59,9 @@ class ProfileSpec:
     source_table: str
     key_column: str
     trait_columns: Sequence[str]
+    # Ids of the source rows this batch offered: an adapter may update a profile from
+    # these alone when they are all later than what the profile has seen.
+    new_ids: Sequence[str] = ()
 
 
 class Warehouse(ABC):

@@ -74,6 +74,11 @@ class SqlFamilyWarehouse(Warehouse):
                 "PRIMARY KEY (schema_name, collection))"
             )
             self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.profile_marks (schema_name text NOT NULL, "
+                f"profile text NOT NULL, key text NOT NULL, mark_ts {ts}, "
+                "PRIMARY KEY (schema_name, profile, key))"
+            )
+            self._execute(
                 f"CREATE TABLE IF NOT EXISTS {b}.turned_off_names (schema_name text NOT NULL, "
                 "table_name text NOT NULL, column_name text NOT NULL, "
                 f"first_seen {ts} DEFAULT current_timestamp, "
@@ -181,18 +186,38 @@ class SqlFamilyWarehouse(Warehouse):
 
     # --- profiles (users, accounts) ------------------------------------------------
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
+        """Latest non-null value per trait by event time, for `keys`.
+
+        A key whose new rows (spec.new_ids) all come after the newest event time it had
+        (its mark in _sluice.profile_marks) is updated from those rows alone: a new
+        value wins, a missing one keeps the profile's. Every other key (a late arrival,
+        an event without a timestamp, no mark yet, a replay) is recomputed from all its
+        rows. Re-reading every key's whole history on every batch made the cost of a
+        batch grow with the table."""
         if not keys:
             return 0
+        incremental = self._profiles_from_new_rows(schema, spec, keys) if spec.new_ids else []
+        done = set(incremental)
+        rest = [k for k in keys if k not in done]
+        if rest:
+            self._profiles_from_all_rows(schema, spec, rest)
+        return len(keys)
+
+    def _latest(self, column: str) -> str:
+        order = 'ORDER BY "timestamp" DESC NULLS LAST, received_at DESC NULLS LAST'
+        return f"(array_agg({quote(column)} {order}) FILTER (WHERE {quote(column)} IS NOT NULL))[1]"
+
+    def _profiles_from_all_rows(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> None:
         target = qualified(schema, spec.table)
         source = qualified(schema, spec.source_table)
-        order = 'ORDER BY "timestamp" DESC NULLS LAST, received_at DESC NULLS LAST'
-        traits = [
-            f"(array_agg({quote(c)} {order}) FILTER (WHERE {quote(c)} IS NOT NULL))[1]"
-            for c in spec.trait_columns
-        ]
         cols = ["id", *spec.trait_columns, "received_at", "uuid_ts"]
         select = ", ".join(
-            [quote(spec.key_column), *traits, "max(received_at)", "current_timestamp"]
+            [
+                quote(spec.key_column),
+                *(self._latest(c) for c in spec.trait_columns),
+                "max(received_at)",
+                "current_timestamp",
+            ]
         )
         key = quote(spec.key_column)
         # Only the synced traits are written: a trait turned off keeps the value it has.
@@ -203,7 +228,65 @@ class SqlFamilyWarehouse(Warehouse):
             f"ON CONFLICT (id) DO UPDATE SET {sets}",
             (list(keys),),
         )
-        return len(keys)
+        self._execute(
+            f"INSERT INTO {quote(BOOKKEEPING_SCHEMA)}.profile_marks "
+            f"(schema_name, profile, key, mark_ts) SELECT {self.placeholder}, "
+            f'{self.placeholder}, {key}, max("timestamp") FROM {source} '
+            f"WHERE {key} {self._in_list()} GROUP BY {key} "
+            "ON CONFLICT (schema_name, profile, key) DO UPDATE SET mark_ts = excluded.mark_ts",
+            (schema, spec.table, list(keys)),
+        )
+
+    def _profiles_from_new_rows(
+        self, schema: str, spec: ProfileSpec, keys: Sequence[str]
+    ) -> list[str]:
+        """Update the keys whose new rows all follow their mark; returns those keys."""
+        p = self.placeholder
+        target = qualified(schema, spec.table)
+        source = qualified(schema, spec.source_table)
+        marks = f"{quote(BOOKKEEPING_SCHEMA)}.profile_marks"
+        stage = quote(f"_profile_{spec.table}")
+        key = quote(spec.key_column)
+        traits = [quote(c) for c in spec.trait_columns]
+        latest = "".join(f"{self._latest(c)} AS {quote(c)}, " for c in spec.trait_columns)
+        self._execute(f"DROP TABLE IF EXISTS {stage}")
+        self._execute(
+            f"CREATE TEMP TABLE {stage} AS SELECT {key} AS id, {latest}"
+            'min("timestamp") AS first_ts, max("timestamp") AS last_ts, '
+            'count(*) - count("timestamp") AS untimed, max(received_at) AS received_at '
+            f"FROM {source} WHERE id {self._in_list()} AND {key} {self._in_list()} "
+            f"GROUP BY {key}",
+            (list(spec.new_ids), list(keys)),
+        )
+        self._execute(
+            f"DELETE FROM {stage} WHERE untimed > 0 OR NOT EXISTS (SELECT 1 FROM {marks} m "
+            f"WHERE m.schema_name = {p} AND m.profile = {p} AND m.key = {stage}.id "
+            f"AND m.mark_ts < {stage}.first_ts) "
+            f"OR NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = {stage}.id)",
+            (schema, spec.table),
+        )
+        done = [row_id for (row_id,) in self._fetchall(f"SELECT id FROM {stage}")]
+        if done:
+            cols = ["id", *traits, "received_at", "uuid_ts"]
+            values = [
+                "s.id",
+                *(f"coalesce(s.{q}, t.{q})" for q in traits),
+                "coalesce(greatest(s.received_at, t.received_at), s.received_at)",
+                "current_timestamp",
+            ]
+            sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "id")
+            self._execute(
+                f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(values)} "
+                f"FROM {stage} s JOIN {target} t ON t.id = s.id "
+                f"ON CONFLICT (id) DO UPDATE SET {sets}"
+            )
+            self._execute(
+                f"UPDATE {marks} SET mark_ts = s.last_ts FROM {stage} s WHERE "
+                f"{marks}.schema_name = {p} AND {marks}.profile = {p} AND {marks}.key = s.id",
+                (schema, spec.table),
+            )
+        self._execute(f"DROP TABLE {stage}")
+        return done
 
     # --- bookkeeping ----------------------------------------------------------------
     def loaded_files(self, schema: str) -> set[str]:
