@@ -10,6 +10,7 @@ duplicates, some type conflicts) and cached under bench/.cache/.
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import subprocess
 import sys
@@ -31,7 +32,9 @@ if kind == "postgres":
     from loader.warehouses.postgres import PostgresWarehouse as W
 else:
     from loader.warehouses.duckdb import DuckDBWarehouse as W
-wh = W("bench", where)
+import os
+limit = os.environ.get("SLUICE_BENCH_DUCKDB_MEMORY_LIMIT")
+wh = W("bench", where, limit) if kind == "duckdb" and limit else W("bench", where)
 loader = Loader(wh, batch_lines=batch, sync_filter=f)
 t = time.perf_counter()
 report = loader.load(archive, "bench")
@@ -109,7 +112,13 @@ def main() -> None:
         "--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres"
     )
     parser.add_argument("--batch-lines", type=int, default=20_000)
+    parser.add_argument(
+        "--duckdb-memory-limit",
+        help="DuckDB's memory_limit for the DuckDB loads (e.g. 256MB; default: DuckDB's own)",
+    )
     args = parser.parse_args()
+    if args.duckdb_memory_limit:
+        os.environ["SLUICE_BENCH_DUCKDB_MEMORY_LIMIT"] = args.duckdb_memory_limit
     archive = archive_for(args.events)
     kinds = ["duckdb", "postgres"] if args.warehouse == "both" else [args.warehouse]
     results = [bench(k, args.events, archive, args.pg_dsn, args.batch_lines) for k in kinds]
