@@ -10,8 +10,8 @@ duplicates, some type conflicts) and cached under bench/.cache/.
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import subprocess
 import sys
 import uuid
