@@ -12,9 +12,11 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import queue
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -114,14 +116,18 @@ def read_file(
         failed.failure = {"file": exc.file, "line": exc.line, "error": exc.reason}
         failed.rejects.append(Reject(exc.file, exc.line, "", exc.reason))
         return failed
-    chunks = {t: TableChunk.of_values(v, r) for t, (v, r) in by_table.items()}
     if row_filter is not None:
         read.decided = row_filter.decided_names()
     if options.encoder is None or context is None:
-        read.tables = chunks
+        read.tables = {t: TableChunk.of_values(v, r) for t, (v, r) in by_table.items()}
         return read
-    read.encoded = {
-        table: encode_table(
+    # One table at a time, its rows dropped once encoded: a reader's peak memory is the
+    # file's rows plus one table's working copies, not every table's at once.
+    for table in list(by_table):
+        values, rescued = by_table.pop(table)
+        chunk = TableChunk.of_values(values, rescued)
+        del values
+        read.encoded[table] = encode_table(
             url,
             chunk,
             context.known.get(table),
@@ -130,8 +136,7 @@ def read_file(
             options.encoder,
             options.text_width,
         )
-        for table, chunk in chunks.items()
-    }
+        del chunk
     return read
 
 
@@ -233,8 +238,22 @@ def _serve() -> None:
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr  # nothing else may write into the answer stream
     gc.disable()  # FileReads hold no cycles; see pipeline._cyclic_gc_paused
+    # Requests are taken off the pipe as they come, by a thread: a request larger than
+    # the pipe's buffer (the loader's schema, a selective-sync filter) must never wait
+    # for an answer the loader is not reading yet because it is still writing that
+    # request (both sides blocked on a full pipe).
+    pending: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def take_requests() -> None:
+        while True:
+            request = _read_frame(requests)
+            pending.put(request)
+            if request is None:
+                return
+
+    threading.Thread(target=take_requests, name="requests", daemon=True).start()
     while True:
-        request = _read_frame(requests)
+        request = pending.get()
         if request is None:
             return
         archive_file, options, context = request

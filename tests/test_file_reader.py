@@ -132,3 +132,34 @@ def test_a_concurrently_inserted_id_falls_back_to_the_staged_path(pg_dsn: str) -
     assert inserted == 2
     assert sorted(wh.query("SELECT id, n FROM s.t")) == [("a", 1), ("b", 99), ("c", 3)]
     wh.close()
+
+
+@pytest.mark.timeout(120)
+def test_requests_and_answers_larger_than_a_pipe_never_deadlock(tmp_path: Path) -> None:
+    """A table with thousands of columns makes every request (the loader's schema, and
+    a selective-sync filter) and every answer larger than a pipe's buffer: the loader
+    blocked writing a request while the reader is blocked writing an answer must not
+    happen."""
+    from loader.selective_sync import parse
+    from loader.warehouses.duckdb import DuckDBWarehouse
+
+    wide = {f"property_number_{n}": n for n in range(3000)}
+    for f in range(6):
+        write_ndjson(
+            tmp_path / "a" / f"{f}.ndjson.gz",
+            [track(f"m{f}-{i}", **wide) for i in range(20)],
+        )
+    text = (
+        "targets:\n  t:\n    s:\n      properties:\n        order_completed: [property_number_1*]\n"
+    )
+    rules, issues = parse(text, "selective_sync.yml")
+    assert not issues
+    wh = DuckDBWarehouse("t", str(tmp_path / "w.duckdb"))
+    try:
+        loader = Loader(wh, batch_lines=20, readers=2, sync_filter=rules.filter_for("t", "s"))
+        report = loader.load(str(tmp_path / "a"), "s")
+        assert report.rows_loaded["order_completed"] == 120
+        columns = wh.read_schema("s")["order_completed"]
+        assert "property_number_2999" in columns and "property_number_1999" not in columns
+    finally:
+        wh.close()
