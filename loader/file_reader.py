@@ -69,6 +69,8 @@ class EncodeContext:
 
     known: dict[str, dict[str, ColumnType]]
     uuid_ts: str
+    # Tables whose rows go back as tuples all the same (Warehouse.tables_taking_tuples).
+    as_tuples: frozenset[str] = frozenset()
 
 
 def read_file(
@@ -127,6 +129,9 @@ def read_file(
         values, rescued = by_table.pop(table)
         chunk = TableChunk.of_values(values, rescued)
         del values
+        if table in context.as_tuples:
+            read.tables[table] = chunk
+            continue
         read.encoded[table] = encode_table(
             url,
             chunk,

@@ -181,6 +181,7 @@ class Loader:
         self._replay = False
         self._record_files = True
         self._read_options = ReadOptions()
+        self._schema = ""
 
     def replay(
         self,
@@ -227,6 +228,7 @@ class Loader:
     ) -> None:
         wh = self.warehouse
         files = list_files(url, self.storage_options)
+        self._schema = schema
         self._replay = replay
         self._record_files = record_files
         if days is not None:
@@ -284,7 +286,8 @@ class Loader:
 
     def _encode_context(self) -> EncodeContext:
         known = {table: dict(columns) for table, columns in self.writer.known.items()}
-        return EncodeContext(known, _now().isoformat())
+        plain = frozenset(self.warehouse.tables_taking_tuples(self._schema))
+        return EncodeContext(known, _now().isoformat(), plain)
 
     @staticmethod
     def _add_file(read: FileRead, batch: _Batch) -> None:

@@ -196,3 +196,31 @@ def test_dropping_rows_keeps_the_rest_of_the_payload_aligned() -> None:
     assert (kept.payload, kept.row_ends, kept.ids) == (b"aacccc", [2, 6], ["a", "c"])
     assert kept.rescued_at == [1, 1]
     assert chunk.without_ids(set()) is chunk
+
+
+def test_a_column_altered_to_another_type_takes_text_copy(tmp_path: Path, pg_dsn: str) -> None:
+    """Binary COPY needs each column's exact type: after an analyst changes `revenue` to
+    numeric and adds a json column of their own, later loads of that table still work
+    (through text COPY) while the other tables stay on the binary path."""
+    archive = tmp_path / "a"
+    _archive(archive, [[track("m1", revenue=10, note="a"), track("s1", "Signed Up", plan="x")]])
+    pg = PostgresWarehouse("pg", pg_dsn)
+    try:
+        Loader(pg, readers=0).load(str(archive), "s")
+        pg.conn.execute("ALTER TABLE s.order_completed ALTER COLUMN revenue TYPE numeric(12,2)")
+        pg.conn.execute("ALTER TABLE s.order_completed ADD COLUMN extra json")
+        write_ndjson(
+            archive / "segment-logs" / "src" / "1793577600000" / "g.gz",
+            [track("m2", revenue=2.5, note="b"), track("s2", "Signed Up", plan="y")],
+        )
+        report = Loader(pg, readers=0).load(str(archive), "s")
+        assert report.status == "success"
+        assert pg.tables_taking_tuples("s") == {"order_completed"}
+        rows = table_rows(pg, "SELECT id, revenue::text, note FROM s.order_completed ORDER BY id")
+        assert rows == [("m1", "10.00", "a"), ("m2", "2.50", "b")]
+        assert table_rows(pg, "SELECT id, plan FROM s.signed_up ORDER BY id") == [
+            ("s1", "x"),
+            ("s2", "y"),
+        ]
+    finally:
+        pg.close()

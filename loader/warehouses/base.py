@@ -103,6 +103,12 @@ class Warehouse(ABC):
         filled from the staged row; nothing non-NULL is ever overwritten. Returns the
         rows inserted or filled."""
 
+    def tables_taking_tuples(self, schema: str) -> set[str]:
+        """Tables of `schema` (as last read) whose rows must not be encoded by
+        `capabilities.row_encoder`, e.g. a column someone changed to a type the encoder
+        does not write; their rows take insert_new_rows."""
+        return set()
+
     def insert_encoded(
         self, schema: str, table: str, chunks: Sequence[EncodedChunk], fill_nulls: bool = False
     ) -> int:
