@@ -144,7 +144,6 @@ class PostgresWarehouse(SqlFamilyWarehouse):
             self.conn = psycopg.connect(dsn, autocommit=True)
             # Timestamps without an offset in an archive are UTC, as Segment treats them.
             self.conn.execute("SET TIME ZONE 'UTC'")
-            self._foreign_typed: dict[str, set[str]] = {}
         except psycopg.OperationalError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WarehouseError(
@@ -188,8 +187,15 @@ class PostgresWarehouse(SqlFamilyWarehouse):
     def _type_aliases(self) -> dict[str, ColumnType]:
         return {"jsonb": ColumnType.TEXT}
 
+    # schema -> tables with a column of a type binary COPY does not write (read_schema).
+    _foreign_typed: dict[str, set[str]] | None = None
+
     def read_schema(self, schema: str) -> dict[str, dict[str, ColumnType]]:
         tables = super().read_schema(schema)
+        if self.capabilities.row_encoder is None:  # subclasses that load otherwise
+            return tables
+        if self._foreign_typed is None:
+            self._foreign_typed = {}
         written = set(self.capabilities.type_names.values())
         rows = self._fetchall(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
@@ -206,7 +212,7 @@ class PostgresWarehouse(SqlFamilyWarehouse):
     def tables_taking_tuples(self, schema: str) -> set[str]:
         """Binary COPY needs each value in its column's exact type: a table with a column
         someone altered (numeric, varchar, json...) takes text COPY instead."""
-        return set(self._foreign_typed.get(schema, ()))
+        return set((self._foreign_typed or {}).get(schema, ()))
 
     def _after_create(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
         if "received_at" in columns:
