@@ -180,7 +180,6 @@ class Loader:
         self._row_filter = self.sync_filter if self.sync_filter.active else None
         self._replay = False
         self._record_files = True
-        self._read_options = ReadOptions()
         self._schema = ""
 
     def replay(
@@ -265,7 +264,7 @@ class Loader:
     def _batches(self, todo: list[ArchiveFile]) -> Iterator[_Batch]:
         f = self.sync_filter
         capabilities = self.warehouse.capabilities
-        options = self._read_options = ReadOptions(
+        options = ReadOptions(
             storage_options=self.storage_options,
             row_filter=self._row_filter,
             users_on=f.table_synced("identifies") and f.table_synced("users"),
@@ -443,5 +442,6 @@ def _offered_ids(batch: _Batch, table: str) -> list[str]:
     ids = [i for chunk in batch.encoded.get(table, ()) for i in chunk.ids]
     for chunk in batch.by_table.get(table, ()):
         if chunk.rows:
-            ids.extend(chunk.columns()["id"])
+            at = chunk.names.index("id")  # one column, not a transpose of them all
+            ids.extend(row[at] for row in chunk.rows)
     return ids
