@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from loader.encoded import EncodedChunk, RowEncoder, encode_table
 from loader.messages import Reject, parse_line
-from loader.normalize import RowFilter, TableChunk, fixed_columns, rows_for
+from loader.normalize import RowFilter, TableChunk, TableRows, fixed_columns, rows_into
 from loader.schema import ColumnType
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines
 
@@ -84,35 +84,32 @@ def read_file(
     rejects = read.rejects
     users = read.users
     accounts = read.accounts
-    by_table: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any] | None]]] = {}
+    by_table: TableRows = {}
     row_filter = options.row_filter
+    # Rows to be encoded here carry their common times parsed (the bulk format wants
+    # datetimes); rows sent on as tuples carry the text, as every adapter takes it.
+    as_datetimes = options.encoder is not None and context is not None and not context.as_tuples
     url = archive_file.url
     try:
         for line_no, raw in iter_lines(url, options.storage_options):
             read.lines += 1
-            parsed = parse_line(raw, url, line_no)
-            if isinstance(parsed, Reject):
-                rejects.append(parsed)
+            body = parse_line(raw, url, line_no)
+            if type(body) is Reject:
+                rejects.append(body)
                 continue
-            body = parsed.body
-            mid = body["messageId"]
+            mid = body.message_id
             if mid in seen:
                 read.duplicates += 1
                 continue
             seen.add(mid)
             ids.append(mid)
-            for row in rows_for(body, row_filter):
-                table = by_table.get(row.table)
-                if table is None:
-                    table = by_table[row.table] = ([], [])
-                table[0].append(row.values)
-                table[1].append(row.rescued or None)
-            kind = body["type"].lower()
+            rows_into(by_table, body, row_filter, as_datetimes)
+            kind = body.type
             if kind == "identify":
-                if options.users_on and body.get("userId") not in (None, ""):
-                    users.add(str(body["userId"]))
+                if options.users_on and body.user_id not in (None, ""):
+                    users.add(str(body.user_id))
             elif kind == "group" and options.accounts_on:
-                accounts.add(str(body["groupId"]))
+                accounts.add(str(body.group_id))
     except CorruptFile as exc:
         failed = FileRead(url, read.lines)
         failed.failure = {"file": exc.file, "line": exc.line, "error": exc.reason}

@@ -1,6 +1,6 @@
 """Segment message validation and clock-skew correction.
 
-A line either becomes a `Message` or a `Reject` with a reason naming the field, so
+A line either becomes an `Envelope` or a `Reject` with a reason naming the field, so
 nothing is silently dropped and one bad line never fails its batch.
 """
 
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import orjson
 
 CALL_TYPES = frozenset({"track", "page", "screen", "identify", "group", "alias"})
@@ -27,13 +28,6 @@ class Reject:
     line: int
     raw: str
     reason: str
-
-
-@dataclass(slots=True)
-class Message:
-    body: dict[str, Any]
-    file: str
-    line: int
 
 
 # Python 3.11's fromisoformat reads a trailing "Z" itself; 3.10's needs "+00:00".
@@ -61,77 +55,177 @@ def parse_timestamp(value: Any) -> datetime | None:
 
 
 _LOWER_KINDS = {kind: kind for kind in CALL_TYPES}
+_Id = str | int | None
 
 
-def _check(body: dict[str, Any]) -> str | None:
+class Envelope(msgspec.Struct, rename="camel", gc=False):
+    """The fields of a Segment message that its rows are built from, decoded and
+    type-checked by msgspec in C straight from the line: the rest of a message
+    (integrations, writeKey, _metadata...) is skipped, never materialised. Timestamps
+    stay the text the message carried, for bulk paths that take text, and are kept
+    parsed as well for those that take datetimes; `type` is lower-cased once checked."""
+
+    type: str
+    message_id: str
+    received_at: str | None = None
+    sent_at: str | None = None
+    timestamp: str | None = None
+    original_timestamp: str | None = None
+    anonymous_id: _Id = None
+    user_id: _Id = None
+    event: _Id = None
+    name: _Id = None
+    category: _Id = None
+    group_id: _Id = None
+    previous_id: _Id = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    # The four times as _check parsed them (aware; `event_time` is `timestamp`, or the
+    # corrected time when the message lacks one), for a bulk path that writes datetimes.
+    # Set only by _check, under keys no line carries.
+    received: datetime | None = msgspec.field(default=None, name="$sluice.received")
+    sent: datetime | None = msgspec.field(default=None, name="$sluice.sent")
+    event_time: datetime | None = msgspec.field(default=None, name="$sluice.event_time")
+    original: datetime | None = msgspec.field(default=None, name="$sluice.original")
+
+
+_ENVELOPE_FIELDS = tuple(
+    zip(Envelope.__struct_fields__, Envelope.__struct_encode_fields__, strict=True)
+)  # (attribute, JSON key), in the order Envelope() takes them
+_JSON_FIELDS = Envelope.__struct_fields__.index("received")
+_DECODER = msgspec.json.Decoder(Envelope)
+
+
+def _from_dict(body: dict[str, Any]) -> Envelope:
+    return Envelope(*(body.get(key) for _, key in _ENVELOPE_FIELDS[:_JSON_FIELDS]))
+
+
+def envelope_of(body: dict[str, Any]) -> Envelope:
+    """A message already parsed as a dict, as an Envelope; no checks (see parse_line),
+    and only `event_time` of the parsed times."""
+    envelope = _from_dict(body)
+    if type(envelope.type) is str:
+        envelope.type = envelope.type.lower()
+    envelope.event_time = corrected_timestamp(body)
+    return envelope
+
+
+def _shape_reason(body: dict[str, Any]) -> str | None:
+    """Why a parsed line is not a message msgspec could decode: the JSON types of its
+    fields. Only lines msgspec refused come here, so this may be slow."""
     get = body.get
     kind = get("type")
-    lowered = _LOWER_KINDS.get(kind) if type(kind) is str else None
-    if lowered is None:
-        if not isinstance(kind, str) or kind.lower() not in CALL_TYPES:
-            return f"field 'type': unknown call type {kind!r}"
-        lowered = kind.lower()
+    if not isinstance(kind, str) or kind.lower() not in CALL_TYPES:
+        return f"field 'type': unknown call type {kind!r}"
     mid = get("messageId")
     if not isinstance(mid, str) or not mid:
         return "field 'messageId': missing or not a non-empty string"
-    if len(mid) > MAX_MESSAGE_ID_CHARS:
-        return f"field 'messageId': longer than {MAX_MESSAGE_ID_CHARS} characters"
     for field in _OBJECT_FIELDS:
         value = get(field)
-        if value is not None and type(value) is not dict and not isinstance(value, dict):
+        if value is not None and not isinstance(value, dict):
             return f"field '{field}': expected an object, got {type(value).__name__}"
     for field in _STRING_FIELDS:
         value = get(field)
-        if value is not None and type(value) is not str and not isinstance(value, (str, int)):
+        if value is not None and not isinstance(value, (str, int)):
             return f"field '{field}': expected a string, got {type(value).__name__}"
-    times: dict[str, datetime] = {}
     for field in _TIME_FIELDS:
         value = get(field)
-        if value is not None:
-            # parse_timestamp, inlined (four per message); offsets are kept, not converted.
-            parsed = None
-            if type(value) is str and len(value) >= 10 and value[:4].isdigit():
-                try:
-                    parsed = _fromisoformat(value)
-                except ValueError:
-                    pass
-            if parsed is None:
-                return f"field '{field}': not an ISO-8601 timestamp: {value!r}"
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=timezone.utc)
-            times[field] = parsed
-    if "receivedAt" not in times:
-        return "field 'receivedAt': missing"
-    if lowered == "track":
-        if not get("event"):
-            return "field 'event': a track call needs an event name"
-    elif lowered == "group":
-        if get("groupId") in (None, ""):
-            return "field 'groupId': a group call needs a groupId"
-    elif lowered == "alias" and get("previousId") in (None, ""):
-        return "field 'previousId': an alias call needs a previousId"
-    if get("userId") in (None, "") and get("anonymousId") in (None, ""):
-        return "fields 'userId'/'anonymousId': one of them is required"
-    if "timestamp" not in times:
-        # Filled here from the values just parsed, rather than parsed again by normalize.
-        corrected = _corrected(times)
-        if corrected is not None:
-            body["timestamp"] = corrected.astimezone(timezone.utc).isoformat()
+        if value is not None and type(value) is not str:
+            return f"field '{field}': not an ISO-8601 timestamp: {value!r}"
     return None
 
 
-def parse_line(raw: bytes, file: str, line: int) -> Message | Reject:
-    """One archive line to a validated message, or a reject that says why."""
+def _check(envelope: Envelope) -> str | None:
+    """Why a well-shaped message is still not one Segment would load, or None; fills in
+    the lower-cased `type` and the parsed times as it goes."""
+    kind = envelope.type
+    lowered = _LOWER_KINDS.get(kind)
+    if lowered is None:
+        lowered = kind.lower()
+        if lowered not in CALL_TYPES:
+            return f"field 'type': unknown call type {kind!r}"
+        envelope.type = lowered
+    mid = envelope.message_id
+    if not mid:
+        return "field 'messageId': missing or not a non-empty string"
+    if len(mid) > MAX_MESSAGE_ID_CHARS:
+        return f"field 'messageId': longer than {MAX_MESSAGE_ID_CHARS} characters"
+    received = _time(envelope.received_at)
+    if received is None:
+        if envelope.received_at is None:
+            return "field 'receivedAt': missing"
+        return f"field 'receivedAt': not an ISO-8601 timestamp: {envelope.received_at!r}"
+    sent = original = event_time = None
+    if envelope.sent_at is not None and (sent := _time(envelope.sent_at)) is None:
+        return f"field 'sentAt': not an ISO-8601 timestamp: {envelope.sent_at!r}"
+    if envelope.timestamp is not None and (event_time := _time(envelope.timestamp)) is None:
+        return f"field 'timestamp': not an ISO-8601 timestamp: {envelope.timestamp!r}"
+    if (
+        envelope.original_timestamp is not None
+        and (original := _time(envelope.original_timestamp)) is None
+    ):
+        value = envelope.original_timestamp
+        return f"field 'originalTimestamp': not an ISO-8601 timestamp: {value!r}"
+    if lowered == "track":
+        if not envelope.event:
+            return "field 'event': a track call needs an event name"
+    elif lowered == "group":
+        if envelope.group_id in (None, ""):
+            return "field 'groupId': a group call needs a groupId"
+    elif lowered == "alias" and envelope.previous_id in (None, ""):
+        return "field 'previousId': an alias call needs a previousId"
+    if envelope.user_id in (None, "") and envelope.anonymous_id in (None, ""):
+        return "fields 'userId'/'anonymousId': one of them is required"
+    if event_time is None:
+        # Corrected here from the values just parsed, rather than parsed again later;
+        # normalize writes it out as text only for a bulk path that takes text.
+        event_time = _corrected(received, sent, original)
+    envelope.received = received
+    envelope.sent = sent
+    envelope.event_time = event_time
+    envelope.original = original
+    return None
+
+
+def _time(value: str | None) -> datetime | None:
+    """parse_timestamp for text already known to be a str or None; offsets are kept."""
+    if value is None or len(value) < 10 or not value[:4].isdigit():
+        return None
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return Reject(file, line, raw.decode("utf-8", "replace"), f"not valid JSON: {exc}")
-    if not isinstance(body, dict):
-        return Reject(file, line, raw.decode("utf-8", "replace"), "not a JSON object")
-    reason = _check(body)
+        parsed = _fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+def parse_line(raw: bytes, file: str, line: int) -> Envelope | Reject:
+    """One archive line to a validated message, or a reject that says why.
+
+    msgspec decodes and type-checks the envelope in one C pass; a line it refuses is
+    parsed again by orjson, which names what is wrong with it (or accepts it: a boolean
+    userId, say, which Segment takes as text)."""
+    try:
+        envelope = _DECODER.decode(raw)
+    except msgspec.MsgspecError:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return _reject(raw, file, line, f"not valid JSON: {exc}")
+        if not isinstance(body, dict):
+            return _reject(raw, file, line, "not a JSON object")
+        reason = _shape_reason(body)
+        if reason is not None:
+            return _reject(raw, file, line, reason)
+        envelope = _from_dict(body)
+    reason = _check(envelope)
     if reason is not None:
-        return Reject(file, line, raw.decode("utf-8", "replace"), reason)
-    return Message(body, file, line)
+        return _reject(raw, file, line, reason)
+    return envelope
+
+
+def _reject(raw: bytes, file: str, line: int, reason: str) -> Reject:
+    return Reject(file, line, raw.decode("utf-8", "replace"), reason)
 
 
 def corrected_timestamp(body: dict[str, Any]) -> datetime | None:
@@ -139,18 +233,16 @@ def corrected_timestamp(body: dict[str, Any]) -> datetime | None:
     received_at - (sent_at - original_timestamp)."""
     if body.get("timestamp") is not None:
         return parse_timestamp(body["timestamp"])
-    times = {}
-    for field in ("receivedAt", "originalTimestamp", "sentAt"):
-        parsed = parse_timestamp(body.get(field))
-        if parsed is not None:
-            times[field] = parsed
-    return _corrected(times)
+    return _corrected(
+        parse_timestamp(body.get("receivedAt")),
+        parse_timestamp(body.get("sentAt")),
+        parse_timestamp(body.get("originalTimestamp")),
+    )
 
 
-def _corrected(times: dict[str, datetime]) -> datetime | None:
-    received = times.get("receivedAt")
-    original = times.get("originalTimestamp")
-    sent = times.get("sentAt")
+def _corrected(
+    received: datetime | None, sent: datetime | None, original: datetime | None
+) -> datetime | None:
     if received is not None and sent is not None and original is not None:
         return received - (sent - original)
     return original or received

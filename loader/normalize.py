@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import timezone
 from itertools import chain
 from typing import Any, Protocol
 
 import orjson
 
-from loader.messages import corrected_timestamp
+from loader.messages import Envelope, envelope_of
 from loader.naming import snake_case
 from loader.schema import ColumnType
 
@@ -134,10 +134,6 @@ class TableChunk:
         return TableChunk(self.names, [self.rows[i] for i in keep], [self.rescued[i] for i in keep])
 
 
-def _iso_dt(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def _id_text(value: Any) -> str | None:
     if value is None or value == "":
         return None
@@ -204,38 +200,61 @@ def flatten_into(
             out[name] = value
 
 
-def _common(body: dict[str, Any]) -> dict[str, Any]:
-    get = body.get
-    timestamp = get("timestamp")
-    anonymous_id = get("anonymousId")
-    user_id = get("userId")
+def _common(body: Envelope, as_datetimes: bool) -> dict[str, Any]:
+    anonymous_id = body.anonymous_id
+    user_id = body.user_id
+    if as_datetimes:
+        received_at, sent_at, timestamp, original = (
+            body.received,
+            body.sent,
+            body.event_time,
+            body.original,
+        )
+    else:
+        # Validated ISO-8601 already (messages._check); the warehouse parses them in bulk.
+        received_at, sent_at, timestamp, original = (
+            body.received_at,
+            body.sent_at,
+            body.timestamp,
+            body.original_timestamp,
+        )
+        if timestamp is None and body.event_time is not None:
+            timestamp = body.event_time.astimezone(timezone.utc).isoformat()
     row: dict[str, Any] = {
-        "id": body["messageId"],
+        "id": body.message_id,
         "anonymous_id": anonymous_id
         if type(anonymous_id) is str and anonymous_id
         else _id_text(anonymous_id),
         "user_id": user_id if type(user_id) is str and user_id else _id_text(user_id),
-        # Validated ISO-8601 already (messages._check); the warehouse parses them in bulk.
-        "received_at": get("receivedAt"),
-        "sent_at": get("sentAt"),
-        "timestamp": timestamp if timestamp is not None else _iso_dt(corrected_timestamp(body)),
-        "original_timestamp": get("originalTimestamp"),
+        "received_at": received_at,
+        "sent_at": sent_at,
+        "timestamp": timestamp,
+        "original_timestamp": original,
     }
-    context = get("context")
+    context = body.context
     if context:
         flatten_into(row, context, "context", CORE_COLUMNS, {})
     return row
 
 
-def rows_for(body: dict[str, Any], row_filter: RowFilter | None = None) -> list[Row]:
-    """Every row one validated message produces, by table.
+def rows_for(
+    body: Envelope | dict[str, Any],
+    row_filter: RowFilter | None = None,
+    as_datetimes: bool = False,
+) -> list[Row]:
+    """Every row one validated message produces, by table (a dict is a message parsed
+    elsewhere, taken as valid).
 
     With a row_filter, turned-off tables are never built and turned-off columns never
-    enter a row.
+    enter a row. `as_datetimes` writes the common timestamp columns as the datetimes
+    messages._check parsed (for a bulk format that wants them) instead of their text.
     """
-    if row_filter is None:
-        return _rows(body, None)
-    return _rows(body, row_filter)
+    if type(body) is not Envelope:
+        body = envelope_of(body)
+        as_datetimes = False  # only the event time was parsed
+    tables: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any] | None]]] = {}
+    rows_into(tables, body, row_filter, as_datetimes)
+    return [Row(table, values[0], rescued[0] or {}) for table, (values, rescued) in tables.items()]
 
 
 def _only(values: dict[str, Any], table: str, f: RowFilter) -> dict[str, Any]:
@@ -247,59 +266,70 @@ def _keep(table: str, f: RowFilter | None) -> dict[str, bool] | None:
     return None if f is None else f.columns_kept(table)
 
 
-def _rows(body: dict[str, Any], f: RowFilter | None) -> list[Row]:
-    kind = body["type"].lower()
+TableRows = dict[str, tuple[list[dict[str, Any]], list[dict[str, Any] | None]]]
+
+
+def rows_into(tables: TableRows, body: Envelope, f: RowFilter | None, as_datetimes: bool) -> None:
+    """rows_for, appending each row to `tables` (table -> (values, rescued or None)):
+    a reader's per-message loop, without a Row per row."""
+    kind = body.type
     if kind == "track":
-        event_text = str(body["event"])
+        event_text = str(body.event)
         table = event_table_name(event_text)
         tracks_on = f is None or f.table_synced("tracks")
         event_on = f is None or f.table_synced(table)
         if not (tracks_on or event_on):
-            return []
-        common = _common(body)
+            return
+        common = _common(body, as_datetimes)
         base = {**common, "event": snake_case(event_text), "event_text": event_text}
-        out = []
         if tracks_on:
-            out.append(Row("tracks", base if f is None else _only(base, "tracks", f)))
+            _append(tables, "tracks", base if f is None else _only(base, "tracks", f), None)
         if event_on:
             values = dict(base) if f is None else _only(base, table, f)
             rescued: dict[str, Any] = {}
-            properties = body.get("properties") or {}
+            properties = body.properties or {}
             flatten_into(values, properties, "", _TRACK_RESERVED, rescued, _keep(table, f), common)
-            out.append(Row(table, values, rescued))
-        return out
+            _append(tables, table, values, rescued)
+        return
     table = _TABLE_OF_KIND[kind]
     if f is not None and not f.table_synced(table):
-        return []
-    common = _common(body)
+        return
+    common = _common(body, as_datetimes)
     if f is not None:
         common = _only(common, table, f)
     keep = _keep(table, f)
     rescued = {}
     if kind in ("page", "screen"):
-        values = {**common, "name": body.get("name"), "category": body.get("category")}
-        properties = body.get("properties") or {}
+        values = {**common, "name": body.name, "category": body.category}
+        properties = body.properties or {}
         # Segment stores the page name once; a `name` property duplicating it is not data.
         if "name" in properties and properties["name"] == values["name"]:
             properties = {k: v for k, v in properties.items() if k != "name"}
         flatten_into(values, properties, "", _PAGE_RESERVED, rescued, keep, common)
         if f is not None:
             values = _only(values, table, f)
-        return [Row(table, values, rescued)]
-    if kind == "identify":
+    elif kind == "identify":
         values = dict(common)
-        flatten_into(values, body.get("traits") or {}, "", CORE_COLUMNS, rescued, keep, common)
-        return [Row(table, values, rescued)]
-    if kind == "group":
-        values = {**common, "group_id": _id_text(body.get("groupId"))}
-        traits = body.get("traits") or {}
+        flatten_into(values, body.traits or {}, "", CORE_COLUMNS, rescued, keep, common)
+    elif kind == "group":
+        values = {**common, "group_id": _id_text(body.group_id)}
+        traits = body.traits or {}
         flatten_into(values, traits, "", _GROUP_RESERVED, rescued, keep, common)
-        return [Row(table, values, rescued)]
-    # alias
-    values = {**common, "previous_id": _id_text(body.get("previousId"))}
-    if f is not None:
-        values = _only(values, table, f)
-    return [Row(table, values)]
+    else:  # alias
+        values = {**common, "previous_id": _id_text(body.previous_id)}
+        if f is not None:
+            values = _only(values, table, f)
+    _append(tables, table, values, rescued)
+
+
+def _append(
+    tables: TableRows, table: str, values: dict[str, Any], rescued: dict[str, Any] | None
+) -> None:
+    rows = tables.get(table)
+    if rows is None:
+        rows = tables[table] = ([], [])
+    rows[0].append(values)
+    rows[1].append(rescued or None)
 
 
 _TRACK_RESERVED = CORE_COLUMNS | frozenset(EVENT_TABLE_COLUMNS)

@@ -51,13 +51,20 @@ class _JsonTextBinaryDumper(Dumper):
         return b"\x01" + obj.encode()
 
 
+_PARSED = frozenset({datetime, type(None)})
 _ADAPTERS = AdaptersMap(postgres.adapters)
 _ADAPTERS.register_dumper(None, _JsonTextBinaryDumper)
 
 
-def _datetimes(values: Iterable[Any]) -> list[datetime | None]:
-    """ISO-8601 text (validated or coerced already) as aware datetimes, column-wise."""
-    values = values if isinstance(values, list) else list(values)
+def _datetimes(values: Iterable[Any]) -> Sequence[datetime | None]:
+    """ISO-8601 text (validated or coerced already) as aware datetimes, column-wise;
+    a column the reader parsed already (common times: aware datetimes) as it is."""
+    values = values if isinstance(values, (list, tuple)) else list(values)
+    kinds = set(map(type, values))
+    if kinds <= _PARSED:
+        return values
+    if datetime in kinds:  # parsed and text together: only a re-laid-out chunk
+        return [v if v is None or type(v) is datetime else parse_timestamp(v) for v in values]
     try:
         parsed: list[datetime | None] = list(map(datetime.fromisoformat, values))
     except (TypeError, ValueError):  # NULLs, or a form only parse_timestamp reads
@@ -216,7 +223,7 @@ class PostgresWarehouse(SqlFamilyWarehouse):
 
     def _after_create(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
         if "received_at" in columns:
-            self._execute(f"CREATE INDEX ON {qualified(schema, table)} (received_at)")
+            self._execute(f"CREATE INDEX ON {qualified(schema, table)} USING brin (received_at)")
         if table in ("identifies", "groups"):
             key = "user_id" if table == "identifies" else "group_id"
             self._execute(f"CREATE INDEX ON {qualified(schema, table)} ({quote(key)})")
