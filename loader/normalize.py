@@ -280,15 +280,19 @@ def rows_into(tables: TableRows, body: Envelope, f: RowFilter | None, as_datetim
         event_on = f is None or f.table_synced(table)
         if not (tracks_on or event_on):
             return
-        common = _common(body, as_datetimes)
-        base = {**common, "event": snake_case(event_text), "event_text": event_text}
+        # The common columns plus the event's: the `tracks` row as it is (a row is never
+        # changed once built), and the start of the event table's row.
+        base = _common(body, as_datetimes)
+        base["event"] = snake_case(event_text)
+        base["event_text"] = event_text
         if tracks_on:
             _append(tables, "tracks", base if f is None else _only(base, "tracks", f), None)
         if event_on:
             values = dict(base) if f is None else _only(base, table, f)
             rescued: dict[str, Any] = {}
             properties = body.properties or {}
-            flatten_into(values, properties, "", _TRACK_RESERVED, rescued, _keep(table, f), common)
+            # `event`/`event_text` are reserved here anyway, so `base` serves as `taken`.
+            flatten_into(values, properties, "", _TRACK_RESERVED, rescued, _keep(table, f), base)
             _append(tables, table, values, rescued)
         return
     table = _TABLE_OF_KIND[kind]

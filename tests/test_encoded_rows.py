@@ -198,6 +198,32 @@ def test_dropping_rows_keeps_the_rest_of_the_payload_aligned() -> None:
     assert chunk.without_ids(set()) is chunk
 
 
+@given(
+    st.lists(st.binary(max_size=5), max_size=30),
+    st.data(),
+)
+def test_dropping_any_rows_leaves_exactly_the_others(
+    rows: list[bytes], data: st.DataObject
+) -> None:
+    """Runs of kept rows are cut out whole; every kept row keeps its bytes, its id and
+    its rescued values, wherever the dropped rows fall (first, last, adjacent, all)."""
+    ids = [f"m{i}" for i in range(len(rows))]
+    drop = set(data.draw(st.lists(st.sampled_from(ids), unique=True) if ids else st.just([])))
+    rescued_at = sorted(data.draw(st.lists(st.integers(0, len(rows) - 1)) if rows else st.just([])))
+    ends, at = [], 0
+    for row in rows:
+        at += len(row)
+        ends.append(at)
+    chunk = EncodedChunk("f", ("id",), b"".join(rows), ends, ids, {}, {}, rescued_at)
+    kept = chunk.without_ids(drop | {"not-in-chunk"})
+    keep = [i for i, row_id in enumerate(ids) if row_id not in drop]
+    assert kept.ids == [ids[i] for i in keep]
+    assert [
+        kept.payload[s:e] for s, e in zip([0, *kept.row_ends], kept.row_ends, strict=False)
+    ] == [rows[i] for i in keep]
+    assert kept.rescued_at == [keep.index(i) for i in rescued_at if i in keep]
+
+
 def test_a_column_altered_to_another_type_takes_text_copy(tmp_path: Path, pg_dsn: str) -> None:
     """Binary COPY needs each column's exact type: after an analyst changes `revenue` to
     numeric and adds a json column of their own, later loads of that table still work
