@@ -15,7 +15,9 @@ from loader.encoded import EncodedChunk
 from loader.pipeline import Loader
 from loader.schema import ColumnEvidence, column_evidence
 from loader.warehouses.postgres import PostgresWarehouse
-from tests.helpers import snapshot, table_rows, track, write_ndjson
+from tests.helpers import identify, snapshot, table_rows, track, write_ndjson
+
+T = "2026-11-01T10:00:00Z"
 
 VALUES = st.one_of(
     st.none(),
@@ -247,6 +249,47 @@ def test_a_column_altered_to_another_type_takes_text_copy(tmp_path: Path, pg_dsn
         assert table_rows(pg, "SELECT id, plan FROM s.signed_up ORDER BY id") == [
             ("s1", "x"),
             ("s2", "y"),
+        ]
+    finally:
+        pg.close()
+
+
+def test_postgres_tables_key_ids_in_byte_order_and_index_time_by_block_range(
+    tmp_path: Path, pg_dsn: str
+) -> None:
+    """The id key uses the C collation (inserts compare ids without strcoll) and
+    received_at has a BRIN index (cheap to keep up as events arrive in time order); ids
+    still join to the text columns that name them (identifies.user_id to users.id)."""
+    archive = _archive(
+        tmp_path / "a",
+        [[track("m1"), track("m2"), identify("m3", "Zoë", T, T, plan="pro")]],
+    )
+    pg = PostgresWarehouse("pg", pg_dsn)
+    try:
+        Loader(pg, readers=0).load(str(archive), "s")
+        collations = dict(
+            table_rows(
+                pg,
+                "SELECT table_name, collation_name FROM information_schema.columns "
+                "WHERE table_schema = 's' AND column_name = 'id'",
+            )
+        )
+        assert set(collations.values()) == {"C"} and {"tracks", "users"} <= set(collations)
+        indexes = [
+            d
+            for (d,) in table_rows(
+                pg,
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = 's' AND tablename = 'tracks'",
+            )
+        ]
+        assert any("USING brin (received_at)" in d for d in indexes), indexes
+        joined = table_rows(
+            pg, "SELECT u.id, i.id FROM s.users u JOIN s.identifies i ON i.user_id = u.id"
+        )
+        assert joined == [("Zoë", "m3")]
+        assert [r for (r,) in table_rows(pg, "SELECT id FROM s.tracks ORDER BY id")] == [
+            "m1",
+            "m2",
         ]
     finally:
         pg.close()

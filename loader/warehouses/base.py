@@ -40,6 +40,9 @@ class Capabilities:
     max_text_chars: int | None = None
     # Set when the adapter takes rows that reader processes encoded (insert_encoded).
     row_encoder: RowEncoder | None = None
+    # The `id` (primary key) column's type, when not the text type: the key is compared
+    # on every insert, and an opaque id needs no linguistic ordering.
+    key_type: str | None = None
 
 
 @dataclass(frozen=True)

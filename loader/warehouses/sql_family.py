@@ -105,6 +105,8 @@ class SqlFamilyWarehouse(Warehouse):
     def _column_sql(self, name: str, kind: ColumnType) -> str:
         if name == "_rescued_data":
             return f"{quote(name)} {self.capabilities.json_type}"
+        if name == "id" and self.capabilities.key_type is not None:
+            return f"{quote(name)} {self.capabilities.key_type}"
         return f"{quote(name)} {self.capabilities.type_names[kind]}"
 
     def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
