@@ -8,11 +8,9 @@ from datetime import timezone
 from itertools import chain
 from typing import Any, Protocol
 
-import orjson
-
 from loader.messages import Envelope, envelope_of
 from loader.naming import snake_case
-from loader.schema import ColumnType
+from loader.schema import ColumnType, json_text
 
 # Segment's common columns, as one rules table: column -> how it is read from a message.
 COMMON_COLUMNS: tuple[str, ...] = (
@@ -193,7 +191,7 @@ def flatten_into(
         if keep is not None and not keep[name]:
             continue
         if kind is list:
-            value = orjson.dumps(value).decode()
+            value = json_text(value)
         if name in reserved or (taken is not None and name in taken):
             rescued[name] = value
         else:

@@ -11,10 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
-import orjson
-
 from loader.normalize import RESCUED_COLUMN
-from loader.schema import ColumnType, coerce_column
+from loader.schema import ColumnType, coerce_column, json_text
 
 
 def lay_out_columns(
@@ -62,7 +60,7 @@ def lay_out_columns(
         for index, slot in enumerate(rescued):
             if slot:
                 rescued_at.extend(repeat(index, len(slot)))
-                texts.append(orjson.dumps(slot).decode())
+                texts.append(json_text(slot))
             else:
                 texts.append(None)
         data.append(texts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -233,3 +234,36 @@ def test_timestamp_is_corrected_for_client_clock_skew(open_wh, tmp_path: Path) -
     Loader(wh).load(str(tmp_path / "a"), "src")
     ((ts,),) = table_rows(wh, 'SELECT CAST("timestamp" AS text) FROM src.tracks')
     assert ts.startswith("2026-11-01 11:59:00")
+
+
+def test_integers_beyond_64_bits_are_kept_exactly(open_wh, tmp_path: Path) -> None:
+    """msgspec reads integers of any size as integers: one beyond 64 bits types a new
+    column as a double, keeps its digits in an array's JSON text, and is rescued with its
+    digits when its column is a bigint; nothing fails the file."""
+    big = 2**70
+    common = '"type":"track","userId":"u1","event":"Order Completed",' + (
+        '"receivedAt":"2026-11-01T10:00:00Z"'
+    )
+    first = [
+        f'{{"messageId":"m1",{common},"properties":{{"count":5,"ids":[{big},1]}}}}',
+        f'{{"messageId":"m2",{common},"properties":{{"size":{big}}}}}',
+    ]
+    later = [f'{{"messageId":"m3",{common},"properties":{{"count":{big}}}}}']
+    archive = tmp_path / "archive"
+    for name, lines in (("a.json", first), ("b.json", later)):
+        write_ndjson(archive / name, [line.encode() for line in lines], gz=False)
+    wh = open_wh()
+    Loader(wh, batch_lines=2).load(str(archive), "s")
+    columns = wh.read_schema("s")["order_completed"]
+    assert (columns["count"].value, columns["size"].value) == ("bigint", "double")
+    rows = {
+        r[0]: r[1:]
+        for r in table_rows(
+            wh, 'SELECT id, "count", ids, size, _rescued_data FROM s.order_completed'
+        )
+    }
+    assert rows["m1"][:2] == (5, f"[{big},1]")
+    assert rows["m2"][2] == float(big)
+    rescued = rows["m3"][3]
+    rescued = rescued if isinstance(rescued, dict) else json.loads(rescued)
+    assert rows["m3"][0] is None and rescued == {"count": big}
