@@ -23,6 +23,7 @@ def lay_out_columns(
     rescued: list[dict[str, Any] | None],
     uuid_ts: str,
     width: int | None,
+    trust_text: bool = False,
 ) -> tuple[list[str], list[Iterable[Any]], list[int]]:
     """(column names, their values, rows' indexes with rescued values, once per value).
 
@@ -30,7 +31,9 @@ def lay_out_columns(
     a name the batch lacks is NULL throughout. `rescued` (one slot per row) receives the
     values that do not fit their column and is written as `_rescued_data` when the table
     has that column. Layout columns are typed by normalisation already; only data columns
-    are coerced, and a layout text column (but the id) still obeys the text `width`."""
+    are coerced, and a layout text column (but the id) still obeys the text `width`.
+    `trust_text` leaves text columns as they are, for an encoder that refuses a non-str
+    in them (loader.encoded.encode_table checks again when it does)."""
     count = len(rescued)
     data: list[Iterable[Any]] = []
     rescued_at: list[int] = []
@@ -44,7 +47,7 @@ def lay_out_columns(
             kind = types[name]
         elif width is not None and name != "id" and types[name] is ColumnType.TEXT:
             kind = ColumnType.TEXT
-        if kind is not None:
+        if kind is not None and not (trust_text and kind is ColumnType.TEXT):
             column, misfits = coerce_column(column, kind, width)
             for index, original in misfits:
                 slot = rescued[index]

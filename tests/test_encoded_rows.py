@@ -293,3 +293,34 @@ def test_postgres_tables_key_ids_in_byte_order_and_index_time_by_block_range(
         ]
     finally:
         pg.close()
+
+
+def test_text_columns_are_checked_only_when_the_encoder_refuses_a_value() -> None:
+    """Text columns go to binary COPY unchecked; a chunk holding a number or a boolean in
+    one is laid out again with every value checked, ending exactly as if checked first."""
+    from loader.encoded import encode_table
+    from loader.normalize import TableChunk, fixed_columns
+    from loader.schema import ColumnType
+    from loader.warehouses.postgres import CopyBinaryEncoder
+
+    fixed = fixed_columns("order_completed")
+    known = {"note": ColumnType.TEXT, "count": ColumnType.BIGINT}
+    base = {"id": "m1", "received_at": "2026-11-01T10:00:00+00:00"}
+
+    def encoded(notes: list[object], encoder: object) -> EncodedChunk:
+        rows = [{**base, "id": f"m{i}", "note": note, "count": 1} for i, note in enumerate(notes)]
+        chunk = TableChunk.of_values(rows, [None] * len(rows))
+        return encode_table("f", chunk, known, fixed, T, encoder, None)
+
+    class Checked(CopyBinaryEncoder):
+        __slots__ = ()
+        refuses_non_text = False
+
+    for notes in (["a", None, "b"], ["a", 7, True, 2.5, None]):
+        trusted, checked = encoded(notes, CopyBinaryEncoder()), encoded(notes, Checked())
+        assert (trusted.payload, trusted.row_ends, trusted.rescued_at) == (
+            checked.payload,
+            checked.row_ends,
+            checked.rescued_at,
+        )
+    assert encoded(["a", 7, True], CopyBinaryEncoder()).rescued_at == []  # 7 -> "7", not lost
