@@ -40,17 +40,9 @@ _fromisoformat = (
 
 def parse_timestamp(value: Any) -> datetime | None:
     """ISO-8601 to an aware UTC datetime; None when it is not one."""
-    if type(value) is not str or len(value) < 10 or not value[:4].isdigit():
-        return None
-    try:
-        parsed = _fromisoformat(value)
-    except ValueError:
-        return None
-    zone = parsed.tzinfo
-    if zone is timezone.utc:
+    parsed = _time(value) if type(value) is str else None
+    if parsed is None or parsed.tzinfo is timezone.utc:
         return parsed
-    if zone is None:
-        return parsed.replace(tzinfo=timezone.utc)
     return parsed.astimezone(timezone.utc)
 
 
@@ -189,7 +181,8 @@ def _check(envelope: Envelope) -> str | None:
 
 
 def _time(value: str | None) -> datetime | None:
-    """parse_timestamp for text already known to be a str or None; offsets are kept."""
+    """An aware datetime (no offset: UTC) from text known to be a str or None, its offset
+    kept; None when it is not ISO-8601."""
     if value is None or len(value) < 10 or not value[:4].isdigit():
         return None
     try:

@@ -250,7 +250,7 @@ def rows_for(
     if type(body) is not Envelope:
         body = envelope_of(body)
         as_datetimes = False  # only the event time was parsed
-    tables: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any] | None]]] = {}
+    tables: TableRows = {}
     rows_into(tables, body, row_filter, as_datetimes)
     return [Row(table, values[0], rescued[0] or {}) for table, (values, rescued) in tables.items()]
 
