@@ -198,6 +198,28 @@ def flatten_into(
             out[name] = value
 
 
+def _flatten_context(out: dict[str, Any], obj: dict[str, Any], prefix: str) -> None:
+    """flatten_into for `context`: every name it makes starts with `context_`, so none
+    is reserved or taken and nothing is rescued, and there is no per-column filter (the
+    row is filtered whole). The same names and values, for a third fewer checks per leaf
+    on the one object every message carries."""
+    names = _NAMES_UNDER.get(prefix)
+    if names is None:
+        names = _names_under(prefix)
+    for key, value in obj.items():
+        name = names.get(key)
+        if name is None:
+            name = _new_name(names, prefix, key)
+        kind = type(value)
+        if kind is dict:
+            if value:
+                _flatten_context(out, value, name)
+        elif kind is list:
+            out[name] = json_text(value)
+        else:
+            out[name] = value
+
+
 def _common(body: Envelope, as_datetimes: bool) -> dict[str, Any]:
     anonymous_id = body.anonymous_id
     user_id = body.user_id
@@ -231,7 +253,7 @@ def _common(body: Envelope, as_datetimes: bool) -> dict[str, Any]:
     }
     context = body.context
     if context:
-        flatten_into(row, context, "context", CORE_COLUMNS, {})
+        _flatten_context(row, context, "context")
     return row
 
 

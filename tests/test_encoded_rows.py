@@ -324,3 +324,35 @@ def test_text_columns_are_checked_only_when_the_encoder_refuses_a_value() -> Non
             checked.rescued_at,
         )
     assert encoded(["a", 7, True], CopyBinaryEncoder()).rescued_at == []  # 7 -> "7", not lost
+
+
+@given(
+    st.lists(
+        st.one_of(st.none(), st.text(st.characters(exclude_categories=["Cs"]), max_size=20)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_readers_text_fast_path_writes_the_bytes_psycopg_writes_with_no_connection(
+    texts: list[str | None],
+) -> None:
+    """Readers give psycopg a never-connected libpq handle so its text dumper copies each
+    str's UTF-8 buffer; the payload must be byte for byte what the plain path writes."""
+    from psycopg import postgres
+    from psycopg._copy_base import format_row_binary
+    from psycopg.adapt import Transformer
+    from psycopg.pq import Format
+
+    from loader.schema import ColumnType
+    from loader.warehouses.postgres import _ADAPTERS, CopyBinaryEncoder
+
+    payload, ends = CopyBinaryEncoder().encode(
+        [("note", ColumnType.TEXT), ("other", ColumnType.TEXT)], [texts, texts[::-1]], len(texts)
+    )
+    plain = Transformer(_ADAPTERS)
+    plain.set_dumper_types([postgres.types["text"].oid] * 2, Format.BINARY)
+    expected = bytearray()
+    for row in zip(texts, texts[::-1], strict=True):
+        format_row_binary(row, plain, expected)
+    assert payload == bytes(expected)
+    assert ends[-1] == len(payload)
