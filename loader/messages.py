@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 import orjson
 
+from loader.envelope import Envelope
+
 CALL_TYPES = frozenset({"track", "page", "screen", "identify", "group", "alias"})
 MAX_MESSAGE_ID_CHARS = 100
 
@@ -28,6 +30,10 @@ class Reject:
     line: int
     raw: str
     reason: str
+
+    def __reduce__(self) -> tuple[type[Reject], tuple[str, int, str, str]]:
+        # See schema.ColumnEvidence.__reduce__: frozen and compiled, built whole.
+        return Reject, (self.file, self.line, self.raw, self.reason)
 
 
 # Python 3.11's fromisoformat reads a trailing "Z" itself; 3.10's needs "+00:00".
@@ -47,41 +53,6 @@ def parse_timestamp(value: Any) -> datetime | None:
 
 
 _LOWER_KINDS = {kind: kind for kind in CALL_TYPES}
-_Id = str | int | None
-
-
-class Envelope(msgspec.Struct, rename="camel", gc=False):
-    """The fields of a Segment message that its rows are built from, decoded and
-    type-checked by msgspec in C straight from the line: the rest of a message
-    (integrations, writeKey, _metadata...) is skipped, never materialised. Timestamps
-    stay the text the message carried, for bulk paths that take text, and are kept
-    parsed as well for those that take datetimes; `type` is lower-cased once checked."""
-
-    type: str
-    message_id: str
-    received_at: str | None = None
-    sent_at: str | None = None
-    timestamp: str | None = None
-    original_timestamp: str | None = None
-    anonymous_id: _Id = None
-    user_id: _Id = None
-    event: _Id = None
-    name: _Id = None
-    category: _Id = None
-    group_id: _Id = None
-    previous_id: _Id = None
-    properties: dict[str, Any] | None = None
-    traits: dict[str, Any] | None = None
-    context: dict[str, Any] | None = None
-    # The four times as _check parsed them (aware; `event_time` is `timestamp`, or the
-    # corrected time when the message lacks one), for a bulk path that writes datetimes.
-    # Set only by _check, under keys no line carries.
-    received: datetime | None = msgspec.field(default=None, name="$sluice.received")
-    sent: datetime | None = msgspec.field(default=None, name="$sluice.sent")
-    event_time: datetime | None = msgspec.field(default=None, name="$sluice.event_time")
-    original: datetime | None = msgspec.field(default=None, name="$sluice.original")
-
-
 _ENVELOPE_FIELDS = tuple(
     zip(Envelope.__struct_fields__, Envelope.__struct_encode_fields__, strict=True)
 )  # (attribute, JSON key), in the order Envelope() takes them
@@ -90,7 +61,8 @@ _DECODER = msgspec.json.Decoder(Envelope)
 
 
 def _from_dict(body: dict[str, Any]) -> Envelope:
-    return Envelope(*(body.get(key) for _, key in _ENVELOPE_FIELDS[:_JSON_FIELDS]))
+    values: list[Any] = [body.get(key) for _, key in _ENVELOPE_FIELDS[:_JSON_FIELDS]]
+    return Envelope(*values)
 
 
 def envelope_of(body: dict[str, Any]) -> Envelope:

@@ -223,6 +223,11 @@ def _flatten_context(out: dict[str, Any], obj: dict[str, Any], prefix: str) -> N
 def _common(body: Envelope, as_datetimes: bool) -> dict[str, Any]:
     anonymous_id = body.anonymous_id
     user_id = body.user_id
+    # Parsed datetimes or their text, by the bulk path's wants.
+    received_at: Any
+    sent_at: Any
+    timestamp: Any
+    original: Any
     if as_datetimes:
         received_at, sent_at, timestamp, original = (
             body.received,
@@ -269,7 +274,7 @@ def rows_for(
     enter a row. `as_datetimes` writes the common timestamp columns as the datetimes
     messages._check parsed (for a bulk format that wants them) instead of their text.
     """
-    if type(body) is not Envelope:
+    if not isinstance(body, Envelope):
         body = envelope_of(body)
         as_datetimes = False  # only the event time was parsed
     tables: TableRows = {}

@@ -202,6 +202,11 @@ class ColumnEvidence:
     def then(self, later: ColumnEvidence) -> ColumnEvidence:
         return ColumnEvidence(self.first, self.saw_double or later.saw_double)
 
+    def __reduce__(self) -> tuple[type[ColumnEvidence], tuple[ColumnType, bool]]:
+        # Rebuilt through the constructor: compiled by mypyc, a frozen class cannot
+        # take its fields back one by one as pickle's default would set them.
+        return ColumnEvidence, (self.first, self.saw_double)
+
     @property
     def column_type(self) -> ColumnType:
         """First type wins, except integers and floats together in the creating batch."""

@@ -1,0 +1,72 @@
+"""The modules setup.py compiles with mypyc, and when to run their plain Python instead.
+
+An editable install compiles them in place, and Python then imports the compiled module
+even after its `.py` has been edited. Rather than run old code, a module newer than its
+compiled build (or SLUICE_PURE_PYTHON=1) has all of them loaded from source, with a
+warning that says how to recompile. All or none: compiled modules call one another
+directly, so a source module beside compiled ones would leave two versions in use.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import warnings
+from pathlib import Path
+
+# In import order (each imports only those before it); setup.py compiles these.
+COMPILED_MODULES = ("messages", "schema", "normalize", "row_layout", "encoded")
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def compiled_path(name: str, package: Path = _PACKAGE) -> Path | None:
+    """The compiled build of loader.<name>, if there is one beside its source."""
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = package / f"{name}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+def stale_modules(package: Path = _PACKAGE) -> list[str]:
+    """Modules whose source changed after they were compiled."""
+    stale = []
+    for name in COMPILED_MODULES:
+        built = compiled_path(name, package)
+        if built is not None and (package / f"{name}.py").stat().st_mtime > built.stat().st_mtime:
+            stale.append(name)
+    return stale
+
+
+def running_compiled() -> bool:
+    """Whether the hot path runs as mypyc's C (for benchmarks to say what they measured)."""
+    module = sys.modules.get("loader.normalize")
+    return module is not None and not str(getattr(module, "__file__", "")).endswith(".py")
+
+
+def use_source_when_needed() -> None:
+    """Called by loader/__init__ before anything imports the compiled modules."""
+    if not any(compiled_path(name) for name in COMPILED_MODULES):
+        return
+    stale = stale_modules()
+    forced = os.environ.get("SLUICE_PURE_PYTHON", "") not in ("", "0")
+    if not (stale or forced):
+        return
+    if stale:
+        warnings.warn(
+            f"loader: {', '.join(stale)} changed since it was compiled; running the plain "
+            "Python of every compiled module (run `pip install -e .` again to recompile)",
+            stacklevel=3,
+        )
+    for name in COMPILED_MODULES:
+        qualified = f"loader.{name}"
+        if qualified in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(qualified, _PACKAGE / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[qualified] = module
+        spec.loader.exec_module(module)
+        setattr(sys.modules["loader"], name, module)  # as an import would: loader.<name>

@@ -1,0 +1,173 @@
+"""The hot modules setup.py compiles with mypyc give exactly what their plain Python
+gives, and an edited module is never shadowed by its older compiled build."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from loader.compiled import COMPILED_MODULES, compiled_path, stale_modules
+from loader.sample import write_archive
+from tests.helpers import identify, track, write_ndjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every file read four ways (tuples; encoded for binary COPY with nothing known; with the
+# columns typed against the data; through a selective-sync filter), each result
+# written out as plain JSON-able values so the two runs compare field by field.
+READ_ALL = r"""
+import hashlib, json, pickle, sys
+from pathlib import Path
+from loader.compiled import running_compiled
+from loader.file_reader import EncodeContext, ReadOptions, read_file
+from loader.schema import ColumnType
+from loader.selective_sync import parse
+from loader.sources.archive import list_files
+from loader.warehouses.postgres import CAPABILITIES
+
+RULES = '''
+version: 1
+targets:
+  t:
+    web:
+      collections: [screens]
+      properties:
+        "*": [context_campaign_*]
+        order_completed: [revenue]
+'''
+sync, issues = parse(RULES, "selective_sync.yml")
+assert not issues
+known = {
+    "order_completed": {"revenue": ColumnType.BIGINT, "note": ColumnType.BOOLEAN},
+    "identifies": {"age": ColumnType.TEXT, "plan": ColumnType.DOUBLE},
+}
+T = "2026-11-30T00:00:00Z"
+ways = {
+    "tuples": (ReadOptions(), None),
+    "encoded": (ReadOptions(encoder=CAPABILITIES.row_encoder), EncodeContext({}, T)),
+    "typed": (ReadOptions(encoder=CAPABILITIES.row_encoder), EncodeContext(known, T)),
+    "filtered": (ReadOptions(row_filter=sync.filter_for("t", "web")), None),
+}
+
+def plain(read):
+    return {
+        "lines": read.lines, "ids": read.ids, "duplicates": read.duplicates,
+        "rejects": [[r.file, r.line, r.reason] for r in read.rejects],
+        "users": sorted(read.users), "accounts": sorted(read.accounts),
+        "tables": {t: [c.names, [list(map(repr, r)) for r in c.rows], repr(c.rescued)]
+                   for t, c in sorted(read.tables.items())},
+        "encoded": {t: [list(e.columns), hashlib.sha256(e.payload).hexdigest(), e.row_ends,
+                        e.ids, {k: v.value for k, v in e.types.items()},
+                        {k: [v.first.value, v.saw_double] for k, v in e.evidence.items()},
+                        e.rescued_at]
+                    for t, e in sorted(read.encoded.items())},
+        "decided": repr(read.decided),
+    }
+
+out = {"compiled": running_compiled(), "reads": {}}
+for way, (options, context) in ways.items():
+    for f in list_files(sys.argv[1]):
+        read = read_file(f, options, context)
+        # As a reader process sends it to the loader.
+        read = pickle.loads(pickle.dumps(read, protocol=pickle.HIGHEST_PROTOCOL))
+        out["reads"][f"{way} {Path(f.url).name}"] = plain(read)
+print(json.dumps(out))
+"""
+
+
+def _read_all(archive: Path, pure: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "SLUICE_PURE_PYTHON"}
+    if pure:
+        env["SLUICE_PURE_PYTHON"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-c", READ_ALL, str(archive)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_compiled_and_plain_python_read_every_file_alike(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    write_archive(archive, 3000, events_per_file=1000, malformed=True)
+    awkward = [
+        track("a1", note=True, revenue="12", id="x", event="y", nested={"deep": {"er": [1, 2]}}),
+        track("a2", revenue=2**62, note="maybe", Revenue=3, items=[], blank="", nested={}),
+        track("a3", event="Tracks", **{"ünï cödé": 1.5, "a-b": None, "context": {"ip": 1}}),
+        identify("a4", "u9", "2026-11-01T10:00:00+02:00", "2026-11-01T10:00:00Z", age=30),
+        identify("a5", "u9", "2026-11-01T10:00:00", "2026-11-01T10:00:01Z", plan="pro", age="x"),
+        {
+            "type": "group",
+            "messageId": "a6",
+            "userId": 5,
+            "groupId": 7,
+            "traits": {"n": 1},
+            "receivedAt": "2026-11-01T10:00:00Z",
+        },
+        {
+            "type": "alias",
+            "messageId": "a7",
+            "anonymousId": "an",
+            "previousId": "p",
+            "receivedAt": "2026-11-01T10:00:00Z",
+            "sentAt": "2026-11-01T10:00:05Z",
+            "originalTimestamp": "2026-11-01T10:00:03Z",
+        },
+        {
+            "type": "page",
+            "messageId": "a8",
+            "userId": "u",
+            "name": "Home",
+            "properties": {"name": "Home", "title": "t"},
+            "receivedAt": "2026-11-01T10:00:00Z",
+        },
+        {"type": "track", "messageId": "a9", "userId": "u", "receivedAt": "never"},
+        track("a1", note=False),  # a duplicate within the file
+        b'{"type":"track","messageId":"a10","userId":"u","event":"Order Completed",'
+        b'"receivedAt":"2026-11-01T10:00:00Z","properties":{"revenue":%d,"list":[%d]}}'
+        % (2**70, 2**70),
+    ]
+    write_ndjson(archive / "segment-logs" / "other" / "1" / "awkward.gz", awkward)
+
+    plain = _read_all(archive, pure=True)
+    native = _read_all(archive, pure=False)
+
+    built = any(compiled_path(name) for name in COMPILED_MODULES)
+    assert plain["compiled"] is False
+    assert native["compiled"] is built  # the build compiled them: this compares C to Python
+    assert len(plain["reads"]) == 4 * 4
+    assert any(r["rejects"] for r in plain["reads"].values())
+    assert any(r["encoded"] for r in plain["reads"].values())
+    assert any(r["tables"] for r in plain["reads"].values())
+    for key, expected in plain["reads"].items():
+        assert native["reads"][key] == expected, key
+
+
+def test_a_module_edited_after_compiling_is_stale(tmp_path: Path) -> None:
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    for name in COMPILED_MODULES:
+        (tmp_path / f"{name}.py").write_text("")
+    assert stale_modules(tmp_path) == []  # nothing compiled: nothing stale
+    for name in ("normalize", "schema"):
+        (tmp_path / f"{name}{suffix}").write_bytes(b"")
+    os.utime(tmp_path / f"normalize{suffix}", (1_000, 1_000))  # built before its .py
+    assert stale_modules(tmp_path) == ["normalize"]
+
+
+def test_pure_python_can_be_forced_by_the_environment() -> None:
+    code = (
+        "import loader.normalize, loader.encoded; from loader.compiled import running_compiled;"
+        "print(running_compiled(), loader.normalize.__file__.endswith('.py'))"
+    )
+    env = dict(os.environ, SLUICE_PURE_PYTHON="1")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert done.stdout.split() == ["False", "True"]
