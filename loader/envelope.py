@@ -44,5 +44,3 @@ class Envelope(msgspec.Struct, rename="camel", gc=False):
     sent: datetime | None = msgspec.field(default=None, name="$sluice.sent")
     event_time: datetime | None = msgspec.field(default=None, name="$sluice.event_time")
     original: datetime | None = msgspec.field(default=None, name="$sluice.original")
-
-

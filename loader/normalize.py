@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timezone
-from itertools import chain
 from typing import Any, Protocol
 
 from loader.messages import Envelope, envelope_of
@@ -109,14 +108,29 @@ class TableChunk:
     def of_values(
         cls, values: list[dict[str, Any]], rescued: list[dict[str, Any] | None]
     ) -> TableChunk:
-        names = list(dict.fromkeys(chain.from_iterable(values)))
+        # Most rows of a table carry the same names in the same order (one code path
+        # built them): such a row's values are its tuple as they are. Names are learnt as
+        # rows bring new ones (appended, so earlier tuples stay aligned as a prefix) in
+        # the same pass, rather than by a first pass over every key of every row.
+        names: list[str] = list(values[0]) if values else []
+        known = set(names)
         width = len(names)
-        # Most rows of a table carry every name in the same order (one code path built
-        # them): their values are the tuple as they are; the rest are aligned by name.
-        rows = [
-            tuple(v.values()) if len(v) == width and list(v) == names else tuple(map(v.get, names))
-            for v in values
-        ]
+        grew = False
+        rows: list[tuple[Any, ...]] = []
+        for v in values:
+            if len(v) == width and list(v) == names:
+                rows.append(tuple(v.values()))
+                continue
+            for name in v:
+                if name not in known:
+                    known.add(name)
+                    names.append(name)
+                    grew = True
+            width = len(names)
+            rows.append(tuple(map(v.get, names)))
+        if grew:
+            pad = (None,) * width
+            rows = [r if len(r) == width else r + pad[len(r) :] for r in rows]
         return cls(names, rows, rescued)
 
     def columns(self) -> dict[str, tuple[Any, ...]]:

@@ -356,3 +356,19 @@ def test_readers_text_fast_path_writes_the_bytes_psycopg_writes_with_no_connecti
         format_row_binary(row, plain, expected)
     assert payload == bytes(expected)
     assert ends[-1] == len(payload)
+
+
+@given(
+    st.lists(st.dictionaries(st.sampled_from("abcdefg"), st.integers(0, 9), max_size=6), max_size=8)
+)
+def test_rows_of_any_names_line_up_by_name(values: list[dict[str, int]]) -> None:
+    """A table's rows laid out as tuples: every name any row has, in first-seen order,
+    and each row's value under its own name (None where the row lacks it)."""
+    from loader.normalize import TableChunk
+
+    chunk = TableChunk.of_values(values, [None] * len(values))
+    names = list(dict.fromkeys(name for row in values for name in row))
+    assert chunk.names == names
+    assert [dict(zip(names, row, strict=True)) for row in chunk.rows] == [
+        {name: row.get(name) for name in names} for row in values
+    ]
