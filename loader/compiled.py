@@ -18,6 +18,8 @@ from pathlib import Path
 
 # In import order (each imports only those before it); setup.py compiles these.
 COMPILED_MODULES = ("messages", "schema", "normalize", "row_layout", "encoded")
+# The one library holding their code (setup.py's group_name), beside them in the package.
+SHARED_LIBRARY = "_native__mypyc"
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -31,11 +33,17 @@ def compiled_path(name: str, package: Path = _PACKAGE) -> Path | None:
 
 
 def stale_modules(package: Path = _PACKAGE) -> list[str]:
-    """Modules whose source changed after they were compiled."""
+    """Modules whose compiled build cannot be used as it is: older than its source, or
+    missing (with its shared library) while other modules are built, as a build that
+    failed part way leaves them."""
+    built = {name: compiled_path(name, package) for name in COMPILED_MODULES}
+    if not any(built.values()):
+        return []
+    library = compiled_path(SHARED_LIBRARY, package)
     stale = []
-    for name in COMPILED_MODULES:
-        built = compiled_path(name, package)
-        if built is not None and (package / f"{name}.py").stat().st_mtime > built.stat().st_mtime:
+    for name, path in built.items():
+        source = package / f"{name}.py"
+        if path is None or library is None or source.stat().st_mtime > path.stat().st_mtime:
             stale.append(name)
     return stale
 
@@ -56,8 +64,9 @@ def use_source_when_needed() -> None:
         return
     if stale:
         warnings.warn(
-            f"loader: {', '.join(stale)} changed since it was compiled; running the plain "
-            "Python of every compiled module (run `pip install -e .` again to recompile)",
+            f"loader: the compiled build of {', '.join(stale)} is missing or older than its "
+            "source; running the plain Python of every compiled module (run "
+            "`pip install -e .` again to recompile)",
             stacklevel=3,
         )
     for name in COMPILED_MODULES:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loader.compiled import COMPILED_MODULES, compiled_path, stale_modules
+from loader.compiled import COMPILED_MODULES, SHARED_LIBRARY, compiled_path, stale_modules
 from loader.sample import write_archive
 from tests.helpers import identify, track, write_ndjson
 
@@ -150,15 +150,20 @@ def test_compiled_and_plain_python_read_every_file_alike(tmp_path: Path) -> None
         assert native["reads"][key] == expected, key
 
 
-def test_a_module_edited_after_compiling_is_stale(tmp_path: Path) -> None:
+def test_a_module_edited_after_compiling_or_left_unbuilt_is_stale(tmp_path: Path) -> None:
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     for name in COMPILED_MODULES:
         (tmp_path / f"{name}.py").write_text("")
     assert stale_modules(tmp_path) == []  # nothing compiled: nothing stale
-    for name in ("normalize", "schema"):
+    for name in (*COMPILED_MODULES, SHARED_LIBRARY):
         (tmp_path / f"{name}{suffix}").write_bytes(b"")
+    assert stale_modules(tmp_path) == []  # built after its sources
     os.utime(tmp_path / f"normalize{suffix}", (1_000, 1_000))  # built before its .py
     assert stale_modules(tmp_path) == ["normalize"]
+    (tmp_path / f"schema{suffix}").unlink()  # a build that failed part way
+    assert stale_modules(tmp_path) == ["schema", "normalize"]
+    (tmp_path / f"{SHARED_LIBRARY}{suffix}").unlink()  # shims without their code
+    assert stale_modules(tmp_path) == list(COMPILED_MODULES)
 
 
 def test_pure_python_can_be_forced_by_the_environment() -> None:
@@ -171,3 +176,18 @@ def test_pure_python_can_be_forced_by_the_environment() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_setup_compiles_exactly_the_modules_the_package_checks() -> None:
+    import ast
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    (listed,) = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED"
+    ]
+    paths = ast.literal_eval(listed)
+    assert sorted(paths) == sorted(f"loader/{name}.py" for name in COMPILED_MODULES)
+    assert 'group_name="loader._native"' in (ROOT / "setup.py").read_text()
+    assert SHARED_LIBRARY == "_native__mypyc"  # mypyc names it <group_name>__mypyc
