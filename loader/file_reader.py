@@ -234,12 +234,26 @@ def read_files(
             reader.close()
 
 
+# How much lower a reader's CPU priority is than the loading process's. The loading
+# process and the warehouse's backend are one serial lane (rows are COPYed while the
+# loader waits); readers work ahead with files queued, so they should take what CPU that
+# lane leaves. Measured at 1M events into PostgreSQL on 2 cores: +3% to +9% events/s.
+READER_NICENESS = 10
+
+
+def _yield_cpu() -> None:
+    nice = getattr(os, "nice", None)  # POSIX only
+    if nice is not None:
+        nice(READER_NICENESS)
+
+
 def _serve() -> None:
     """The reader process: answer each request on stdin with its FileRead on stdout."""
     requests = sys.stdin.buffer
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr  # nothing else may write into the answer stream
     gc.disable()  # FileReads hold no cycles; see pipeline._cyclic_gc_paused
+    _yield_cpu()
     # Requests are taken off the pipe as they come, by a thread: a request larger than
     # the pipe's buffer (the loader's schema, a selective-sync filter) must never wait
     # for an answer the loader is not reading yet because it is still writing that

@@ -34,10 +34,10 @@ version: 1
 targets:
   t:
     web:
-      collections: [screens]
+      collections: [pages, aliases]
       properties:
-        "*": [context_campaign_*]
-        order_completed: [revenue]
+        "*": [context_page_*, context_ip]
+        identifies: [age]
 '''
 sync, issues = parse(RULES, "selective_sync.yml")
 assert not issues

@@ -163,3 +163,22 @@ def test_requests_and_answers_larger_than_a_pipe_never_deadlock(tmp_path: Path) 
         assert "property_number_2999" in columns and "property_number_1999" not in columns
     finally:
         wh.close()
+
+
+def test_reader_processes_yield_the_cpu_to_the_loading_process(tmp_path: Path) -> None:
+    """Readers work ahead of the loader; the loader and the warehouse backend it waits
+    on are the serial lane, so readers run at a lower CPU priority."""
+    import os
+
+    from loader.file_reader import READER_NICENESS, _ReaderProcess
+
+    path = write_ndjson(tmp_path / "a.gz", [track("m1")])
+    reader = _ReaderProcess()
+    try:
+        reader.send(ArchiveFile(str(path), 0), ReadOptions(), None)
+        assert reader.receive().lines == 1
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        theirs = os.getpriority(os.PRIO_PROCESS, reader.process.pid)
+        assert theirs == min(19, mine + READER_NICENESS)
+    finally:
+        reader.close()
