@@ -8,8 +8,11 @@ gets the same modules as plain Python: same behaviour, only slower.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -33,6 +36,21 @@ class OptionalBuildExt(build_ext):
             super().run()
         except Exception as exc:  # noqa: BLE001 - any compiler failure
             _skipped(exc)
+            return
+        if self.extensions:
+            self.record_sources()
+
+    def record_sources(self) -> None:
+        """What each compiled module was built from, beside the builds, so that
+        loader/compiled.py can tell an edited module from its build. File times cannot:
+        a wheel's installer writes the .py after the .so."""
+        target = Path(self.get_ext_fullpath("loader._native__mypyc")).parent
+        built = {}
+        for source in COMPILED:
+            name = Path(source).stem
+            if any(target.glob(f"{name}.*.so")) or any(target.glob(f"{name}.*.pyd")):
+                built[name] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+        (target / "_compiled_sources.json").write_text(json.dumps(built, indent=1) + "\n")
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:

@@ -1,16 +1,20 @@
 """The modules setup.py compiles with mypyc, and when to run their plain Python instead.
 
 An editable install compiles them in place, and Python then imports the compiled module
-even after its `.py` has been edited. Rather than run old code, a module newer than its
-compiled build (or SLUICE_PURE_PYTHON=1) has all of them loaded from source, with a
-warning that says how to recompile. All or none: compiled modules call one another
+even after its `.py` has been edited. Rather than run old code, a module whose source is
+not what it was compiled from (setup.py records each source's SHA-256 beside the builds;
+file times cannot tell, as a wheel's installer writes the .py after the .so), or
+SLUICE_PURE_PYTHON=1, has all of them loaded from source, with a warning that says how
+to recompile. All or none: compiled modules call one another
 directly, so a source module beside compiled ones would leave two versions in use.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
+import json
 import os
 import sys
 import warnings
@@ -20,6 +24,8 @@ from pathlib import Path
 COMPILED_MODULES = ("messages", "schema", "normalize", "row_layout", "encoded")
 # The one library holding their code (setup.py's group_name), beside them in the package.
 SHARED_LIBRARY = "_native__mypyc"
+# Written by setup.py beside the builds: module -> SHA-256 of the source it was built from.
+SOURCES_RECORD = "_compiled_sources.json"
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -33,17 +39,26 @@ def compiled_path(name: str, package: Path = _PACKAGE) -> Path | None:
 
 
 def stale_modules(package: Path = _PACKAGE) -> list[str]:
-    """Modules whose compiled build cannot be used as it is: older than its source, or
-    missing (with its shared library) while other modules are built, as a build that
-    failed part way leaves them."""
+    """Modules whose compiled build cannot be used as it is: built from another version
+    of their source, or missing (with its shared library, or the record of what was
+    compiled) while other modules are built, as a build that failed part way leaves
+    them."""
     built = {name: compiled_path(name, package) for name in COMPILED_MODULES}
     if not any(built.values()):
         return []
     library = compiled_path(SHARED_LIBRARY, package)
+    try:
+        recorded = json.loads((package / SOURCES_RECORD).read_text())
+    except (OSError, ValueError):
+        recorded = {}
     stale = []
     for name, path in built.items():
-        source = package / f"{name}.py"
-        if path is None or library is None or source.stat().st_mtime > path.stat().st_mtime:
+        source = (package / f"{name}.py").read_bytes()
+        if (
+            path is None
+            or library is None
+            or recorded.get(name) != hashlib.sha256(source).hexdigest()
+        ):
             stale.append(name)
     return stale
 
@@ -64,9 +79,9 @@ def use_source_when_needed() -> None:
         return
     if stale:
         warnings.warn(
-            f"loader: the compiled build of {', '.join(stale)} is missing or older than its "
-            "source; running the plain Python of every compiled module (run "
-            "`pip install -e .` again to recompile)",
+            f"loader: the compiled build of {', '.join(stale)} is missing or was built from "
+            "another version of its source; running the plain Python of every compiled "
+            "module (run `pip install -e .` again to recompile)",
             stacklevel=3,
         )
     for name in COMPILED_MODULES:

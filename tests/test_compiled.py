@@ -3,6 +3,7 @@ gives, and an edited module is never shadowed by its older compiled build."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import json
 import os
@@ -10,7 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loader.compiled import COMPILED_MODULES, SHARED_LIBRARY, compiled_path, stale_modules
+from loader.compiled import (
+    COMPILED_MODULES,
+    SHARED_LIBRARY,
+    SOURCES_RECORD,
+    compiled_path,
+    stale_modules,
+)
 from loader.sample import write_archive
 from tests.helpers import identify, track, write_ndjson
 
@@ -153,16 +160,28 @@ def test_compiled_and_plain_python_read_every_file_alike(tmp_path: Path) -> None
 def test_a_module_edited_after_compiling_or_left_unbuilt_is_stale(tmp_path: Path) -> None:
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     for name in COMPILED_MODULES:
-        (tmp_path / f"{name}.py").write_text("")
+        (tmp_path / f"{name}.py").write_text(f"# {name}\n")
     assert stale_modules(tmp_path) == []  # nothing compiled: nothing stale
     for name in (*COMPILED_MODULES, SHARED_LIBRARY):
         (tmp_path / f"{name}{suffix}").write_bytes(b"")
-    assert stale_modules(tmp_path) == []  # built after its sources
-    os.utime(tmp_path / f"normalize{suffix}", (1_000, 1_000))  # built before its .py
+    record = {
+        name: hashlib.sha256((tmp_path / f"{name}.py").read_bytes()).hexdigest()
+        for name in COMPILED_MODULES
+    }
+    (tmp_path / SOURCES_RECORD).write_text(json.dumps(record))
+    # Built from these sources, whatever the file times (an installer writes .py last).
+    for name in COMPILED_MODULES:
+        os.utime(tmp_path / f"{name}{suffix}", (1_000, 1_000))
+    assert stale_modules(tmp_path) == []
+    (tmp_path / "normalize.py").write_text("# normalize, edited\n")
     assert stale_modules(tmp_path) == ["normalize"]
     (tmp_path / f"schema{suffix}").unlink()  # a build that failed part way
     assert stale_modules(tmp_path) == ["schema", "normalize"]
     (tmp_path / f"{SHARED_LIBRARY}{suffix}").unlink()  # shims without their code
+    assert stale_modules(tmp_path) == list(COMPILED_MODULES)
+    (tmp_path / SOURCES_RECORD).unlink()  # no record of what was compiled
+    (tmp_path / f"{SHARED_LIBRARY}{suffix}").write_bytes(b"")
+    (tmp_path / f"schema{suffix}").write_bytes(b"")
     assert stale_modules(tmp_path) == list(COMPILED_MODULES)
 
 
