@@ -71,11 +71,9 @@ def running_compiled() -> bool:
 
 def use_source_when_needed() -> None:
     """Called by loader/__init__ before anything imports the compiled modules."""
-    if not any(compiled_path(name) for name in COMPILED_MODULES):
-        return
     stale = stale_modules()
     forced = os.environ.get("SLUICE_PURE_PYTHON", "") not in ("", "0")
-    if not (stale or forced):
+    if not stale and not (forced and any(compiled_path(n) for n in COMPILED_MODULES)):
         return
     if stale:
         warnings.warn(

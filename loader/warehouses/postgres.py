@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from functools import cache
 from itertools import repeat
 from operator import attrgetter
 from typing import Any
@@ -72,14 +73,9 @@ class _Utf8Context:
         self.pgconn = pq.PGconn.connect_start(b"sluice_reader_has_no_connection=1")
 
 
-_READER_CONTEXT: _Utf8Context | None = None
-
-
+@cache
 def _reader_context() -> _Utf8Context:
-    global _READER_CONTEXT
-    if _READER_CONTEXT is None:
-        _READER_CONTEXT = _Utf8Context()
-    return _READER_CONTEXT
+    return _Utf8Context()
 
 
 def _datetimes(values: Iterable[Any]) -> Sequence[datetime | None]:
