@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from loader.schema import ColumnType
 from loader.warehouses.base import Capabilities, LockBusy, WarehouseError
-from loader.warehouses.sql_family import SqlFamilyWarehouse, qualified, quote
+from loader.warehouses.sql_family import UpsertSqlWarehouse, qualified, quote
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=63,
@@ -27,7 +27,7 @@ CAPABILITIES = Capabilities(
 )
 
 
-class DuckDBWarehouse(SqlFamilyWarehouse):
+class DuckDBWarehouse(UpsertSqlWarehouse):
     capabilities = CAPABILITIES
     placeholder = "?"
 

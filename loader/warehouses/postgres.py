@@ -22,7 +22,7 @@ from loader.messages import parse_timestamp
 from loader.normalize import RESCUED_COLUMN
 from loader.schema import ColumnType
 from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
-from loader.warehouses.sql_family import SqlFamilyWarehouse, qualified, quote
+from loader.warehouses.sql_family import UpsertSqlWarehouse, qualified, quote
 
 try:  # psycopg's own COPY row formatter (C with psycopg[binary]); not public API
     from psycopg._copy_base import format_row_binary
@@ -169,7 +169,7 @@ CAPABILITIES = Capabilities(
 )
 
 
-class PostgresWarehouse(SqlFamilyWarehouse):
+class PostgresWarehouse(UpsertSqlWarehouse):
     capabilities = CAPABILITIES
     placeholder = "%s"
 

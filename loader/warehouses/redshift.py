@@ -84,8 +84,7 @@ from loader.warehouses.base import (
     Rows,
     WarehouseError,
 )
-from loader.warehouses.postgres import PostgresWarehouse
-from loader.warehouses.sql_family import qualified, quote
+from loader.warehouses.sql_family import SqlFamilyWarehouse, qualified, quote
 
 T = TypeVar("T")
 MAX_VARCHAR = 65535
@@ -440,7 +439,7 @@ _PERMANENT_WORDS = ("password", "authentication", "does not exist", "pg_hba", "p
 MAX_IN_LIST = 10_000
 
 
-class RedshiftWarehouse(PostgresWarehouse):
+class RedshiftWarehouse(SqlFamilyWarehouse):
     def __init__(self, target_name: str, target: RedshiftTarget) -> None:
         self.target_name = target_name
         self.target = target
@@ -859,9 +858,6 @@ class RedshiftWarehouse(PostgresWarehouse):
             self._execute(f"DROP TABLE {stage}")
         return n
 
-    def _stage_insert(self, *args: Any, **kwargs: Any) -> int:
-        raise NotImplementedError("Redshift has no ON CONFLICT; see insert_new_rows")
-
     # --- profiles -------------------------------------------------------------------------
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
         if not keys:
@@ -932,9 +928,6 @@ class RedshiftWarehouse(PostgresWarehouse):
                 )
             if rows:
                 self.insert_plain(schema, table, list(columns), rows)
-
-    def _retl_row_hash(self, alias: str) -> str:
-        raise NotImplementedError("Redshift hashes typed columns; see retl_stage")
 
     def _hash_part(self, column: str, kind: ColumnType) -> str:
         c = quote(column)

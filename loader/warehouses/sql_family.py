@@ -1,7 +1,9 @@
-"""SQL shared by warehouses that speak PostgreSQL's dialect (PostgreSQL, DuckDB).
+"""SQL shared by warehouses that speak PostgreSQL's dialect (PostgreSQL, DuckDB, Redshift).
 
-Adapters subclass this and supply the connection, placeholders and the bulk stage;
-everything here quotes identifiers and passes values as parameters.
+Adapters subclass SqlFamilyWarehouse and supply the connection, placeholders and their
+writes; PostgreSQL and DuckDB take theirs from UpsertSqlWarehouse (INSERT ... ON
+CONFLICT), Redshift writes its own. Everything here quotes identifiers and passes values
+as parameters.
 """
 
 from __future__ import annotations
@@ -123,34 +125,6 @@ class SqlFamilyWarehouse(Warehouse):
             self._execute(
                 f"ALTER TABLE {qualified(schema, table)} ADD COLUMN {self._column_sql(name, kind)}"
             )
-
-    # --- bulk writes: staged rows, then one set-based statement --------------------
-    @abstractmethod
-    def _stage_insert(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        conflict: str,
-    ) -> int:
-        """Bulk-stage rows through the adapter's fast path, then one INSERT ... SELECT
-        with `conflict` (ON CONFLICT ...); returns the rows inserted or updated."""
-
-    def insert_new_rows(
-        self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
-    ) -> int:
-        return self._stage_insert(
-            schema, table, columns, rows, self._conflict_clause(quote(table), columns, fill_nulls)
-        )
-
-    def upsert_rows(
-        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> int:
-        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c != "id")
-        return self._stage_insert(
-            schema, table, columns, rows, f"ON CONFLICT (id) DO UPDATE SET {sets}"
-        )
 
     def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
         if not ids:
@@ -331,19 +305,6 @@ class SqlFamilyWarehouse(Warehouse):
             out.setdefault(table, set()).add(column)
         return out
 
-    def _conflict_clause(self, target: str, columns: Sequence[str], fill_nulls: bool) -> str:
-        """What to do with a staged row whose id is there already."""
-        fillable = [c for c in columns if c not in ("id", "uuid_ts", "_rescued_data")]
-        if not fill_nulls or not fillable:
-            return "ON CONFLICT (id) DO NOTHING"
-        sets = ", ".join(
-            f"{quote(c)} = COALESCE({target}.{quote(c)}, excluded.{quote(c)})" for c in fillable
-        )
-        changed = " OR ".join(
-            f"({target}.{quote(c)} IS NULL AND excluded.{quote(c)} IS NOT NULL)" for c in fillable
-        )
-        return f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {changed}"
-
     def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None:
         if not rejects:
             return
@@ -354,6 +315,7 @@ class SqlFamilyWarehouse(Warehouse):
             [(schema, r.file, r.line, r.raw, r.reason) for r in rejects],
         )
 
+    @abstractmethod
     def insert_plain(
         self,
         schema: str,
@@ -362,12 +324,8 @@ class SqlFamilyWarehouse(Warehouse):
         rows: Sequence[Sequence[Any]],
         skip_existing: bool = False,
     ) -> None:
-        p = ", ".join([self.placeholder] * len(columns))
-        cols = ", ".join(quote(c) for c in columns)
-        tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
-        self._executemany(
-            f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p}){tail}", rows
-        )
+        """Insert small bookkeeping rows as they are; with skip_existing, leave out a row
+        whose key is there already."""
 
     def record_run(self, schema: str, report: dict[str, Any]) -> None:
         p = self.placeholder
@@ -410,10 +368,6 @@ class SqlFamilyWarehouse(Warehouse):
     # --- reverse ETL ---
     # Staging and change-set tables live in _sluice (real tables, not TEMP ones: every
     # warehouse has those, and a crashed run's leftovers are replaced by the next run).
-
-    @abstractmethod
-    def _retl_row_hash(self, alias: str) -> str:
-        """SQL hashing every column of the row aliased `alias` (dialect-specific)."""
 
     def _retl_table(self, kind: str, model: str) -> str:
         return qualified(BOOKKEEPING_SCHEMA, f"retl_{kind}__{model}")
@@ -465,20 +419,6 @@ class SqlFamilyWarehouse(Warehouse):
             columns = self._retl_columns_of(f"retl_probe__{model}")
             self._execute(f"DROP TABLE {probe}")
         return columns
-
-    def retl_stage(self, model: str, sql: str, key: str, columns: Sequence[str]) -> int:
-        stage = self._retl_table("stage", model)
-        inner = f"SELECT {', '.join(quote(c) for c in columns)} FROM (\n{sql}\n) AS m0"
-        with self.transaction():
-            self._execute(f"DROP TABLE IF EXISTS {stage}")
-            # The alias is reserved (model columns may not start with _sluice_), so the
-            # hash sees the whole row, never a column that happens to share its name.
-            self._execute(
-                f"CREATE TABLE {stage} AS SELECT CAST(_sluice_row.{quote(key)} AS text) "
-                f"AS _sluice_key, {self._retl_row_hash('_sluice_row')} AS _sluice_hash, "
-                f"_sluice_row.* FROM ({inner}) AS _sluice_row"
-            )
-        return int(self._fetchall(f"SELECT count(*) FROM {stage}")[0][0])
 
     def retl_key_problems(self, model: str) -> tuple[int, int]:
         stage = self._retl_table("stage", model)
@@ -647,3 +587,84 @@ class SqlFamilyWarehouse(Warehouse):
                 )
             if rows:
                 self.insert_plain(schema, table, list(columns), rows)
+
+
+class UpsertSqlWarehouse(SqlFamilyWarehouse):
+    """The writes of the dialects with INSERT ... ON CONFLICT and a whole-row value to
+    hash (PostgreSQL, DuckDB). Redshift has neither and writes with anti-joins and MERGE
+    (its adapter subclasses SqlFamilyWarehouse directly)."""
+
+    # --- bulk writes: staged rows, then one set-based statement --------------------
+    @abstractmethod
+    def _stage_insert(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        conflict: str,
+    ) -> int:
+        """Bulk-stage rows through the adapter's fast path, then one INSERT ... SELECT
+        with `conflict` (ON CONFLICT ...); returns the rows inserted or updated."""
+
+    def insert_new_rows(
+        self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
+    ) -> int:
+        return self._stage_insert(
+            schema, table, columns, rows, self._conflict_clause(quote(table), columns, fill_nulls)
+        )
+
+    def upsert_rows(
+        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    ) -> int:
+        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in columns if c != "id")
+        return self._stage_insert(
+            schema, table, columns, rows, f"ON CONFLICT (id) DO UPDATE SET {sets}"
+        )
+
+    def _conflict_clause(self, target: str, columns: Sequence[str], fill_nulls: bool) -> str:
+        """What to do with a staged row whose id is there already."""
+        fillable = [c for c in columns if c not in ("id", "uuid_ts", "_rescued_data")]
+        if not fill_nulls or not fillable:
+            return "ON CONFLICT (id) DO NOTHING"
+        sets = ", ".join(
+            f"{quote(c)} = COALESCE({target}.{quote(c)}, excluded.{quote(c)})" for c in fillable
+        )
+        changed = " OR ".join(
+            f"({target}.{quote(c)} IS NULL AND excluded.{quote(c)} IS NOT NULL)" for c in fillable
+        )
+        return f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {changed}"
+
+    def insert_plain(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        skip_existing: bool = False,
+    ) -> None:
+        p = ", ".join([self.placeholder] * len(columns))
+        cols = ", ".join(quote(c) for c in columns)
+        tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
+        self._executemany(
+            f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p}){tail}", rows
+        )
+
+    # --- reverse ETL ---
+    @abstractmethod
+    def _retl_row_hash(self, alias: str) -> str:
+        """SQL hashing every column of the row aliased `alias` (dialect-specific)."""
+
+    def retl_stage(self, model: str, sql: str, key: str, columns: Sequence[str]) -> int:
+        stage = self._retl_table("stage", model)
+        inner = f"SELECT {', '.join(quote(c) for c in columns)} FROM (\n{sql}\n) AS m0"
+        with self.transaction():
+            self._execute(f"DROP TABLE IF EXISTS {stage}")
+            # The alias is reserved (model columns may not start with _sluice_), so the
+            # hash sees the whole row, never a column that happens to share its name.
+            self._execute(
+                f"CREATE TABLE {stage} AS SELECT CAST(_sluice_row.{quote(key)} AS text) "
+                f"AS _sluice_key, {self._retl_row_hash('_sluice_row')} AS _sluice_hash, "
+                f"_sluice_row.* FROM ({inner}) AS _sluice_row"
+            )
+        return int(self._fetchall(f"SELECT count(*) FROM {stage}")[0][0])
