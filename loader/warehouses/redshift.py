@@ -939,22 +939,19 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
         )
         return f"COALESCE('v' || CAST(length({text}) AS {WIDE}) || ':' || {text}, 'n')"
 
-    def retl_stage(self, model: str, sql: str, key: str, columns: Sequence[str]) -> int:
-        """Staged with an empty hash, then hashed from the typed columns (no row_to_json
-        on Redshift): each value length-prefixed, NULL distinct from ''."""
-        stage = self._retl_table("stage", model)
-        inner = f"SELECT {', '.join(quote(c) for c in columns)} FROM (\n{sql}\n) AS m0"
-        with self.transaction():
-            self._execute(f"DROP TABLE IF EXISTS {stage}")
-            self._execute(
-                f"CREATE TABLE {stage} AS SELECT CAST(_sluice_row.{quote(key)} AS {WIDE}) "
-                "AS _sluice_key, CAST(NULL AS varchar(64)) AS _sluice_hash, "
-                f"_sluice_row.* FROM ({inner}) AS _sluice_row"
-            )
-            kinds = self._retl_columns_of(f"retl_stage__{model}")
-            parts = " || '|' || ".join(self._hash_part(c, kinds[c]) for c in columns) or "''"
-            self._execute(f"UPDATE {stage} SET _sluice_hash = md5({parts})")
-        return int(self._fetchall(f"SELECT count(*) FROM {stage}")[0][0])
+    # Keys compared as VARCHAR(65535): Redshift's TEXT is VARCHAR(256).
+    _retl_key_type = WIDE
+
+    def _retl_row_hash(self, alias: str) -> str:
+        """No row_to_json on Redshift: staged empty, hashed by _retl_hash_staged."""
+        return "CAST(NULL AS varchar(64))"
+
+    def _retl_hash_staged(self, stage: str, model: str, columns: Sequence[str]) -> None:
+        """Hashed from the typed columns: each value length-prefixed, NULL distinct
+        from ''."""
+        kinds = self._retl_columns_of(f"retl_stage__{model}")
+        parts = " || '|' || ".join(self._hash_part(c, kinds[c]) for c in columns) or "''"
+        self._execute(f"UPDATE {stage} SET _sluice_hash = md5({parts})")
 
     def retl_diff(self, model: str, columns: Sequence[str]) -> dict[str, int]:
         stage = self._retl_table("stage", model)

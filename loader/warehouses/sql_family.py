@@ -315,7 +315,6 @@ class SqlFamilyWarehouse(Warehouse):
             [(schema, r.file, r.line, r.raw, r.reason) for r in rejects],
         )
 
-    @abstractmethod
     def insert_plain(
         self,
         schema: str,
@@ -324,8 +323,12 @@ class SqlFamilyWarehouse(Warehouse):
         rows: Sequence[Sequence[Any]],
         skip_existing: bool = False,
     ) -> None:
-        """Insert small bookkeeping rows as they are; with skip_existing, leave out a row
-        whose key is there already."""
+        p = ", ".join([self.placeholder] * len(columns))
+        cols = ", ".join(quote(c) for c in columns)
+        tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
+        self._executemany(
+            f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p}){tail}", rows
+        )
 
     def record_run(self, schema: str, report: dict[str, Any]) -> None:
         p = self.placeholder
@@ -368,6 +371,19 @@ class SqlFamilyWarehouse(Warehouse):
     # --- reverse ETL ---
     # Staging and change-set tables live in _sluice (real tables, not TEMP ones: every
     # warehouse has those, and a crashed run's leftovers are replaced by the next run).
+
+    # The SQL type staged keys are cast to (text, unless a dialect's text is short).
+    _retl_key_type = "text"
+
+    @abstractmethod
+    def _retl_row_hash(self, alias: str) -> str:
+        """SQL hashing every column of the row aliased `alias` (dialect-specific). A
+        dialect that cannot hash a whole row gives a typed NULL here and fills the hashes
+        in with _retl_hash_staged."""
+
+    def _retl_hash_staged(self, stage: str, model: str, columns: Sequence[str]) -> None:
+        """Hash the staged rows after staging, in the same transaction; nothing to do
+        where _retl_row_hash hashed them already."""
 
     def _retl_table(self, kind: str, model: str) -> str:
         return qualified(BOOKKEEPING_SCHEMA, f"retl_{kind}__{model}")
@@ -419,6 +435,21 @@ class SqlFamilyWarehouse(Warehouse):
             columns = self._retl_columns_of(f"retl_probe__{model}")
             self._execute(f"DROP TABLE {probe}")
         return columns
+
+    def retl_stage(self, model: str, sql: str, key: str, columns: Sequence[str]) -> int:
+        stage = self._retl_table("stage", model)
+        inner = f"SELECT {', '.join(quote(c) for c in columns)} FROM (\n{sql}\n) AS m0"
+        with self.transaction():
+            self._execute(f"DROP TABLE IF EXISTS {stage}")
+            # The alias is reserved (model columns may not start with _sluice_), so the
+            # hash sees the whole row, never a column that happens to share its name.
+            self._execute(
+                f"CREATE TABLE {stage} AS SELECT CAST(_sluice_row.{quote(key)} AS "
+                f"{self._retl_key_type}) AS _sluice_key, {self._retl_row_hash('_sluice_row')} "
+                f"AS _sluice_hash, _sluice_row.* FROM ({inner}) AS _sluice_row"
+            )
+            self._retl_hash_staged(stage, model, columns)
+        return int(self._fetchall(f"SELECT count(*) FROM {stage}")[0][0])
 
     def retl_key_problems(self, model: str) -> tuple[int, int]:
         stage = self._retl_table("stage", model)
@@ -597,12 +628,7 @@ class UpsertSqlWarehouse(SqlFamilyWarehouse):
     # --- bulk writes: staged rows, then one set-based statement --------------------
     @abstractmethod
     def _stage_insert(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        conflict: str,
+        self, schema: str, table: str, columns: Sequence[str], rows: Rows, conflict: str
     ) -> int:
         """Bulk-stage rows through the adapter's fast path, then one INSERT ... SELECT
         with `conflict` (ON CONFLICT ...); returns the rows inserted or updated."""
@@ -634,37 +660,3 @@ class UpsertSqlWarehouse(SqlFamilyWarehouse):
             f"({target}.{quote(c)} IS NULL AND excluded.{quote(c)} IS NOT NULL)" for c in fillable
         )
         return f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {changed}"
-
-    def insert_plain(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        skip_existing: bool = False,
-    ) -> None:
-        p = ", ".join([self.placeholder] * len(columns))
-        cols = ", ".join(quote(c) for c in columns)
-        tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
-        self._executemany(
-            f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p}){tail}", rows
-        )
-
-    # --- reverse ETL ---
-    @abstractmethod
-    def _retl_row_hash(self, alias: str) -> str:
-        """SQL hashing every column of the row aliased `alias` (dialect-specific)."""
-
-    def retl_stage(self, model: str, sql: str, key: str, columns: Sequence[str]) -> int:
-        stage = self._retl_table("stage", model)
-        inner = f"SELECT {', '.join(quote(c) for c in columns)} FROM (\n{sql}\n) AS m0"
-        with self.transaction():
-            self._execute(f"DROP TABLE IF EXISTS {stage}")
-            # The alias is reserved (model columns may not start with _sluice_), so the
-            # hash sees the whole row, never a column that happens to share its name.
-            self._execute(
-                f"CREATE TABLE {stage} AS SELECT CAST(_sluice_row.{quote(key)} AS text) "
-                f"AS _sluice_key, {self._retl_row_hash('_sluice_row')} AS _sluice_hash, "
-                f"_sluice_row.* FROM ({inner}) AS _sluice_row"
-            )
-        return int(self._fetchall(f"SELECT count(*) FROM {stage}")[0][0])
