@@ -621,9 +621,9 @@ class SqlFamilyWarehouse(Warehouse):
 
 
 class UpsertSqlWarehouse(SqlFamilyWarehouse):
-    """The writes of the dialects with INSERT ... ON CONFLICT and a whole-row value to
-    hash (PostgreSQL, DuckDB). Redshift has neither and writes with anti-joins and MERGE
-    (its adapter subclasses SqlFamilyWarehouse directly)."""
+    """The writes of the dialects with INSERT ... ON CONFLICT (PostgreSQL, DuckDB).
+    Redshift has none and writes with anti-joins and MERGE (its adapter subclasses
+    SqlFamilyWarehouse directly)."""
 
     # --- bulk writes: staged rows, then one set-based statement --------------------
     @abstractmethod
