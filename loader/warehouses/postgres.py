@@ -227,7 +227,7 @@ class PostgresWarehouse(UpsertSqlWarehouse):
 
     def read_schema(self, schema: str) -> dict[str, dict[str, ColumnType]]:
         tables = super().read_schema(schema)
-        if self.capabilities.row_encoder is None:  # subclasses that load otherwise
+        if self.capabilities.row_encoder is None:  # rows come as tuples: no COPY types to check
             return tables
         if self._foreign_typed is None:
             self._foreign_typed = {}
