@@ -12,7 +12,7 @@ import dagster as dg
 from dagster_project.assets import build_source_assets
 from dagster_project.automation import build_schedule, build_sensor, sync_job
 from dagster_project.object_assets import build_object_source_assets
-from dagster_project.resources import warehouse_resources
+from dagster_project.resources import target_problem, warehouse_resources
 from dagster_project.retl_assets import build_retl_assets
 from dagster_project.translator import SluiceTranslator
 from loader.project import Project, find_project, load_project
@@ -29,8 +29,9 @@ def build_definitions(
     for source in project.sources:
         build = build_source_assets if project.is_archive(source) else build_object_source_assets
         for target in project.targets_of(source, profiles):
-            _, spec = profiles.target(target)
-            assets_def = build(project, rules, source, target, spec.type, translator)
+            target = profiles.name(target)
+            assets_def = build(project, rules, source, target, profiles.kind(target), translator)
+            assets_def = _say_if_broken(assets_def, target_problem(profiles, target))
             job = sync_job(assets_def, source, target)
             assets.append(assets_def)
             jobs.append(job)
@@ -40,13 +41,31 @@ def build_definitions(
             if project.is_archive(source):
                 sensors.append(build_sensor(project, source, target, job))
     if project.models_dir() is not None:
-        models_target, spec = profiles.target(project.models_target)
-        retl, retl_schedules = build_retl_assets(project, models_target, spec.type, translator)
-        assets += retl
+        models_target = profiles.name(project.models_target)
+        kind = profiles.kind(models_target)
+        retl, retl_schedules = build_retl_assets(project, models_target, kind, translator)
+        problem = target_problem(profiles, models_target)
+        assets += [_say_if_broken(a, problem) for a in retl]
         schedules += retl_schedules
     return dg.Definitions(
         assets=assets, jobs=jobs, schedules=schedules, sensors=sensors, resources=resources
     )
+
+
+def _say_if_broken(assets_def: dg.AssetsDefinition, problem: str | None) -> dg.AssetsDefinition:
+    """A target whose config cannot work still has its assets (the location loads); they
+    say why their runs will fail (the run itself fails with the same sentence)."""
+    if problem is None:
+        return assets_def
+
+    def mark(spec: dg.AssetSpec) -> dg.AssetSpec:
+        return spec.replace_attributes(
+            description=f"Cannot run until the target's config is fixed: {problem}\n\n"
+            f"{spec.description or ''}",
+            metadata={**spec.metadata, "sluice/target_config": f"broken: {problem}"},
+        )
+
+    return assets_def.map_asset_specs(mark)
 
 
 @dg.definitions

@@ -21,6 +21,7 @@ from loader.project import Project, find_project, load_project
 from loader.selective_sync import Issue, SelectiveSync, check_names, parse
 from loader.sources.cloud.registry import connector_for
 from loader.warehouses.base import WarehouseError
+from loader.warehouses.registry import holds_nothing_yet
 
 _project_option = click.option(
     "--project", default=None, help="Path to sluice.yml (or its folder); $SLUICE_PROJECT."
@@ -43,7 +44,8 @@ def _pairs(
     names = list(sources) or list(project.sources)
     pairs = []
     for name in names:
-        project.source(name)
+        if project.is_archive(name):
+            project.archive_url(name)  # a missing local archive fails before any target opens
         targets = [target] if target else project.targets_of(name, profiles)
         for t in targets:
             profiles.target(t)
@@ -198,7 +200,11 @@ def _known_tables(
         by_target.setdefault(target, []).append(source)
     for target, sources in by_target.items():
         try:
-            warehouse = open_target(*profiles.target(target))
+            spec = profiles.target(target)[1]
+            if holds_nothing_yet(spec):  # reading must not create the database
+                known.update({(target, source): {} for source in sources})
+                continue
+            warehouse = open_target(target, spec)
         except (WarehouseError, ConfigError) as exc:
             unreadable.append(f"{target}: {exc}")
             continue

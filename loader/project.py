@@ -12,20 +12,25 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 from loader.config import (
     ConfigError,
+    Document,
     Profiles,
     check_cron,
+    check_keys,
     find_file,
     find_profiles,
     load_profiles,
-    read_model,
+    parse_document,
+    substitute,
+    validate_model,
 )
 from loader.naming import snake_case
 from loader.selective_sync import SelectiveSync
 from loader.selective_sync import load_file as load_selective_sync
+from loader.suggest import did_you_mean
 
 PROJECT_FILE = "sluice.yml"
 
@@ -112,6 +117,11 @@ class Project(BaseModel):
     # Set by load_project: where the file is, for relative paths.
     root: Path = Field(default=Path("."), exclude=True)
     path: Path = Field(default=Path(PROJECT_FILE), exclude=True)
+    _document: Document | None = PrivateAttr(default=None)
+
+    def where(self, *loc: str) -> str:
+        """'sluice.yml, line N' of a value, for messages about what the file says."""
+        return self._document.where(loc) if self._document is not None else str(self.path)
 
     def source(self, name: str) -> Any:
         if name not in self.sources:
@@ -129,10 +139,19 @@ class Project(BaseModel):
         return [n for n in self.sources if self.is_archive(n)]
 
     def archive_url(self, name: str) -> str:
+        """The source's archive; a local one must exist (the error names its absolute
+        path and the line of sluice.yml that points at it)."""
         url = self.source(name).archive
-        if "://" in url or os.path.isabs(url):
+        if "://" in url:
             return url
-        return str(self.root / url)
+        local = Path(url).expanduser()
+        path = local if local.is_absolute() else self.root / local
+        if not path.exists():
+            raise ConfigError(
+                f"{self.where('sources', name, 'archive')}: the archive of source '{name}', "
+                f"{path.absolute()}, does not exist; fix 'archive:' or create the folder"
+            )
+        return str(path)
 
     def profiles_path(self, explicit: str | None = None) -> Path:
         if explicit is None and self.profiles is not None:
@@ -140,6 +159,9 @@ class Project(BaseModel):
             if not path.exists():
                 raise ConfigError(f"{self.path}: profiles file '{path}' does not exist")
             return path
+        beside = self.root / "profiles.yml"
+        if explicit is None and "SLUICE_PROFILES" not in os.environ and beside.exists():
+            return beside  # a project folder run from elsewhere uses its own profiles
         return find_profiles(explicit)
 
     def load_profiles(self, explicit: str | None = None) -> Profiles:
@@ -167,15 +189,51 @@ def find_project(explicit: str | None) -> Path:
     return find_file(explicit, "SLUICE_PROJECT", PROJECT_FILE, "--project")
 
 
-def _default_kind(data: dict[str, Any]) -> None:
-    for source in (data.get("sources") or {}).values():
-        if isinstance(source, dict):
-            source.setdefault("kind", "events")
+SOURCE_KINDS: dict[str, type[_Source]] = {
+    "events": EventSource,
+    "stripe": StripeSource,
+    "zendesk": ZendeskSource,
+    "salesforce": SalesforceSource,
+    "objects": ObjectArchiveSource,
+}
 
 
 def load_project(path: Path) -> Project:
-    kinds = ("events", "stripe", "zendesk", "salesforce", "objects")
-    project = read_model(path, Project, tags=kinds, prepare=_default_kind)
+    """Parse, substitute ${VAR} into the parsed values, validate source by source; the
+    first problem is one sentence naming the file, the line and the field."""
+    doc = parse_document(path)
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'sources:' (see `sluice init`)")
+    check_keys(data, Project, doc, (), "the top level")
+    data = substitute(data, doc, ())
+    raw_sources = data.get("sources")
+    if raw_sources is None:
+        raw_sources = {}
+    if not isinstance(raw_sources, dict):
+        raise ConfigError(
+            f"{doc.where(('sources',))}: 'sources' must be a mapping of source names to "
+            "their settings"
+        )
+    sources: dict[str, Any] = {}
+    for name, body in raw_sources.items():
+        loc = ("sources", name)
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ConfigError(f"{doc.where(loc)}: source '{name}' must be a mapping")
+        kind = body.get("kind", "events")
+        if kind not in SOURCE_KINDS:
+            kinds = list(SOURCE_KINDS)
+            raise ConfigError(
+                f"{doc.where((*loc, 'kind'))}: field 'sources.{name}.kind' must be one of "
+                f"{', '.join(kinds)}, not {str(kind)!r}{did_you_mean(str(kind), kinds)}"
+            )
+        model = SOURCE_KINDS[kind]
+        sources[name] = validate_model(model, {**body, "kind": kind}, doc, loc, f"source '{name}'")
+    project = validate_model(Project, {**data, "sources": sources}, doc, (), "the top level")
+    assert project is not None
     project.root = path.parent
     project.path = path
+    project._document = doc
     return project

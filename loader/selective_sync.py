@@ -7,7 +7,6 @@ the decision functions are pure and cached, and say which line decided.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import yaml
 
 from loader.config import ConfigError
 from loader.normalize import CORE_COLUMNS
+from loader.suggest import close_names, did_you_mean
 
 # Columns a sync cannot do without: identity, dedupe, ordering and bookkeeping.
 PROTECTED_COLUMNS: frozenset[str] = CORE_COLUMNS | {"event", "event_text", "group_id"}
@@ -251,8 +251,7 @@ def _parse_source(node: yaml.Node, where: str, issues: list[Issue]) -> SourceRul
     for key, value in _mapping(node, where, issues):
         name = key.value
         if name not in _SOURCE_KEYS:
-            close = difflib.get_close_matches(name, sorted(_SOURCE_KEYS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(name, _SOURCE_KEYS)
             issues.append(
                 Issue(
                     _line(key),
@@ -384,14 +383,13 @@ def check_names(
 
 
 def _unknown(kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=2)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, known, n=2)
     listed = ", ".join(known) or "none"
     return f"unknown {kind} '{name}' (known: {listed}){hint}"
 
 
 def _nothing(kind: str, pattern: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(pattern.replace("*", ""), known, n=3)
+    close = close_names(pattern.replace("*", ""), known, n=3)
     hint = f"; closest: {', '.join(close)}" if close else ""
     return f"{kind} pattern '{pattern}' matches nothing known yet{hint}"
 

@@ -61,6 +61,7 @@ def test_config_errors_exit_2_with_file_and_line(tmp_path: Path) -> None:
 def test_connection_failure_is_one_sentence_without_the_password(tmp_path: Path) -> None:
     (tmp_path / "profiles.yml").write_text(
         "default_target: pg\ntargets:\n  pg:\n    type: postgres\n    port: 1\n"
+        "    host: 127.0.0.1\n    user: postgres\n    dbname: postgres\n"
         "    password: ${SECRET_PW}\n"
     )
     result = sluice("load", "x", "--schema", "s", cwd=tmp_path, env={"SECRET_PW": "hunter2xyz"})

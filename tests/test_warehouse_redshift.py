@@ -439,7 +439,7 @@ def test_registry_opens_a_redshift_target(pg_dsn: str, s3_endpoint: str) -> None
     bad = Profiles.model_validate(
         {"default_target": "rs", "targets": {"rs": {"type": "redshift", "host": "h"}}}
     )
-    with pytest.raises(ConfigError, match="target 'rs': field 's3_staging'"):
+    with pytest.raises(ConfigError, match="field 'targets.rs.s3_staging' is required"):
         open_warehouse(*bad.target(None))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from loader.warehouses.base import Warehouse, WarehouseError
@@ -29,3 +30,11 @@ def open_warehouse(name: str, target: Any) -> Warehouse:
 
         return BigQueryWarehouse(name, BigQueryTarget.from_target(name, target))
     raise WarehouseError(f"target '{name}': the {target.type} adapter is not available yet")
+
+
+def holds_nothing_yet(target: Any) -> bool:
+    """True when opening the target would create its database (a DuckDB file not yet
+    written): a command that only reads can answer "nothing loaded" without creating it."""
+    if target.type == "duckdb":
+        return target.path != ":memory:" and not Path(target.path).exists()
+    return False
