@@ -46,6 +46,7 @@ def _pairs(
     for name in names:
         if project.is_archive(name):
             project.archive_url(name)  # a missing local archive fails before any target opens
+        project.check_secrets(name)
         targets = [target] if target else project.targets_of(name, profiles)
         for t in targets:
             profiles.target(t)

@@ -310,6 +310,36 @@ def substitute(value: Any, doc: Document, loc: Loc) -> Any:
     return _ENV.sub(one, value)
 
 
+class DeferredSecret(SecretStr):
+    """A secret field written with ${VAR}: its variables are read when the value is
+    used, so a source nobody runs needs no environment (an unset one is named then)."""
+
+    def __init__(self, written: str, doc: Document, loc: Loc) -> None:
+        super().__init__("")
+        self._written, self._doc, self._loc = written, doc, loc
+
+    def get_secret_value(self) -> str:
+        return substitute(self._written, self._doc, self._loc)
+
+    def __repr__(self) -> str:
+        return "SecretStr('**********')"
+
+    def __len__(self) -> int:
+        return len(self.get_secret_value())
+
+    def __hash__(self) -> int:
+        return hash(self._written)
+
+
+def defer_secrets(data: dict[str, Any], model: type[BaseModel], doc: Document, loc: Loc) -> None:
+    """Wrap the model's secret fields that hold ${VAR} references as DeferredSecret."""
+    for key, value in list(data.items()):
+        info = _model_field(model, key)
+        if info is not None and "SecretStr" in str(info.annotation) and references(value):
+            if isinstance(value, str):
+                data[key] = DeferredSecret(value, doc, (*loc, key))
+
+
 def interpolate(text: str, source: str) -> str:
     """Text-level ${VAR} substitution, for files that are not YAML settings (kept for the
     reverse-ETL model files); references in YAML comments are left alone."""

@@ -20,6 +20,7 @@ from loader.config import (
     Profiles,
     check_cron,
     check_keys,
+    defer_secrets,
     find_file,
     find_profiles,
     load_profiles,
@@ -132,6 +133,15 @@ class Project(BaseModel):
     def schema_of(self, name: str) -> str:
         return snake_case(self.source(name).schema_name or name)
 
+    def check_secrets(self, name: str) -> None:
+        """Read the source's ${VAR} secrets now: a command about to run it fails with the
+        unset variable's file and line before it opens anything."""
+        source = self.source(name)
+        for key in type(source).model_fields:
+            value = getattr(source, key)
+            if isinstance(value, SecretStr):
+                value.get_secret_value()
+
     def is_archive(self, name: str) -> bool:
         return isinstance(self.source(name), EventSource)
 
@@ -206,7 +216,6 @@ def load_project(path: Path) -> Project:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping with 'sources:' (see `sluice init`)")
     check_keys(data, Project, doc, (), "the top level")
-    data = substitute(data, doc, ())
     raw_sources = data.get("sources")
     if raw_sources is None:
         raw_sources = {}
@@ -215,6 +224,7 @@ def load_project(path: Path) -> Project:
             f"{doc.where(('sources',))}: 'sources' must be a mapping of source names to "
             "their settings"
         )
+    data = {k: v if k == "sources" else substitute(v, doc, (k,)) for k, v in data.items()}
     sources: dict[str, Any] = {}
     for name, body in raw_sources.items():
         loc = ("sources", name)
@@ -230,6 +240,9 @@ def load_project(path: Path) -> Project:
                 f"{', '.join(kinds)}, not {str(kind)!r}{did_you_mean(str(kind), kinds)}"
             )
         model = SOURCE_KINDS[kind]
+        body = dict(body)
+        defer_secrets(body, model, doc, loc)  # read when the source runs, not before
+        body = substitute(body, doc, loc)
         sources[name] = validate_model(model, {**body, "kind": kind}, doc, loc, f"source '{name}'")
     project = validate_model(Project, {**data, "sources": sources}, doc, (), "the top level")
     assert project is not None

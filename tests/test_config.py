@@ -455,3 +455,21 @@ def test_redshift_connection_string_quotes_every_value() -> None:
     )
     info = psycopg.conninfo.conninfo_to_dict(target.conninfo())
     assert info["port"] == "5439" and info["password"] == "x' port='18011"
+
+
+def test_an_unset_secret_of_a_source_stops_only_that_source(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("SLUICE_T_STRIPE_KEY", raising=False)
+    root = _project(
+        tmp_path / "proj",
+        sources="  pay:\n    kind: stripe\n    api_key: ${SLUICE_T_STRIPE_KEY}\n"
+        "    targets: [local]\n",
+    )
+    project = load_project(root / "sluice.yml")
+    assert "SLUICE_T_STRIPE_KEY" not in repr(project.source("pay"))
+    web = sluice("sync", "web", "--project", str(root), cwd=tmp_path)
+    assert web.returncode == 0, web.stderr
+    pay = sluice("sync", "pay", "--project", str(root), cwd=tmp_path)
+    assert pay.returncode == 2
+    assert pay.stderr.startswith(
+        f"error: {root / 'sluice.yml'}, line 9: environment variable SLUICE_T_STRIPE_KEY is not set"
+    ), pay.stderr
