@@ -307,7 +307,7 @@ def _project(root: Path, extra_targets: str = "", sources: str = "") -> Path:
     write_archive(root / "archive", 300, events_per_file=300, files_per_day=1)
     (root / "sluice.yml").write_text(
         "profiles: profiles.yml\nselective_sync: selective_sync.yml\nsources:\n"
-        "  web:\n    archive: archive\n    targets: [local]\n" + sources
+        "  web:\n    archive: archive\n    readers: 0\n    targets: [local]\n" + sources
     )
     (root / "selective_sync.yml").write_text(
         "targets:\n  local:\n    web:\n      collections: [pages]\n"
@@ -342,9 +342,8 @@ def test_an_unused_broken_target_breaks_no_command(tmp_path: Path, monkeypatch) 
     runs = sluice("runs", "--profiles", str(root / "profiles.yml"), cwd=elsewhere)
     assert runs.returncode == 0 and "success" in runs.stdout, runs.stderr
     # The broken target, when used, says why.
-    used = sluice("runs", "--profiles", str(root), "--target", "reporting", cwd=elsewhere)
-    assert used.returncode == 2
-    assert "line 11: environment variable SLUICE_T_REPORTING_PW is not set" in used.stderr
+    message = _error(root / "profiles.yml", "reporting")
+    assert "line 11: environment variable SLUICE_T_REPORTING_PW is not set" in message
 
 
 def test_keyfile_and_private_key_paths_are_relative_to_profiles(tmp_path: Path) -> None:
@@ -430,13 +429,25 @@ def test_a_failed_connection_never_shows_the_password(tmp_path: Path) -> None:
         "default_target: pg\ntargets:\n  pg:\n    type: postgres\n    host: 127.0.0.1\n"
         "    port: 18012\n    user: u\n    dbname: d\n    password: ${SECRET_PW}\n",
     )
+    from loader.warehouses.base import WarehouseError
+    from loader.warehouses.registry import open_warehouse
+
     for password in ("sup3r'hidden", "sup3r' port='18011", "sup3r\\"):
-        result = sluice("runs", cwd=tmp_path, env={"SECRET_PW": password})
-        assert result.returncode in (1, 2), result.stderr
-        assert "cannot connect to PostgreSQL target 'pg'" in result.stderr
-        assert "18012" in result.stderr and "18011" not in result.stderr
-        assert "sup3r" not in result.stderr + result.stdout and "hidden" not in result.stderr
-        assert "Traceback" not in result.stderr
+        os.environ["SECRET_PW"] = password
+        try:
+            with pytest.raises(WarehouseError) as info:
+                open_warehouse(*load_profiles(tmp_path / "profiles.yml").target(None))
+        finally:
+            del os.environ["SECRET_PW"]
+        message = str(info.value)
+        assert "cannot connect to PostgreSQL target 'pg'" in message and "18012" in message
+        assert "18011" not in message and "sup3r" not in message and "hidden" not in message
+    # As a user sees it.
+    result = sluice("runs", cwd=tmp_path, env={"SECRET_PW": "sup3r' port='18011"})
+    assert result.returncode in (1, 2), result.stderr
+    assert "cannot connect to PostgreSQL target 'pg'" in result.stderr
+    assert "sup3r" not in result.stderr + result.stdout and "18011" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_redshift_connection_string_quotes_every_value() -> None:
@@ -471,5 +482,5 @@ def test_an_unset_secret_of_a_source_stops_only_that_source(tmp_path: Path, monk
     pay = sluice("sync", "pay", "--project", str(root), cwd=tmp_path)
     assert pay.returncode == 2
     assert pay.stderr.startswith(
-        f"error: {root / 'sluice.yml'}, line 9: environment variable SLUICE_T_STRIPE_KEY is not set"
+        f"error: {root / 'sluice.yml'}, line 10: environment variable SLUICE_T_STRIPE_KEY is not set"
     ), pay.stderr
