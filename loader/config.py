@@ -656,6 +656,14 @@ class Profiles:
             if key in data:
                 data[key] = self._relative(data[key])
         spec = validate_model(model, data, self.doc, loc, what, pending)
+        if kind in REQUIRED_UNLESS_DSN and isinstance(data.get("dsn"), str):
+            try:  # every libpq target (Redshift's model keeps its dsn as written)
+                _check_dsn(SecretStr(data["dsn"]))
+            except ValueError as exc:
+                field_loc = (*loc, "dsn")
+                raise ConfigError(
+                    f"{self.doc.where(field_loc)}: field '{_dotted(field_loc)}': {exc}"
+                ) from None
         if data.get("dsn") is None and "dsn" not in pending:
             for key in REQUIRED_UNLESS_DSN.get(kind, ()):
                 if data.get(key) in (None, "") and key not in pending:

@@ -218,6 +218,10 @@ def test_errors_point_at_the_right_target_line_and_field(tmp_path: Path) -> None
             '  local:\n    type: postgres\n    dsn: "host=\'x"\n',
             "line 5: field 'targets.local.dsn': not a libpq connection string",
         ),
+        (
+            "  local:\n    type: redshift\n    dsn: \"password='x\"\n    s3_staging: s3://b/p\n",
+            "line 5: field 'targets.local.dsn': not a libpq connection string",
+        ),
         ("  local:\n\ttype: duckdb\n", "line 4: not valid YAML: a tab indents this line"),
         (
             "  local:\n    type: duckdb\n    path: a: b\n",
@@ -482,5 +486,6 @@ def test_an_unset_secret_of_a_source_stops_only_that_source(tmp_path: Path, monk
     pay = sluice("sync", "pay", "--project", str(root), cwd=tmp_path)
     assert pay.returncode == 2
     assert pay.stderr.startswith(
-        f"error: {root / 'sluice.yml'}, line 10: environment variable SLUICE_T_STRIPE_KEY is not set"
+        f"error: {root / 'sluice.yml'}, line 10: "
+        "environment variable SLUICE_T_STRIPE_KEY is not set"
     ), pay.stderr
