@@ -219,7 +219,7 @@ def test_errors_point_at_the_right_target_line_and_field(tmp_path: Path) -> None
             "line 5: field 'targets.local.dsn': not a libpq connection string",
         ),
         (
-            "  local:\n    type: redshift\n    dsn: \"password='x\"\n    s3_staging: s3://b/p\n",
+            '  local:\n    type: redshift\n    dsn: "password=\'x"\n    s3_staging: s3://b/p\n',
             "line 5: field 'targets.local.dsn': not a libpq connection string",
         ),
         ("  local:\n\ttype: duckdb\n", "line 4: not valid YAML: a tab indents this line"),
