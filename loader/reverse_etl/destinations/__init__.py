@@ -40,9 +40,10 @@ class DestinationError(Exception):
 
 @dataclass(frozen=True)
 class Record:
-    """One change to deliver. `id` is stable for the same change (model, key, op, row
-    hash), so a receiver can drop a re-delivery after a crash between its acceptance and
-    the snapshot commit."""
+    """One change to deliver. `id` names this change and no other: a re-send of it (after
+    a timeout, or a crash between the destination's acceptance and the snapshot commit)
+    carries the same id, a later change of the same key never does (loader/reverse_etl/
+    ids.py), so a receiver may drop an id it has already applied."""
 
     seq: int
     kind: str  # added | changed | removed
@@ -50,6 +51,8 @@ class Record:
     key: str
     id: str
     fields: dict[str, Any]  # destination field -> value; only the key field for a delete
+    row_hash: str = ""  # the model row's hash (its last for a delete)
+    new_id: bool = True  # False: a re-send of the last change sent for this key
 
 
 @dataclass
