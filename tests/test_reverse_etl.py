@@ -330,6 +330,60 @@ def test_malformed_record_is_isolated_and_secrets_never_reported(
     assert [len(r["body"]["records"]) for r in receiver.requests] == [10] + [1] * 10 + [2]
 
 
+@pytest.mark.parametrize(
+    "echo",
+    ["bare token", "url-encoded", "whole header", "json-escaped"],
+)
+def test_a_webhook_echoing_any_form_of_its_token_leaks_nothing(
+    open_wh, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, echo: str
+) -> None:
+    secret = "Bearer s3cr3t/t0ken+x=y"
+    monkeypatch.setenv("RETL_TEST_TOKEN", secret)
+    token = secret.split(" ", 1)[1]
+    forms = {
+        "bare token": token,
+        "url-encoded": "s3cr3t%2Ft0ken%2Bx%3Dy",
+        "whole header": f"Authorization: {secret}",
+        "json-escaped": json.dumps(token)[1:-1].replace("/", "\\/"),
+    }
+    wh = open_wh()
+    make_customers(wh, 2)
+    models = write_model(tmp_path / "models", webhook(receiver, batch_size=1))
+
+    def echoes(body: dict[str, Any], headers: dict[str, str]) -> Reply | None:
+        return 422, {}, f"rejected: token {forms[echo]} is not allowed to write"
+
+    receiver.rule = echoes
+    report = run(wh, models)
+    assert report.status == "partial" and report.failed == 2
+    reason = report.failures[0]["reason"]
+    assert reason.startswith("HTTP 422: rejected: token ") and "***" in reason
+    stored = json.dumps(wh.retl_recent_runs("customers"))
+    for text in (json.dumps(report.to_dict()), stored):
+        assert token not in text and "s3cr3t" not in text
+
+
+def test_segment_echoing_its_basic_auth_header_leaks_nothing(
+    open_wh, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk_l1ve_do_not_print")
+    basic = base64.b64encode(b"wk_l1ve_do_not_print:").decode()
+    wh = open_wh()
+    make_customers(wh, 1)
+    models = write_model(tmp_path / "models", {"type": "segment", "endpoint": receiver.url})
+
+    def echoes(body: dict[str, Any], headers: dict[str, str]) -> Reply | None:
+        assert headers["authorization"] == f"Basic {basic}"
+        return 400, {}, f"bad batch (authorization: Basic {basic})"
+
+    receiver.rule = echoes
+    report = run(wh, models)
+    assert report.failures[0]["reason"] == "HTTP 400: bad batch (authorization: Basic ***)"
+    stored = json.dumps(wh.retl_recent_runs("customers"))
+    for text in (json.dumps(report.to_dict()), stored):
+        assert basic.rstrip("=") not in text and "wk_l1ve" not in text
+
+
 def test_retry_after_is_honoured(open_wh, receiver: Receiver, tmp_path: Path) -> None:
     wh = open_wh()
     make_customers(wh, 3)

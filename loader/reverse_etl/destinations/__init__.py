@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from loader.config import ConfigError
 from loader.schema import ColumnType
+from loader.scrub import Scrubber
 from loader.warehouses.base import Warehouse
 
 # type name -> module defining DESTINATION (imported on use: each pulls its own libraries)
@@ -91,7 +92,7 @@ class Destination(ABC):
     def __init__(self, config: Any, ctx: DestinationContext) -> None:
         self.config = config
         self.ctx = ctx
-        self._secrets: list[str] = []
+        self.scrubber = Scrubber()
 
     @property
     def batch_size(self) -> int:
@@ -125,15 +126,13 @@ class Destination(ABC):
                 f"model '{self.ctx.model}': environment variable {var} ({what}) is not set; "
                 "export it before `sluice retl run`"
             )
-        self._secrets.append(value)
+        self.scrubber.add(value)
         return value
 
     def scrub(self, text: str) -> str:
-        """Text with every secret this destination holds replaced by ***."""
-        for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        """Text with every secret this destination holds, in every form a server may
+        echo it (bare token, base64 Basic auth, URL-encoded...), replaced by ***."""
+        return self.scrubber(text)
 
 
 def destination_class(type_name: str) -> type[Destination]:
