@@ -92,9 +92,11 @@ def pages(
     batch_size: int,
     run_id: str,
     limit: int | None = None,
+    known_ids: bool = True,
 ) -> Iterator[list[Record]]:
     """The records to send, in batches (keyset pages over the change set's seq), each
-    with its id: kept from the last send of the same change, else new for `run_id`."""
+    with its id: kept from the last send of the same change (looked up unless
+    `known_ids` is off), else new for `run_id`."""
     after, left = 0, limit
     kinds = changes.model.send_kinds
     while left is None or left > 0:
@@ -102,7 +104,11 @@ def pages(
         rows = warehouse.retl_changes(changes.model.name, kinds, list(changes.columns), after, size)
         if not rows:
             return
-        last_sent = warehouse.retl_sent_ids(changes.model.name, [str(r[2]) for r in rows])
+        last_sent = (
+            warehouse.retl_sent_ids(changes.model.name, [str(r[2]) for r in rows])
+            if known_ids
+            else {}
+        )
         yield [to_record(changes, row, run_id, last_sent) for row in rows]
         after = int(rows[-1][0])
         if left is not None:

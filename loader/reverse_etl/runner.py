@@ -173,8 +173,11 @@ def _send_all(
     report.baseline = warehouse.retl_baseline(model.name, model.baseline_kinds)
     done = 0
     try:
-        for batch in pages(warehouse, changes, destination.batch_size, report.run_id):
-            new = [(r.key, r.op, r.row_hash, r.id) for r in batch if r.new_id]
+        ids = destination.delivers_ids
+        for batch in pages(
+            warehouse, changes, destination.batch_size, report.run_id, known_ids=ids
+        ):
+            new = [(r.key, r.op, r.row_hash, r.id) for r in batch if r.new_id and ids]
             if new:  # committed before sending: a re-send after a lost answer keeps its ids
                 warehouse.retl_note_sent(model.name, report.run_id, new)
             result = destination.send(batch)

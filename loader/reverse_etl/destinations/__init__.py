@@ -88,6 +88,10 @@ class DestinationContext:
 class Destination(ABC):
     config_class: ClassVar[type[DestinationConfig]]
     supports_delete: ClassVar[bool] = True
+    # Whether records reach the receiver with their ids (then each batch's ids are
+    # recorded before it is sent, so a re-send keeps them); a table or file has no use
+    # for them, and skipping that bookkeeping keeps its large batches cheap.
+    delivers_ids: ClassVar[bool] = True
 
     def __init__(self, config: Any, ctx: DestinationContext) -> None:
         self.config = config
