@@ -235,3 +235,30 @@ def test_zendesk_echoing_its_basic_auth_leaks_nothing(open_wh) -> None:
             assert token not in text and basic.rstrip("=") not in text
     finally:
         api.stop()
+
+
+def test_a_cursor_saved_by_an_earlier_version_resumes_without_a_gap(
+    open_wh, stripe: FakeStripe
+) -> None:
+    """Cursors saved as `created > x` / `events > x` are read as inclusive boundaries
+    with nothing seen: the boundary second is fetched once more, nothing is lost."""
+    wh = open_wh()
+    connector = StripeConnector(KEY, stripe.url, FAST)
+    ObjectLoader(wh).sync(connector, "stripe", ["customers"])
+    newest = max(o["created"] for o in stripe.objects["customers"])
+    stripe.update("customers", "cus_0", "customer.updated", email="zero@example.com")
+    last_event = stripe.events[-1]["created"]
+    wh.ensure_bookkeeping()
+    with wh.transaction():
+        wh.save_cursor(
+            "stripe", "customers", orjson.dumps({"created_gt": newest, "events_gt": 0}).decode()
+        )
+    stripe.clock = newest - 1
+    stripe.create("customers", id="cus_9", email="nine@example.com")  # the boundary second
+    stripe.clock = last_event
+    ObjectLoader(wh).sync(connector, "stripe", ["customers"])
+    emails = dict(rows(wh, "stripe", "customers", "id, email"))
+    assert emails["cus_9"] == "nine@example.com" and emails["cus_0"] == "zero@example.com"
+    cursor = orjson.loads(wh.read_cursors("stripe")["customers"])
+    assert set(cursor) == {"created", "events"}
+    assert cursor["events"] == {"at": last_event, "seen": [stripe.events[-1]["id"]]}
