@@ -27,6 +27,7 @@ class Fault:
     hang_s: float = 0.0  # answer only after this long (a stalled API; the client is killed)
     # Transport faults on the real answer (`status` is then ignored):
     drip_s: float = 0.0  # send the body one byte every drip_s seconds
+    drip_headers_s: float = 0.0  # send the status line and headers so, then the body
     cut_body: bool = False  # announce the whole body, send half of it, close
     raw_body: str | None = None  # send this text (not JSON) as the body
     echo_headers: bool = False  # the error body quotes the request's headers
@@ -55,6 +56,20 @@ class FakeApi:
                 data = json.dumps(body).encode()
                 if fault is not None and fault.raw_body is not None:
                     data = fault.raw_body.encode()
+                if fault is not None and fault.drip_headers_s:
+                    head = (
+                        f"HTTP/1.0 {status} OK\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(data)}\r\n\r\n"
+                    ).encode()
+                    try:
+                        for i in range(len(head)):
+                            self.wfile.write(head[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(fault.drip_headers_s)
+                        self.wfile.write(data)
+                    except OSError:
+                        pass
+                    return
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -115,7 +130,12 @@ class FakeApi:
                         time.sleep(fault.hang_s)
                     finally:
                         self._lock.acquire()
-                if fault.drip_s or fault.cut_body or fault.raw_body is not None:
+                if (
+                    fault.drip_s
+                    or fault.drip_headers_s
+                    or fault.cut_body
+                    or fault.raw_body is not None
+                ):
                     status, body = self.route(path, query)
                     self.requests.append((status, path, query, headers))
                     return status, body, {}, fault

@@ -119,21 +119,41 @@ def test_a_dripping_response_hits_the_request_deadline(stripe: FakeStripe, open_
     assert wh.recent_runs()[0]["status"] == "failed"
 
 
+def test_headers_dripped_a_byte_at_a_time_hit_the_request_deadline(
+    stripe: FakeStripe,
+) -> None:
+    """Each byte resets a read timeout; the deadline is a watchdog on the whole request."""
+    stripe.inject(Fault(200, times=-1, path_contains="/v1/events", drip_headers_s=0.05))
+    connector = StripeConnector(KEY, stripe.url, FAST, Deadlines(request_s=0.5, sync_s=60))
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"/v1/events did not complete within the request"):
+        list(connector.pages("customers", None))
+    assert time.monotonic() - started < 1.5
+
+
 def test_the_sync_budget_bounds_a_whole_sync(stripe: FakeStripe, open_wh) -> None:
-    wh = open_wh()
     for i in range(3, 12):
         stripe.create("customers", id=f"cus_{i}", email=f"c{i}@example.com")
-    # Every page is slow but within the request deadline; the pages add up.
-    stripe.inject(Fault(200, times=-1, path_contains="/v1/customers", drip_s=0.002))
-    connector = StripeConnector(KEY, stripe.url, FAST, Deadlines(request_s=30, sync_s=1.5))
-    started = time.monotonic()
-    with pytest.raises(SourceError, match=r"sync used up its time budget of 1\.5 s"):
-        ObjectLoader(wh, batch_objects=1).sync(connector, "stripe", ["customers"])
-    assert time.monotonic() - started < 4
-    committed = rows(wh, "stripe", "customers", "count(*)")[0][0]
-    assert 0 < committed < 12  # the pages committed before the budget ran out stand
-    stripe.heal()
+    # Two pages come at once, then every page drips (~30 s each, within the request
+    # deadline): only the sync's budget stops it.
+    stripe.inject(Fault(200, times=-1, path_contains="/v1/customers", after_ok=2, drip_s=0.1))
+    connector = StripeConnector(KEY, stripe.url, FAST, Deadlines(request_s=120, sync_s=1.5))
     connector.begin_sync()
+    started = time.monotonic()
+    pages = []
+    with pytest.raises(SourceError, match=r"sync used up its time budget of 1\.5 s .*during GET"):
+        pages.extend(connector.pages("customers", None))
+    assert 1.4 < time.monotonic() - started < 3  # a dripped page alone takes ~30 s
+    assert [len(p.objects) for p in pages] == [2, 2]
+
+    # Through the loader: the run ends failed with the sentence; nothing half-written;
+    # the next sync (a new budget) completes.
+    wh = open_wh()
+    with pytest.raises(SourceError, match="sync_budget_seconds in sluice.yml"):
+        ObjectLoader(wh).sync(connector, "stripe", ["customers"])
+    run = wh.recent_runs()[0]
+    assert run["status"] == "failed" and "time budget of 1.5 s" in run["error"]
+    stripe.heal()
     assert ObjectLoader(wh).sync(connector, "stripe", ["customers"]).status == "success"
     assert rows(wh, "stripe", "customers", "count(*), count(DISTINCT id)") == [(12, 12)]
 

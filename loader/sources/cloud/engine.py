@@ -5,8 +5,9 @@ never lets a secret into one; and the page/cursor contract the object loader dri
 Retried, with exponential backoff and jitter: 429 (its Retry-After honoured, capped),
 500/502/503/504, a connection that fails or drops mid-body, a body that is not JSON.
 Bounded: each request (its retries and waits included) by `request_s`, the whole sync
-by `sync_s`, a silent server by `idle_s` per read; the body is read chunk by chunk
-against the deadline, so a server dripping a byte at a time cannot stretch it.
+by `sync_s`, a silent server by `idle_s` per read; a watchdog cuts the connection at the
+deadline and the body is read chunk by chunk against it, so a server dripping a byte at
+a time (headers or body) cannot stretch it.
 
 A connector only describes its endpoints: given a collection and the cursor saved after
 the last committed page, it yields pages, each carrying the cursor to save with it, so a
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import random
 import socket
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -26,6 +29,9 @@ from typing import Any, Protocol
 import orjson
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from loader.scrub import Scrubber
 
@@ -131,6 +137,47 @@ class _OutOfTime(Exception):
     pass
 
 
+class _WatchedAdapter(HTTPAdapter):
+    """An adapter that knows the sockets of its connections, so a watchdog can cut a
+    request that outlives its deadline anywhere, also while the status line and headers
+    trickle in (which no read timeout bounds: each byte resets it)."""
+
+    def __init__(self) -> None:
+        self.sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        sockets = self.sockets
+
+        class Watched(HTTPConnection):
+            def connect(self) -> None:
+                super().connect()
+                sockets.add(self.sock)
+
+        class WatchedTls(HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                sockets.add(self.sock)
+
+        class Pool(HTTPConnectionPool):
+            ConnectionCls = Watched
+
+        class TlsPool(HTTPSConnectionPool):
+            ConnectionCls = WatchedTls
+
+        # an instance attribute: the module's own mapping stays as it is
+        self.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TlsPool}
+
+    def cut(self) -> None:
+        """Shut down every socket (one request is in flight at a time per client)."""
+        for sock in list(self.sockets):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 class ApiClient:
     """One source's HTTP client. Header values and Basic credentials given here are the
     source's secrets: they are scrubbed, in every derived form, from every error."""
@@ -148,6 +195,9 @@ class ApiClient:
         self.policy = policy
         self.deadlines = deadlines
         self.session = requests.Session()
+        self._adapter = _WatchedAdapter()
+        self.session.mount("http://", self._adapter)
+        self.session.mount("https://", self._adapter)
         self.session.headers.update(headers or {})
         self.session.auth = auth
         self.scrub = Scrubber(*(headers or {}).values(), *secrets)
@@ -197,6 +247,22 @@ class ApiClient:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _OutOfTime
+        watchdog = threading.Timer(remaining, self._adapter.cut)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return self._request(url, params, deadline, where, remaining)
+        finally:
+            watchdog.cancel()
+
+    def _request(
+        self,
+        url: str,
+        params: dict[str, Any] | None,
+        deadline: float,
+        where: str,
+        remaining: float,
+    ) -> dict[str, Any]:
         timeout = (min(self.deadlines.connect_s, remaining), min(self.deadlines.idle_s, remaining))
         try:
             response = self.session.get(url, params=params, timeout=timeout, stream=True)
