@@ -301,6 +301,9 @@ class ApiClient:
         chunks: list[bytes] = []
         raw = response.raw
         sock = _socket_of(raw)
+        # read1 returns what one read brought (urllib3 >= 2.3); `read` waits for the
+        # whole chunk, which the watchdog still cuts at the deadline.
+        read = getattr(raw, "read1", None) or raw.read
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -311,7 +314,7 @@ class ApiClient:
                 except OSError:  # closed once the body was read: nothing left to bound
                     sock = None
             try:
-                chunk = raw.read1(_CHUNK, decode_content=True)
+                chunk = read(_CHUNK, decode_content=True)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 if time.monotonic() >= deadline:
                     raise _OutOfTime from None
