@@ -58,6 +58,9 @@ class ObjectLoader:
                     report.source_turned_off = f"line {decision.line}: {decision.reason}"
                     return report
                 self.writer.refresh(schema)
+                begin = getattr(connector, "begin_sync", None)
+                if begin is not None:
+                    begin()  # the source's sync budget counts from here
                 cursors = wh.read_cursors(schema)
                 for collection in collections or list(connector.collections):
                     self._collection(connector, schema, collection, cursors, report)

@@ -72,20 +72,32 @@ class _ObjectSource(_Source):
     collections: list[str] | None = Field(default=None, description="default: all")
 
 
-class StripeSource(_ObjectSource):
+class _ApiSource(_ObjectSource):
+    """A SaaS API: how long one request and one whole sync may take (a stalled or
+    dripping server ends the sync with a sentence; what was committed stands)."""
+
+    request_timeout_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="one request, its retries included"
+    )
+    sync_budget_seconds: float = Field(
+        default=14_400.0, gt=0, le=7 * 86_400, description="one sync of the source"
+    )
+
+
+class StripeSource(_ApiSource):
     kind: Literal["stripe"]
     api_key: SecretStr
     base_url: str = "https://api.stripe.com"
 
 
-class ZendeskSource(_ObjectSource):
+class ZendeskSource(_ApiSource):
     kind: Literal["zendesk"]
     url: str = Field(description="https://<subdomain>.zendesk.com")
     email: str
     api_token: SecretStr
 
 
-class SalesforceSource(_ObjectSource):
+class SalesforceSource(_ApiSource):
     kind: Literal["salesforce"]
     instance_url: str
     access_token: SecretStr

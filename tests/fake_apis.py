@@ -1,6 +1,7 @@
 """Real HTTP servers on loopback that follow the paging, cursor, rate-limit and error
 contracts of the Stripe, Zendesk and Salesforce APIs, over in-memory data a test edits,
-with faults a test injects (429 storms with Retry-After, 500s, outages)."""
+with faults a test injects (429 storms with Retry-After, 500s, outages, bodies dripped a
+byte at a time, cut mid-body or not JSON, error bodies echoing the request's headers)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ class Fault:
     retry_after: str | None = None
     after_ok: int = 0  # let this many matching requests succeed first
     hang_s: float = 0.0  # answer only after this long (a stalled API; the client is killed)
+    # Transport faults on the real answer (`status` is then ignored):
+    drip_s: float = 0.0  # send the body one byte every drip_s seconds
+    drip_headers_s: float = 0.0  # send the status line and headers so, then the body
+    cut_body: bool = False  # announce the whole body, send half of it, close
+    raw_body: str | None = None  # send this text (not JSON) as the body
+    echo_headers: bool = False  # the error body quotes the request's headers
 
 
 @dataclass
@@ -45,15 +52,44 @@ class FakeApi:
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 url = urlparse(self.path)
                 query = parse_qs(url.query, keep_blank_values=True)
-                status, body, headers = api._serve(url.path, query, dict(self.headers))
+                status, body, headers, fault = api._serve(url.path, query, dict(self.headers))
                 data = json.dumps(body).encode()
+                if fault is not None and fault.raw_body is not None:
+                    data = fault.raw_body.encode()
+                if fault is not None and fault.drip_headers_s:
+                    head = (
+                        f"HTTP/1.0 {status} OK\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(data)}\r\n\r\n"
+                    ).encode()
+                    try:
+                        for i in range(len(head)):
+                            self.wfile.write(head[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(fault.drip_headers_s)
+                        self.wfile.write(data)
+                    except OSError:
+                        pass
+                    return
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    if fault is not None and fault.drip_s:
+                        for i in range(len(data)):
+                            self.wfile.write(data[i : i + 1])
+                            self.wfile.flush()
+                            time.sleep(fault.drip_s)
+                    elif fault is not None and fault.cut_body:
+                        self.wfile.write(data[: len(data) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                    else:
+                        self.wfile.write(data)
+                except OSError:
+                    pass  # the client gave up (a deadline): nothing to answer
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -77,7 +113,7 @@ class FakeApi:
 
     def _serve(
         self, path: str, query: dict[str, list[str]], headers: dict[str, str]
-    ) -> tuple[int, Any, dict[str, str]]:
+    ) -> tuple[int, Any, dict[str, str], Fault | None]:
         with self._lock:
             for fault in self.faults:
                 if fault.path_contains not in path or fault.times == 0:
@@ -94,12 +130,25 @@ class FakeApi:
                         time.sleep(fault.hang_s)
                     finally:
                         self._lock.acquire()
+                if (
+                    fault.drip_s
+                    or fault.drip_headers_s
+                    or fault.cut_body
+                    or fault.raw_body is not None
+                ):
+                    status, body = self.route(path, query)
+                    self.requests.append((status, path, query, headers))
+                    return status, body, {}, fault
                 extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                 self.requests.append((fault.status, path, query, headers))
-                return fault.status, {"error": "injected"}, extra
+                error: dict[str, Any] = {"error": "injected"}
+                if fault.echo_headers:
+                    auth = headers.get("Authorization")
+                    error = {"error": {"message": f"invalid request, Authorization: {auth}"}}
+                return fault.status, error, extra, None
             status, body = self.route(path, query)
             self.requests.append((status, path, query, headers))
-            return status, body, {}
+            return status, body, {}, None
 
     def route(self, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
         raise NotImplementedError
@@ -113,8 +162,8 @@ def _q(query: dict[str, list[str]], name: str, default: str | None = None) -> st
 
 
 class FakeStripe(FakeApi):
-    """Lists newest first with starting_after/has_more and created[gt]; /v1/events with
-    type wildcards. Objects carry `created`."""
+    """Lists newest first with starting_after/has_more and created[gt] / created[gte];
+    /v1/events with type wildcards. Objects carry `created` (seconds, as Stripe's)."""
 
     def __post_init__(self) -> None:
         self.objects: dict[str, list[dict[str, Any]]] = {
@@ -155,6 +204,9 @@ class FakeStripe(FakeApi):
         gt = _q(query, "created[gt]")
         if gt is not None:
             items = [o for o in items if o["created"] > int(gt)]
+        gte = _q(query, "created[gte]")
+        if gte is not None:
+            items = [o for o in items if o["created"] >= int(gte)]
         after = _q(query, "starting_after")
         if after:
             index = next(i for i, o in enumerate(items) if o["id"] == after)
@@ -217,8 +269,9 @@ class FakeZendesk(FakeApi):
                 "after_cursor": after,
                 "end_of_stream": len(items) <= self.page_size,
             }
+        # Zendesk: "all the items that were created or changed on or after the start time"
         start = int(_q(query, "start_time", "0"))
-        items = [o for o in items if o["updated_at"] > start]
+        items = [o for o in items if o["updated_at"] >= start]
         page = items[: self.page_size]
         end_time = page[-1]["updated_at"] if page else start
         return 200, {

@@ -87,9 +87,10 @@ def test_stripe_full_then_incremental_with_429_storm(open_wh, stripe: FakeStripe
     third = ObjectLoader(wh).sync(connector, "stripe")
     assert third.rows_loaded == {}
     cursor = orjson.loads(wh.read_cursors("stripe")["charges"])
-    assert cursor["created_gt"] == max(c["created"] for c in stripe.objects["charges"])
+    newest = max(c["created"] for c in stripe.objects["charges"])
+    assert cursor["created"] == {"at": newest, "seen": ["ch_new"]}
     last_listing = [q for s, p, q, _ in stripe.requests if p == "/v1/charges"][-1]
-    assert last_listing["created[gt]"] == [str(cursor["created_gt"])]
+    assert last_listing["created[gte]"] == [str(newest)]
     # The secret is sent to the API only as the Authorization header.
     assert all(h.get("Authorization") == "Bearer sk_test_secret" for *_, h in stripe.requests)
     assert "sk_test_secret" not in orjson.dumps(second.to_dict()).decode()
@@ -395,14 +396,14 @@ def test_retry_after_is_honoured_and_capped(stripe: FakeStripe) -> None:
     every retry (urllib3 rebuilds its Retry object for each attempt)."""
     import time
 
-    from loader.sources.cloud.engine import get_json, http_session
+    from loader.sources.cloud.engine import ApiClient
 
     url = stripe.url + "/v1/customers"
     policy = RetryPolicy(attempts=4, backoff_s=0.01, backoff_max_s=0.01, jitter_s=0.0)
     # Within the cap: the server's 1 s is honoured (the backoff alone would be 0.01 s).
     stripe.inject(Fault(429, times=1, retry_after="1"))
     started = time.monotonic()
-    assert get_json(http_session({}, policy), "stripe", url)["data"]
+    assert ApiClient("stripe", {}, policy).get_json(url)["data"]
     assert 0.95 <= time.monotonic() - started < 3
 
     # Over the cap: two 429s asking for 5 s each are waited for 0.3 s each.
@@ -413,7 +414,7 @@ def test_retry_after_is_honoured_and_capped(stripe: FakeStripe) -> None:
     )
     stripe.inject(Fault(429, times=2, retry_after="5"))
     started = time.monotonic()
-    assert get_json(http_session({}, capped), "stripe", url)["data"]
+    assert ApiClient("stripe", {}, capped).get_json(url)["data"]
     elapsed = time.monotonic() - started
     assert stripe.statuses() == [429, 429, 200]
     assert 0.55 <= elapsed < 2.5, elapsed
@@ -465,7 +466,7 @@ class _Case:
             # Records up to the 4th (two pages) were committed: the rerun asks from its
             # SystemModstamp, not from 1970.
             fourth = sorted(r["SystemModstamp"] for r in self.api.records["Account"])[3]
-            assert cursor["modstamp"] == fourth
+            assert cursor["modstamp"] == fourth and cursor["seen"] == ["0013"]
             assert f"SystemModstamp >= {fourth[:19]}Z" in first["q"][0]
 
 

@@ -39,6 +39,7 @@ class Receiver:
         self.requests: list[dict[str, Any]] = []
         self.script: list[Reply] = []
         self.rule: Callable[[dict[str, Any], dict[str, str]], Reply | None] | None = None
+        self.delays: list[float] = []  # seconds to wait before answering, one per request
         self.lock = threading.Lock()
         receiver = self
 
@@ -54,13 +55,18 @@ class Receiver:
                     receiver.requests.append(
                         {"path": self.path, "headers": headers, "body": body, "status": status}
                     )
+                    delay = receiver.delays.pop(0) if receiver.delays else 0.0
+                time.sleep(delay)  # applied, but the client may have given up by now
                 data = text.encode()
-                self.send_response(status)
-                for name, value in extra.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(status)
+                    for name, value in extra.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -230,6 +236,76 @@ def test_batch_that_keeps_failing_is_retried_next_run_and_not_snapshotted(
     assert wh.retl_snapshot_count("customers") == 25
 
 
+def test_a_change_back_to_an_earlier_state_gets_a_new_id(
+    open_wh, receiver: Receiver, tmp_path: Path
+) -> None:
+    """A receiver that drops ids it has applied (as Segment does with messageId) must
+    still see free -> pro -> free, and a row deleted then re-created as it was."""
+    wh = open_wh()
+    make_customers(wh, 3)
+    models = write_model(tmp_path / "models", webhook(receiver), mode="mirror")
+    state: dict[str, dict[str, Any]] = {}
+    applied: set[str] = set()
+
+    def drops_repeats(body: dict[str, Any], headers: dict[str, str]) -> Reply | None:
+        for record in body["records"]:
+            if record["id"] in applied:
+                continue
+            applied.add(record["id"])
+            if record["op"] == "delete":
+                state.pop(record["key"], None)
+            else:
+                state[record["key"]] = record["fields"]
+        return None
+
+    receiver.rule = drops_repeats
+    steps = [
+        [],
+        ["UPDATE src.customers SET plan = 'pro' WHERE id = 'c01'"],
+        ["UPDATE src.customers SET plan = 'free' WHERE id = 'c01'"],
+        ["DELETE FROM src.customers WHERE id = 'c02'"],
+        ["INSERT INTO src.customers VALUES ('c02', 'Customer 2', 'free', 2)"],
+    ]
+    for statements in steps:
+        sql(wh, *statements)
+        assert run(wh, models).status == "success"
+    assert state["c01"]["plan"] == "free"
+    assert "c02" in state
+    assert sorted(state) == ["c01", "c02", "c03"]
+    assert_exactly_once(receiver)
+
+
+def test_record_ids_over_a_models_life(open_wh, receiver: Receiver, tmp_path: Path) -> None:
+    from tests.retl_ids_scenario import ids_scenario
+
+    ids_scenario(open_wh(), tmp_path, receiver)
+
+
+def test_a_batch_applied_but_timed_out_is_resent_with_the_same_ids(
+    open_wh, receiver: Receiver, tmp_path: Path
+) -> None:
+    """The receiver applies the batch, then answers too late: every retry, and the next
+    run, carry the same ids, so a receiver deduplicating on them applies it once."""
+    wh = open_wh()
+    make_customers(wh, 4)
+    models = write_model(
+        tmp_path / "models", webhook(receiver, max_attempts=2, timeout_seconds=0.3)
+    )
+    receiver.delays = [0.8, 0.8]  # both attempts of the first batch: applied, answer lost
+    first = run(wh, models)
+    assert first.status == "partial" and first.failed == 4
+    assert "connection failed (ReadTimeout)" in first.failures[0]["reason"]
+    attempts = [[r["id"] for r in q["body"]["records"]] for q in receiver.requests]
+    assert len(attempts) == 2 and attempts[0] == attempts[1]
+    assert wh.retl_snapshot_count("customers") == 0
+
+    second = run(wh, models)
+    assert second.status == "success" and second.sent["added"] == 4
+    resent = [r["id"] for r in receiver.requests[-1]["body"]["records"]]
+    assert resent == attempts[0]
+    assert len({r["id"] for q in receiver.requests for r in q["body"]["records"]}) == 4
+
+
 def test_malformed_record_is_isolated_and_secrets_never_reported(
     open_wh, receiver: Receiver, tmp_path: Path
 ) -> None:
@@ -252,6 +328,60 @@ def test_malformed_record_is_isolated_and_secrets_never_reported(
     assert SECRET not in json.dumps(wh.retl_recent_runs("customers"))
     # batch of 10 rejected, then its records one by one; the last 2 in their own batch
     assert [len(r["body"]["records"]) for r in receiver.requests] == [10] + [1] * 10 + [2]
+
+
+@pytest.mark.parametrize(
+    "echo",
+    ["bare token", "url-encoded", "whole header", "json-escaped"],
+)
+def test_a_webhook_echoing_any_form_of_its_token_leaks_nothing(
+    open_wh, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, echo: str
+) -> None:
+    secret = "Bearer s3cr3t/t0ken+x=y"
+    monkeypatch.setenv("RETL_TEST_TOKEN", secret)
+    token = secret.split(" ", 1)[1]
+    forms = {
+        "bare token": token,
+        "url-encoded": "s3cr3t%2Ft0ken%2Bx%3Dy",
+        "whole header": f"Authorization: {secret}",
+        "json-escaped": json.dumps(token)[1:-1].replace("/", "\\/"),
+    }
+    wh = open_wh()
+    make_customers(wh, 2)
+    models = write_model(tmp_path / "models", webhook(receiver, batch_size=1))
+
+    def echoes(body: dict[str, Any], headers: dict[str, str]) -> Reply | None:
+        return 422, {}, f"rejected: token {forms[echo]} is not allowed to write"
+
+    receiver.rule = echoes
+    report = run(wh, models)
+    assert report.status == "partial" and report.failed == 2
+    reason = report.failures[0]["reason"]
+    assert reason.startswith("HTTP 422: rejected: token ") and "***" in reason
+    stored = json.dumps(wh.retl_recent_runs("customers"))
+    for text in (json.dumps(report.to_dict()), stored):
+        assert token not in text and "s3cr3t" not in text
+
+
+def test_segment_echoing_its_basic_auth_header_leaks_nothing(
+    open_wh, receiver: Receiver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEGMENT_WRITE_KEY", "wk_l1ve_do_not_print")
+    basic = base64.b64encode(b"wk_l1ve_do_not_print:").decode()
+    wh = open_wh()
+    make_customers(wh, 1)
+    models = write_model(tmp_path / "models", {"type": "segment", "endpoint": receiver.url})
+
+    def echoes(body: dict[str, Any], headers: dict[str, str]) -> Reply | None:
+        assert headers["authorization"] == f"Basic {basic}"
+        return 400, {}, f"bad batch (authorization: Basic {basic})"
+
+    receiver.rule = echoes
+    report = run(wh, models)
+    assert report.failures[0]["reason"] == "HTTP 400: bad batch (authorization: Basic ***)"
+    stored = json.dumps(wh.retl_recent_runs("customers"))
+    for text in (json.dumps(report.to_dict()), stored):
+        assert basic.rstrip("=") not in text and "wk_l1ve" not in text
 
 
 def test_retry_after_is_honoured(open_wh, receiver: Receiver, tmp_path: Path) -> None:

@@ -733,3 +733,16 @@ def test_every_statement_sent_is_redshift_sql(open_wh, tmp_path: Path) -> None:
             continue
         bare = {i.name for i in tree.find_all(exp.Identifier) if not i.quoted}
         assert not {b for b in bare if b.lower() in reserved}, sql
+
+
+def test_reverse_etl_record_ids(open_wh, tmp_path: Path) -> None:
+    """One id per change sent, kept by a re-send (tests/retl_ids_scenario.py)."""
+    from tests.retl_ids_scenario import ids_scenario
+    from tests.test_reverse_etl import Receiver
+
+    receiver = Receiver()
+    try:
+        ids_scenario(open_wh(), tmp_path, receiver)
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()

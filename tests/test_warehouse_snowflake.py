@@ -105,6 +105,7 @@ from tests.test_reverse_etl import (  # noqa: E402, F401
     _token,
     receiver,
     test_model_errors_name_file_and_line,
+    test_record_ids_over_a_models_life,
     test_sync_modes,
     test_table_destination_mirrors_the_model,
 )

@@ -7,12 +7,12 @@ bounded by the batch size whatever the model's size.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from loader.reverse_etl.destinations import Record
+from loader.reverse_etl.ids import SentChange, record_id
 from loader.reverse_etl.model import SEND_KINDS, Model, ModelError
 from loader.schema import ColumnType
 from loader.warehouses.base import Warehouse
@@ -70,12 +70,9 @@ def prepare(warehouse: Warehouse, model: Model) -> ChangeSet:
     return ChangeSet(model, staged, counts, columns, fields)
 
 
-def record_id(model: str, op: str, key: str, row_hash: str | None) -> str:
-    """Stable per change: the same change re-sent carries the same id."""
-    return hashlib.sha256(f"{model}\x1f{op}\x1f{key}\x1f{row_hash}".encode()).hexdigest()[:32]
-
-
-def to_record(changes: ChangeSet, row: Sequence[Any]) -> Record:
+def to_record(
+    changes: ChangeSet, row: Sequence[Any], run_id: str, last_sent: dict[str, SentChange]
+) -> Record:
     model = changes.model
     seq, kind, key, row_hash, *values = row
     op = model.op(str(kind))
@@ -83,15 +80,23 @@ def to_record(changes: ChangeSet, row: Sequence[Any]) -> Record:
         fields: dict[str, Any] = {changes.key_field: key}
     else:
         fields = {changes.fields[c]: v for c, v in zip(changes.columns, values, strict=True)}
+    rid, new = record_id(model.name, str(key), op, row_hash, run_id, last_sent.get(str(key)))
     return Record(
-        int(seq), str(kind), op, str(key), record_id(model.name, op, key, row_hash), fields
+        int(seq), str(kind), op, str(key), rid, fields, row_hash=str(row_hash or ""), new_id=new
     )
 
 
 def pages(
-    warehouse: Warehouse, changes: ChangeSet, batch_size: int, limit: int | None = None
+    warehouse: Warehouse,
+    changes: ChangeSet,
+    batch_size: int,
+    run_id: str,
+    limit: int | None = None,
+    known_ids: bool = True,
 ) -> Iterator[list[Record]]:
-    """The records to send, in batches (keyset pages over the change set's seq)."""
+    """The records to send, in batches (keyset pages over the change set's seq), each
+    with its id: kept from the last send of the same change (looked up unless
+    `known_ids` is off), else new for `run_id`."""
     after, left = 0, limit
     kinds = changes.model.send_kinds
     while left is None or left > 0:
@@ -99,7 +104,12 @@ def pages(
         rows = warehouse.retl_changes(changes.model.name, kinds, list(changes.columns), after, size)
         if not rows:
             return
-        yield [to_record(changes, row) for row in rows]
+        last_sent = (
+            warehouse.retl_sent_ids(changes.model.name, [str(r[2]) for r in rows])
+            if known_ids
+            else {}
+        )
+        yield [to_record(changes, row, run_id, last_sent) for row in rows]
         after = int(rows[-1][0])
         if left is not None:
             left -= len(rows)

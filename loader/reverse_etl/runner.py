@@ -1,10 +1,13 @@
 """Plan and run one model: stage + diff in the warehouse, send the change set in
 batches, advance the snapshot for what the destination accepted, record a report.
 
-Exactly once: a record's snapshot row is written in the same step that follows its
-acceptance, so a record that failed (or was never reached) is in the next run's change
-set and one that was accepted is not. The one window is a crash between a destination's
-acceptance and the snapshot commit: that batch is sent again with the same record ids.
+At least once, with ids a receiver can deduplicate on: a record's snapshot row is
+written in the step that follows its acceptance, so a record that failed (or was never
+reached) is in the next run's change set and one that was accepted is not. A batch the
+destination applied but did not acknowledge (a client timeout, a crash before the
+snapshot commit) is sent again, by the retries and by the next run, always with the same
+record ids: each batch's ids are recorded in the warehouse before it is sent
+(loader/reverse_etl/ids.py), and a later change of the same key never reuses one.
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def plan_model(warehouse: Warehouse, model: Model, sample_size: int = 5) -> Plan
     with warehouse.retl_lock(model.name):
         try:
             changes = prepare(warehouse, model)
-            sample = next(iter(pages(warehouse, changes, sample_size, limit=sample_size)), [])
+            sample = next(iter(pages(warehouse, changes, sample_size, "plan", sample_size)), [])
         finally:
             warehouse.retl_drop_stage(model.name)
     return Plan(changes, sample, destination)
@@ -170,7 +173,13 @@ def _send_all(
     report.baseline = warehouse.retl_baseline(model.name, model.baseline_kinds)
     done = 0
     try:
-        for batch in pages(warehouse, changes, destination.batch_size):
+        ids = destination.delivers_ids
+        for batch in pages(
+            warehouse, changes, destination.batch_size, report.run_id, known_ids=ids
+        ):
+            new = [(r.key, r.op, r.row_hash, r.id) for r in batch if r.new_id and ids]
+            if new:  # committed before sending: a re-send after a lost answer keeps its ids
+                warehouse.retl_note_sent(model.name, report.run_id, new)
             result = destination.send(batch)
             accepted = [r for r in batch if r.seq not in result.failed]
             warehouse.retl_advance(model.name, [r.seq for r in accepted])

@@ -180,7 +180,7 @@ class Warehouse(ABC):
 
     @abstractmethod
     def retl_ensure_bookkeeping(self) -> None:
-        """Create _sluice.retl_snapshots and _sluice.retl_runs if missing."""
+        """Create _sluice.retl_snapshots, retl_sent and retl_runs if missing."""
 
     @abstractmethod
     def retl_lock(self, model: str) -> AbstractContextManager[None]:
@@ -215,6 +215,18 @@ class Warehouse(ABC):
     def retl_advance(self, model: str, seqs: Sequence[int]) -> None:
         """Make the snapshot match these change-set rows, atomically: the destination
         accepted them."""
+
+    @abstractmethod
+    def retl_sent_ids(self, model: str, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """key -> (op, row hash, record id) of the last change sent for each of these keys
+        that has one (_sluice.retl_sent); see loader/reverse_etl/ids.py."""
+
+    @abstractmethod
+    def retl_note_sent(
+        self, model: str, run_id: str, sent: Sequence[tuple[str, str, str, str]]
+    ) -> None:
+        """Record (key, op, row hash, record id) as the last change sent for each key,
+        replacing the previous one, committed before the batch goes out."""
 
     @abstractmethod
     def retl_baseline(self, model: str, kinds: Sequence[str]) -> int:

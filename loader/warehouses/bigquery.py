@@ -68,7 +68,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import orjson
@@ -788,6 +788,15 @@ class BigQueryWarehouse(Warehouse):
             ("row_hash", "STRING"),
             ("synced_at", "TIMESTAMP"),
         ],
+        "retl_sent": [
+            ("model", "STRING"),
+            ("key", "STRING"),
+            ("op", "STRING"),
+            ("row_hash", "STRING"),
+            ("record_id", "STRING"),
+            ("run_id", "STRING"),
+            ("sent_at", "TIMESTAMP"),
+        ],
         "retl_runs": [
             ("run_id", "STRING"),
             ("model", "STRING"),
@@ -1340,6 +1349,36 @@ class BigQueryWarehouse(Warehouse):
                     ScalarQueryParameter("model", "STRING", model),
                 ],
             )
+
+    def retl_sent_ids(self, model: str, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        from google.cloud.bigquery import ArrayQueryParameter, ScalarQueryParameter
+
+        out: dict[str, tuple[str, str, str]] = {}
+        for start in range(0, len(keys), CHUNK_ROWS):
+            for key, op, row_hash, record_id in self._fetchall(
+                f"SELECT key, op, row_hash, record_id FROM {self._b('retl_sent')} "
+                "WHERE model = @model AND key IN UNNEST(@keys)",
+                [
+                    ScalarQueryParameter("model", "STRING", model),
+                    ArrayQueryParameter("keys", "STRING", list(keys[start : start + CHUNK_ROWS])),
+                ],
+            ):
+                out[str(key)] = (str(op), str(row_hash), str(record_id))
+        return out
+
+    def retl_note_sent(
+        self, model: str, run_id: str, sent: Sequence[tuple[str, str, str, str]]
+    ) -> None:
+        if not sent:
+            return
+        now = datetime.now(timezone.utc).isoformat()
+        self._merge_rows(
+            "retl_sent",
+            self._RETL_BOOKKEEPING["retl_sent"],
+            ("model", "key"),
+            [(model, key, op, h, rid, run_id, now) for key, op, h, rid in sent],
+            mode="upsert",
+        )
 
     def retl_baseline(self, model: str, kinds: Sequence[str]) -> int:
         from google.cloud.bigquery import ArrayQueryParameter, ScalarQueryParameter

@@ -893,6 +893,12 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
                 "PRIMARY KEY (model, key))"
             )
             self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.retl_sent (model {WIDE} NOT NULL, "
+                f"key {WIDE} NOT NULL, op varchar(16) NOT NULL, row_hash varchar(64) NOT NULL, "
+                f"record_id varchar(64) NOT NULL, run_id varchar(64) NOT NULL, sent_at {TS}, "
+                "PRIMARY KEY (model, key))"
+            )
+            self._execute(
                 f"CREATE TABLE IF NOT EXISTS {b}.retl_runs (run_id {WIDE} NOT NULL, "
                 f"model {WIDE}, target {WIDE}, status {WIDE}, started_at {TS}, "
                 f"finished_at {TS}, report {WIDE}, PRIMARY KEY (run_id))"

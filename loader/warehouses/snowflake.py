@@ -942,6 +942,11 @@ class SnowflakeWarehouse(Warehouse):
             "NOT NULL, ROW_HASH VARCHAR NOT NULL, SYNCED_AT TIMESTAMP_TZ, PRIMARY KEY (MODEL, KEY))"
         )
         self._execute(
+            f"CREATE TABLE IF NOT EXISTS {b}.RETL_SENT (MODEL VARCHAR NOT NULL, KEY VARCHAR "
+            "NOT NULL, OP VARCHAR NOT NULL, ROW_HASH VARCHAR NOT NULL, RECORD_ID VARCHAR NOT NULL, "
+            "RUN_ID VARCHAR NOT NULL, SENT_AT TIMESTAMP_TZ, PRIMARY KEY (MODEL, KEY))"
+        )
+        self._execute(
             f"CREATE TABLE IF NOT EXISTS {b}.RETL_RUNS (RUN_ID VARCHAR NOT NULL, MODEL VARCHAR, "
             "TARGET VARCHAR, STATUS VARCHAR, STARTED_AT TIMESTAMP_TZ, FINISHED_AT TIMESTAMP_TZ, "
             "REPORT VARCHAR, PRIMARY KEY (RUN_ID))"
@@ -1057,6 +1062,45 @@ class SnowflakeWarehouse(Warehouse):
         for start in range(0, len(seqs), CHUNK_ROWS):
             chunk = [int(s) for s in seqs[start : start + CHUNK_ROWS]]
             self._retl_apply(model, f"_SLUICE_SEQ {self._in(len(chunk))}", chunk)
+
+    def retl_sent_ids(self, model: str, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        out: dict[str, tuple[str, str, str]] = {}
+        for start in range(0, len(keys), CHUNK_ROWS):
+            chunk = list(keys[start : start + CHUNK_ROWS])
+            for key, op, row_hash, record_id in self._fetchall(
+                f"SELECT KEY, OP, ROW_HASH, RECORD_ID FROM {ident(BOOKKEEPING_SCHEMA)}.RETL_SENT "
+                f"WHERE MODEL = %s AND KEY {self._in(len(chunk))}",
+                [model, *chunk],
+            ):
+                out[str(key)] = (str(op), str(row_hash), str(record_id))
+        return out
+
+    def retl_note_sent(
+        self, model: str, run_id: str, sent: Sequence[tuple[str, str, str, str]]
+    ) -> None:
+        if not sent:
+            return
+        table = f"{ident(BOOKKEEPING_SCHEMA)}.RETL_SENT"
+        with self.transaction():
+            for start in range(0, len(sent), CHUNK_ROWS):
+                chunk = [s[0] for s in sent[start : start + CHUNK_ROWS]]
+                self._execute(
+                    f"DELETE FROM {table} WHERE MODEL = %s AND KEY {self._in(len(chunk))}",
+                    [model, *chunk],
+                )
+            for start in range(0, len(sent), CHUNK_ROWS):
+                chunk_rows = sent[start : start + CHUNK_ROWS]
+                values = ", ".join(
+                    ["(%s, %s, %s, %s, %s, %s, CURRENT_TIMESTAMP())"] * len(chunk_rows)
+                )
+                params: list[Any] = []
+                for key, op, row_hash, record_id in chunk_rows:
+                    params += [model, key, op, row_hash, record_id, run_id]
+                self._execute(
+                    f"INSERT INTO {table} (MODEL, KEY, OP, ROW_HASH, RECORD_ID, RUN_ID, SENT_AT) "
+                    f"VALUES {values}",
+                    params,
+                )
 
     def retl_baseline(self, model: str, kinds: Sequence[str]) -> int:
         if not kinds:

@@ -422,6 +422,12 @@ class SqlFamilyWarehouse(Warehouse):
                 "PRIMARY KEY (model, key))"
             )
             self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.retl_sent (model text NOT NULL, "
+                "key text NOT NULL, op text NOT NULL, row_hash text NOT NULL, "
+                f"record_id text NOT NULL, run_id text NOT NULL, sent_at {ts}, "
+                "PRIMARY KEY (model, key))"
+            )
+            self._execute(
                 f"CREATE TABLE IF NOT EXISTS {b}.retl_runs (run_id text PRIMARY KEY, "
                 f"model text, target text, status text, started_at {ts}, finished_at {ts}, "
                 f"report {self.capabilities.json_type})"
@@ -536,6 +542,41 @@ class SqlFamilyWarehouse(Warehouse):
     def retl_advance(self, model: str, seqs: Sequence[int]) -> None:
         if seqs:
             self._retl_apply(model, f"_sluice_seq {self._in_list()}", [int(s) for s in seqs])
+
+    _RETL_KEYS_PER_STATEMENT = 1000
+
+    def retl_sent_ids(self, model: str, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        out: dict[str, tuple[str, str, str]] = {}
+        step = self._RETL_KEYS_PER_STATEMENT
+        for start in range(0, len(keys), step):
+            for key, op, row_hash, record_id in self._fetchall(
+                f"SELECT key, op, row_hash, record_id FROM {quote(BOOKKEEPING_SCHEMA)}.retl_sent "
+                f"WHERE model = {self.placeholder} AND key {self._in_list()}",
+                (model, list(keys[start : start + step])),
+            ):
+                out[str(key)] = (str(op), str(row_hash), str(record_id))
+        return out
+
+    def retl_note_sent(
+        self, model: str, run_id: str, sent: Sequence[tuple[str, str, str, str]]
+    ) -> None:
+        if not sent:
+            return
+        table = f"{quote(BOOKKEEPING_SCHEMA)}.retl_sent"
+        p = self.placeholder
+        step = self._RETL_KEYS_PER_STATEMENT
+        with self.transaction():
+            for start in range(0, len(sent), step):
+                keys = [s[0] for s in sent[start : start + step]]
+                self._execute(
+                    f"DELETE FROM {table} WHERE model = {p} AND key {self._in_list()}",
+                    (model, keys),
+                )
+            self._executemany(
+                f"INSERT INTO {table} (model, key, op, row_hash, record_id, run_id, sent_at) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, current_timestamp)",
+                [(model, key, op, h, rid, run_id) for key, op, h, rid in sent],
+            )
 
     def retl_baseline(self, model: str, kinds: Sequence[str]) -> int:
         if not kinds:

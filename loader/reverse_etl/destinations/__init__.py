@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from loader.config import ConfigError
 from loader.schema import ColumnType
+from loader.scrub import Scrubber
 from loader.warehouses.base import Warehouse
 
 # type name -> module defining DESTINATION (imported on use: each pulls its own libraries)
@@ -40,9 +41,10 @@ class DestinationError(Exception):
 
 @dataclass(frozen=True)
 class Record:
-    """One change to deliver. `id` is stable for the same change (model, key, op, row
-    hash), so a receiver can drop a re-delivery after a crash between its acceptance and
-    the snapshot commit."""
+    """One change to deliver. `id` names this change and no other: a re-send of it (after
+    a timeout, or a crash between the destination's acceptance and the snapshot commit)
+    carries the same id, a later change of the same key never does (loader/reverse_etl/
+    ids.py), so a receiver may drop an id it has already applied."""
 
     seq: int
     kind: str  # added | changed | removed
@@ -50,6 +52,8 @@ class Record:
     key: str
     id: str
     fields: dict[str, Any]  # destination field -> value; only the key field for a delete
+    row_hash: str = ""  # the model row's hash (its last for a delete)
+    new_id: bool = True  # False: a re-send of the last change sent for this key
 
 
 @dataclass
@@ -84,11 +88,15 @@ class DestinationContext:
 class Destination(ABC):
     config_class: ClassVar[type[DestinationConfig]]
     supports_delete: ClassVar[bool] = True
+    # Whether records reach the receiver with their ids (then each batch's ids are
+    # recorded before it is sent, so a re-send keeps them); a table or file has no use
+    # for them, and skipping that bookkeeping keeps its large batches cheap.
+    delivers_ids: ClassVar[bool] = True
 
     def __init__(self, config: Any, ctx: DestinationContext) -> None:
         self.config = config
         self.ctx = ctx
-        self._secrets: list[str] = []
+        self.scrubber = Scrubber()
 
     @property
     def batch_size(self) -> int:
@@ -122,15 +130,13 @@ class Destination(ABC):
                 f"model '{self.ctx.model}': environment variable {var} ({what}) is not set; "
                 "export it before `sluice retl run`"
             )
-        self._secrets.append(value)
+        self.scrubber.add(value)
         return value
 
     def scrub(self, text: str) -> str:
-        """Text with every secret this destination holds replaced by ***."""
-        for secret in self._secrets:
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        """Text with every secret this destination holds, in every form a server may
+        echo it (bare token, base64 Basic auth, URL-encoded...), replaced by ***."""
+        return self.scrubber(text)
 
 
 def destination_class(type_name: str) -> type[Destination]:

@@ -81,8 +81,10 @@ def post_json(
     config: HttpConfig,
     headers: dict[str, str] | None = None,
     auth: tuple[str, str] | None = None,
+    scrub: Callable[[str], str] = str,
 ) -> Outcome:
-    """POST with retries; never raises for HTTP or network failures."""
+    """POST with retries; never raises for HTTP or network failures. A receiver's error
+    text is scrubbed of secrets before it is cut to length (a cut could split one)."""
     reason = ""
     status: int | None = None
     for attempt in range(1, config.max_attempts + 1):
@@ -103,7 +105,7 @@ def post_json(
                 return Outcome(True, status, attempt, "")
             reason = f"HTTP {status}"
             if status != 429 and status < 500:
-                detail = response.text.strip().replace("\n", " ")[:200]
+                detail = scrub(response.text.strip().replace("\n", " "))[:200]
                 return Outcome(False, status, attempt, f"{reason}: {detail}" if detail else reason)
             wait = retry_after(response.headers.get("Retry-After"))
         if attempt == config.max_attempts:

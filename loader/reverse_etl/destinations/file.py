@@ -33,6 +33,7 @@ class FileConfig(DestinationConfig):
 
 class FileDestination(Destination):
     config_class = FileConfig
+    delivers_ids = False
     config: FileConfig
 
     def describe(self) -> str:

@@ -106,6 +106,7 @@ class SegmentDestination(Destination):
             body,
             self.config,
             auth=(self.write_key, ""),
+            scrub=self.scrub,
         )
 
     def send(self, records: Sequence[Record]) -> SendResult:

@@ -34,6 +34,7 @@ class TableConfig(DestinationConfig):
 
 class TableDestination(Destination):
     config_class = TableConfig
+    delivers_ids = False
     config: TableConfig
 
     def describe(self) -> str:

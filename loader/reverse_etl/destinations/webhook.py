@@ -61,7 +61,14 @@ class WebhookDestination(Destination):
                 ],
             }
         )
-        return post_json(self.session, self.config.url, body, self.config, headers=self.headers)
+        return post_json(
+            self.session,
+            self.config.url,
+            body,
+            self.config,
+            headers=self.headers,
+            scrub=self.scrub,
+        )
 
     def send(self, records: Sequence[Record]) -> SendResult:
         return deliver(records, self._post, self.describe())

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from loader.sources.cloud.engine import Connector
+from loader.sources.cloud.engine import DEFAULT_RETRY, Connector, Deadlines
+
+
+def deadlines_of(settings: Any) -> Deadlines:
+    """`request_timeout_seconds` and `sync_budget_seconds` of an API source."""
+    return Deadlines(
+        request_s=float(settings.request_timeout_seconds),
+        sync_s=float(settings.sync_budget_seconds),
+    )
 
 
 def connector_for(settings: Any, root: Any = None) -> Connector:
@@ -13,16 +21,31 @@ def connector_for(settings: Any, root: Any = None) -> Connector:
     if kind == "stripe":
         from loader.sources.cloud.stripe import StripeConnector
 
-        return StripeConnector(settings.api_key.get_secret_value(), settings.base_url)
+        return StripeConnector(
+            settings.api_key.get_secret_value(),
+            settings.base_url,
+            DEFAULT_RETRY,
+            deadlines_of(settings),
+        )
     if kind == "zendesk":
         from loader.sources.cloud.zendesk import ZendeskConnector
 
-        return ZendeskConnector(settings.url, settings.email, settings.api_token.get_secret_value())
+        return ZendeskConnector(
+            settings.url,
+            settings.email,
+            settings.api_token.get_secret_value(),
+            DEFAULT_RETRY,
+            deadlines_of(settings),
+        )
     if kind == "salesforce":
         from loader.sources.cloud.salesforce import SalesforceConnector
 
         return SalesforceConnector(
-            settings.instance_url, settings.access_token.get_secret_value(), settings.fields
+            settings.instance_url,
+            settings.access_token.get_secret_value(),
+            settings.fields,
+            DEFAULT_RETRY,
+            deadlines_of(settings),
         )
     if kind == "objects":
         import os

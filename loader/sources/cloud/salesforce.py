@@ -1,7 +1,8 @@
 """Salesforce: Account, Contact, Opportunity and Lead by SOQL on SystemModstamp through
 `queryAll` (so deleted records come back with IsDeleted), following nextRecordsUrl
-(queryMore). The cursor is the newest SystemModstamp committed; a resumed sync asks
-for `>=` it, so records sharing that instant are fetched again and upserted, not lost.
+(queryMore). The cursor is the newest SystemModstamp committed and the ids taken at it;
+a resumed sync asks for `>=` it (to the second: SOQL's literal), so a record of that
+instant saved after the sync is fetched, and those already taken are skipped.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from typing import Any
 from urllib.parse import quote
 
 from loader.sources.cloud.engine import (
+    DEFAULT_DEADLINES,
     DEFAULT_RETRY,
+    ApiClient,
+    Boundary,
+    Deadlines,
     ObjectPage,
     RetryPolicy,
-    get_json,
-    http_session,
 )
 
 API = "/services/data/v59.0"
@@ -81,10 +84,16 @@ class SalesforceConnector:
         access_token: str,
         fields: dict[str, list[str]] | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
+        deadlines: Deadlines = DEFAULT_DEADLINES,
     ) -> None:
         self.base_url = instance_url.rstrip("/")
-        self.session = http_session({"Authorization": f"Bearer {access_token}"}, retry)
+        self.client = ApiClient(
+            self.name, {"Authorization": f"Bearer {access_token}"}, retry, deadlines=deadlines
+        )
         self.fields = {**DEFAULT_FIELDS, **(fields or {})}
+
+    def begin_sync(self) -> None:
+        self.client.begin_sync()
 
     def soql(self, collection: str, since: str) -> str:
         """SOQL wants `YYYY-MM-DDThh:mm:ssZ`; cutting the milliseconds only widens `>=`."""
@@ -97,18 +106,20 @@ class SalesforceConnector:
         )
 
     def pages(self, collection: str, cursor: dict[str, Any] | None) -> Iterator[ObjectPage]:
-        since = (cursor or {}).get("modstamp", EPOCH)
-        url = f"{self.base_url}{API}/queryAll?q={quote(self.soql(collection, since))}"
+        state = cursor or {}
+        boundary = Boundary(state.get("modstamp", EPOCH), frozenset(state.get("seen") or ()))
+        url = f"{self.base_url}{API}/queryAll?q={quote(self.soql(collection, boundary.at))}"
         while True:
-            body = get_json(self.session, self.name, url)
-            records = body.get("records") or []
+            body = self.client.get_json(url)
             objects = []
-            for record in records:
+            for record in body.get("records") or []:
                 obj = {k: v for k, v in record.items() if k != "attributes"}
-                objects.append(obj)
-                since = max(since, obj["SystemModstamp"])
+                if boundary.fresh(obj["SystemModstamp"], obj["Id"]):
+                    objects.append(obj)
+            boundary = boundary.after((o["SystemModstamp"], o["Id"]) for o in objects)
             deleted = {o["Id"] for o in objects if o.get("IsDeleted")}
-            yield ObjectPage(objects, {"modstamp": since}, deleted)
+            page_cursor = {"modstamp": boundary.at, "seen": sorted(boundary.seen)}
+            yield ObjectPage(objects, page_cursor, deleted)
             if body.get("done", True) or not body.get("nextRecordsUrl"):
                 return
             url = self.base_url + body["nextRecordsUrl"]

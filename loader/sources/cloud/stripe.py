@@ -1,8 +1,11 @@
 """Stripe: customers, charges, invoices, subscriptions.
 
 New objects come from each list endpoint (newest first, `starting_after` paging,
-`created[gt]` since the last complete listing); changes and deletions from the events
-endpoint. A listing interrupted between pages resumes from its `starting_after`.
+`created[gte]` the newest second of the last complete listing, the ids already taken in
+that second skipped); changes and deletions from the events endpoint, with the same
+inclusive boundary (Stripe stamps to the second: `created[gt]` would lose an event of the
+cursor's second listed after the sync). A listing interrupted between pages resumes
+from its `starting_after`.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from loader.sources.cloud.engine import (
+    DEFAULT_DEADLINES,
     DEFAULT_RETRY,
+    ApiClient,
+    Boundary,
+    Deadlines,
     ObjectPage,
     RetryPolicy,
-    get_json,
-    http_session,
 )
 
 COLLECTIONS: dict[str, tuple[str, str]] = {
@@ -47,21 +52,27 @@ class StripeConnector:
         api_key: str,
         base_url: str = "https://api.stripe.com",
         retry: RetryPolicy = DEFAULT_RETRY,
+        deadlines: Deadlines = DEFAULT_DEADLINES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.session = http_session({"Authorization": f"Bearer {api_key}"}, retry)
+        self.client = ApiClient(
+            self.name, {"Authorization": f"Bearer {api_key}"}, retry, deadlines=deadlines
+        )
+
+    def begin_sync(self) -> None:
+        self.client.begin_sync()
 
     def _list(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        return get_json(self.session, self.name, self.base_url + path, params)
+        return self.client.get_json(self.base_url + path, params)
 
     def pages(self, collection: str, cursor: dict[str, Any] | None) -> Iterator[ObjectPage]:
         path, event_type = COLLECTIONS[collection]
         state = dict(cursor or {})
-        first_sync = "created_gt" not in state and "scan" not in state
-        if "events_gt" not in state:
+        first_sync = not {"created", "created_gt", "scan"} & set(state)
+        if "events" not in state and "events_gt" not in state:
             # Taken before the first listing, so a change made while it runs is an event
             # the next sync applies, never one that falls between the two.
-            state["events_gt"] = self._latest_event_time()
+            state["events"] = self._latest_event().to_state()
         state = yield from self._new_objects(path, collection, state)
         if first_sync:
             return  # the listing saw every object as it was when listed
@@ -71,52 +82,62 @@ class StripeConnector:
         self, path: str, collection: str, state: dict[str, Any]
     ) -> Generator[ObjectPage, None, dict[str, Any]]:
         """Objects created since the last complete listing; returns the state after it."""
-        high_water = int(state.get("created_gt", -1))
+        legacy = state.get("created_gt")
+        created = Boundary.of(state.get("created"), None if legacy in (None, -1) else legacy)
         scan = state.get("scan") or {}
+        # what this listing has taken so far (newest first: its boundary is on page 1)
+        taken = Boundary.of(scan.get("taken"), scan.get("max_created")) if scan else created
         while True:
             params: dict[str, Any] = {"limit": PAGE}
             if collection == "subscriptions":
                 params["status"] = "all"
-            if high_water >= 0:
-                params["created[gt]"] = high_water
+            if created.at is not None:
+                params["created[gte]"] = created.at
             if scan.get("starting_after"):
                 params["starting_after"] = scan["starting_after"]
             body = self._list(path, params)
-            objects = body.get("data") or []
-            newest = max([scan.get("max_created", high_water)] + [o["created"] for o in objects])
-            if body.get("has_more") and objects:
-                scan = {"starting_after": objects[-1]["id"], "max_created": newest}
-                state = {**state, "scan": scan}
+            listed = body.get("data") or []
+            objects = [o for o in listed if created.fresh(o["created"], o["id"])]
+            taken = taken.after((o["created"], o["id"]) for o in objects)
+            state = {k: v for k, v in state.items() if k not in ("scan", "created_gt")}
+            if body.get("has_more") and listed:
+                scan = {"starting_after": listed[-1]["id"], "taken": taken.to_state()}
+                state["scan"] = scan
             else:
-                state = {k: v for k, v in state.items() if k != "scan"}
-                state["created_gt"] = newest
+                state["created"] = taken.to_state()
             yield ObjectPage(objects, dict(state))
             if "scan" not in state:
                 return state
 
-    def _latest_event_time(self) -> int:
+    def _latest_event(self) -> Boundary:
         body = self._list("/v1/events", {"limit": 1})
         data = body.get("data") or []
-        return int(data[0]["created"]) if data else 0
+        return (
+            Boundary(int(data[0]["created"]), frozenset({data[0]["id"]})) if data else Boundary(0)
+        )
 
     def _changes(
         self, event_type: str, object_type: str, state: dict[str, Any]
     ) -> Iterator[ObjectPage]:
         """Events since the last sync, applied oldest first, in pages that end where the
-        event time changes so a resumed sync neither skips nor repeats a second.
+        event time changes, so the saved boundary's seen ids are all of its second.
 
         Events about another kind of object (a subscription's event under `customer.*`)
         are skipped, but still advance the cursor so they are not fetched again."""
-        since = int(state.get("events_gt", 0))
+        boundary = Boundary.of(state.get("events"), state.get("events_gt", 0))
         events: list[dict[str, Any]] = []
         starting_after = None
         while True:
-            params: dict[str, Any] = {"limit": PAGE, "type": event_type, "created[gt]": since}
+            params: dict[str, Any] = {
+                "limit": PAGE,
+                "type": event_type,
+                "created[gte]": boundary.at,
+            }
             if starting_after:
                 params["starting_after"] = starting_after
             body = self._list("/v1/events", params)
             data = body.get("data") or []
-            events.extend(data)
+            events.extend(e for e in data if boundary.fresh(e["created"], e["id"]))
             if not body.get("has_more") or not data:
                 break
             starting_after = data[-1]["id"]
@@ -138,6 +159,8 @@ class StripeConnector:
                     deleted.add(obj["id"])
                 else:
                     deleted.discard(obj["id"])
-            state = {**state, "events_gt": chunk[-1]["created"]}
+            boundary = boundary.after((e["created"], e["id"]) for e in chunk)
+            state = {k: v for k, v in state.items() if k != "events_gt"}
+            state["events"] = boundary.to_state()
             yield ObjectPage(list(latest.values()), dict(state), deleted)
             start = end
