@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dagster_project.assets import build_source_assets
-from dagster_project.automation import build_schedule, build_sensor, sync_job
+from dagster_project.assets import build_source_assets, table_infos
+from dagster_project.automation import build_load_reporter, build_schedule, build_sensor, sync_job
 from dagster_project.object_assets import build_object_source_assets
 from dagster_project.resources import warehouse_resources
 from dagster_project.retl_assets import build_retl_assets
-from dagster_project.translator import SluiceTranslator
+from dagster_project.translator import REJECTS_TABLE, SluiceTranslator
 from loader.project import Project, find_project, load_project
 
 
@@ -25,9 +25,12 @@ def build_definitions(
     profiles = project.load_profiles()
     rules = project.load_selective_sync()
     resources = warehouse_resources(project.profiles_path())
-    assets, jobs, schedules, sensors = [], [], [], []
+    assets: list = []
+    jobs, schedules, sensors = [], [], []
     for source in project.sources:
         build = build_source_assets if project.is_archive(source) else build_object_source_assets
+        if project.is_archive(source):
+            assets.append(translator.get_archive_spec(source, project.archive_url(source)))
         for target in project.targets_of(source, profiles):
             _, spec = profiles.target(target)
             assets_def = build(project, rules, source, target, spec.type, translator)
@@ -39,6 +42,11 @@ def build_definitions(
                 schedules.append(schedule)
             if project.is_archive(source):
                 sensors.append(build_sensor(project, source, target, job))
+                infos = table_infos(project, rules, source, target, spec.type)
+                table_of = {translator.get_asset_spec(i).key: i.table for i in infos}
+                sensors.append(
+                    build_load_reporter(project, source, target, table_of, REJECTS_TABLE)
+                )
     if project.models_dir() is not None:
         models_target, spec = profiles.target(project.models_target)
         retl, retl_schedules = build_retl_assets(project, models_target, spec.type, translator)

@@ -11,7 +11,9 @@ import dagster as dg
 from dagster_project.assets import (
     CHECK_DUPLICATES,
     CHECK_FRESHNESS,
+    check_spec,
     current_rules,
+    loader_logs_to,
     op_name,
     pool_name,
     table_results,
@@ -49,7 +51,7 @@ def build_object_source_assets(
     table_of = {spec.key: info.table for spec, info in zip(specs, infos, strict=True)}
     key_of = {table: key for key, table in table_of.items()}
     check_specs = [
-        dg.AssetCheckSpec(name, asset=key, blocking=name == CHECK_DUPLICATES)
+        check_spec(name, key, blocking=name == CHECK_DUPLICATES)
         for key in table_of
         for name in (CHECK_DUPLICATES, CHECK_FRESHNESS)
     ]
@@ -76,7 +78,8 @@ def build_object_source_assets(
             )
             context.log.info(f"syncing {', '.join(selected)} of {source} into {target}.{schema}")
             try:
-                report = loader.sync(connector_for(settings, project.root), schema, selected)
+                with loader_logs_to(context):
+                    report = loader.sync(connector_for(settings, project.root), schema, selected)
             except LockBusy as exc:
                 raise dg.RetryRequested(max_retries=20, seconds_to_wait=30) from exc
             tables = warehouse.read_schema(schema)
