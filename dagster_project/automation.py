@@ -211,7 +211,7 @@ def build_load_reporter(
     table_of: dict[dg.AssetKey, str],
     rejects_table: str,
 ) -> dg.SensorDefinition:
-    """Makes Dagster show loads done outside it (`sluice sync`, `sluice replay`, cron).
+    """Makes Dagster show loads done outside it (`sluice sync`, cron).
 
     Each tick compares the warehouse's file ledger (`_sluice.loaded_files`, per received
     day) with what the instance knows; a day that gained loaded files that no Dagster run
@@ -275,7 +275,7 @@ def build_load_reporter(
                         asset_key=key,
                         partition=day,
                         description=(
-                            f"Loaded outside Dagster (sluice sync or replay); seen in "
+                            f"Loaded outside Dagster (sluice sync); seen in "
                             f"{target}'s _sluice.loaded_files."
                         ),
                         metadata=_outside_metadata(counts[day], latest),
@@ -313,7 +313,7 @@ def build_load_reporter(
         asset_selection=dg.AssetSelection.assets(*keys),
         description=(
             f"Shows loads of {source} into {target} made outside Dagster (sluice sync, "
-            "replay, cron): days that gained files in the warehouse's _sluice.loaded_files "
+            "cron): days that gained files in the warehouse's _sluice.loaded_files "
             "without a Dagster run become materializations of those days' partitions."
         ),
     )
@@ -326,3 +326,78 @@ def _outside_metadata(files: int, run: dict | None) -> dict[str, object]:
         metadata["loaded_at"] = str(run.get("finished_at"))
         metadata["mode"] = "replay" if run.get("replay") else "sync"
     return metadata
+
+
+def _finished(run: dict) -> float:
+    try:
+        return datetime.fromisoformat(str(run.get("finished_at"))).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def build_object_load_reporter(
+    project: Project, source: str, target: str, table_of: dict[dg.AssetKey, str]
+) -> dg.SensorDefinition:
+    """Makes Dagster show syncs of a cloud/object source done outside it (`sluice sync`):
+    a successful `_sluice.sync_runs` run that loaded rows into a collection after the
+    asset's latest materialization becomes one. Dagster's own runs materialize after
+    their sync finished, so they are never reported twice."""
+    res_key = resource_key(target)
+    keys = set(table_of)
+    schema = project.schema_of(source)
+
+    def evaluate(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        if _dagster_is_loading(context.instance, keys):
+            return dg.SkipReason(f"a Dagster run is syncing {source}; checking after it")
+        resource: WarehouseResource = getattr(context.resources, res_key)
+        try:
+            with resource.open() as warehouse:
+                if not ledger_exists(warehouse):
+                    return dg.SkipReason(f"nothing has been loaded into {target} yet")
+                runs = [
+                    r
+                    for r in warehouse.recent_runs(limit=50)
+                    if r.get("schema") == schema
+                    and r.get("target") == target
+                    and r.get("status") == "success"
+                ]
+        except LockBusy as exc:
+            return dg.SkipReason(f"{exc}; checking again at the next tick")
+        events = []
+        for key, table in sorted(table_of.items(), key=lambda kv: kv[0].to_user_string()):
+            latest = context.instance.get_latest_materialization_event(key)
+            since = latest.timestamp if latest is not None else 0.0
+            newer = [
+                r for r in runs if _finished(r) > since and (r.get("rows_loaded") or {}).get(table)
+            ]
+            if not newer:
+                continue
+            run = max(newer, key=_finished)
+            metadata = _outside_metadata(0, run)
+            del metadata["files_loaded"]
+            metadata["rows_loaded"] = sum(int(r["rows_loaded"][table]) for r in newer)
+            events.append(
+                dg.AssetMaterialization(
+                    asset_key=key,
+                    description=f"Synced outside Dagster (sluice sync); seen in {target}'s "
+                    "_sluice.sync_runs.",
+                    metadata=metadata,
+                )
+            )
+        if not events:
+            return dg.SkipReason(f"Dagster shows every sync of {source} into {target}")
+        return dg.SensorResult(asset_events=events)
+
+    return dg.SensorDefinition(
+        name=f"{op_name(source, target)}__outside_loads",
+        evaluation_fn=evaluate,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        required_resource_keys={res_key},
+        asset_selection=dg.AssetSelection.assets(*keys),
+        description=(
+            f"Shows syncs of {source} into {target} made outside Dagster (sluice sync, "
+            "cron): a run in the warehouse's _sluice.sync_runs that loaded rows into a "
+            "collection after its latest materialization becomes one."
+        ),
+    )

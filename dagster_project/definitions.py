@@ -10,8 +10,14 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project.assets import build_source_assets, table_infos
-from dagster_project.automation import build_load_reporter, build_schedule, build_sensor, sync_job
-from dagster_project.object_assets import build_object_source_assets
+from dagster_project.automation import (
+    build_load_reporter,
+    build_object_load_reporter,
+    build_schedule,
+    build_sensor,
+    sync_job,
+)
+from dagster_project.object_assets import build_object_source_assets, object_table_infos
 from dagster_project.resources import warehouse_resources
 from dagster_project.retl_assets import build_retl_assets
 from dagster_project.translator import REJECTS_TABLE, SluiceTranslator
@@ -47,6 +53,11 @@ def build_definitions(
                 sensors.append(
                     build_load_reporter(project, source, target, table_of, REJECTS_TABLE)
                 )
+            else:
+                infos = object_table_infos(project, rules, source, target, spec.type)
+                table_of = {translator.get_asset_spec(i).key: i.table for i in infos}
+                if table_of:
+                    sensors.append(build_object_load_reporter(project, source, target, table_of))
     if project.models_dir() is not None:
         models_target, spec = profiles.target(project.models_target)
         retl, retl_schedules = build_retl_assets(project, models_target, spec.type, translator)

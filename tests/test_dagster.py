@@ -509,6 +509,59 @@ def test_cloud_source_collections_are_assets(project_dir: Path) -> None:
         stripe.stop()
 
 
+@pytest.mark.parametrize("warehouse_kind", ["postgres"])
+def test_cloud_syncs_made_by_the_cli_show_in_dagster(project_dir: Path) -> None:
+    from loader.object_pipeline import ObjectLoader
+    from loader.sources.cloud.registry import connector_for
+    from tests.fake_apis import FakeStripe
+
+    stripe = FakeStripe()
+    try:
+        for i in range(3):
+            stripe.create("customers", id=f"cus_{i}", email=f"c{i}@example.com")
+        with (project_dir / "sluice.yml").open("a") as out:
+            out.write(
+                f"  payments:\n    kind: stripe\n    api_key: sk_test\n"
+                f"    base_url: {stripe.url}\n    collections: [customers, charges]\n"
+            )
+        defs = _defs(project_dir)
+        customers = dg.AssetKey(["local", "payments", "customers"])
+        name = "sync__payments__local__outside_loads"
+        with dg.DagsterInstance.ephemeral() as instance:
+            # A `sluice sync` of the source, outside Dagster.
+            project = load_project(project_dir / "sluice.yml")
+            wh = open_warehouse(*project.load_profiles().target("local"))
+            try:
+                report = ObjectLoader(wh).sync(
+                    connector_for(project.source("payments"), project_dir), "payments"
+                )
+            finally:
+                wh.close()
+            assert report.rows_loaded["customers"] == 3
+            tick = _tick(defs, name, instance)
+            _record(instance, tick)
+            # customers got rows; charges had none, so it is not claimed.
+            assert [e.asset_key for e in tick.asset_events] == [customers]
+            event = instance.get_latest_materialization_event(customers)
+            metadata = event.asset_materialization.metadata
+            assert metadata["rows_loaded"].value == 3
+            assert metadata["sluice/sync_run_id"].value == report.run_id
+            again = _tick(defs, name, instance)
+            assert not again.asset_events and "every sync" in again.skip_message
+            # Dagster's own sync is not reported a second time.
+            stripe.create("customers", id="cus_9", email="c9@example.com")
+            assets_def = next(
+                a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and customers in a.keys
+            )
+            assert dg.materialize(
+                [assets_def], instance=instance, resources=defs.resources, selection=[customers]
+            ).success
+            after = _tick(defs, name, instance)
+            assert not after.asset_events
+    finally:
+        stripe.stop()
+
+
 def test_reverse_etl_models_are_assets_downstream_of_their_tables(project_dir: Path) -> None:
     models = project_dir / "sql" / "models"
     shutil.copytree(Path(__file__).resolve().parent.parent / "sql" / "models", models)
