@@ -182,11 +182,16 @@ _IN_PROGRESS = [
 ]
 
 
-def _dagster_is_loading(instance: dg.DagsterInstance, keys: set[dg.AssetKey]) -> bool:
+def _dagster_is_loading(
+    instance: dg.DagsterInstance, keys: set[dg.AssetKey], source: str, target: str
+) -> bool:
     """A run of these assets is under way: its ledger rows may be committed before its
-    materializations are, so the reporter waits rather than report them twice."""
+    materializations are, so the reporter waits rather than report them twice. A run of
+    the sync job carries its tags; an ad-hoc run its asset selection."""
     for run in instance.get_runs(dg.RunsFilter(statuses=_IN_PROGRESS), limit=100):
         if run.asset_selection and run.asset_selection & keys:
+            return True
+        if run.tags.get("sluice/source") == source and run.tags.get("sluice/target") == target:
             return True
     return False
 
@@ -230,7 +235,7 @@ def build_load_reporter(
         seen: dict[str, int] = state.get("loaded_by_day", {})
         since: float | None = state.get("checked_at")
         now = datetime.now(timezone.utc).timestamp()
-        if _dagster_is_loading(context.instance, keys):
+        if _dagster_is_loading(context.instance, keys, source, target):
             return dg.SkipReason(f"a Dagster run is loading {source}; checking after it")
         try:
             files = list_files(url, settings.storage_options or None)
@@ -347,7 +352,7 @@ def build_object_load_reporter(
     schema = project.schema_of(source)
 
     def evaluate(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        if _dagster_is_loading(context.instance, keys):
+        if _dagster_is_loading(context.instance, keys, source, target):
             return dg.SkipReason(f"a Dagster run is syncing {source}; checking after it")
         resource: WarehouseResource = getattr(context.resources, res_key)
         try:
