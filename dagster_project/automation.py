@@ -268,7 +268,9 @@ def build_load_reporter(
             (k for k, t in table_of.items() if t in tables or t == rejects_table),
             key=lambda k: k.to_user_string(),
         )
-        latest = max(runs, key=lambda r: str(r.get("finished_at")), default=None)
+        # The newest run since the last tick (on a first tick, of all): what loaded them.
+        recent = [r for r in runs if since is None or _finished(r) > since]
+        latest = max(recent, key=_finished, default=None)
         events: list[dg.AssetMaterialization] = []
         done: list[str] = []
         for day in changed:
