@@ -4,7 +4,9 @@ All loading is `loader`'s; this module only maps a Dagster run (partition, selec
 config) onto one `Loader` call and the run's report onto per-table events.
 """
 
+import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -28,6 +30,65 @@ CHECK_DUPLICATES = "no_duplicate_ids"
 CHECK_FRESHNESS = "received_at_fresh"
 CHECK_REJECT_RATE = "reject_rate"
 CHECK_SELECTIVE_SYNC = "selective_sync_valid"
+
+CHECK_DESCRIPTIONS = {
+    CHECK_DUPLICATES: (
+        "No id (Segment's messageId) appears twice in the table. Blocking: a failure "
+        "stops downstream assets from building on duplicated rows."
+    ),
+    CHECK_FRESHNESS: (
+        "The newest received_at is at most the source's freshness_hours old (sluice.yml); "
+        "a warning when the archive stops delivering or loads fall behind."
+    ),
+    CHECK_REJECT_RATE: (
+        "Rejected lines / lines read in the run stay at or below the source's "
+        "max_reject_rate (sluice.yml); the lines are in _sluice.rejected_events."
+    ),
+    CHECK_SELECTIVE_SYNC: (
+        "selective_sync.yml parses and is valid; blocking, checked before anything loads, "
+        "so a broken rule never loads data it meant to keep out."
+    ),
+}
+
+
+def check_spec(name: str, key: dg.AssetKey, blocking: bool = False) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        name, asset=key, blocking=blocking, description=CHECK_DESCRIPTIONS[name]
+    )
+
+
+class _ToDagsterLog(logging.Handler):
+    """Forwards the loader's log records (batch commits, new tables and columns,
+    rejects) into the run's event log, at their level."""
+
+    def __init__(self, log: Any) -> None:
+        super().__init__(logging.INFO)
+        self._log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR:
+            self._log.error(message)
+        elif record.levelno >= logging.WARNING:
+            self._log.warning(message)
+        else:
+            self._log.info(message)
+
+
+@contextmanager
+def loader_logs_to(context: dg.AssetExecutionContext) -> Iterator[None]:
+    """The `sluice` logger's INFO and above go to `context.log` while the block runs."""
+    logger = logging.getLogger("sluice")
+    handler = _ToDagsterLog(context.log)
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class SyncConfig(dg.Config):
@@ -84,23 +145,25 @@ def build_source_assets(
     translator: SluiceTranslator,
 ) -> dg.AssetsDefinition:
     infos = table_infos(project, rules, source, target, target_type)
-    specs = [translator.get_asset_spec(info) for info in infos]
+    # Every table comes from the source's archive (an external asset in the graph).
+    archive_key = translator.get_archive_key(source)
+    specs = [translator.get_asset_spec(info).merge_attributes(deps=[archive_key]) for info in infos]
     table_of = {spec.key: info.table for spec, info in zip(specs, infos, strict=True)}
     key_of = {info.table: spec.key for spec, info in zip(specs, infos, strict=True)}
     check_specs = [
-        dg.AssetCheckSpec(CHECK_DUPLICATES, asset=key, blocking=True)
+        check_spec(CHECK_DUPLICATES, key, blocking=True)
         for key, table in table_of.items()
         if table != REJECTS_TABLE
     ]
     check_specs += [
-        dg.AssetCheckSpec(CHECK_FRESHNESS, asset=key)
+        check_spec(CHECK_FRESHNESS, key)
         for key, table in table_of.items()
         if table != REJECTS_TABLE
     ]
     rejects_key = key_of[REJECTS_TABLE]
     check_specs += [
-        dg.AssetCheckSpec(CHECK_REJECT_RATE, asset=rejects_key),
-        dg.AssetCheckSpec(CHECK_SELECTIVE_SYNC, asset=rejects_key, blocking=True),
+        check_spec(CHECK_REJECT_RATE, rejects_key),
+        check_spec(CHECK_SELECTIVE_SYNC, rejects_key, blocking=True),
     ]
     res_key = resource_key(target)
     settings = project.source(source)
@@ -143,13 +206,14 @@ def build_source_assets(
                 f"({'all tables' if full else ', '.join(sorted(selected))})"
             )
             try:
-                report = loader.load(
-                    project.archive_url(source),
-                    schema,
-                    days=days,
-                    replay=replay,
-                    record_files=full,
-                )
+                with loader_logs_to(context):
+                    report = loader.load(
+                        project.archive_url(source),
+                        schema,
+                        days=days,
+                        replay=replay,
+                        record_files=full,
+                    )
             except LockBusy as exc:
                 raise dg.RetryRequested(max_retries=20, seconds_to_wait=30) from exc
             tables = warehouse.read_schema(schema)
@@ -207,6 +271,7 @@ def _table_metadata(
     table: str,
     report: SyncReport,
     tables: dict[str, Any],
+    source_kind: str = "events",
 ) -> dict[str, Any]:
     stats = warehouse.table_stats(schema, table)
     new_columns = [c.split(".", 1)[1] for c in report.new_columns if c.startswith(f"{table}.")]
@@ -222,7 +287,9 @@ def _table_metadata(
         "files_loaded": report.files_loaded,
         "mode": "replay" if report.replay else "sync",
         "dagster/table_name": f"{schema}.{table}",
-        "dagster/column_schema": column_schema({c: k.value for c, k in tables[table].items()}),
+        "dagster/column_schema": column_schema(
+            {c: k.value for c, k in tables[table].items()}, table, source_kind
+        ),
     }
 
 
@@ -266,7 +333,7 @@ def table_results(
             continue
         if table not in tables:
             continue  # no data for it yet (e.g. no screen calls): skippable
-        metadata = _table_metadata(warehouse, schema, table, report, tables)
+        metadata = _table_metadata(warehouse, schema, table, report, tables, settings.kind)
         stats = warehouse.table_stats(schema, table)
         age_h = _age_hours(stats.max_received_at)
         checks = [

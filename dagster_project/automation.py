@@ -1,4 +1,5 @@
-"""Schedules (each source's cron) and sensors (new archive files) for the sync jobs."""
+"""Schedules (each source's cron) and sensors (new archive files; loads made outside
+Dagster) for the sync jobs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from datetime import date, datetime, timedelta, timezone
 import dagster as dg
 
 from dagster_project.assets import op_name
+from dagster_project.resources import WarehouseResource, resource_key
+from loader.pipeline import ledger_exists, loaded_files_of, pending_files
 from loader.project import Project
 from loader.sources.archive import list_files, received_day
+from loader.warehouses.base import LockBusy
 
 
 def sync_job(
@@ -64,40 +68,94 @@ def build_schedule(
         job=job,
         execution_fn=ticks,
         default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=(
+            f"Syncs {source} into {target} on the source's schedule ({cron}, UTC, from "
+            "sluice.yml): "
+            + (
+                "yesterday's and today's partitions, so late files load; each run loads "
+                "only files not loaded yet."
+                if project.is_archive(source)
+                else "each run fetches what changed since the last one."
+            )
+        ),
     )
 
 
-def build_sensor(
-    project: Project, source: str, target: str, job: dg.UnresolvedAssetJobDefinition
-) -> dg.SensorDefinition:
-    """A run per received day with new archive files. The cursor is the newest file
-    seen: Segment's archive is appended in path order (day folders in ms)."""
+def _archive_pending_by_day(
+    context: dg.SensorEvaluationContext, project: Project, source: str, res_key: str
+) -> dict[str, list[str]] | dg.SkipReason:
+    """{partition key: archive files the warehouse's ledger has not recorded}, asked of
+    the loader (the same matching a sync does), or why the question has no answer now."""
     settings = project.source(source)
+    url = project.archive_url(source)
+    schema = project.schema_of(source)
+    try:
+        files = list_files(url, settings.storage_options or None)
+    except FileNotFoundError:
+        return dg.SkipReason(f"no archive at {url} yet")
+    resource: WarehouseResource = getattr(context.resources, res_key)
+    try:
+        with resource.open() as warehouse:
+            pending = (
+                pending_files(warehouse, url, schema, files) if ledger_exists(warehouse) else files
+            )
+    except LockBusy as exc:
+        return dg.SkipReason(f"{exc}; checking again at the next tick")
+    today = datetime.now(timezone.utc).date()
+    by_day: dict[str, list[str]] = {}
+    for f in pending:
+        day = received_day(f.url) or today
+        if day < settings.start_date:
+            context.log.warning(f"{f.url} was received before start_date; not requested")
+            continue
+        by_day.setdefault(day.isoformat(), []).append(f.url)
+    return by_day
+
+
+def _digest(urls: list[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(urls)).encode()).hexdigest()[:12]
+
+
+def build_sensor(
+    project: Project,
+    source: str,
+    target: str,
+    job: dg.UnresolvedAssetJobDefinition,
+) -> dg.SensorDefinition:
+    """A run per received day whose archive files the warehouse has not recorded.
+
+    The warehouse's file ledger (`_sluice.loaded_files`) decides what is new, so a first
+    tick over a loaded archive requests nothing, and days loaded by `sluice sync` are
+    not loaded again. The cursor remembers which pending files each day was requested
+    for: a tick requests a day again only when more of its files arrive."""
+    res_key = resource_key(target)
 
     def evaluate(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         state = json.loads(context.cursor) if context.cursor else {}
-        last = state.get("last_file", "")
-        files = list_files(project.archive_url(source), settings.storage_options or None)
-        new = [f.url for f in files if f.url > last]
+        requested: dict[str, str] = state.get("requested", {})
+        by_day = _archive_pending_by_day(context, project, source, res_key)
+        if isinstance(by_day, dg.SkipReason):
+            return by_day
+        digests = {key: _digest(urls) for key, urls in by_day.items()}
+        # Days no longer pending are forgotten: the cursor stays as small as the backlog.
+        cursor = json.dumps({"requested": digests}, sort_keys=True)
+        new = sorted(key for key, digest in digests.items() if requested.get(key) != digest)
         if not new:
-            return dg.SkipReason(f"no new archive files for {source} after {last or 'start'}")
-        today = datetime.now(timezone.utc).date()
-        by_day: dict[str, list[str]] = {}
-        for url in new:
-            day = received_day(url) or today
-            if day < settings.start_date:
-                context.log.warning(f"{url} was received before start_date; not requested")
-                continue
-            by_day.setdefault(day.isoformat(), []).append(url)
+            if by_day:
+                return dg.SkipReason(
+                    f"runs already requested for {', '.join(sorted(by_day))} of {source}; "
+                    "waiting for them to load"
+                )
+            return dg.SkipReason(f"every archive file of {source} is loaded into {target}")
         requests = [
             dg.RunRequest(
-                run_key=f"{key}:{hashlib.sha1(urls[-1].encode()).hexdigest()[:12]}",
+                run_key=f"{key}:{digests[key]}",
                 partition_key=key,
-                tags={"sluice/trigger": "sensor", "sluice/new_files": str(len(urls))},
+                tags={"sluice/trigger": "sensor", "sluice/new_files": str(len(by_day[key]))},
             )
-            for key, urls in sorted(by_day.items())
+            for key in new
         ]
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps({"last_file": max(new)}))
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
 
     return dg.SensorDefinition(
         name=f"{op_name(source, target)}__new_files",
@@ -105,4 +163,248 @@ def build_sensor(
         job=job,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.STOPPED,
+        required_resource_keys={res_key},
+        description=(
+            f"Requests a run of {source} into {target} for each received day with archive "
+            f"files that {target}'s _sluice.loaded_files does not record (new files, or "
+            "days no run has loaded yet). Files loaded by `sluice sync` count as loaded."
+        ),
+    )
+
+
+# Materializations one reporter tick records at most; the rest follow on the next ticks
+# (a first tick over a year of CLI loads must not write 15,000 events at once).
+MAX_REPORTED_EVENTS = 2_000
+_IN_PROGRESS = [
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def _dagster_is_loading(
+    instance: dg.DagsterInstance, keys: set[dg.AssetKey], source: str, target: str
+) -> bool:
+    """A run of these assets is under way: its ledger rows may be committed before its
+    materializations are, so the reporter waits rather than report them twice. A run of
+    the sync job carries its tags; an ad-hoc run its asset selection."""
+    for run in instance.get_runs(dg.RunsFilter(statuses=_IN_PROGRESS), limit=100):
+        if run.asset_selection and run.asset_selection & keys:
+            return True
+        if run.tags.get("sluice/source") == source and run.tags.get("sluice/target") == target:
+            return True
+    return False
+
+
+def _days_dagster_recorded(
+    instance: dg.DagsterInstance, key: dg.AssetKey, days: list[str], since: float | None
+) -> set[str]:
+    """Which of `days` have a materialization of `key` (after `since`, when given)."""
+    if not days:
+        return set()
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=days, after_timestamp=since),
+        limit=len(days) * 50,
+    ).records
+    return {r.partition_key for r in records if r.partition_key is not None}
+
+
+def build_load_reporter(
+    project: Project,
+    source: str,
+    target: str,
+    table_of: dict[dg.AssetKey, str],
+    rejects_table: str,
+) -> dg.SensorDefinition:
+    """Makes Dagster show loads done outside it (`sluice sync`, cron).
+
+    Each tick compares the warehouse's file ledger (`_sluice.loaded_files`, per received
+    day) with what the instance knows; a day that gained loaded files that no Dagster run
+    materialized is reported as a materialization of each of the source's tables in that
+    day's partition, with the `_sluice.sync_runs` run that loaded it. Dagster's own runs
+    are never reported twice."""
+    res_key = resource_key(target)
+    keys = set(table_of)
+    rejects_key = next(k for k, t in table_of.items() if t == rejects_table)
+    settings = project.source(source)
+    url = project.archive_url(source)
+    schema = project.schema_of(source)
+
+    def evaluate(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        state = json.loads(context.cursor) if context.cursor else {}
+        seen: dict[str, int] = state.get("loaded_by_day", {})
+        since: float | None = state.get("checked_at")
+        now = datetime.now(timezone.utc).timestamp()
+        if _dagster_is_loading(context.instance, keys, source, target):
+            return dg.SkipReason(f"a Dagster run is loading {source}; checking after it")
+        try:
+            files = list_files(url, settings.storage_options or None)
+        except FileNotFoundError:
+            return dg.SkipReason(f"no archive at {url} yet")
+        resource: WarehouseResource = getattr(context.resources, res_key)
+        try:
+            with resource.open() as warehouse:
+                if not ledger_exists(warehouse):
+                    return dg.SkipReason(f"nothing has been loaded into {target} yet")
+                loaded = loaded_files_of(warehouse, url, schema, files)
+                tables = set(warehouse.read_schema(schema))
+                runs = [
+                    r
+                    for r in warehouse.recent_runs(limit=50)
+                    if r.get("schema") == schema
+                    and r.get("target") == target
+                    and r.get("status") == "success"
+                ]
+        except LockBusy as exc:
+            return dg.SkipReason(f"{exc}; checking again at the next tick")
+        counts: dict[str, int] = {}
+        for f in loaded:
+            day = received_day(f.url)
+            if day is not None and day >= settings.start_date:
+                counts[day.isoformat()] = counts.get(day.isoformat(), 0) + 1
+        changed = sorted(d for d, n in counts.items() if seen.get(d) != n)
+        recorded = _days_dagster_recorded(context.instance, rejects_key, changed, since)
+        report_keys = sorted(
+            (k for k, t in table_of.items() if t in tables or t == rejects_table),
+            key=lambda k: k.to_user_string(),
+        )
+        # The newest run since the last tick (on a first tick, of all): what loaded them.
+        recent = [r for r in runs if since is None or _finished(r) > since]
+        latest = max(recent, key=_finished, default=None)
+        events: list[dg.AssetMaterialization] = []
+        done: list[str] = []
+        for day in changed:
+            if day not in recorded:
+                if events and len(events) + len(report_keys) > MAX_REPORTED_EVENTS:
+                    break
+                events += [
+                    dg.AssetMaterialization(
+                        asset_key=key,
+                        partition=day,
+                        description=(
+                            f"Loaded outside Dagster (sluice sync); seen in "
+                            f"{target}'s _sluice.loaded_files."
+                        ),
+                        metadata=_outside_metadata(counts[day], latest),
+                    )
+                    for key in report_keys
+                ]
+            done.append(day)
+        finished = len(done) == len(changed)
+        cursor = json.dumps(
+            {
+                "loaded_by_day": {d: n for d, n in counts.items() if d in done or d not in changed},
+                # A partial tick keeps the old mark, so the rest is judged the same way.
+                "checked_at": now if finished else since,
+            },
+            sort_keys=True,
+        )
+        if not events:
+            return dg.SensorResult(
+                skip_reason=f"Dagster shows every load of {source} into {target}",
+                cursor=cursor,
+            )
+        reported = sorted({e.partition for e in events if e.partition})
+        context.log.info(
+            f"reporting loads made outside Dagster for {len(reported)} day(s) of {source}: "
+            f"{', '.join(reported)}"
+        )
+        return dg.SensorResult(asset_events=events, cursor=cursor)
+
+    return dg.SensorDefinition(
+        name=f"{op_name(source, target)}__outside_loads",
+        evaluation_fn=evaluate,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        required_resource_keys={res_key},
+        asset_selection=dg.AssetSelection.assets(*keys),
+        description=(
+            f"Shows loads of {source} into {target} made outside Dagster (sluice sync, "
+            "cron): days that gained files in the warehouse's _sluice.loaded_files "
+            "without a Dagster run become materializations of those days' partitions."
+        ),
+    )
+
+
+def _outside_metadata(files: int, run: dict | None) -> dict[str, object]:
+    metadata: dict[str, object] = {"files_loaded": files, "sluice/origin": "outside Dagster"}
+    if run is not None:
+        metadata["sluice/sync_run_id"] = str(run.get("run_id"))
+        metadata["loaded_at"] = str(run.get("finished_at"))
+        metadata["mode"] = "replay" if run.get("replay") else "sync"
+    return metadata
+
+
+def _finished(run: dict) -> float:
+    try:
+        return datetime.fromisoformat(str(run.get("finished_at"))).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def build_object_load_reporter(
+    project: Project, source: str, target: str, table_of: dict[dg.AssetKey, str]
+) -> dg.SensorDefinition:
+    """Makes Dagster show syncs of a cloud/object source done outside it (`sluice sync`):
+    a successful `_sluice.sync_runs` run that loaded rows into a collection after the
+    asset's latest materialization becomes one. Dagster's own runs materialize after
+    their sync finished, so they are never reported twice."""
+    res_key = resource_key(target)
+    keys = set(table_of)
+    schema = project.schema_of(source)
+
+    def evaluate(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        if _dagster_is_loading(context.instance, keys, source, target):
+            return dg.SkipReason(f"a Dagster run is syncing {source}; checking after it")
+        resource: WarehouseResource = getattr(context.resources, res_key)
+        try:
+            with resource.open() as warehouse:
+                if not ledger_exists(warehouse):
+                    return dg.SkipReason(f"nothing has been loaded into {target} yet")
+                runs = [
+                    r
+                    for r in warehouse.recent_runs(limit=50)
+                    if r.get("schema") == schema
+                    and r.get("target") == target
+                    and r.get("status") == "success"
+                ]
+        except LockBusy as exc:
+            return dg.SkipReason(f"{exc}; checking again at the next tick")
+        events = []
+        for key, table in sorted(table_of.items(), key=lambda kv: kv[0].to_user_string()):
+            latest = context.instance.get_latest_materialization_event(key)
+            since = latest.timestamp if latest is not None else 0.0
+            newer = [
+                r for r in runs if _finished(r) > since and (r.get("rows_loaded") or {}).get(table)
+            ]
+            if not newer:
+                continue
+            run = max(newer, key=_finished)
+            metadata = _outside_metadata(0, run)
+            del metadata["files_loaded"]
+            metadata["rows_loaded"] = sum(int(r["rows_loaded"][table]) for r in newer)
+            events.append(
+                dg.AssetMaterialization(
+                    asset_key=key,
+                    description=f"Synced outside Dagster (sluice sync); seen in {target}'s "
+                    "_sluice.sync_runs.",
+                    metadata=metadata,
+                )
+            )
+        if not events:
+            return dg.SkipReason(f"Dagster shows every sync of {source} into {target}")
+        return dg.SensorResult(asset_events=events)
+
+    return dg.SensorDefinition(
+        name=f"{op_name(source, target)}__outside_loads",
+        evaluation_fn=evaluate,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        required_resource_keys={res_key},
+        asset_selection=dg.AssetSelection.assets(*keys),
+        description=(
+            f"Shows syncs of {source} into {target} made outside Dagster (sluice sync, "
+            "cron): a run in the warehouse's _sluice.sync_runs that loaded rows into a "
+            "collection after its latest materialization becomes one."
+        ),
     )

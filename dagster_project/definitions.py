@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dagster_project.assets import build_source_assets
-from dagster_project.automation import build_schedule, build_sensor, sync_job
-from dagster_project.object_assets import build_object_source_assets
+from dagster_project.assets import build_source_assets, table_infos
+from dagster_project.automation import (
+    build_load_reporter,
+    build_object_load_reporter,
+    build_schedule,
+    build_sensor,
+    sync_job,
+)
+from dagster_project.object_assets import build_object_source_assets, object_table_infos
 from dagster_project.resources import target_problem, warehouse_resources
 from dagster_project.retl_assets import build_retl_assets
-from dagster_project.translator import SluiceTranslator
+from dagster_project.translator import REJECTS_TABLE, SluiceTranslator
 from loader.project import Project, find_project, load_project
 
 
@@ -25,9 +31,12 @@ def build_definitions(
     profiles = project.load_profiles()
     rules = project.load_selective_sync()
     resources = warehouse_resources(project.profiles_path())
-    assets, jobs, schedules, sensors = [], [], [], []
+    assets: list = []
+    jobs, schedules, sensors = [], [], []
     for source in project.sources:
         build = build_source_assets if project.is_archive(source) else build_object_source_assets
+        if project.is_archive(source):
+            assets.append(translator.get_archive_spec(source, project.archive_url(source)))
         for target in project.targets_of(source, profiles):
             target = profiles.name(target)
             assets_def = build(project, rules, source, target, profiles.kind(target), translator)
@@ -40,6 +49,16 @@ def build_definitions(
                 schedules.append(schedule)
             if project.is_archive(source):
                 sensors.append(build_sensor(project, source, target, job))
+                infos = table_infos(project, rules, source, target, profiles.kind(target))
+                table_of = {translator.get_asset_spec(i).key: i.table for i in infos}
+                sensors.append(
+                    build_load_reporter(project, source, target, table_of, REJECTS_TABLE)
+                )
+            else:
+                infos = object_table_infos(project, rules, source, target, profiles.kind(target))
+                table_of = {translator.get_asset_spec(i).key: i.table for i in infos}
+                if table_of:
+                    sensors.append(build_object_load_reporter(project, source, target, table_of))
     if project.models_dir() is not None:
         models_target = profiles.name(project.models_target)
         kind = profiles.kind(models_target)

@@ -11,7 +11,9 @@ import dagster as dg
 from dagster_project.assets import (
     CHECK_DUPLICATES,
     CHECK_FRESHNESS,
+    check_spec,
     current_rules,
+    loader_logs_to,
     op_name,
     pool_name,
     table_results,
@@ -27,6 +29,27 @@ from loader.sources.cloud.registry import collections_of, connector_for
 from loader.warehouses.base import LockBusy
 
 
+def _collections(project: Project, source: str, target: str) -> dict[str, str]:
+    """{table: collection} of an object source in a target."""
+    known = tables_of(project.root, target, project.schema_of(source))
+    return {snake_case(c): c for c in collections_of(project.source(source), known)}
+
+
+def object_table_infos(
+    project: Project, rules: SelectiveSync, source: str, target: str, target_type: str
+) -> list[TableInfo]:
+    """The source's collections in this target, minus what selective sync turns off."""
+    settings = project.source(source)
+    schema = project.schema_of(source)
+    known = tables_of(project.root, target, schema)
+    sync_filter = rules.filter_for(target, source)
+    return [
+        TableInfo(target, target_type, source, schema, table, known.get(table), settings.kind)
+        for table in sorted(_collections(project, source, target))
+        if sync_filter.table_synced(table)
+    ]
+
+
 def build_object_source_assets(
     project: Project,
     rules: SelectiveSync,
@@ -37,19 +60,13 @@ def build_object_source_assets(
 ) -> dg.AssetsDefinition:
     settings = project.source(source)
     schema = project.schema_of(source)
-    known = tables_of(project.root, target, schema)
-    sync_filter = rules.filter_for(target, source)
-    collections = {snake_case(c): c for c in collections_of(settings, known)}
-    infos = [
-        TableInfo(target, target_type, source, schema, table, known.get(table), settings.kind)
-        for table in sorted(collections)
-        if sync_filter.table_synced(table)
-    ]
+    collections = _collections(project, source, target)
+    infos = object_table_infos(project, rules, source, target, target_type)
     specs = [translator.get_asset_spec(info) for info in infos]
     table_of = {spec.key: info.table for spec, info in zip(specs, infos, strict=True)}
     key_of = {table: key for key, table in table_of.items()}
     check_specs = [
-        dg.AssetCheckSpec(name, asset=key, blocking=name == CHECK_DUPLICATES)
+        check_spec(name, key, blocking=name == CHECK_DUPLICATES)
         for key in table_of
         for name in (CHECK_DUPLICATES, CHECK_FRESHNESS)
     ]
@@ -76,7 +93,8 @@ def build_object_source_assets(
             )
             context.log.info(f"syncing {', '.join(selected)} of {source} into {target}.{schema}")
             try:
-                report = loader.sync(connector_for(settings, project.root), schema, selected)
+                with loader_logs_to(context):
+                    report = loader.sync(connector_for(settings, project.root), schema, selected)
             except LockBusy as exc:
                 raise dg.RetryRequested(max_retries=20, seconds_to_wait=30) from exc
             tables = warehouse.read_schema(schema)

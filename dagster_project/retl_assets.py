@@ -45,6 +45,10 @@ def build_retl_assets(
                     target=dg.AssetSelection.assets(asset_def),
                     tags={"sluice/trigger": "schedule"},
                     default_status=dg.DefaultScheduleStatus.STOPPED,
+                    description=(
+                        f"Runs reverse-ETL model {name} on its schedule "
+                        f"({model.spec.schedule}, UTC, from {name}.yml)."
+                    ),
                 )
             )
     return assets, schedules
@@ -63,7 +67,16 @@ def _model_asset(
         kinds={"sluice", destination_type},
         description=f"Reverse-ETL model {name}: changes since the last sync, sent to "
         f"its {destination_type} destination.",
-        check_specs=[dg.AssetCheckSpec(CHECK_DELIVERED, asset=key)],
+        check_specs=[
+            dg.AssetCheckSpec(
+                CHECK_DELIVERED,
+                asset=key,
+                description=(
+                    f"Every changed record of {name} reached the {destination_type} "
+                    "destination; failed ones are retried at the next sync."
+                ),
+            )
+        ],
         required_resource_keys={res_key},
         pool=f"sluice__retl__{name}",
     )

@@ -8,10 +8,11 @@ the job with no duplicate and no gap.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
@@ -37,9 +38,19 @@ from loader.normalize import (
 from loader.selective_sync import SyncFilter
 from loader.sources.archive import ArchiveFile, list_files, received_day
 from loader.table_writer import TableWriter, count_rescued
-from loader.warehouses.base import ProfileSpec, Warehouse
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, Warehouse
 
 DEFAULT_BATCH_LINES = 20_000
+# Batch commits, new tables and columns, rejects: one line each, for whoever listens
+# (Dagster's run log; the CLI keeps its own report and progress display).
+log = logging.getLogger("sluice.loader")
+# A library's habit: silent unless the application configures logging (no lastResort
+# printing of warnings on the CLI's stderr).
+logging.getLogger("sluice").addHandler(logging.NullHandler())
+# Rejected lines logged one by one per batch; the rest are counted (all are in _sluice).
+LOGGED_REJECTS = 5
+# Tables named in a batch line (the largest); the run's report has them all.
+LOGGED_TABLES = 6
 
 # Profile table -> (event table it is built from, key column there).
 PROFILES: dict[str, tuple[str, str]] = {
@@ -119,6 +130,30 @@ def _cyclic_gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def pending_files(
+    warehouse: Warehouse, archive_url: str, schema: str, files: Sequence[ArchiveFile]
+) -> list[ArchiveFile]:
+    """The files of `files` (listed under `archive_url`) that the warehouse's ledger has
+    not recorded as loaded into `schema`: what a sync would load. The one place archive
+    files are matched to ledger entries (a sync, Dagster's sensors), so all agree.
+    Readers that may run before the first sync check `ledger_exists` first."""
+    done = warehouse.loaded_files(schema)
+    return [f for f in files if f.url not in done]
+
+
+def loaded_files_of(
+    warehouse: Warehouse, archive_url: str, schema: str, files: Sequence[ArchiveFile]
+) -> list[ArchiveFile]:
+    """The files of `files` the ledger records as loaded into `schema`."""
+    pending = set(pending_files(warehouse, archive_url, schema, files))
+    return [f for f in files if f not in pending]
+
+
+def ledger_exists(warehouse: Warehouse) -> bool:
+    """Whether the file ledger exists yet; readers must not create it (a sync does)."""
+    return any(t.lower() == "loaded_files" for t in warehouse.read_schema(BOOKKEEPING_SCHEMA))
 
 
 def _now() -> datetime:
@@ -245,8 +280,7 @@ class Loader:
             report.replay = {"from": days[0].isoformat(), "to": days[1].isoformat()}
             todo = files
         else:
-            done = wh.loaded_files(schema)
-            todo = [f for f in files if f.url not in done]
+            todo = pending_files(wh, url, schema, files)
         report.files_seen = len(files)
         report.files_skipped = len(files) - len(todo)
         if not self.sync_filter.source_enabled:
@@ -314,6 +348,8 @@ class Loader:
         by_table = batch.by_table
         profile_keys = batch.profile_keys
         uuid_ts = _now().isoformat()
+        tables_before, columns_before = len(report.new_tables), len(report.new_columns)
+        rows_before = dict(report.rows_loaded)
         try:
             with wh.transaction():
                 for table, rows in by_table.items():
@@ -347,6 +383,7 @@ class Loader:
         report.lines_read += batch.lines
         report.duplicates += batch.duplicates
         report.files_failed.extend(batch.failed)
+        _log_batch(schema, batch, report, tables_before, columns_before, rows_before)
         if self.on_batch is not None:
             self.on_batch(report)
 
@@ -435,6 +472,60 @@ class Loader:
                 report.new_columns.extend(f"{profile}.{c}" for c in missing)
         spec = ProfileSpec(profile, source, key, traits, new_ids)
         return self.warehouse.rebuild_profiles(schema, spec, sorted(keys))
+
+
+def _log_batch(
+    schema: str,
+    batch: _Batch,
+    report: SyncReport,
+    tables_before: int,
+    columns_before: int,
+    rows_before: dict[str, int],
+) -> None:
+    """What one committed batch did, after the commit (a log line never claims a batch
+    that was rolled back)."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    rows = {
+        t: n - rows_before.get(t, 0)
+        for t, n in sorted(report.rows_loaded.items())
+        if n != rows_before.get(t, 0)
+    }
+    largest = sorted(rows.items(), key=lambda item: -item[1])[:LOGGED_TABLES]
+    detail = ", ".join(f"{t} {n}" for t, n in largest)
+    if len(rows) > LOGGED_TABLES:
+        detail += f", {len(rows) - LOGGED_TABLES} more table(s)"
+    log.info(
+        "committed batch into %s: %d file(s), %d line(s), %d row(s)%s, %d duplicate(s) "
+        "dropped, %d rejected",
+        schema,
+        len(batch.files),
+        batch.lines,
+        sum(rows.values()),
+        f" ({detail})" if rows else "",
+        batch.duplicates,
+        len(batch.rejects),
+    )
+    new_tables = report.new_tables[tables_before:]
+    if new_tables:
+        log.info("new table(s) in %s: %s", schema, ", ".join(new_tables))
+    new_columns = report.new_columns[columns_before:]
+    if new_columns:
+        log.info("new column(s) in %s: %s", schema, ", ".join(new_columns))
+    for reject in batch.rejects[:LOGGED_REJECTS]:
+        log.warning("rejected %s, line %d: %s", reject.file, reject.line, reject.reason)
+    if len(batch.rejects) > LOGGED_REJECTS:
+        log.warning(
+            "and %d more rejected line(s) in this batch (see _sluice.rejected_events)",
+            len(batch.rejects) - LOGGED_REJECTS,
+        )
+    for failure in batch.failed:
+        log.warning(
+            "file not loaded: %s, line %s: %s",
+            failure.get("file"),
+            failure.get("line"),
+            failure.get("error"),
+        )
 
 
 def _offered_ids(batch: _Batch, table: str) -> list[str]:

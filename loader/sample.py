@@ -1,7 +1,9 @@
 """A realistic Segment archive generator, for `sluice init`, tests and the benchmark.
 
-Deterministic for a seed: a mix of call types, ~30 event names, nested properties,
-arrays, duplicates and type conflicts, written in Segment's S3 log layout.
+Deterministic for a seed and a first day: a mix of call types, ~30 event names, nested
+properties, arrays, duplicates and type conflicts, written in Segment's S3 log layout.
+By default the archive ends yesterday (UTC), so a project made by `sluice init` is fresh:
+its freshness checks pass and its newest daily partitions hold data.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import gzip
 import random
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,22 @@ EVENTS = [
     "Feedback Submitted",
 ]
 PLANS = ["free", "pro", "enterprise"]
-BASE_TIME = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+def archive_days(events: int, files_per_day: int = 4, events_per_file: int = 5000) -> int:
+    """How many received days `write_archive` spreads `events` over."""
+    files = max(1, -(-events // events_per_file))
+    return -(-files // files_per_day)
+
+
+def default_first_day(days: int, today: date | None = None) -> date:
+    """The first day of a `days`-day archive whose last day is yesterday (UTC)."""
+    today = today or datetime.now(timezone.utc).date()
+    return today - timedelta(days=days)
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
 
 def _iso(t: datetime) -> str:
@@ -56,7 +73,16 @@ def _iso(t: datetime) -> str:
 
 
 class SampleGenerator:
-    def __init__(self, seed: int = 7, users: int = 500, duplicate_rate: float = 0.02) -> None:
+    def __init__(
+        self,
+        seed: int = 7,
+        users: int = 500,
+        duplicate_rate: float = 0.02,
+        base_time: datetime | None = None,
+    ) -> None:
+        """`base_time`: when the first message was received (default: midnight UTC,
+        a day ago)."""
+        self.base_time = base_time or _midnight(default_first_day(1))
         self.rng = random.Random(seed)
         self.users = users
         self.duplicate_rate = duplicate_rate
@@ -98,7 +124,7 @@ class SampleGenerator:
         self._n += 1
         user = r.randint(1, self.users)
         if received is None:
-            received = BASE_TIME + timedelta(seconds=self._n * 3 + r.randint(0, 2))
+            received = self.base_time + timedelta(seconds=self._n * 3 + r.randint(0, 2))
         skew = timedelta(seconds=r.randint(-30, 30))
         original = received - timedelta(seconds=r.randint(0, 5)) + skew
         sent = received - timedelta(milliseconds=r.randint(50, 900)) + skew
@@ -138,7 +164,7 @@ class SampleGenerator:
                 "plan": r.choice(PLANS),
                 "logins": r.randint(1, 200),
                 "address": {"city": r.choice(["Berlin", "Lyon", "Austin"]), "country": "DE"},
-                "createdAt": _iso(BASE_TIME - timedelta(days=user % 300)),
+                "createdAt": _iso(self.base_time - timedelta(days=user % 300)),
             }
         elif kind == "group":
             msg["groupId"] = f"acct-{user % 40}"
@@ -169,24 +195,31 @@ def write_archive(
     events_per_file: int = 5000,
     seed: int = 7,
     malformed: bool = True,
+    first_day: date | None = None,
 ) -> list[Path]:
     """Write Segment's `segment-logs/<source-id>/<day-ms>/*.gz` layout; returns the files.
 
     Each file's messages were received on its folder's day, spread evenly over the day.
+    The days start at `first_day` (default: so that the last one is yesterday, UTC); the
+    content is the same for the same seed and first day.
     """
-    gen = SampleGenerator(seed=seed)
+    if first_day is None:
+        first_day = default_first_day(archive_days(events, files_per_day, events_per_file))
+    base = _midnight(first_day)
+    gen = SampleGenerator(seed=seed, base_time=base)
     written: list[Path] = []
     n = 0
     file_index = 0
     step = 86_000 / (files_per_day * events_per_file)  # seconds; leaves room for jitter
     while n < events:
         count = min(events_per_file, events - n)
-        day = BASE_TIME + timedelta(days=file_index // files_per_day)
+        day = base + timedelta(days=file_index // files_per_day)
         day_ms = int(day.timestamp() * 1000)
         folder = root / "segment-logs" / source_id / str(day_ms)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{day_ms}.{file_index:05d}.gz"
-        with gzip.open(path, "wb", compresslevel=1) as out:
+        # mtime=0: the same messages give the same bytes, whenever they are written.
+        with gzip.GzipFile(path, "wb", compresslevel=1, mtime=0) as out:
             first = (file_index % files_per_day) * events_per_file
             for i in range(count):
                 received = day + timedelta(seconds=(first + i) * step)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 
+from loader.sample import default_first_day
 from tests.test_cli import sluice
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -111,17 +112,10 @@ def test_check_sync_show_and_replay(tmp_path: Path) -> None:
         )
         == 0
     )
-    replayed = sluice(
-        "replay",
-        "javascript_production",
-        "--from",
-        "2026-11-01",
-        "--to",
-        "2026-11-01",
-        cwd=demo,
-    )
+    day = default_first_day(1).isoformat()  # the sample's one day: yesterday (UTC)
+    replayed = sluice("replay", "javascript_production", "--from", day, "--to", day, cwd=demo)
     assert replayed.returncode == 0, replayed.stderr
-    assert "replay of files received 2026-11-01 to 2026-11-01" in replayed.stdout
+    assert f"replay of files received {day} to {day}" in replayed.stdout
     assert _count(demo, "SELECT count(*) FROM javascript_production.video_playback_started") > 0
     assert (
         _count(

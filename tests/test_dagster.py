@@ -4,7 +4,7 @@ received day, subsets, metadata, checks, schedules and sensors, on DuckDB and Po
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from importlib.resources import files as package_files
 from pathlib import Path
 
@@ -13,12 +13,14 @@ import pytest
 
 from dagster_project.assets import SyncConfig
 from dagster_project.definitions import build_definitions
-from loader.catalog import tables_of
+from loader.catalog import tables_of, update_catalog
 from loader.project import load_project
-from loader.sample import write_archive
+from loader.sample import default_first_day, write_archive
 from loader.warehouses.registry import open_warehouse
 
 SCHEMA = "javascript_production"
+# The fixture's sample archive: three received days ending yesterday (UTC).
+DAYS = [(default_first_day(3) + timedelta(days=i)).isoformat() for i in range(3)]
 
 
 @pytest.fixture
@@ -41,8 +43,16 @@ def project_dir(
         profiles += f"    path: {root / 'sluice.duckdb'}\n"
     (root / "profiles.yml").write_text(profiles)
     write_archive(root / "archive", 3000, events_per_file=500, files_per_day=2)
+    assert [d.isoformat() for d in _archive_days(root)] == DAYS
     _ROOT.append(root)
     return root
+
+
+def _archive_days(root: Path) -> list:
+    from loader.sources.archive import received_day
+
+    folders = (root / "archive" / "segment-logs" / "sample-source").iterdir()
+    return sorted(received_day(str(f)) for f in folders)
 
 
 def _defs(root: Path) -> dg.Definitions:
@@ -53,11 +63,13 @@ def _key(table: str) -> dg.AssetKey:
     return dg.AssetKey(["local", SCHEMA, table])
 
 
-def _materialize(defs: dg.Definitions, partition: str, selection=None, run_config=None):
-    assets_def = next(iter(defs.assets))
+def _materialize(
+    defs: dg.Definitions, partition: str, selection=None, run_config=None, instance=None
+):
+    assets_def = next(a for a in defs.assets if isinstance(a, dg.AssetsDefinition))
     return dg.materialize(
         [assets_def],
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
         resources=defs.resources,
         partition_key=partition,
         selection=selection,
@@ -96,7 +108,7 @@ def test_definitions_describe_every_table_without_touching_the_warehouse(
     assert (_key("pages"), "received_at_fresh") in checks
     assert (_key("rejected_events"), "reject_rate") in checks
     assert (_key("rejected_events"), "selective_sync_valid") in checks
-    assets_def = next(iter(defs.assets))
+    assets_def = next(a for a in defs.assets if isinstance(a, dg.AssetsDefinition))
     assert assets_def.partitions_def.get_first_partition_key() == "2026-11-01"
     assert assets_def.can_subset
     assert {n.pool for n in assets_def.node_def.iterate_op_defs()} == {
@@ -112,7 +124,7 @@ def test_definitions_describe_every_table_without_touching_the_warehouse(
 
 def test_materialize_a_day_emits_per_table_metadata_and_checks(project_dir: Path) -> None:
     defs = _defs(project_dir)
-    result = _materialize(defs, "2026-11-01")
+    result = _materialize(defs, DAYS[0])
     assert result.success
     events = {e.asset_key: e for e in result.get_asset_materialization_events()}
     tracks = events[_key("tracks")].materialization.metadata
@@ -134,8 +146,8 @@ def test_materialize_a_day_emits_per_table_metadata_and_checks(project_dir: Path
     assert checks[(_key("tracks"), "no_duplicate_ids")].passed
     assert checks[(_key("rejected_events"), "reject_rate")].passed
     assert checks[(_key("rejected_events"), "selective_sync_valid")].passed
-    # The sample archive is from 2026-11-01: older than the 48 h window today, so the
-    # freshness check fails (a warning: the run still succeeded).
+    # Day 1 of the sample is two days old: past the 48 h window, so the freshness check
+    # fails (a warning: the run still succeeded).
     fresh = checks[(_key("pages"), "received_at_fresh")]
     assert not fresh.passed
     assert fresh.metadata["threshold_hours"].value == 48
@@ -149,23 +161,22 @@ def test_materialize_a_day_emits_per_table_metadata_and_checks(project_dir: Path
     specs = {s.key for s in _defs(project_dir).resolve_all_asset_specs()}
     assert _key("order_completed") in specs
 
-    # With a window wider than the data's age (50 years), the same check passes.
-    config = project_dir / "sluice.yml"
-    config.write_text(config.read_text().replace("freshness_hours: 48", "freshness_hours: 438000"))
-    later = _materialize(_defs(project_dir), "2026-11-02", selection=[_key("pages")])
+    # The sample ends yesterday: once its last day is loaded, the project as `sluice init`
+    # writes it passes its own freshness check.
+    later = _materialize(_defs(project_dir), DAYS[2], selection=[_key("pages")])
     assert later.success
     checks = {(c.asset_key, c.check_name): c for c in later.get_asset_check_evaluations()}
     fresh = checks[(_key("pages"), "received_at_fresh")]
-    assert fresh.passed and fresh.metadata["threshold_hours"].value == 438000
+    assert fresh.passed and fresh.metadata["age_hours"].value <= 48
 
 
 def test_subset_loads_only_selected_tables_and_leaves_files_pending(project_dir: Path) -> None:
     defs = _defs(project_dir)
-    assert _materialize(defs, "2026-11-01").success
+    assert _materialize(defs, DAYS[0]).success
     pages_before = _count(defs, f'SELECT count(*) FROM "{SCHEMA}"."pages"')
     tracks_before = _count(defs, f'SELECT count(*) FROM "{SCHEMA}"."tracks"')
 
-    subset = _materialize(defs, "2026-11-02", selection=[_key("pages")])
+    subset = _materialize(defs, DAYS[1], selection=[_key("pages")])
     assert subset.success
     assert {e.asset_key for e in subset.get_asset_materialization_events()} == {_key("pages")}
     pages_mid = _count(defs, f'SELECT count(*) FROM "{SCHEMA}"."pages"')
@@ -173,7 +184,7 @@ def test_subset_loads_only_selected_tables_and_leaves_files_pending(project_dir:
     assert _count(defs, f'SELECT count(*) FROM "{SCHEMA}"."tracks"') == tracks_before
 
     # The full run of that day still loads everything else; pages are not doubled.
-    assert _materialize(defs, "2026-11-02").success
+    assert _materialize(defs, DAYS[1]).success
     assert _count(defs, f'SELECT count(*) FROM "{SCHEMA}"."pages"') == pages_mid
     assert _count(defs, f'SELECT count(*) FROM "{SCHEMA}"."tracks"') > tracks_before
     assert _count(defs, f'SELECT count(*) - count(DISTINCT id) FROM "{SCHEMA}"."tracks"') == 0
@@ -181,7 +192,7 @@ def test_subset_loads_only_selected_tables_and_leaves_files_pending(project_dir:
     # A replay of a loaded day (what a backfill does) changes nothing.
     replay = _materialize(
         defs,
-        "2026-11-01",
+        DAYS[0],
         run_config=dg.RunConfig(
             ops={"sync__javascript_production__local": SyncConfig(replay=True)}
         ),
@@ -195,7 +206,7 @@ def test_invalid_selective_sync_fails_the_run_before_loading(project_dir: Path) 
     (project_dir / "selective_sync.yml").write_text(
         "version: 1\ntargets:\n  local:\n    javascript_production:\n      mode: blocklist\n"
     )
-    result = _materialize(defs, "2026-11-01")
+    result = _materialize(defs, DAYS[0])
     assert not result.success
     checks = {(c.asset_key, c.check_name): c for c in result.get_asset_check_evaluations()}
     failed = checks[(_key("rejected_events"), "selective_sync_valid")]
@@ -218,32 +229,199 @@ def test_schedule_requests_yesterday_and_today(project_dir: Path) -> None:
     assert all(r.tags["sluice/trigger"] == "schedule" for r in data.run_requests)
 
 
-@pytest.mark.parametrize("warehouse_kind", ["duckdb"])
-def test_sensor_requests_a_run_per_day_with_new_files(project_dir: Path) -> None:
+def _cli_load(root: Path, days: tuple[str, str] | None = None) -> None:
+    """A load as `sluice sync` does it: the loader, through the project's own profile."""
+    from datetime import date
+
+    from loader.pipeline import Loader
+
+    project = load_project(root / "sluice.yml")
+    wh = open_warehouse(*project.load_profiles().target("local"))
+    try:
+        window = (date.fromisoformat(days[0]), date.fromisoformat(days[1])) if days else None
+        report = Loader(wh, readers=0).load(project.archive_url(SCHEMA), SCHEMA, days=window)
+        assert report.status == "success" and report.files_loaded > 0
+        update_catalog(root, "local", SCHEMA, wh.read_schema(SCHEMA))  # as `sluice sync` does
+    finally:
+        wh.close()
+
+
+def _tick(defs: dg.Definitions, name: str, instance, cursor=None):
+    sensor = defs.resolve_sensor_def(name)
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, definitions=defs, resources=defs.resources
+    )
+    return sensor.evaluate_tick(context)
+
+
+NEW_FILES = "sync__javascript_production__local__new_files"
+
+
+def test_sensor_requests_only_days_the_warehouse_has_not_loaded(project_dir: Path) -> None:
     defs = _defs(project_dir)
-    sensor = defs.resolve_sensor_def("sync__javascript_production__local__new_files")
-    repo = defs.get_repository_def()
     with dg.DagsterInstance.ephemeral() as instance:
-        first = sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, repository_def=repo)
+        # Nothing loaded yet: each day of the archive is requested, once.
+        fresh = _tick(defs, NEW_FILES, instance)
+        assert [r.partition_key for r in fresh.run_requests] == DAYS
+        # The first two days were loaded by the CLI: a sensor turned on now (empty
+        # cursor) requests only the third, not the whole archive.
+        _cli_load(project_dir, (DAYS[0], DAYS[1]))
+        first = _tick(defs, NEW_FILES, instance)
+        assert [r.partition_key for r in first.run_requests] == [DAYS[2]]
+        assert first.run_requests[0].tags["sluice/new_files"] == "2"
+        # Requested already and not loaded yet: not requested again.
+        again = _tick(defs, NEW_FILES, instance, first.cursor)
+        assert again.run_requests == [] and "already requested" in again.skip_message
+        # Everything loaded (a Dagster run of the day): nothing to do.
+        assert _materialize(defs, DAYS[2]).success
+        done = _tick(defs, NEW_FILES, instance, again.cursor)
+        assert done.run_requests == [] and "every archive file" in done.skip_message
+        # A new day arrives; and a late file for a loaded day.
+        folders = sorted((project_dir / "archive" / "segment-logs" / "sample-source").iterdir())
+        day4 = folders[-1].parent / str(int(folders[-1].name) + 86_400_000)
+        shutil.copytree(folders[-1], day4)
+        late = next(folders[0].iterdir())
+        shutil.copy(late, late.with_name("late." + late.name))
+        later = _tick(defs, NEW_FILES, instance, done.cursor)
+    day4_key = (datetime.fromisoformat(DAYS[2]) + timedelta(days=1)).date().isoformat()
+    assert [r.partition_key for r in later.run_requests] == [DAYS[0], day4_key]
+    assert [r.tags["sluice/new_files"] for r in later.run_requests] == ["1", "2"]
+
+
+OUTSIDE = "sync__javascript_production__local__outside_loads"
+
+
+def _record(instance: dg.DagsterInstance, tick) -> None:
+    """What Dagster's sensor daemon does with a tick's asset events."""
+    for event in tick.asset_events:
+        instance.report_runless_asset_event(event)
+
+
+def test_loads_made_by_the_cli_show_in_dagster(project_dir: Path) -> None:
+    defs = _defs(project_dir)
+    tracks, rejects = _key("tracks"), _key("rejected_events")
+    with dg.DagsterInstance.ephemeral() as instance:
+        empty = _tick(defs, OUTSIDE, instance)
+        assert not empty.asset_events and "nothing has been loaded" in empty.skip_message
+        _cli_load(project_dir, (DAYS[0], DAYS[1]))
+        defs = _defs(project_dir)  # the code location reloads: event tables are assets
+        assert instance.get_latest_materialization_event(tracks) is None
+        # While a run of the sync job is under way, its loads are its own to report.
+        running = instance.add_run(
+            dg.DagsterRun(
+                job_name="sync__javascript_production__local__job",
+                status=dg.DagsterRunStatus.STARTED,
+                tags={"sluice/source": SCHEMA, "sluice/target": "local"},
+            )
         )
-        assert [r.partition_key for r in first.run_requests] == [
-            "2026-11-01",
-            "2026-11-02",
-            "2026-11-03",
-        ]
-        again = sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, cursor=first.cursor, repository_def=repo)
-        )
-        assert again.run_requests == [] and "no new archive files" in again.skip_message
-        # A new day arrives.
-        day3 = sorted((project_dir / "archive" / "segment-logs" / "sample-source").iterdir())[-1]
-        day4 = day3.parent / str(int(day3.name) + 86_400_000)
-        shutil.copytree(day3, day4)
-        later = sensor.evaluate_tick(
-            dg.build_sensor_context(instance=instance, cursor=first.cursor, repository_def=repo)
-        )
-    assert [r.partition_key for r in later.run_requests] == ["2026-11-04"]
+        waiting = _tick(defs, OUTSIDE, instance)
+        assert not waiting.asset_events and "a Dagster run is loading" in waiting.skip_message
+        instance.delete_run(running.run_id)
+        tick = _tick(defs, OUTSIDE, instance)
+        _record(instance, tick)
+        # The assets and the loaded days' partitions are materialized, with the run.
+        assert instance.get_materialized_partitions(tracks) == {DAYS[0], DAYS[1]}
+        assert instance.get_materialized_partitions(rejects) == {DAYS[0], DAYS[1]}
+        assert instance.get_materialized_partitions(_key("order_completed")) == {DAYS[0], DAYS[1]}
+        metadata = instance.get_latest_materialization_event(tracks).asset_materialization.metadata
+        assert metadata["files_loaded"].value == 2
+        assert metadata["sluice/origin"].value == "outside Dagster"
+        (run,) = _sync_runs(project_dir)
+        assert metadata["sluice/sync_run_id"].value == run
+        # Nothing new: nothing reported again.
+        again = _tick(defs, OUTSIDE, instance, tick.cursor)
+        assert not again.asset_events and "every load" in again.skip_message
+        # Dagster's own run of day 3 is not reported a second time.
+        assert _materialize(defs, DAYS[2], instance=instance).success
+        before = len(_materializations(instance, tracks))
+        after = _tick(defs, OUTSIDE, instance, again.cursor)
+        assert not after.asset_events
+        assert instance.get_materialized_partitions(tracks) == set(DAYS)
+        # A late file of day 1, loaded by the CLI: day 1 is materialized again.
+        folder = sorted((project_dir / "archive" / "segment-logs" / "sample-source").iterdir())[0]
+        late = next(folder.iterdir())
+        shutil.copy(late, late.with_name("late." + late.name))
+        _cli_load(project_dir)
+        late_tick = _tick(defs, OUTSIDE, instance, after.cursor)
+        _record(instance, late_tick)
+        assert {e.partition for e in late_tick.asset_events} == {DAYS[0]}
+        assert len(_materializations(instance, tracks)) == before + 1
+
+
+def _materializations(instance: dg.DagsterInstance, key: dg.AssetKey) -> list:
+    return instance.fetch_materializations(key, limit=100).records
+
+
+def _sync_runs(root: Path) -> list[str]:
+    project = load_project(root / "sluice.yml")
+    wh = open_warehouse(*project.load_profiles().target("local"))
+    try:
+        return [r["run_id"] for r in wh.recent_runs()]
+    finally:
+        wh.close()
+
+
+@pytest.mark.parametrize("warehouse_kind", ["duckdb"])
+def test_runs_log_the_loaders_lines_and_everything_is_described(project_dir: Path) -> None:
+    shutil.copytree(
+        Path(__file__).resolve().parent.parent / "sql" / "models", project_dir / "sql" / "models"
+    )
+    # Day 2 gets a file whose Order Completed events carry a property never seen before.
+    from tests.helpers import track, write_ndjson
+
+    day2 = sorted((project_dir / "archive" / "segment-logs" / "sample-source").iterdir())[1]
+    write_ndjson(day2 / "extra.gz", [track("x-1", received=f"{DAYS[1]}T10:00:00Z", gift_wrap=True)])
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _materialize(_defs(project_dir), DAYS[0], instance=instance)
+        assert result.success
+        messages = [e.user_message for e in instance.all_logs(result.run_id)]
+        second = _materialize(_defs(project_dir), DAYS[1], instance=instance)
+        assert second.success
+        messages += [e.user_message for e in instance.all_logs(second.run_id)]
+    # The loader's own lines are in the runs' logs, next to Dagster's.
+    assert any(
+        m.startswith("committed batch into javascript_production: 2 file(s), 1001 line(s)")
+        for m in messages
+    )
+    assert any(
+        m.startswith("new table(s) in javascript_production: ") and "order_completed" in m
+        for m in messages
+    )
+    assert "new column(s) in javascript_production: order_completed.gift_wrap" in messages
+    assert any(m.startswith("rejected ") and ", line 12: " in m for m in messages)
+
+    defs = _defs(project_dir)  # the catalog now knows every table's columns
+    graph = defs.resolve_asset_graph()
+    undescribed = []
+    for assets_def in defs.assets:
+        if isinstance(assets_def, dg.AssetsDefinition):
+            undescribed += [str(c.key) for c in assets_def.check_specs if not c.description]
+    undescribed += [s.name for s in defs.schedules if not s.description]
+    undescribed += [s.name for s in defs.sensors if not s.description]
+    columns = 0
+    for spec in defs.resolve_all_asset_specs():
+        assert spec.description, spec.key
+        schema = spec.metadata.get("dagster/column_schema")
+        for column in schema.columns if schema else ():
+            columns += 1
+            if not column.description:
+                undescribed.append(f"{spec.key.to_user_string()}.{column.name}")
+    assert undescribed == []
+    assert columns > 300 and len(defs.schedules) >= 2 and len(defs.sensors) == 2
+    assert len(list(graph.asset_check_keys)) > 60
+    # The run's own column schema is described too.
+    tracks = {e.asset_key: e for e in result.get_asset_materialization_events()}[_key("tracks")]
+    described = tracks.materialization.metadata["dagster/column_schema"].schema.columns
+    assert all(c.description for c in described)
+    by_name = {c.name: c.description for c in described}
+    assert "messageId" in by_name["id"] and "context" in by_name["context_page_path"]
+
+    # Every table of the source comes from its archive, an external asset.
+    archive = dg.AssetKey(["archive", "javascript_production"])
+    assert archive in graph.get(_key("tracks")).parent_keys
+    assert archive in graph.get(_key("order_completed")).parent_keys
+    assert not graph.get(archive).is_materializable
+    assert str(project_dir / "archive") in graph.get(archive).description
 
 
 @pytest.mark.parametrize("warehouse_kind", ["postgres"])
@@ -252,7 +430,7 @@ def test_secrets_are_env_vars_never_values(project_dir: Path) -> None:
     resource = defs.resources["warehouse_local"]
     # The resource names the target; the secret is read from the run's environment.
     assert resource.target == "local" and not hasattr(resource, "dsn")
-    result = _materialize(defs, "2026-11-01", selection=[_key("aliases")])
+    result = _materialize(defs, DAYS[0], selection=[_key("aliases")])
     assert result.success
     import os
 
@@ -309,7 +487,9 @@ def test_cloud_source_collections_are_assets(project_dir: Path) -> None:
         specs = {s.key: s for s in defs.resolve_all_asset_specs()}
         assert specs[pay].tags["sluice/table_type"] == "collection"
         assert dg.AssetKey(["local", "payments", "subscriptions"]) in specs
-        assets_def = next(a for a in defs.assets if pay in a.keys)
+        assets_def = next(
+            a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and pay in a.keys
+        )
         result = dg.materialize(
             [assets_def],
             instance=dg.DagsterInstance.ephemeral(),
@@ -341,6 +521,59 @@ def test_cloud_source_collections_are_assets(project_dir: Path) -> None:
         stripe.stop()
 
 
+@pytest.mark.parametrize("warehouse_kind", ["postgres"])
+def test_cloud_syncs_made_by_the_cli_show_in_dagster(project_dir: Path) -> None:
+    from loader.object_pipeline import ObjectLoader
+    from loader.sources.cloud.registry import connector_for
+    from tests.fake_apis import FakeStripe
+
+    stripe = FakeStripe()
+    try:
+        for i in range(3):
+            stripe.create("customers", id=f"cus_{i}", email=f"c{i}@example.com")
+        with (project_dir / "sluice.yml").open("a") as out:
+            out.write(
+                f"  payments:\n    kind: stripe\n    api_key: sk_test\n"
+                f"    base_url: {stripe.url}\n    collections: [customers, charges]\n"
+            )
+        defs = _defs(project_dir)
+        customers = dg.AssetKey(["local", "payments", "customers"])
+        name = "sync__payments__local__outside_loads"
+        with dg.DagsterInstance.ephemeral() as instance:
+            # A `sluice sync` of the source, outside Dagster.
+            project = load_project(project_dir / "sluice.yml")
+            wh = open_warehouse(*project.load_profiles().target("local"))
+            try:
+                report = ObjectLoader(wh).sync(
+                    connector_for(project.source("payments"), project_dir), "payments"
+                )
+            finally:
+                wh.close()
+            assert report.rows_loaded["customers"] == 3
+            tick = _tick(defs, name, instance)
+            _record(instance, tick)
+            # customers got rows; charges had none, so it is not claimed.
+            assert [e.asset_key for e in tick.asset_events] == [customers]
+            event = instance.get_latest_materialization_event(customers)
+            metadata = event.asset_materialization.metadata
+            assert metadata["rows_loaded"].value == 3
+            assert metadata["sluice/sync_run_id"].value == report.run_id
+            again = _tick(defs, name, instance)
+            assert not again.asset_events and "every sync" in again.skip_message
+            # Dagster's own sync is not reported a second time.
+            stripe.create("customers", id="cus_9", email="c9@example.com")
+            assets_def = next(
+                a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and customers in a.keys
+            )
+            assert dg.materialize(
+                [assets_def], instance=instance, resources=defs.resources, selection=[customers]
+            ).success
+            after = _tick(defs, name, instance)
+            assert not after.asset_events
+    finally:
+        stripe.stop()
+
+
 def test_reverse_etl_models_are_assets_downstream_of_their_tables(project_dir: Path) -> None:
     models = project_dir / "sql" / "models"
     shutil.copytree(Path(__file__).resolve().parent.parent / "sql" / "models", models)
@@ -361,7 +594,7 @@ def test_reverse_etl_models_are_assets_downstream_of_their_tables(project_dir: P
     assert graph.get(accounts).parent_keys == {_key("accounts"), _key("groups"), _key("tracks")}
     assert defs.resolve_schedule_def("retl__users_lifetime_revenue__schedule")
 
-    assert _materialize(defs, "2026-11-01").success
+    assert _materialize(defs, DAYS[0]).success
     plans = dg.AssetKey(["reverse_etl", "file", "plans"])
     plans_def = next(
         a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and plans in a.keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from datetime import date
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from loader.pipeline import Loader
-from loader.sample import write_archive
+from loader.sample import default_first_day, write_archive
 from loader.selective_sync import PROTECTED_COLUMNS, SyncFilter, parse
 
 OFF = """\
@@ -26,7 +26,8 @@ targets:
         "*": [context_campaign_*]
         order_completed: [revenue]
 """
-DAYS = [date(2026, 11, 1), date(2026, 11, 2), date(2026, 11, 3)]
+# The sample archive's three received days (it ends yesterday, UTC).
+DAYS = [default_first_day(3) + timedelta(days=i) for i in range(3)]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_turned_off_data_is_not_created_and_replay_fills_the_gap(
     # Replay of the two days that were filtered: the gap is filled, exactly.
     replayed = on.replay(str(_live(tmp_path, three_days)), "web", DAYS[0], DAYS[1])
     assert replayed.status == "success" and replayed.files_seen == 8
-    assert replayed.replay == {"from": "2026-11-01", "to": "2026-11-02"}
+    assert replayed.replay == {"from": DAYS[0].isoformat(), "to": DAYS[1].isoformat()}
     assert _by_column(wh, "web") == expected
 
     # A replay of loaded data changes nothing.
