@@ -65,6 +65,9 @@ class ProfileSpec:
     # Ids of the source rows this batch offered: an adapter may update a profile from
     # these alone when they are all later than what the profile has seen.
     new_ids: Sequence[str] = ()
+    # The JSON column (in both tables) holding values that did not fit their column:
+    # a trait whose newest value was rescued is NULL in the profile and kept there.
+    rescued_column: str | None = None
 
 
 class Warehouse(ABC):

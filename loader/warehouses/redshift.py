@@ -685,7 +685,11 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
         return create_table_statement(schema, table, columns)
 
     # --- bookkeeping writes: no ON CONFLICT ------------------------------------------------
-    _KEYS = {"loaded_files": ("schema_name", "file")}
+    _KEYS = {
+        "loaded_files": ("schema_name", "file"),
+        # A reject is known by its file and line: re-reading a file never records it twice.
+        "rejected_events": ("schema_name", "file", "line"),
+    }
 
     def insert_plain(
         self,
@@ -723,6 +727,7 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
                 (schema, clip_bytes(r.file), r.line, clip_bytes(r.raw), clip_bytes(r.reason))
                 for r in rejects
             ],
+            skip_existing=True,
         )
 
     def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:

@@ -131,6 +131,8 @@ RESCUED = "_rescued_data"
 # Bookkeeping tables: the columns that identify a row (Snowflake does not enforce keys).
 _KEYS = {
     "loaded_files": ("schema_name", "file"),
+    # A reject is known by its file and line: re-reading a file never records it twice.
+    "rejected_events": ("schema_name", "file", "line"),
     "turned_off_names": ("schema_name", "table_name", "column_name"),
 }
 # Bookkeeping tables written through the stage (inside the batch: they need staging tables).
@@ -866,6 +868,7 @@ class SnowflakeWarehouse(Warehouse):
                 "rejected_events",
                 ("schema_name", "file", "line", "raw", "reason"),
                 [(schema, r.file, r.line, r.raw, r.reason) for r in rejects],
+                skip_existing=True,
             )
 
     def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
