@@ -21,7 +21,7 @@ from loader.encoded import EncodedChunk
 from loader.messages import parse_timestamp
 from loader.normalize import RESCUED_COLUMN
 from loader.schema import ColumnType
-from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
 from loader.warehouses.sql_family import UpsertSqlWarehouse, qualified, quote
 
 try:  # psycopg's own COPY row formatter (C with psycopg[binary]); not public API
@@ -228,6 +228,11 @@ class PostgresWarehouse(UpsertSqlWarehouse):
         with self.transaction():
             self._execute("SELECT pg_advisory_xact_lock(%s)", (_BOOKKEEPING_LOCK,))
             super().ensure_bookkeeping()
+            # Each reject recorded first looks for its (file, line).
+            self._execute(
+                "CREATE INDEX IF NOT EXISTS rejected_events_file_line ON "
+                f"{quote(BOOKKEEPING_SCHEMA)}.rejected_events (schema_name, file, line)"
+            )
 
     def retl_ensure_bookkeeping(self) -> None:
         with self.transaction():

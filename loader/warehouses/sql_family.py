@@ -302,14 +302,19 @@ class SqlFamilyWarehouse(Warehouse):
         )
         # A rescued value (new, or held by the profile) takes the full recompute, which
         # knows which of a trait's column and rescued value is the newer.
-        held = f" OR t.{quote(rescued)} IS NOT NULL" if rescued is not None else ""
+        held = (
+            f" OR EXISTS (SELECT 1 FROM {target} t WHERE t.id = {stage}.id "
+            f"AND t.{quote(rescued)} IS NOT NULL)"
+            if rescued is not None
+            else ""
+        )
         self._execute(
             f"DELETE FROM {stage} WHERE untimed > 0 OR rescued > 0 OR NOT EXISTS "
             f"(SELECT 1 FROM {marks} m "
             f"WHERE m.schema_name = {p} AND m.profile = {p} AND m.key = {stage}.id "
             f"AND m.mark_ts < {stage}.first_ts) "
             f"OR NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = {stage}.id) "
-            f"OR EXISTS (SELECT 1 FROM {target} t WHERE t.id = {stage}.id AND (false{held}))",
+            f"{held}",
             (schema, spec.table),
         )
         done = [row_id for (row_id,) in self._fetchall(f"SELECT id FROM {stage}")]
