@@ -21,10 +21,10 @@ from loader.selective_sync import load_file as load_selective_sync
 from loader.warehouses.base import Warehouse, WarehouseError
 
 
-def _open(profiles: str | None, target: str | None) -> Warehouse:
+def _open(profiles: str | None, target: str | None, read_only: bool = False) -> Warehouse:
     path = find_profiles(profiles)
     name, spec = load_profiles(path).target(target)
-    return open_target(name, spec)
+    return open_target(name, spec, read_only=read_only)
 
 
 @click.group()
@@ -144,7 +144,7 @@ def schema_show(name: str | None, target: str | None, profiles: str | None) -> N
         return
     schema_name, _, table_name = name.partition(".")
     try:
-        warehouse = _open(profiles, target)
+        warehouse = _open(profiles, target, read_only=True)
     except (ConfigError, WarehouseError) as exc:
         fail(str(exc), 2)
         return
@@ -170,7 +170,7 @@ def schema_show(name: str | None, target: str | None, profiles: str | None) -> N
 def runs(target: str | None, profiles: str | None, limit: int) -> None:
     """Show the most recent sync reports."""
     try:
-        warehouse = _open(profiles, target)
+        warehouse = _open(profiles, target, read_only=True)
     except (ConfigError, WarehouseError) as exc:
         fail(str(exc), 2)
         return

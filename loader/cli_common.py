@@ -27,10 +27,10 @@ def fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def open_target(name: str, spec: Any) -> Warehouse:
+def open_target(name: str, spec: Any, read_only: bool = False) -> Warehouse:
     from loader.warehouses.registry import open_warehouse
 
-    return open_warehouse(name, spec)
+    return open_warehouse(name, spec, read_only=read_only)
 
 
 def progress(report: SyncReport) -> None:

@@ -35,6 +35,7 @@ from loader.normalize import (
     TableChunk,
     fixed_columns,
 )
+from loader.schema import ColumnType
 from loader.selective_sync import SyncFilter
 from loader.sources.archive import ArchiveFile, list_files, received_day
 from loader.table_writer import TableWriter, count_rescued
@@ -140,7 +141,8 @@ def pending_files(
     files are matched to ledger entries (a sync, Dagster's sensors), so all agree.
     Readers that may run before the first sync check `ledger_exists` first."""
     done = warehouse.loaded_files(schema)
-    return [f for f in files if f.url not in done]
+    # Ledgers written before keys were relative hold absolute paths: both count.
+    return [f for f in files if f.ledger_key not in done and f.url not in done]
 
 
 def loaded_files_of(
@@ -216,6 +218,8 @@ class Loader:
         self._replay = False
         self._record_files = True
         self._schema = ""
+        # Archive file URL -> the key `_sluice` records it by (ArchiveFile.ledger_key).
+        self._keys: dict[str, str] = {}
 
     def replay(
         self,
@@ -281,6 +285,7 @@ class Loader:
             todo = files
         else:
             todo = pending_files(wh, url, schema, files)
+        self._keys = {f.url: f.ledger_key for f in todo}
         report.files_seen = len(files)
         report.files_skipped = len(files) - len(todo)
         if not self.sync_filter.source_enabled:
@@ -289,7 +294,7 @@ class Loader:
             report.source_turned_off = f"line {decision.line}: {decision.reason}"
             if not replay and record_files and todo:
                 with wh.transaction():
-                    wh.record_files(schema, [(f.url, 0) for f in todo])
+                    wh.record_files(schema, [(f.ledger_key, 0) for f in todo])
             return
         self.writer.refresh(schema)
         for batch in self._batches(todo):
@@ -369,8 +374,8 @@ class Loader:
                         )
                         report.rows_loaded[profile] = report.rows_loaded.get(profile, 0) + upserted
                 if self._record_files:
-                    wh.record_files(schema, batch.files)
-                wh.record_rejects(schema, batch.rejects)
+                    wh.record_files(schema, [(self._key(u), n) for u, n in batch.files])
+                wh.record_rejects(schema, self._keyed_rejects(batch.rejects))
                 turned_off = self.sync_filter.new_turned_off_names()
                 if turned_off:
                     wh.record_turned_off(schema, turned_off)
@@ -386,6 +391,18 @@ class Loader:
         _log_batch(schema, batch, report, tables_before, columns_before, rows_before)
         if self.on_batch is not None:
             self.on_batch(report)
+
+    def _key(self, url: str) -> str:
+        return self._keys.get(url, url)
+
+    def _keyed_rejects(self, rejects: list[Reject]) -> list[Reject]:
+        """Rejects named by their file's ledger key, one per file and line (the key
+        `_sluice.rejected_events` knows a reject by)."""
+        out: dict[tuple[str, int], Reject] = {}
+        for r in rejects:
+            key = self._key(r.file)
+            out.setdefault((key, r.line), Reject(key, r.line, r.raw, r.reason))
+        return list(out.values())
 
     def _load_table(
         self, schema: str, table: str, rows: list[TableChunk], uuid_ts: str, report: SyncReport
@@ -459,7 +476,11 @@ class Loader:
         ]
         types = {t: self.writer.known[source][t] for t in traits}
         existing = self.writer.known.get(profile)
+        # A trait whose newest value did not fit its column is kept in _rescued_data.
+        rescued = RESCUED_COLUMN if RESCUED_COLUMN in self.writer.known[source] else None
         wanted = {**PROFILE_FIXED, **types}
+        if rescued is not None:
+            wanted[RESCUED_COLUMN] = ColumnType.TEXT
         if existing is None:
             self.warehouse.create_table(schema, profile, wanted)
             self.writer.known[profile] = wanted
@@ -470,7 +491,7 @@ class Loader:
                 self.warehouse.add_columns(schema, profile, missing)
                 existing.update(missing)
                 report.new_columns.extend(f"{profile}.{c}" for c in missing)
-        spec = ProfileSpec(profile, source, key, traits, new_ids)
+        spec = ProfileSpec(profile, source, key, traits, new_ids, rescued)
         return self.warehouse.rebuild_profiles(schema, spec, sorted(keys))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,56 @@ def scenario_turned_off_trait_keeps_profile_values(open_wh: OpenWarehouse, tmp_p
     assert _one(wh, f"SELECT plan FROM {identifies} WHERE id = 'i3'") == "team"
 
 
+def _everything(wh: Warehouse) -> dict[str, list[str]]:
+    """Every row and column of the source's tables and of `_sluice` (uuid_ts, loaded_at,
+    rejected_at... included) as text; not sync_runs, which records each run."""
+    out: dict[str, list[str]] = {}
+    for schema in (SCHEMA, "_sluice"):
+        for table in sorted(wh.read_schema(schema)):
+            if table.lower() == "sync_runs":
+                continue
+            rows = wh.query(f"SELECT * FROM {wh.table_ref(schema, table)}")
+            out[f"{schema}.{table}"] = sorted(repr(tuple(r)) for r in rows)
+    return out
+
+
+def scenario_replay_changes_nothing(open_wh: OpenWarehouse, tmp_path: Path) -> None:
+    """Replaying loaded days leaves every table byte for byte as it was: no uuid_ts of a
+    profile bumped, no reject recorded twice (a reject is known by file and line)."""
+    root = tmp_path / "dated"
+    _archive(root / "2026-11-01")
+    wh = open_wh()
+    assert Loader(wh).load(str(root), SCHEMA).rejects == 1
+    before = _everything(wh)
+    for _ in range(2):
+        report = Loader(wh).replay(str(root), SCHEMA, date(2026, 11, 1), date(2026, 11, 2))
+        assert report.status == "success" and report.files_loaded == 3
+        assert _everything(wh) == before
+    rejects = wh.table_ref("_sluice", "rejected_events")
+    assert _one(wh, f"SELECT count(*) FROM {rejects}") == 1
+
+
+def scenario_profile_follows_a_rescued_trait(open_wh: OpenWarehouse, tmp_path: Path) -> None:
+    """A trait's newest value wins even when it does not fit the column: NULL there and
+    the value in the profile's _rescued_data; a later value that fits takes it back."""
+    wh = open_wh()
+    users = wh.table_ref(SCHEMA, "users")
+
+    def load(name: str, day: int, **traits: Any) -> tuple[Any, Any, Any]:
+        at = f"2026-11-0{day}T10:00:00Z"
+        write_ndjson(tmp_path / name / "f.ndjson", [identify(name, "u1", at, at, **traits)])
+        assert Loader(wh).load(str(tmp_path / name), SCHEMA).status == "success"
+        logins, plan, rescued = list(
+            wh.query(f"SELECT logins, plan, _rescued_data FROM {users} WHERE id = 'u1'")
+        )[0]
+        return logins, plan, _json(rescued)
+
+    assert load("m1", 1, logins=5, plan="free") == (5, "free", None)
+    assert load("m2", 2, logins="many") == (None, "free", {"logins": "many"})
+    assert load("m3", 3, plan="pro") == (None, "pro", {"logins": "many"})
+    assert load("m4", 4, logins=7) == (7, "pro", None)
+
+
 CONTRACT = [
     scenario_golden_archive,
     scenario_rescue,
@@ -270,4 +321,6 @@ CONTRACT = [
     scenario_dedupe_across_runs,
     scenario_crash_then_rerun,
     scenario_turned_off_trait_keeps_profile_values,
+    scenario_replay_changes_nothing,
+    scenario_profile_follows_a_rescued_trait,
 ]

@@ -6,6 +6,7 @@ Segment's layout (`segment-logs/<source-id>/<received-day-ms>/*.gz`) and plain
 
 from __future__ import annotations
 
+import posixpath
 import re
 import zlib
 from collections.abc import Iterator
@@ -28,6 +29,17 @@ class CorruptFile(Exception):
 class ArchiveFile:
     url: str
     size: int
+    # What `_sluice` knows the file by (see list_files); "" for the URL itself.
+    key: str = ""
+
+    @property
+    def ledger_key(self) -> str:
+        return self.key or self.url
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
 
 
 def protocol_url(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -62,16 +74,30 @@ def list_files(url: str, storage_options: dict | None = None) -> list[ArchiveFil
     """Every archive file under `url` (a file, a folder or a prefix), in archive order.
 
     Segment's folders are named by received day in ms, so path order is time order.
+    A local file's `key` (what `_sluice` records it by) is its path from the folder
+    that holds the archive root, so it starts with the root's own name
+    (`archive/segment-logs/...`; a single file: `<its folder>/<its name>`): a project
+    moved or copied elsewhere is the same archive, and two folders loaded into one
+    schema (`exports/a/`, `exports/b/`) never take each other's files for their own.
+    An object-store file's key is its URL.
     """
     fs, _, paths = fsspec.get_fs_token_paths(url, storage_options=storage_options or {})
     if not paths or not fs.exists(paths[0]):
         raise FileNotFoundError(f"no archive at {url}")
     root = paths[0]
+    local = _is_local(fs)
+
+    def archive_file(path: str, size: int, base: str) -> ArchiveFile:
+        full = protocol_url(fs, path)
+        return ArchiveFile(full, size, posixpath.relpath(path, base) if local else full)
+
     if fs.isfile(root):
-        return [ArchiveFile(protocol_url(fs, root), fs.size(root))]
+        folder = posixpath.dirname(root)
+        return [archive_file(root, fs.size(root), posixpath.dirname(folder))]
     found = fs.find(root, detail=True)
+    base = posixpath.dirname(root.rstrip("/")) or "/"
     files = [
-        ArchiveFile(protocol_url(fs, p), int(info.get("size") or 0))
+        archive_file(p, int(info.get("size") or 0), base)
         for p, info in found.items()
         if info.get("type") != "directory" and p.endswith(ARCHIVE_SUFFIXES)
     ]

@@ -93,6 +93,7 @@ from loader.warehouses.base import (
     TableStats,
     Warehouse,
     WarehouseError,
+    rescued_profile_rows,
 )
 
 if TYPE_CHECKING:
@@ -232,17 +233,20 @@ def merge_sql(
     mode: Mode = "insert",
     keys: Sequence[str] = ("id",),
     insert_extra: dict[str, str] | None = None,
+    changed: Sequence[str] = (),
 ) -> str:
     """One MERGE from `source` (a staged table or a subquery) into `target` (public for
     tests). insert: new keys only; fill_nulls: also fill the NULL columns of matched rows
     (never `uuid_ts` or `_rescued_data`, never a non-NULL value); upsert: replace matched
-    rows. `insert_extra` adds {column: SQL expression} to inserted rows."""
+    rows. `insert_extra` adds {column: SQL expression} to inserted rows. `changed`
+    (upsert): a matched row is updated only when one of these columns differs."""
     match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
     rest = [c for c in columns if c not in keys]
     clauses = []
     if mode == "upsert" and rest:
         sets = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in rest)
-        clauses.append(f"WHEN MATCHED THEN UPDATE SET {sets}")
+        when = " OR ".join(f"t.{quote(c)} IS DISTINCT FROM s.{quote(c)}" for c in changed)
+        clauses.append(f"WHEN MATCHED {f'AND ({when}) ' if when else ''}THEN UPDATE SET {sets}")
     fillable = [c for c in rest if c not in ("uuid_ts", RESCUED)]
     if mode == "fill_nulls" and fillable:
         changed = " OR ".join(
@@ -261,8 +265,9 @@ def profile_sql(target: str, source: str, spec: ProfileSpec) -> str:
     """Latest non-NULL value per trait for the keys in `@keys`, merged into the profile
     table (public for tests): ARRAY_AGG(... IGNORE NULLS ORDER BY newest)[SAFE_OFFSET(0)]
     per key, newest by `timestamp` then `received_at`. A matched row gets only the synced
-    traits, `received_at` and `uuid_ts`: a column not in `spec.trait_columns` (a trait
-    turned off by selective sync) keeps its value."""
+    traits, `received_at` and `uuid_ts`, and only when a trait or `received_at` differs
+    (a replay changes nothing): a column not in `spec.trait_columns` (a trait turned off
+    by selective sync) keeps its value."""
     key = quote(spec.key_column)
     order = "ORDER BY `timestamp` DESC NULLS LAST, `received_at` DESC NULLS LAST"
     traits = [
@@ -279,7 +284,11 @@ def profile_sql(target: str, source: str, spec: ProfileSpec) -> str:
     )
     inner = f"(SELECT {select} FROM {source} WHERE {key} IN UNNEST(@keys) GROUP BY {key})"
     return merge_sql(
-        target, inner, ["id", *spec.trait_columns, "received_at", "uuid_ts"], mode="upsert"
+        target,
+        inner,
+        ["id", *spec.trait_columns, "received_at", "uuid_ts"],
+        mode="upsert",
+        changed=[*spec.trait_columns, "received_at"],
     )
 
 
@@ -1199,17 +1208,70 @@ class BigQueryWarehouse(Warehouse):
 
     # --- profiles (users, accounts) --------------------------------------------------------
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
+        """In SQL (profile_sql); the keys whose history holds a rescued value are rebuilt
+        in Python (base.rescued_profile_rows), which follows a trait's newest value into
+        the profile's _rescued_data."""
         from google.cloud.bigquery import ArrayQueryParameter
 
         if not keys:
             return 0
+        rescued = self._keys_with_rescued(schema, spec, keys)
+        plain = [k for k in keys if k not in rescued] if rescued else list(keys)
         sql = profile_sql(
             self.table_ref(schema, spec.table), self.table_ref(schema, spec.source_table), spec
         )
+        for start in range(0, len(plain), CHUNK_ROWS):
+            chunk = list(plain[start : start + CHUNK_ROWS])
+            self._execute(sql, [ArrayQueryParameter("keys", "STRING", chunk)])
+        if rescued:
+            self._rescued_profiles(schema, spec, sorted(rescued))
+        return len(keys)
+
+    def _keys_with_rescued(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> set[str]:
+        from google.cloud.bigquery import ArrayQueryParameter
+
+        if spec.rescued_column is None:
+            return set()
+        key = quote(spec.key_column)
+        found: set[str] = set()
         for start in range(0, len(keys), CHUNK_ROWS):
             chunk = list(keys[start : start + CHUNK_ROWS])
-            self._execute(sql, [ArrayQueryParameter("keys", "STRING", chunk)])
-        return len(keys)
+            found.update(
+                str(k)
+                for (k,) in self._fetchall(
+                    f"SELECT DISTINCT {key} FROM {self.table_ref(schema, spec.source_table)} "
+                    f"WHERE {key} IN UNNEST(@keys) AND {quote(spec.rescued_column)} IS NOT NULL",
+                    [ArrayQueryParameter("keys", "STRING", chunk)],
+                )
+            )
+        return found
+
+    def _rescued_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> None:
+        from google.cloud.bigquery import ArrayQueryParameter
+
+        assert spec.rescued_column is not None
+        traits = "".join(f", {quote(c)}" for c in spec.trait_columns)
+        r = quote(spec.rescued_column)
+        key = quote(spec.key_column)
+        history: list[tuple[Any, ...]] = []
+        current: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), CHUNK_ROWS):
+            param = [ArrayQueryParameter("keys", "STRING", list(keys[start : start + CHUNK_ROWS]))]
+            history += self._fetchall(
+                f"SELECT {key}, `timestamp`, `received_at`{traits}, {r} "
+                f"FROM {self.table_ref(schema, spec.source_table)} WHERE {key} IN UNNEST(@keys)",
+                param,
+            )
+            current += self._fetchall(
+                f"SELECT `id`{traits}, `received_at`, {r} FROM "
+                f"{self.table_ref(schema, spec.table)} WHERE `id` IN UNNEST(@keys)",
+                param,
+            )
+        now = datetime.now(timezone.utc).isoformat()
+        rows = rescued_profile_rows(history, current, spec.trait_columns, now)
+        if rows:
+            names = ["id", *spec.trait_columns, "received_at", "uuid_ts", spec.rescued_column]
+            self.upsert_rows(schema, spec.table, names, rows)
 
     # --- reads ---------------------------------------------------------------------------
     def table_stats(self, schema: str, table: str) -> TableStats:

@@ -11,8 +11,8 @@ import duckdb
 import pyarrow as pa
 
 from loader.schema import ColumnType
-from loader.warehouses.base import Capabilities, LockBusy, WarehouseError
-from loader.warehouses.sql_family import UpsertSqlWarehouse, qualified, quote
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, WarehouseError
+from loader.warehouses.sql_family import UpsertSqlWarehouse, literal, quote
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=63,
@@ -37,20 +37,38 @@ class DuckDBWarehouse(UpsertSqlWarehouse):
         path: str,
         memory_limit: str | None = None,
         threads: int | None = None,
+        read_only: bool = False,
     ) -> None:
         """`memory_limit` ("512MB") and `threads` bound DuckDB's buffer pool and worker
-        threads, which otherwise grow to 80% of RAM and one per core."""
+        threads, which otherwise grow to 80% of RAM and one per core.
+
+        `read_only` is for commands that only read (`runs`, `schema show`): they never
+        create the file (a missing one reads as an empty database) and never take the
+        write lock a sync needs."""
         self.target_name = target_name
-        if path != ":memory:":
+        self.read_only = read_only
+        missing = path != ":memory:" and not Path(path).exists()
+        if read_only and missing:
+            path = ":memory:"
+        elif path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        config: dict[str, str | int] = {}
+        config: dict[str, str | int | bool] = {}
         if memory_limit is not None:
             config["memory_limit"] = memory_limit
         if threads is not None:
             config["threads"] = threads
         try:
-            self.conn = duckdb.connect(path, config=config)
+            self.conn = duckdb.connect(
+                path, read_only=read_only and path != ":memory:", config=config
+            )
         except duckdb.IOException as exc:
+            if "lock" in str(exc).lower() and read_only:
+                # DuckDB allows no reader in another process while one writes.
+                raise LockBusy(
+                    f"DuckDB file '{path}' of target '{target_name}' is open for writing by "
+                    "another process (a sync, or a notebook); this command only reads and "
+                    "can run when that process finishes"
+                ) from None
             if "lock" in str(exc).lower():
                 raise LockBusy(
                     f"DuckDB file '{path}' of target '{target_name}' is in use by another "
@@ -63,6 +81,31 @@ class DuckDBWarehouse(UpsertSqlWarehouse):
                 "profiles.yml"
             ) from None
         self.conn.execute("SET TimeZone = 'UTC'")
+        # Every name carries the catalog: a file named like a schema (segment.duckdb,
+        # schema segment) makes a two-part name ambiguous to DuckDB's binder.
+        self.catalog: str = self.conn.execute("SELECT current_database()").fetchone()[0]
+        literal = self.catalog.replace("'", "''")
+        self._catalog_filter = f" AND table_catalog = '{literal}'"
+
+    def _t(self, schema: str, table: str) -> str:
+        return f"{quote(self.catalog)}.{quote(schema)}.{quote(table)}"
+
+    def _s(self, schema: str) -> str:
+        return f"{quote(self.catalog)}.{quote(schema)}"
+
+    def _json_object(self, pairs: Sequence[tuple[str, str]]) -> str:
+        # A merge patch drops the keys whose value is null (RFC 7386).
+        body = ", ".join(f"{literal(k)}, {v}" for k, v in pairs)
+        return f"NULLIF(json_merge_patch('{{}}', json_object({body})), '{{}}')"
+
+    def ensure_bookkeeping(self) -> None:
+        if not self.read_only:  # a read-only command reads what is there
+            super().ensure_bookkeeping()
+
+    def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
+        if self.read_only and "sync_runs" not in self.read_schema(BOOKKEEPING_SCHEMA):
+            return []
+        return super().recent_runs(limit)
 
     def close(self) -> None:
         self.conn.close()
@@ -122,7 +165,7 @@ class DuckDBWarehouse(UpsertSqlWarehouse):
         try:
             select = ", ".join(f"CAST({quote(c)} AS {types.get(c, 'varchar')})" for c in columns)
             result = self.conn.execute(
-                f"INSERT INTO {qualified(schema, table)} ({', '.join(quote(c) for c in columns)}) "
+                f"INSERT INTO {self._t(schema, table)} ({', '.join(quote(c) for c in columns)}) "
                 f"SELECT {select} FROM _sluice_stage " + conflict
             )
             return int(result.fetchone()[0])
@@ -144,12 +187,16 @@ class DuckDBWarehouse(UpsertSqlWarehouse):
             [pa.array([r[i] for r in rows]) for i in range(len(columns))], names=list(columns)
         )
         cols = ", ".join(quote(c) for c in columns)
-        tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
+        target = self._t(schema, table)
+        tail = ""
+        if skip_existing:
+            keys = self._KEYS.get(table, tuple(columns))
+            match = " AND ".join(f"t.{quote(k)} IS NOT DISTINCT FROM p.{quote(k)}" for k in keys)
+            tail = f" WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match})"
         self.conn.register("_sluice_plain", stage)
         try:
             self._execute(
-                f"INSERT INTO {qualified(schema, table)} ({cols}) "
-                f"SELECT {cols} FROM _sluice_plain{tail}"
+                f"INSERT INTO {target} ({cols}) SELECT {cols} FROM _sluice_plain AS p{tail}"
             )
         finally:
             self.conn.unregister("_sluice_plain")
@@ -157,7 +204,7 @@ class DuckDBWarehouse(UpsertSqlWarehouse):
     def read_schema_table(self, schema: str, table: str) -> dict[str, str]:
         rows = self._fetchall(
             "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = ? AND table_name = ?",
+            f"WHERE table_schema = ? AND table_name = ?{self._catalog_filter}",
             (schema, table),
         )
         return {c: str(t).lower() for c, t in rows}

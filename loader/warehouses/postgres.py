@@ -21,7 +21,7 @@ from loader.encoded import EncodedChunk
 from loader.messages import parse_timestamp
 from loader.normalize import RESCUED_COLUMN
 from loader.schema import ColumnType
-from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
 from loader.warehouses.sql_family import UpsertSqlWarehouse, qualified, quote
 
 try:  # psycopg's own COPY row formatter (C with psycopg[binary]); not public API
@@ -30,6 +30,8 @@ except ImportError:  # pragma: no cover - another psycopg layout: readers send t
     format_row_binary = None
 
 BINARY = "(FORMAT binary)"
+# Serialises creating `_sluice` (a key of its own, apart from the per-schema sync locks).
+_BOOKKEEPING_LOCK = zlib.crc32(b"sluice:_sluice bookkeeping")
 # COPY's binary format: a file header before the rows, a -1 field count after them.
 COPY_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
 COPY_BINARY_TRAILER = struct.pack("!h", -1)
@@ -218,6 +220,24 @@ class PostgresWarehouse(UpsertSqlWarehouse):
             yield
         finally:
             self.conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    def ensure_bookkeeping(self) -> None:
+        """Under a transaction-scoped advisory lock: two first syncs on a fresh database
+        would otherwise race inside CREATE SCHEMA/TABLE IF NOT EXISTS (a unique violation
+        in the catalog) instead of one waiting a moment and the other going ahead."""
+        with self.transaction():
+            self._execute("SELECT pg_advisory_xact_lock(%s)", (_BOOKKEEPING_LOCK,))
+            super().ensure_bookkeeping()
+            # Each reject recorded first looks for its (file, line).
+            self._execute(
+                "CREATE INDEX IF NOT EXISTS rejected_events_file_line ON "
+                f"{quote(BOOKKEEPING_SCHEMA)}.rejected_events (schema_name, file, line)"
+            )
+
+    def retl_ensure_bookkeeping(self) -> None:
+        with self.transaction():
+            self._execute("SELECT pg_advisory_xact_lock(%s)", (_BOOKKEEPING_LOCK,))
+            super().retl_ensure_bookkeeping()
 
     def _type_aliases(self) -> dict[str, ColumnType]:
         return {"jsonb": ColumnType.TEXT}

@@ -58,7 +58,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -83,6 +83,7 @@ from loader.warehouses.base import (
     ProfileSpec,
     Rows,
     WarehouseError,
+    rescued_profile_rows,
 )
 from loader.warehouses.sql_family import SqlFamilyWarehouse, qualified, quote
 
@@ -92,6 +93,8 @@ WIDE = f"varchar({MAX_VARCHAR})"
 TS = "timestamp with time zone"
 NOW = "getdate()"
 NULL_MARK = "\\N"
+# Keys per IN list (one statement takes at most 65535 parameters).
+CHUNK_KEYS = 10_000
 
 
 def capabilities(varchar_bytes: int = MAX_VARCHAR) -> Capabilities:
@@ -685,7 +688,11 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
         return create_table_statement(schema, table, columns)
 
     # --- bookkeeping writes: no ON CONFLICT ------------------------------------------------
-    _KEYS = {"loaded_files": ("schema_name", "file")}
+    _KEYS = {
+        "loaded_files": ("schema_name", "file"),
+        # A reject is known by its file and line: re-reading a file never records it twice.
+        "rejected_events": ("schema_name", "file", "line"),
+    }
 
     def insert_plain(
         self,
@@ -723,6 +730,7 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
                 (schema, clip_bytes(r.file), r.line, clip_bytes(r.raw), clip_bytes(r.reason))
                 for r in rejects
             ],
+            skip_existing=True,
         )
 
     def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
@@ -860,27 +868,86 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
 
     # --- profiles -------------------------------------------------------------------------
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
+        """Latest non-NULL value per trait in SQL; the keys whose history holds a rescued
+        value are rebuilt in Python (base.rescued_profile_rows). A profile whose rebuilt
+        values equal its current ones is left as it is, uuid_ts included."""
         if not keys:
             return 0
         target = qualified(schema, spec.table)
         source = qualified(schema, spec.source_table)
+        rescued = self._keys_with_rescued(source, spec, keys)
+        plain = [k for k in keys if k not in rescued] if rescued else list(keys)
         suffix = uuid.uuid4().hex[:12]
         stage = quote(f"_sluice_keys_{suffix}")
         profiles = quote(f"_sluice_profiles_{suffix}")
         columns = ["id", *spec.trait_columns, "received_at", "uuid_ts"]
+        same = " AND ".join(
+            f"({profiles}.{quote(c)} = _sluice_t.{quote(c)} OR ({profiles}.{quote(c)} IS NULL "
+            f"AND _sluice_t.{quote(c)} IS NULL))"
+            for c in [*spec.trait_columns, "received_at"]
+        )
         with self.transaction():
-            self._execute(f"CREATE TEMP TABLE {stage} (k {WIDE})")
-            self._bulk_copy(stage, ["k"], [(k,) for k in keys], f"{schema}.{spec.table}.keys")
-            # The rebuilt rows go to a temporary table shaped like the profile table (a
-            # Redshift MERGE reads a table, not a subquery); the MERGE then sets only the
-            # synced traits, received_at and uuid_ts of existing rows, so a column not in
-            # spec.trait_columns (a trait turned off by selective sync) keeps its value.
-            self._execute(f"CREATE TEMP TABLE {profiles} (LIKE {target})")
-            self._execute(profile_statement(profiles, source, stage, spec))
-            self._execute(merge_statement(target, profiles, columns))
-            self._execute(f"DROP TABLE {profiles}")
-            self._execute(f"DROP TABLE {stage}")
+            if plain:
+                self._execute(f"CREATE TEMP TABLE {stage} (k {WIDE})")
+                self._bulk_copy(stage, ["k"], [(k,) for k in plain], f"{schema}.{spec.table}.keys")
+                # The rebuilt rows go to a temporary table shaped like the profile table
+                # (a Redshift MERGE reads a table, not a subquery); those equal to the
+                # profile there are dropped (a replay changes nothing), then the MERGE sets
+                # only the synced traits, received_at and uuid_ts, so a column not in
+                # spec.trait_columns (a trait turned off by selective sync) keeps its value.
+                self._execute(f"CREATE TEMP TABLE {profiles} (LIKE {target})")
+                self._execute(profile_statement(profiles, source, stage, spec))
+                self._execute(
+                    f"DELETE FROM {profiles} USING {target} AS _sluice_t "
+                    f"WHERE {profiles}.id = _sluice_t.id AND {same}"
+                )
+                self._execute(merge_statement(target, profiles, columns))
+                self._execute(f"DROP TABLE {profiles}")
+                self._execute(f"DROP TABLE {stage}")
+            if rescued:
+                self._rescued_profiles(schema, spec, sorted(rescued))
         return len(keys)
+
+    def _keys_with_rescued(self, source: str, spec: ProfileSpec, keys: Sequence[str]) -> set[str]:
+        if spec.rescued_column is None:
+            return set()
+        key = quote(spec.key_column)
+        found: set[str] = set()
+        for start in range(0, len(keys), CHUNK_KEYS):
+            found.update(
+                k
+                for (k,) in self._fetchall(
+                    f"SELECT DISTINCT {key} FROM {source} WHERE {key} IN (%s) "
+                    f"AND {quote(spec.rescued_column)} IS NOT NULL",
+                    (list(keys[start : start + CHUNK_KEYS]),),
+                )
+            )
+        return found
+
+    def _rescued_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> None:
+        assert spec.rescued_column is not None
+        traits = "".join(f", {quote(c)}" for c in spec.trait_columns)
+        r = quote(spec.rescued_column)
+        history: list[tuple[Any, ...]] = []
+        current: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), CHUNK_KEYS):
+            chunk = list(keys[start : start + CHUNK_KEYS])
+            history += self._fetchall(
+                f'SELECT {quote(spec.key_column)}, "timestamp", received_at{traits}, {r} '
+                f"FROM {qualified(schema, spec.source_table)} "
+                f"WHERE {quote(spec.key_column)} IN (%s)",
+                (chunk,),
+            )
+            current += self._fetchall(
+                f"SELECT id{traits}, received_at, {r} FROM {qualified(schema, spec.table)} "
+                "WHERE id IN (%s)",
+                (chunk,),
+            )
+        now = datetime.now(timezone.utc).isoformat()
+        rows = rescued_profile_rows(history, current, spec.trait_columns, now)
+        if rows:
+            names = ["id", *spec.trait_columns, "received_at", "uuid_ts", spec.rescued_column]
+            self.upsert_rows(schema, spec.table, names, rows)
 
     # --- reverse ETL ------------------------------------------------------------------------
     def retl_ensure_bookkeeping(self) -> None:

@@ -8,11 +8,15 @@ from typing import Any
 from loader.warehouses.base import Warehouse, WarehouseError
 
 
-def open_warehouse(name: str, target: Any) -> Warehouse:
+def open_warehouse(name: str, target: Any, read_only: bool = False) -> Warehouse:
+    """`read_only`: the command only reads (an embedded database then takes no write
+    lock; server warehouses ignore it)."""
     if target.type == "duckdb":
         from loader.warehouses.duckdb import DuckDBWarehouse
 
-        return DuckDBWarehouse(name, target.path, target.memory_limit, target.threads)
+        return DuckDBWarehouse(
+            name, target.path, target.memory_limit, target.threads, read_only=read_only
+        )
     if target.type == "postgres":
         from loader.warehouses.postgres import PostgresWarehouse
 

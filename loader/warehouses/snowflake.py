@@ -68,7 +68,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -87,6 +87,7 @@ from loader.warehouses.base import (
     TableStats,
     Warehouse,
     WarehouseError,
+    rescued_profile_rows,
 )
 
 CAPABILITIES = Capabilities(
@@ -131,6 +132,8 @@ RESCUED = "_rescued_data"
 # Bookkeeping tables: the columns that identify a row (Snowflake does not enforce keys).
 _KEYS = {
     "loaded_files": ("schema_name", "file"),
+    # A reject is known by its file and line: re-reading a file never records it twice.
+    "rejected_events": ("schema_name", "file", "line"),
     "turned_off_names": ("schema_name", "table_name", "column_name"),
 }
 # Bookkeeping tables written through the stage (inside the batch: they need staging tables).
@@ -824,22 +827,80 @@ class SnowflakeWarehouse(Warehouse):
                 "CURRENT_TIMESTAMP()",
             ]
         )
+        # A profile equal to its rebuilt row is left as it is (uuid_ts too): a replay
+        # changes nothing.
+        changed = " OR ".join(
+            [
+                *(f"t.{ident(c)} IS DISTINCT FROM p.{ident(c)}" for c in spec.trait_columns),
+                f"t.{ident('received_at')} IS DISTINCT FROM p._SLUICE_RECEIVED_AT",
+            ]
+        )
         return [
             f"UPDATE {target} AS t SET {sets} FROM {profiles} WHERE t.{ident('id')} = "
-            "p._SLUICE_KEY",
+            f"p._SLUICE_KEY AND ({changed})",
             f"INSERT INTO {target} ({cols}) SELECT {values} FROM {profiles} WHERE NOT EXISTS "
             f"(SELECT 1 FROM {target} AS t WHERE t.{ident('id')} = p._SLUICE_KEY)",
         ]
 
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
+        """In SQL (profile_write_sql); the keys whose history holds a rescued value are
+        rebuilt in Python (base.rescued_profile_rows), which follows a trait's newest
+        value into the profile's _rescued_data."""
         if not keys:
             return 0
         with self.transaction():  # joins the batch's transaction when one is open
-            for start in range(0, len(keys), CHUNK_ROWS):
-                chunk = list(keys[start : start + CHUNK_ROWS])
+            rescued = self._keys_with_rescued(schema, spec, keys)
+            plain = [k for k in keys if k not in rescued] if rescued else list(keys)
+            for start in range(0, len(plain), CHUNK_ROWS):
+                chunk = list(plain[start : start + CHUNK_ROWS])
                 for sql in self.profile_write_sql(schema, spec, len(chunk)):
                     self._execute(sql, chunk)
+            if rescued:
+                self._rescued_profiles(schema, spec, sorted(rescued))
         return len(keys)
+
+    def _keys_with_rescued(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> set[str]:
+        if spec.rescued_column is None:
+            return set()
+        found: set[str] = set()
+        key = ident(spec.key_column)
+        for start in range(0, len(keys), CHUNK_ROWS):
+            chunk = list(keys[start : start + CHUNK_ROWS])
+            found.update(
+                str(k)
+                for (k,) in self._fetchall(
+                    f"SELECT DISTINCT {key} FROM {qualified(schema, spec.source_table)} "
+                    f"WHERE {key} {self._in(len(chunk))} "
+                    f"AND {ident(spec.rescued_column)} IS NOT NULL",
+                    chunk,
+                )
+            )
+        return found
+
+    def _rescued_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> None:
+        assert spec.rescued_column is not None
+        traits = "".join(f", {ident(c)}" for c in spec.trait_columns)
+        r = ident(spec.rescued_column)
+        key = ident(spec.key_column)
+        history: list[tuple[Any, ...]] = []
+        current: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), CHUNK_ROWS):
+            chunk = list(keys[start : start + CHUNK_ROWS])
+            history += self._fetchall(
+                f'SELECT {key}, "TIMESTAMP", RECEIVED_AT{traits}, {r} '
+                f"FROM {qualified(schema, spec.source_table)} WHERE {key} {self._in(len(chunk))}",
+                chunk,
+            )
+            current += self._fetchall(
+                f"SELECT ID{traits}, RECEIVED_AT, {r} FROM {qualified(schema, spec.table)} "
+                f"WHERE ID {self._in(len(chunk))}",
+                chunk,
+            )
+        now = datetime.now(timezone.utc).isoformat()
+        rows = rescued_profile_rows(history, current, spec.trait_columns, now)
+        if rows:
+            names = ["id", *spec.trait_columns, "received_at", "uuid_ts", spec.rescued_column]
+            self.upsert_rows(schema, spec.table, names, rows)
 
     # --- bookkeeping -----------------------------------------------------------------------
     def loaded_files(self, schema: str) -> set[str]:
@@ -866,6 +927,7 @@ class SnowflakeWarehouse(Warehouse):
                 "rejected_events",
                 ("schema_name", "file", "line", "raw", "reason"),
                 [(schema, r.file, r.line, r.raw, r.reason) for r in rejects],
+                skip_existing=True,
             )
 
     def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:

@@ -27,10 +27,26 @@ def qualified(schema: str, table: str) -> str:
     return f"{quote(schema)}.{quote(table)}"
 
 
+def literal(text: str) -> str:
+    """A SQL string literal (for names Sluice chose, e.g. a JSON key that is a column)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 class SqlFamilyWarehouse(Warehouse):
     placeholder = "%s"
 
     # --- hooks --------------------------------------------------------------------
+    def _t(self, schema: str, table: str) -> str:
+        """A table as this dialect names it in SQL (DuckDB prefixes its catalog)."""
+        return qualified(schema, table)
+
+    def _s(self, schema: str) -> str:
+        """A schema as this dialect names it in SQL (DuckDB prefixes its catalog)."""
+        return quote(schema)
+
+    # Narrows information_schema reads to this database (DuckDB lists every attached one).
+    _catalog_filter = ""
+
     @abstractmethod
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Run one statement, discarding any result."""
@@ -49,7 +65,7 @@ class SqlFamilyWarehouse(Warehouse):
 
     # --- schema -------------------------------------------------------------------
     def ensure_bookkeeping(self) -> None:
-        b = quote(BOOKKEEPING_SCHEMA)
+        b = self._s(BOOKKEEPING_SCHEMA)
         j = self.capabilities.json_type
         ts = self.capabilities.type_names[ColumnType.TIMESTAMP]
         with self.transaction():
@@ -93,7 +109,8 @@ class SqlFamilyWarehouse(Warehouse):
         out: dict[str, dict[str, ColumnType]] = {}
         rows = self._fetchall(
             "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            f"WHERE table_schema = {self.placeholder} ORDER BY table_name, ordinal_position",
+            f"WHERE table_schema = {self.placeholder}{self._catalog_filter} "
+            "ORDER BY table_name, ordinal_position",
             (schema,),
         )
         for table, column, data_type in rows:
@@ -112,9 +129,9 @@ class SqlFamilyWarehouse(Warehouse):
         return f"{quote(name)} {self.capabilities.type_names[kind]}"
 
     def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
-        self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+        self._execute(f"CREATE SCHEMA IF NOT EXISTS {self._s(schema)}")
         cols = ", ".join(self._column_sql(n, k) for n, k in columns.items())
-        self._execute(f"CREATE TABLE {qualified(schema, table)} ({cols}, PRIMARY KEY (id))")
+        self._execute(f"CREATE TABLE {self._t(schema, table)} ({cols}, PRIMARY KEY (id))")
         self._after_create(schema, table, columns)
 
     def _after_create(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
@@ -123,7 +140,7 @@ class SqlFamilyWarehouse(Warehouse):
     def add_columns(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
         for name, kind in columns.items():
             self._execute(
-                f"ALTER TABLE {qualified(schema, table)} ADD COLUMN {self._column_sql(name, kind)}"
+                f"ALTER TABLE {self._t(schema, table)} ADD COLUMN {self._column_sql(name, kind)}"
             )
 
     def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
@@ -134,7 +151,7 @@ class SqlFamilyWarehouse(Warehouse):
         self.insert_new_rows(schema, table, columns, stub)
         p = self.placeholder
         self._execute(
-            f"UPDATE {qualified(schema, table)} SET _deleted_at = CAST({p} AS "
+            f"UPDATE {self._t(schema, table)} SET _deleted_at = CAST({p} AS "
             f"{self.capabilities.type_names[ColumnType.TIMESTAMP]}) "
             f"WHERE _deleted_at IS NULL AND id {self._in_list()}",
             (at, list(ids)),
@@ -143,14 +160,14 @@ class SqlFamilyWarehouse(Warehouse):
 
     def read_cursors(self, schema: str) -> dict[str, str]:
         rows = self._fetchall(
-            f"SELECT collection, cursor FROM {quote(BOOKKEEPING_SCHEMA)}.cursors "
+            f"SELECT collection, cursor FROM {self._s(BOOKKEEPING_SCHEMA)}.cursors "
             f"WHERE schema_name = {self.placeholder}",
             (schema,),
         )
         return dict(rows)
 
     def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
-        b, p = quote(BOOKKEEPING_SCHEMA), self.placeholder
+        b, p = self._s(BOOKKEEPING_SCHEMA), self.placeholder
         self._execute(
             f"DELETE FROM {b}.cursors WHERE schema_name = {p} AND collection = {p}",
             (schema, collection),
@@ -162,14 +179,21 @@ class SqlFamilyWarehouse(Warehouse):
 
     # --- profiles (users, accounts) ------------------------------------------------
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
-        """Latest non-null value per trait by event time, for `keys`.
+        """Latest value per trait by event time, for `keys`.
+
+        A trait's latest value is that of the newest row that has it, in its column or,
+        when it did not fit the column, in the row's `_rescued_data`: the profile then
+        holds NULL in the column and the value in its own `_rescued_data`, never an older
+        value that happened to fit. A profile row whose rebuilt values equal the ones it
+        has is left as it is (its uuid_ts too), so a replay changes nothing.
 
         A key whose new rows (spec.new_ids) all come after the newest event time it had
-        (its mark in _sluice.profile_marks) is updated from those rows alone: a new
-        value wins, a missing one keeps the profile's. Every other key (a late arrival,
-        an event without a timestamp, no mark yet, a replay) is recomputed from all its
-        rows. Re-reading every key's whole history on every batch made the cost of a
-        batch grow with the table."""
+        (its mark in _sluice.profile_marks), with nothing rescued in them or in the
+        profile, is updated from those rows alone: a new value wins, a missing one keeps
+        the profile's. Every other key (a late arrival, an event without a timestamp, no
+        mark yet, a replay, a rescued value) is recomputed from all its rows. Re-reading
+        every key's whole history on every batch made the cost of a batch grow with the
+        table."""
         if not keys:
             return 0
         incremental = self._profiles_from_new_rows(schema, spec, keys) if spec.new_ids else []
@@ -179,37 +203,76 @@ class SqlFamilyWarehouse(Warehouse):
             self._profiles_from_all_rows(schema, spec, rest)
         return len(keys)
 
+    _PROFILE_ORDER = 'ORDER BY "timestamp" DESC NULLS LAST, received_at DESC NULLS LAST'
+
     def _latest(self, column: str) -> str:
-        order = 'ORDER BY "timestamp" DESC NULLS LAST, received_at DESC NULLS LAST'
-        return f"(array_agg({quote(column)} {order}) FILTER (WHERE {quote(column)} IS NOT NULL))[1]"
+        return (
+            f"(array_agg({quote(column)} {self._PROFILE_ORDER}) "
+            f"FILTER (WHERE {quote(column)} IS NOT NULL))[1]"
+        )
+
+    def _json_get(self, document: str, key: str) -> str:
+        """The JSON value under `key` of the JSON column `document` (NULL if absent)."""
+        return f"({document} -> {literal(key)})"
+
+    def _json_object(self, pairs: Sequence[tuple[str, str]]) -> str:
+        """A JSON object of the pairs whose value is not NULL; NULL when none is."""
+        parts = [
+            "jsonb_build_object("
+            + ", ".join(f"{literal(k)}, {v}" for k, v in pairs[i : i + 50])
+            + ")"
+            for i in range(0, len(pairs), 50)  # a function takes at most 100 arguments
+        ]
+        return f"NULLIF(jsonb_strip_nulls({' || '.join(parts)}), '{{}}'::jsonb)"
+
+    def _differs(self, old: str, new: str) -> str:
+        return f"{old} IS DISTINCT FROM {new}"
+
+    def _profile_changed(self, columns: Sequence[str]) -> str:
+        """ON CONFLICT's WHERE: the existing row (aliased _sluice_t) differs somewhere."""
+        return " OR ".join(
+            self._differs(f"_sluice_t.{quote(c)}", f"excluded.{quote(c)}") for c in columns
+        )
 
     def _profiles_from_all_rows(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> None:
-        target = qualified(schema, spec.table)
-        source = qualified(schema, spec.source_table)
+        target = self._t(schema, spec.table)
+        source = self._t(schema, spec.source_table)
+        rescued = spec.rescued_column
+        values: list[str] = []
+        pairs: list[tuple[str, str]] = []
+        for c in spec.trait_columns:
+            if rescued is None:
+                values.append(self._latest(c))
+                continue
+            # The newest row that has the trait, fitting its column or rescued.
+            kept = self._json_get(quote(rescued), c)
+            has = f"FILTER (WHERE {quote(c)} IS NOT NULL OR {kept} IS NOT NULL))[1]"
+            values.append(f"(array_agg({quote(c)} {self._PROFILE_ORDER}) {has}")
+            pairs.append((c, f"(array_agg({kept} {self._PROFILE_ORDER}) {has}"))
         cols = ["id", *spec.trait_columns, "received_at", "uuid_ts"]
-        select = ", ".join(
-            [
-                quote(spec.key_column),
-                *(self._latest(c) for c in spec.trait_columns),
-                "max(received_at)",
-                "current_timestamp",
-            ]
-        )
+        select = [quote(spec.key_column), *values, "max(received_at)", "current_timestamp"]
+        if rescued is not None:
+            cols.append(rescued)
+            select.append(self._json_object(pairs) if pairs else "NULL")
         key = quote(spec.key_column)
         # Only the synced traits are written: a trait turned off keeps the value it has.
-        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in cols if c != "id")
+        written = [c for c in cols if c != "id"]
+        sets = ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in written)
+        changed = self._profile_changed([c for c in written if c != "uuid_ts"])
         self._execute(
-            f"INSERT INTO {target} ({', '.join(quote(c) for c in cols)}) SELECT {select} "
+            f"INSERT INTO {target} AS _sluice_t ({', '.join(quote(c) for c in cols)}) "
+            f"SELECT {', '.join(select)} "
             f"FROM {source} WHERE {key} {self._in_list()} GROUP BY {key} "
-            f"ON CONFLICT (id) DO UPDATE SET {sets}",
+            f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {changed}",
             (list(keys),),
         )
         self._execute(
-            f"INSERT INTO {quote(BOOKKEEPING_SCHEMA)}.profile_marks "
+            f"INSERT INTO {self._s(BOOKKEEPING_SCHEMA)}.profile_marks AS _sluice_m "
             f"(schema_name, profile, key, mark_ts) SELECT {self.placeholder}, "
             f'{self.placeholder}, {key}, max("timestamp") FROM {source} '
             f"WHERE {key} {self._in_list()} GROUP BY {key} "
-            "ON CONFLICT (schema_name, profile, key) DO UPDATE SET mark_ts = excluded.mark_ts",
+            "ON CONFLICT (schema_name, profile, key) DO UPDATE SET mark_ts = excluded.mark_ts "
+            f"WHERE {self._differs('_sluice_m.mark_ts', 'excluded.mark_ts')}",
             (schema, spec.table, list(keys)),
         )
 
@@ -218,27 +281,40 @@ class SqlFamilyWarehouse(Warehouse):
     ) -> list[str]:
         """Update the keys whose new rows all follow their mark; returns those keys."""
         p = self.placeholder
-        target = qualified(schema, spec.table)
-        source = qualified(schema, spec.source_table)
-        marks = f"{quote(BOOKKEEPING_SCHEMA)}.profile_marks"
+        target = self._t(schema, spec.table)
+        source = self._t(schema, spec.source_table)
+        marks = f"{self._s(BOOKKEEPING_SCHEMA)}.profile_marks"
         stage = quote(f"_profile_{spec.table}")
         key = quote(spec.key_column)
         traits = [quote(c) for c in spec.trait_columns]
         latest = "".join(f"{self._latest(c)} AS {quote(c)}, " for c in spec.trait_columns)
+        rescued = spec.rescued_column
+        count_rescued = f"count({quote(rescued)})" if rescued is not None else "0"
         self._execute(f"DROP TABLE IF EXISTS {stage}")
         self._execute(
             f"CREATE TEMP TABLE {stage} AS SELECT {key} AS id, {latest}"
             'min("timestamp") AS first_ts, max("timestamp") AS last_ts, '
-            'count(*) - count("timestamp") AS untimed, max(received_at) AS received_at '
+            'count(*) - count("timestamp") AS untimed, max(received_at) AS received_at, '
+            f"{count_rescued} AS rescued "
             f"FROM {source} WHERE id {self._in_list()} AND {key} {self._in_list()} "
             f"GROUP BY {key}",
             (list(spec.new_ids), list(keys)),
         )
+        # A rescued value (new, or held by the profile) takes the full recompute, which
+        # knows which of a trait's column and rescued value is the newer.
+        held = (
+            f" OR EXISTS (SELECT 1 FROM {target} t WHERE t.id = {stage}.id "
+            f"AND t.{quote(rescued)} IS NOT NULL)"
+            if rescued is not None
+            else ""
+        )
         self._execute(
-            f"DELETE FROM {stage} WHERE untimed > 0 OR NOT EXISTS (SELECT 1 FROM {marks} m "
+            f"DELETE FROM {stage} WHERE untimed > 0 OR rescued > 0 OR NOT EXISTS "
+            f"(SELECT 1 FROM {marks} m "
             f"WHERE m.schema_name = {p} AND m.profile = {p} AND m.key = {stage}.id "
             f"AND m.mark_ts < {stage}.first_ts) "
-            f"OR NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = {stage}.id)",
+            f"OR NOT EXISTS (SELECT 1 FROM {target} t WHERE t.id = {stage}.id) "
+            f"{held}",
             (schema, spec.table),
         )
         done = [row_id for (row_id,) in self._fetchall(f"SELECT id FROM {stage}")]
@@ -251,10 +327,12 @@ class SqlFamilyWarehouse(Warehouse):
                 "current_timestamp",
             ]
             sets = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "id")
+            changed = self._profile_changed([*spec.trait_columns, "received_at"])
             self._execute(
-                f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(values)} "
+                f"INSERT INTO {target} AS _sluice_t ({', '.join(cols)}) "
+                f"SELECT {', '.join(values)} "
                 f"FROM {stage} s JOIN {target} t ON t.id = s.id "
-                f"ON CONFLICT (id) DO UPDATE SET {sets}"
+                f"ON CONFLICT (id) DO UPDATE SET {sets} WHERE {changed}"
             )
             self._execute(
                 f"UPDATE {marks} SET mark_ts = s.last_ts FROM {stage} s WHERE "
@@ -267,7 +345,7 @@ class SqlFamilyWarehouse(Warehouse):
     # --- bookkeeping ----------------------------------------------------------------
     def loaded_files(self, schema: str) -> set[str]:
         rows = self._fetchall(
-            f"SELECT file FROM {quote(BOOKKEEPING_SCHEMA)}.loaded_files "
+            f"SELECT file FROM {self._s(BOOKKEEPING_SCHEMA)}.loaded_files "
             f"WHERE schema_name = {self.placeholder}",
             (schema,),
         )
@@ -296,7 +374,7 @@ class SqlFamilyWarehouse(Warehouse):
 
     def turned_off_names(self, schema: str) -> dict[str, set[str]]:
         rows = self._fetchall(
-            f"SELECT table_name, column_name FROM {quote(BOOKKEEPING_SCHEMA)}.turned_off_names "
+            f"SELECT table_name, column_name FROM {self._s(BOOKKEEPING_SCHEMA)}.turned_off_names "
             f"WHERE schema_name = {self.placeholder}",
             (schema,),
         )
@@ -308,12 +386,22 @@ class SqlFamilyWarehouse(Warehouse):
     def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None:
         if not rejects:
             return
+        # A reject is known by its file and line: re-reading a file (a replay, a file
+        # that failed and is read again) never records it twice.
         self.insert_plain(
             BOOKKEEPING_SCHEMA,
             "rejected_events",
             ("schema_name", "file", "line", "raw", "reason"),
             [(schema, r.file, r.line, r.raw, r.reason) for r in rejects],
+            skip_existing=True,
         )
+
+    # The columns a bookkeeping row is known by (skip_existing); others: every column.
+    _KEYS: dict[str, tuple[str, ...]] = {
+        "loaded_files": ("schema_name", "file"),
+        "rejected_events": ("schema_name", "file", "line"),
+        "turned_off_names": ("schema_name", "table_name", "column_name"),
+    }
 
     def insert_plain(
         self,
@@ -323,18 +411,30 @@ class SqlFamilyWarehouse(Warehouse):
         rows: Sequence[Sequence[Any]],
         skip_existing: bool = False,
     ) -> None:
+        """Small writes, a statement per row; skip_existing leaves out the rows whose key
+        (_KEYS) is there already (rows of one call have distinct keys)."""
+        if not rows:
+            return
         p = ", ".join([self.placeholder] * len(columns))
         cols = ", ".join(quote(c) for c in columns)
-        tail = " ON CONFLICT DO NOTHING" if skip_existing else ""
+        target = self._t(schema, table)
+        if not skip_existing:
+            self._executemany(f"INSERT INTO {target} ({cols}) VALUES ({p})", rows)
+            return
+        keys = self._KEYS.get(table, tuple(columns))
+        where = " AND ".join(f"{quote(k)} IS NOT DISTINCT FROM {self.placeholder}" for k in keys)
+        at = [list(columns).index(k) for k in keys]
         self._executemany(
-            f"INSERT INTO {qualified(schema, table)} ({cols}) VALUES ({p}){tail}", rows
+            f"INSERT INTO {target} ({cols}) SELECT {p} "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {target} WHERE {where})",
+            [(*row, *(row[i] for i in at)) for row in rows],
         )
 
     def record_run(self, schema: str, report: dict[str, Any]) -> None:
         p = self.placeholder
         with self.transaction():
             self._execute(
-                f"INSERT INTO {quote(BOOKKEEPING_SCHEMA)}.sync_runs (run_id, schema_name, "
+                f"INSERT INTO {self._s(BOOKKEEPING_SCHEMA)}.sync_runs (run_id, schema_name, "
                 "target, status, started_at, finished_at, report) "
                 f"VALUES ({', '.join([p] * 7)})",
                 (
@@ -350,18 +450,18 @@ class SqlFamilyWarehouse(Warehouse):
 
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
         rows = self._fetchall(
-            f"SELECT report FROM {quote(BOOKKEEPING_SCHEMA)}.sync_runs "
+            f"SELECT report FROM {self._s(BOOKKEEPING_SCHEMA)}.sync_runs "
             f"ORDER BY started_at DESC LIMIT {int(limit)}"
         )
         return [r[0] if isinstance(r[0], dict) else orjson.loads(r[0]) for r in rows]
 
     def table_ref(self, schema: str, table: str) -> str:
-        return qualified(schema, table)
+        return self._t(schema, table)
 
     def table_stats(self, schema: str, table: str) -> TableStats:
         rows, duplicates, newest = self._fetchall(
             "SELECT count(*), count(*) - count(DISTINCT id), max(received_at) "
-            f"FROM {qualified(schema, table)}"
+            f"FROM {self._t(schema, table)}"
         )[0]
         return TableStats(int(rows), int(duplicates), newest)
 
@@ -386,7 +486,7 @@ class SqlFamilyWarehouse(Warehouse):
         where _retl_row_hash hashed them already."""
 
     def _retl_table(self, kind: str, model: str) -> str:
-        return qualified(BOOKKEEPING_SCHEMA, f"retl_{kind}__{model}")
+        return self._t(BOOKKEEPING_SCHEMA, f"retl_{kind}__{model}")
 
     def _retl_kind(self, data_type: str) -> ColumnType:
         """Coarse type of a model column (for creating a destination table)."""
@@ -405,14 +505,14 @@ class SqlFamilyWarehouse(Warehouse):
     def _retl_columns_of(self, table: str) -> dict[str, ColumnType]:
         rows = self._fetchall(
             "SELECT column_name, data_type FROM information_schema.columns "
-            f"WHERE table_schema = {self.placeholder} AND table_name = {self.placeholder} "
-            "ORDER BY ordinal_position",
+            f"WHERE table_schema = {self.placeholder} AND table_name = {self.placeholder}"
+            f"{self._catalog_filter} ORDER BY ordinal_position",
             (BOOKKEEPING_SCHEMA, table),
         )
         return {str(c): self._retl_kind(str(t)) for c, t in rows}
 
     def retl_ensure_bookkeeping(self) -> None:
-        b = quote(BOOKKEEPING_SCHEMA)
+        b = self._s(BOOKKEEPING_SCHEMA)
         ts = self.capabilities.type_names[ColumnType.TIMESTAMP]
         with self.transaction():
             self._execute(f"CREATE SCHEMA IF NOT EXISTS {b}")
@@ -488,7 +588,7 @@ class SqlFamilyWarehouse(Warehouse):
                 "COALESCE(s._sluice_key, p.key) AS _sluice_key, "
                 "COALESCE(s._sluice_hash, p.row_hash) AS _sluice_hash, "
                 f"{s_cols} FROM {stage} AS s FULL OUTER JOIN (SELECT key, row_hash FROM "
-                f"{quote(BOOKKEEPING_SCHEMA)}.retl_snapshots WHERE model = {p}) AS p "
+                f"{self._s(BOOKKEEPING_SCHEMA)}.retl_snapshots WHERE model = {p}) AS p "
                 "ON p.key = s._sluice_key "
                 "WHERE p.key IS NULL OR s._sluice_key IS NULL OR p.row_hash <> s._sluice_hash"
                 ") AS d",
@@ -523,7 +623,7 @@ class SqlFamilyWarehouse(Warehouse):
     def _retl_apply(self, model: str, where: str, param: list[Any]) -> None:
         """Replace the snapshot rows of the change-set rows matching `where`."""
         changes = self._retl_table("changes", model)
-        snapshots = f"{quote(BOOKKEEPING_SCHEMA)}.retl_snapshots"
+        snapshots = f"{self._s(BOOKKEEPING_SCHEMA)}.retl_snapshots"
         p = self.placeholder
         with self.transaction():
             self._execute(
@@ -596,7 +696,7 @@ class SqlFamilyWarehouse(Warehouse):
     def retl_snapshot_count(self, model: str) -> int:
         return int(
             self._fetchall(
-                f"SELECT count(*) FROM {quote(BOOKKEEPING_SCHEMA)}.retl_snapshots "
+                f"SELECT count(*) FROM {self._s(BOOKKEEPING_SCHEMA)}.retl_snapshots "
                 f"WHERE model = {self.placeholder}",
                 (model,),
             )[0][0]
@@ -606,7 +706,7 @@ class SqlFamilyWarehouse(Warehouse):
         p = self.placeholder
         with self.transaction():
             self._execute(
-                f"INSERT INTO {quote(BOOKKEEPING_SCHEMA)}.retl_runs (run_id, model, target, "
+                f"INSERT INTO {self._s(BOOKKEEPING_SCHEMA)}.retl_runs (run_id, model, target, "
                 f"status, started_at, finished_at, report) VALUES ({', '.join([p] * 7)})",
                 (
                     report["run_id"],
@@ -624,7 +724,7 @@ class SqlFamilyWarehouse(Warehouse):
             ("", ()) if model is None else (f"WHERE model = {self.placeholder}", (model,))
         )
         rows = self._fetchall(
-            f"SELECT report FROM {quote(BOOKKEEPING_SCHEMA)}.retl_runs {where} "
+            f"SELECT report FROM {self._s(BOOKKEEPING_SCHEMA)}.retl_runs {where} "
             f"ORDER BY started_at DESC LIMIT {int(limit)}",
             params,
         )
@@ -640,10 +740,10 @@ class SqlFamilyWarehouse(Warehouse):
         keys: Sequence[str],
     ) -> None:
         existing = self.read_schema(schema).get(table)
-        target = qualified(schema, table)
+        target = self._t(schema, table)
         with self.transaction():
             if existing is None:
-                self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+                self._execute(f"CREATE SCHEMA IF NOT EXISTS {self._s(schema)}")
                 cols = ", ".join(
                     f"{quote(n)} {self.capabilities.type_names[k]}" for n, k in columns.items()
                 )
