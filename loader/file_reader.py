@@ -228,7 +228,11 @@ class _ReaderProcess:
 
 
 def _write_frame(stream: IO[bytes], obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - sent as the answer's error instead
+        error = RuntimeError(f"an archive reader's answer could not be sent: {exc}")
+        data = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_FRAME.pack(len(data)))
     stream.write(data)
     stream.flush()

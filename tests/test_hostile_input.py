@@ -72,7 +72,8 @@ def test_raw_nul_bytes_and_binary_files_become_storable_rejects(open_wh, tmp_pat
     """A malformed line holding a NUL byte (or bytes that are not UTF-8), and a binary
     file named `.gz`, are rejects whose raw text every warehouse can store."""
     root = tmp_path / "a"
-    lines = [track("ok-1"), b'{"type": "track", \x00 "bad": \xff}', track("ok-2")]
+    huge = b"\x00" * 300_000  # a binary "line": its reject keeps the first 64 KiB
+    lines = [track("ok-1"), b'{"type": "track", \x00 "bad": \xff}', track("ok-2"), huge]
     write_ndjson(root / "1.ndjson", lines, gz=False)
     (root / "2.gz").write_bytes(b"PK\x03\x04\x00\x00\x14\x00\xff\xfe binary\nzip\x00data")
     wh = open_wh()
@@ -81,14 +82,16 @@ def test_raw_nul_bytes_and_binary_files_become_storable_rejects(open_wh, tmp_pat
     rejects = _rejects(wh)
     assert [(Path(f).name, line) for f, line, _, _ in rejects] == [
         ("1.ndjson", 2),
+        ("1.ndjson", 4),
         ("2.gz", 1),
         ("2.gz", 2),
     ]
+    assert rejects[1][2] == "\\x00" * 65536 + "... (300000 bytes in all)"
     assert rejects[0][2] == '{"type": "track", \\x00 "bad": \\xff}'
     assert all("\\x00" in raw and "\x00" not in raw for _, _, raw, _ in rejects)
-    assert rejects[1][2].endswith("\\x00\\xff\\xfe binary")
+    assert rejects[2][2].endswith("\\x00\\xff\\xfe binary")
     assert all("not valid JSON" in reason for *_, reason in rejects)
-    assert report.rejects == 3 and report.status == "success"
+    assert report.rejects == 4 and report.status == "success"
 
 
 def test_event_times_out_of_range_are_rejected_and_property_times_kept(
