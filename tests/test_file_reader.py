@@ -43,6 +43,23 @@ def test_corrupt_gzip_names_file_and_line(tmp_path: Path) -> None:
     assert "corrupt gzip" in str(caught.value)
 
 
+def test_concatenated_gzip_members_read_as_one_file(tmp_path: Path) -> None:
+    """`cat a.gz b.gz` is a valid gzip file (RFC 1952 members); bytes after the last
+    member that are not gzip are a break after every line was read."""
+    one = gzip.compress(b'{"a": 1}\n{"b": 2}\n')
+    two = gzip.compress(b'{"c": 3}\n')
+    path = tmp_path / "cat.ndjson.gz"
+    path.write_bytes(one + two)
+    assert [n for n, _ in iter_lines(str(path))] == [1, 2, 3]
+    path.write_bytes(one + two + b"\x00\x00trailing")
+    read = []
+    with pytest.raises(CorruptFile) as caught:
+        for item in iter_lines(str(path)):
+            read.append(item)
+    assert read == [(1, b'{"a": 1}'), (2, b'{"b": 2}'), (3, b'{"c": 3}')]
+    assert caught.value.line == 4 and "not gzip" in caught.value.reason
+
+
 def _archive(root: Path) -> Path:
     """Three files: cross-file duplicates, a malformed line, a corrupt file."""
     write_ndjson(
