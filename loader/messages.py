@@ -198,8 +198,8 @@ _EDGE_YEARS: Final = frozenset({1, 9999})
 def _edge_year(text: str | None) -> bool:
     """Whether a time that parsed may be in year 1 or 9999: its text (ISO-8601, so the
     year is its first four digits) starts with 0 or 9. A character comparison, where a
-    datetime's `.year` is an attribute lookup and a new int (measured: a tenth of
-    parse_line's instructions for the four times)."""
+    datetime's `.year` is an attribute lookup and a new int (valgrind, compiled: the four
+    `.year` checks were 7% of parse_line's instructions)."""
     return text is not None and (text[0] == "0" or text[0] == "9")
 
 
