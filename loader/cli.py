@@ -9,7 +9,15 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from loader.cli_common import CliContext, console, fail, open_target, progress, run_sync
+from loader.cli_common import (
+    CliContext,
+    console,
+    fail,
+    incomplete,
+    open_target,
+    progress,
+    run_sync,
+)
 from loader.cli_project import catalog, replay, selective_sync, sync
 from loader.cli_retl import retl
 from loader.config import ConfigError, find_profiles, load_profiles
@@ -124,7 +132,7 @@ def load(
         )
     finally:
         warehouse.close()
-    if report is None:
+    if incomplete(report):
         sys.exit(1)
 
 

@@ -67,4 +67,18 @@ def run_sync(
         err_console.print(f"[red]error:[/] {what} failed: {exc}", highlight=False)
         return None
     print_report(report.to_dict(), console)
+    if incomplete(report):
+        failed = report.files_failed
+        err_console.print(
+            f"[red]error:[/] {what} is partial: {len(failed)} file(s) not loaded to the "
+            f"end (first: {failed[0]['file']}: {failed[0]['error']}); everything else is "
+            "loaded",
+            highlight=False,
+        )
     return report
+
+
+def incomplete(report: SyncReport | None) -> bool:
+    """Whether a sync did not load all it was asked to (exit 1): it failed, or a file
+    broke part way or could not be read (`partial`)."""
+    return report is None or report.status == "partial"

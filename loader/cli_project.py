@@ -12,7 +12,15 @@ import click
 from rich.table import Table
 
 from loader.catalog import update_catalog
-from loader.cli_common import CliContext, console, err_console, fail, open_target, progress
+from loader.cli_common import (
+    CliContext,
+    console,
+    err_console,
+    fail,
+    incomplete,
+    open_target,
+    progress,
+)
 from loader.cli_common import run_sync as run_one
 from loader.config import ConfigError, Profiles
 from loader.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
@@ -102,7 +110,7 @@ def _run_pairs(
                 update_catalog(project.root, target_name, schema, warehouse.read_schema(schema))
         finally:
             warehouse.close()
-        failures += report is None
+        failures += incomplete(report)
     if failures:
         sys.exit(1)
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from loader.encoded import EncodedChunk, RowEncoder, encode_table
-from loader.messages import Reject, parse_line
+from loader.messages import Reject, nesting_depth, parse_line, storable_text, too_deep_reason
 from loader.normalize import RowFilter, TableChunk, TableRows, fixed_columns, rows_into
 from loader.schema import ColumnType
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines
@@ -33,7 +33,10 @@ class FileRead:
     """What one file holds, ready to merge into a batch: the messageIds of its valid
     lines (first copy within the file kept), their rows per table, and what failed.
 
-    A file is all or nothing: a corrupt gzip stream yields `failure` and no rows."""
+    A gzip stream that breaks (truncated, damaged) keeps the lines read before the break
+    and sets `failure` with `"partial": True` (the break is one of `rejects`); a file
+    that cannot be read (vanished, unreadable) has `failure` with `"partial": False`
+    and no rows, and is not to be recorded as loaded."""
 
     url: str
     lines: int = 0
@@ -101,9 +104,15 @@ def read_file(
             if mid in seen:
                 read.duplicates += 1
                 continue
+            try:
+                rows_into(by_table, body, row_filter, as_datetimes)
+            except RecursionError:  # decoded, but nested too deep to flatten here
+                _drop_rows_of(by_table, mid)
+                reason = too_deep_reason(nesting_depth(raw))
+                rejects.append(Reject(url, line_no, storable_text(raw), reason))
+                continue
             seen.add(mid)
             ids.append(mid)
-            rows_into(by_table, body, row_filter, as_datetimes)
             kind = body.type
             if kind == "identify":
                 if options.users_on and body.user_id not in (None, ""):
@@ -111,9 +120,19 @@ def read_file(
             elif kind == "group" and options.accounts_on:
                 accounts.add(str(body.group_id))
     except CorruptFile as exc:
-        failed = FileRead(url, read.lines)
-        failed.failure = {"file": exc.file, "line": exc.line, "error": exc.reason}
-        failed.rejects.append(Reject(exc.file, exc.line, "", exc.reason))
+        # Loaded up to the break; the break itself is one reject, keyed by file and line.
+        read.failure = {"file": exc.file, "line": exc.line, "error": exc.reason, "partial": True}
+        rejects.append(Reject(exc.file, exc.line, storable_text(exc.raw), exc.reason))
+    except OSError as exc:
+        # Not the data's fault (gone, unreadable, a dropped connection): nothing of the
+        # file is kept, so the next run reads it whole.
+        failed = FileRead(url, 0)
+        failed.failure = {
+            "file": url,
+            "line": None,
+            "error": f"could not be read: {_os_error_text(exc)}",
+            "partial": False,
+        }
         return failed
     if row_filter is not None:
         read.decided = row_filter.decided_names()
@@ -140,6 +159,26 @@ def read_file(
         )
         del chunk
     return read
+
+
+def _drop_rows_of(by_table: TableRows, mid: str) -> None:
+    """Undo the rows one message had appended before its normalisation failed (each is
+    the last of its table's rows: a `tracks` row is built before its event table's)."""
+    for table in list(by_table):
+        values, rescued = by_table[table]
+        if values and values[-1].get("id") == mid:
+            values.pop()
+            rescued.pop()
+            if not values:
+                del by_table[table]
+
+
+def _os_error_text(exc: OSError) -> str:
+    """An I/O error as one clause: `[Errno 2] No such file or directory: 'x'` reads as
+    "no such file or directory" (the file is named by the caller)."""
+    if exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
 
 
 def default_readers() -> int:
@@ -189,18 +228,27 @@ class _ReaderProcess:
 
 
 def _write_frame(stream: IO[bytes], obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - sent as the answer's error instead
+        error = RuntimeError(f"an archive reader's answer could not be sent: {exc}")
+        data = pickle.dumps(error, protocol=pickle.HIGHEST_PROTOCOL)
     stream.write(_FRAME.pack(len(data)))
     stream.write(data)
     stream.flush()
 
 
 def _read_frame(stream: IO[bytes]) -> Any:
+    data = _read_frame_bytes(stream)
+    return None if data is None else pickle.loads(data)
+
+
+def _read_frame_bytes(stream: IO[bytes]) -> bytes | None:
     head = stream.read(_FRAME.size)
     if len(head) < _FRAME.size:
         return None
     (size,) = _FRAME.unpack(head)
-    return pickle.loads(stream.read(size))
+    return stream.read(size)
 
 
 _FRAME = struct.Struct("<Q")
@@ -262,23 +310,48 @@ def _serve() -> None:
 
     def take_requests() -> None:
         while True:
-            request = _read_frame(requests)
-            pending.put(request)
-            if request is None:
+            try:
+                data = _read_frame_bytes(requests)
+            except OSError:
+                data = None  # the loader's end is gone
+            if data is None:
+                pending.put(None)
                 return
+            try:
+                pending.put(pickle.loads(data))
+            except Exception as exc:  # noqa: BLE001 - this request's answer, not a hang
+                pending.put(_picklable(exc))
 
     threading.Thread(target=take_requests, name="requests", daemon=True).start()
-    while True:
-        request = pending.get()
-        if request is None:
-            return
-        archive_file, options, context = request
-        try:
-            answer: Any = read_file(archive_file, options, context)
-        except Exception as exc:  # noqa: BLE001 - re-raised in the loader process
-            answer = exc
-        _write_frame(answers, answer)
-        answer = None
+    try:
+        while True:
+            request = pending.get()
+            if request is None:
+                return
+            if isinstance(request, Exception):
+                answer: Any = request  # a request that could not be unpickled
+            else:
+                archive_file, options, context = request
+                try:
+                    answer = read_file(archive_file, options, context)
+                except Exception as exc:  # noqa: BLE001 - re-raised in the loader process
+                    answer = _picklable(exc)
+            _write_frame(answers, answer)
+            answer = None
+    except (BrokenPipeError, KeyboardInterrupt):
+        # The loader stopped (an error, Ctrl-C) and closed its end: it reports why, and
+        # a reader has nothing to add, least of all a traceback.
+        os._exit(0)
+
+
+def _picklable(exc: Exception) -> Exception:
+    """The error itself when it pickles (the loader re-raises it as it was), else a
+    RuntimeError with its text."""
+    try:
+        pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - any failure to pickle
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 if __name__ == "__main__":

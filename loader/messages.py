@@ -6,10 +6,11 @@ nothing is silently dropped and one bad line never fails its batch.
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import orjson
@@ -45,11 +46,26 @@ _fromisoformat = (
 
 
 def parse_timestamp(value: Any) -> datetime | None:
-    """ISO-8601 to an aware UTC datetime; None when it is not one."""
+    """ISO-8601 to an aware UTC datetime; None when it is not one (or is one whose UTC
+    time falls outside years 1 to 9999: such a property stays text, or is rescued)."""
     parsed = _time(value) if type(value) is str else None
     if parsed is None or parsed.tzinfo is timezone.utc:
         return parsed
-    return parsed.astimezone(timezone.utc)
+    return _utc(parsed)
+
+
+def _utc(parsed: datetime) -> datetime | None:
+    """`parsed` in UTC, or None when that is before 0001-01-01 or after 9999-12-31
+    (`0001-01-01T00:00:00+01:00`), which no datetime can hold."""
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:
+        return None
+
+
+def _out_of_range(parsed: datetime) -> bool:
+    """Whether an event time cannot be written in UTC."""
+    return parsed.year in _EDGE_YEARS and _utc(parsed) is None
 
 
 _LOWER_KINDS = {kind: kind for kind in CALL_TYPES}
@@ -115,22 +131,32 @@ def _check(envelope: Envelope) -> str | None:
         return "field 'messageId': missing or not a non-empty string"
     if len(mid) > MAX_MESSAGE_ID_CHARS:
         return f"field 'messageId': longer than {MAX_MESSAGE_ID_CHARS} characters"
-    received = _time(envelope.received_at)
+    # Each text read off the envelope once (an attribute lookup each, compiled or not).
+    received_at = envelope.received_at
+    received = _time(received_at)
     if received is None:
-        if envelope.received_at is None:
+        if received_at is None:
             return "field 'receivedAt': missing"
-        return f"field 'receivedAt': not an ISO-8601 timestamp: {envelope.received_at!r}"
+        return f"field 'receivedAt': not an ISO-8601 timestamp: {received_at!r}"
     sent = original = event_time = None
-    if envelope.sent_at is not None and (sent := _time(envelope.sent_at)) is None:
-        return f"field 'sentAt': not an ISO-8601 timestamp: {envelope.sent_at!r}"
-    if envelope.timestamp is not None and (event_time := _time(envelope.timestamp)) is None:
-        return f"field 'timestamp': not an ISO-8601 timestamp: {envelope.timestamp!r}"
+    sent_at = envelope.sent_at
+    if sent_at is not None and (sent := _time(sent_at)) is None:
+        return f"field 'sentAt': not an ISO-8601 timestamp: {sent_at!r}"
+    timestamp = envelope.timestamp
+    if timestamp is not None and (event_time := _time(timestamp)) is None:
+        return f"field 'timestamp': not an ISO-8601 timestamp: {timestamp!r}"
+    original_at = envelope.original_timestamp
+    if original_at is not None and (original := _time(original_at)) is None:
+        return f"field 'originalTimestamp': not an ISO-8601 timestamp: {original_at!r}"
     if (
-        envelope.original_timestamp is not None
-        and (original := _time(envelope.original_timestamp)) is None
+        _edge_year(received_at)
+        or _edge_year(sent_at)
+        or _edge_year(timestamp)
+        or _edge_year(original_at)
     ):
-        value = envelope.original_timestamp
-        return f"field 'originalTimestamp': not an ISO-8601 timestamp: {value!r}"
+        reason = _range_reason(envelope, received, sent, event_time, original)
+        if reason is not None:
+            return reason
     if lowered == "track":
         if not envelope.event:
             return "field 'event': a track call needs an event name"
@@ -145,10 +171,54 @@ def _check(envelope: Envelope) -> str | None:
         # Corrected here from the values just parsed, rather than parsed again later;
         # normalize writes it out as text only for a bulk path that takes text.
         event_time = _corrected(received, sent, original)
+        if event_time is None:
+            return _CORRECTED_OUT_OF_RANGE
+        year = event_time.year
+        if (year == 1 or year == 9999) and _out_of_range(event_time):
+            return _CORRECTED_OUT_OF_RANGE
     envelope.received = received
     envelope.sent = sent
     envelope.event_time = event_time
     envelope.original = original
+    return None
+
+
+_RANGE = "out of range (before 0001-01-01 or after 9999-12-31 in UTC)"
+_CORRECTED_OUT_OF_RANGE = (
+    "fields 'receivedAt', 'sentAt', 'originalTimestamp': the corrected timestamp "
+    f"receivedAt - (sentAt - originalTimestamp) is {_RANGE}"
+)
+
+
+# Only times in these years can fall outside years 1 to 9999 in UTC (offsets are under
+# a day).
+_EDGE_YEARS: Final = frozenset({1, 9999})
+
+
+def _edge_year(text: str | None) -> bool:
+    """Whether a time that parsed may be in year 1 or 9999: its text (ISO-8601, so the
+    year is its first four digits) starts with 0 or 9. A character comparison, where a
+    datetime's `.year` is an attribute lookup and a new int (valgrind, compiled: the four
+    `.year` checks were 7% of parse_line's instructions)."""
+    return text is not None and (text[0] == "0" or text[0] == "9")
+
+
+def _range_reason(
+    envelope: Envelope,
+    received: datetime,
+    sent: datetime | None,
+    event_time: datetime | None,
+    original: datetime | None,
+) -> str | None:
+    """Which event time cannot be written in UTC, if any (slow; edge years only)."""
+    for field, parsed, text in (
+        ("receivedAt", received, envelope.received_at),
+        ("sentAt", sent, envelope.sent_at),
+        ("timestamp", event_time, envelope.timestamp),
+        ("originalTimestamp", original, envelope.original_timestamp),
+    ):
+        if parsed is not None and _out_of_range(parsed):
+            return f"field '{field}': {_RANGE}: {text!r}"
     return None
 
 
@@ -164,18 +234,32 @@ def _time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
+_BACKSLASH: Final = 0x5C
+
+
 def parse_line(raw: bytes, file: str, line: int) -> Envelope | Reject:
     """One archive line to a validated message, or a reject that says why.
 
     msgspec decodes and type-checks the envelope in one C pass; a line it refuses is
     parsed again by orjson, which names what is wrong with it (or accepts it: a boolean
-    userId, say, which Segment takes as text)."""
+    userId, say, which Segment takes as text).
+
+    NUL characters (`\\u0000`) are removed before decoding, from every key and value:
+    PostgreSQL and Redshift cannot store them, and every warehouse must get the same
+    rows. JSON can only carry one escaped, so a line without a backslash (nearly every
+    line) costs one memchr (`int in bytes`; `b"\\\\" in raw` first tries the bytes as an
+    int and builds a TypeError: ten times the instructions)."""
+    text = raw
+    if _BACKSLASH in raw and b"\\u0000" in raw:
+        text = _NUL_ESCAPE.sub(rb"\1", raw)
     try:
-        envelope = _DECODER.decode(raw)
+        envelope = _DECODER.decode(text)
     except msgspec.MsgspecError:
         try:
-            body = orjson.loads(raw)
+            body = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
+            if "depth" in str(exc):
+                return _reject(raw, file, line, _too_deep(text))
             return _reject(raw, file, line, f"not valid JSON: {exc}")
         if not isinstance(body, dict):
             return _reject(raw, file, line, "not a JSON object")
@@ -183,14 +267,64 @@ def parse_line(raw: bytes, file: str, line: int) -> Envelope | Reject:
         if reason is not None:
             return _reject(raw, file, line, reason)
         envelope = _from_dict(body)
+    except RecursionError:
+        return _reject(raw, file, line, _too_deep(text))
     reason = _check(envelope)
     if reason is not None:
         return _reject(raw, file, line, reason)
     return envelope
 
 
+# A `\u0000` escape: preceded by an even run of backslashes (`\\\\u0000` is a backslash
+# and the text "u0000", no NUL).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(rb"[\[\]{}]")
+
+
+def nesting_depth(raw: bytes) -> int:
+    """How deeply a line's objects and arrays nest (strings skipped). Slow; for the
+    reason of a reject only."""
+    depth = deepest = 0
+    for bracket in _BRACKETS.findall(_JSON_STRING.sub(b"", raw)):
+        if bracket in (b"[", b"{"):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+        else:
+            depth -= 1
+    return deepest
+
+
+def too_deep_reason(depth: int) -> str:
+    return (
+        f"nested {depth} levels deep: objects and arrays nested about 1,000 levels or "
+        "more cannot be read"
+    )
+
+
+def _too_deep(raw: bytes) -> str:
+    return too_deep_reason(nesting_depth(raw))
+
+
 def _reject(raw: bytes, file: str, line: int, reason: str) -> Reject:
-    return Reject(file, line, raw.decode("utf-8", "replace"), reason)
+    return Reject(file, line, storable_text(raw), reason)
+
+
+# A reject keeps this much of its line (Segment's messages are at most 32 KB, so any
+# real message is kept whole; a "line" of a binary file can be any size).
+MAX_RAW_BYTES = 1 << 16
+
+
+def storable_text(raw: bytes) -> str:
+    """A line's bytes as text every warehouse can store: bytes that are not UTF-8 as
+    `\\xNN` escapes, a NUL byte as `\\x00` (no text column takes one), and no more
+    than MAX_RAW_BYTES of it (the whole line stays in its file, which the reject names)."""
+    cut = len(raw) > MAX_RAW_BYTES
+    text = (raw[:MAX_RAW_BYTES] if cut else raw).decode("utf-8", "backslashreplace")
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return f"{text}... ({len(raw)} bytes in all)" if cut else text
 
 
 def corrected_timestamp(body: dict[str, Any]) -> datetime | None:
@@ -208,6 +342,11 @@ def corrected_timestamp(body: dict[str, Any]) -> datetime | None:
 def _corrected(
     received: datetime | None, sent: datetime | None, original: datetime | None
 ) -> datetime | None:
+    """received - (sent - original); None when that falls outside what a datetime holds
+    (`receivedAt` 9999-12-31 with `sentAt` 0001-01-01)."""
     if received is not None and sent is not None and original is not None:
-        return received - (sent - original)
+        try:
+            return received - (sent - original)
+        except OverflowError:
+            return None
     return original or received

@@ -164,8 +164,9 @@ def _now() -> datetime:
 
 @contextmanager
 def recorded_run(wh: Warehouse, schema: str, source: str) -> Iterator[SyncReport]:
-    """A sync's report: timed, marked success or failed, and stored in `_sluice` either
-    way (except when the lock refused the run: that run never started)."""
+    """A sync's report: timed, marked success, partial (some file broke part way or could
+    not be read: `files_failed`) or failed, and stored in `_sluice` either way (except
+    when the lock refused the run: that run never started)."""
     started = time.perf_counter()
     report = SyncReport(
         run_id=uuid.uuid4().hex,
@@ -177,7 +178,8 @@ def recorded_run(wh: Warehouse, schema: str, source: str) -> Iterator[SyncReport
     wh.ensure_bookkeeping()
     try:
         yield report
-        report.status = "success"
+        # Files that broke part way, or could not be read, leave the load incomplete.
+        report.status = "partial" if report.files_failed else "success"
     except Exception as exc:
         report.status = "failed"
         report.error = f"{type(exc).__name__}: {exc}"
@@ -319,7 +321,7 @@ class Loader:
             if batch.lines >= self.batch_lines:
                 yield batch
                 batch = _Batch(recent=batch.seen)
-        if batch.files or batch.rejects:
+        if batch.files or batch.rejects or batch.failed:
             yield batch
 
     def _encode_context(self) -> EncodeContext:
@@ -334,7 +336,10 @@ class Loader:
         batch.rejects.extend(read.rejects)
         if read.failure is not None:
             batch.failed.append(read.failure)
-            return
+            if not read.failure.get("partial"):
+                return  # unread: not recorded, so the next run reads it again
+            # Broken part way: what was read before the break loads, and the file is
+            # recorded (its break is a reject), so a rerun neither re-reads nor repeats it.
         repeated = batch.seen.intersection(read.ids)
         repeated.update(batch.recent.intersection(read.ids))
         batch.seen.update(read.ids)

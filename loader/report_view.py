@@ -10,7 +10,7 @@ from rich.table import Table
 
 def print_report(report: dict[str, Any], console: Console) -> None:
     status = report["status"]
-    colour = "green" if status == "success" else "red"
+    colour = {"success": "green", "partial": "yellow"}.get(status, "red")
     console.print(
         f"[bold {colour}]{status}[/]: {report['source_url']} -> "
         f"{report['target']}.{report['schema']} in {report['duration_s']:.2f}s"
@@ -54,9 +54,11 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             + (f" and {more} more" if more > 0 else "")
         )
     for failure in report["files_failed"]:
-        console.print(
-            f"[yellow]skipped corrupt file[/] {failure['file']} (line {failure['line']}): "
-            f"{failure['error']}"
-        )
+        if failure.get("partial"):
+            # Loaded up to the break and recorded; the break is a reject.
+            what = f"loaded up to line {failure['line']}, where its data breaks:"
+        else:
+            what = "not loaded (read again next run):"
+        console.print(f"[yellow]file {failure['file']}[/] {what} {failure['error']}")
     if report.get("error"):
         console.print(f"[red]error:[/] {report['error']}")

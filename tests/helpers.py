@@ -66,3 +66,17 @@ def identify(mid: str, user: str, timestamp: str, received: str, **traits: Any) 
         "receivedAt": received,
         "traits": traits,
     }
+
+
+class ExplodingFilter:
+    """A selective-sync filter that fails: an error no reader expects (importable, so
+    it pickles into reader processes)."""
+
+    def table_synced(self, table: str) -> bool:
+        raise ValueError(f"boom in {table}")
+
+    def columns_kept(self, table: str) -> dict[str, bool]:
+        return {}
+
+    def decided_names(self) -> tuple[list[str], list[tuple[str, str]]]:
+        return [], []

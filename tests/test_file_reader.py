@@ -13,7 +13,7 @@ from loader.file_reader import ReadOptions, read_file, read_files
 from loader.pipeline import Loader
 from loader.sources import archive
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines, list_files
-from tests.helpers import identify, snapshot, track, write_ndjson
+from tests.helpers import ExplodingFilter, identify, snapshot, track, write_ndjson
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -41,6 +41,23 @@ def test_corrupt_gzip_names_file_and_line(tmp_path: Path) -> None:
     assert caught.value.file == str(path)
     assert caught.value.line > 1  # the lines before the damage were read
     assert "corrupt gzip" in str(caught.value)
+
+
+def test_concatenated_gzip_members_read_as_one_file(tmp_path: Path) -> None:
+    """`cat a.gz b.gz` is a valid gzip file (RFC 1952 members); bytes after the last
+    member that are not gzip are a break after every line was read."""
+    one = gzip.compress(b'{"a": 1}\n{"b": 2}\n')
+    two = gzip.compress(b'{"c": 3}\n')
+    path = tmp_path / "cat.ndjson.gz"
+    path.write_bytes(one + two)
+    assert [n for n, _ in iter_lines(str(path))] == [1, 2, 3]
+    path.write_bytes(one + two + b"\x00\x00trailing")
+    read = []
+    with pytest.raises(CorruptFile) as caught:
+        for item in iter_lines(str(path)):
+            read.append(item)
+    assert read == [(1, b'{"a": 1}'), (2, b'{"b": 2}'), (3, b'{"c": 3}')]
+    assert caught.value.line == 4 and "not gzip" in caught.value.reason
 
 
 def _archive(root: Path) -> Path:
@@ -76,9 +93,36 @@ def test_reader_processes_return_what_reading_here_returns(tmp_path: Path) -> No
 
 def test_an_error_in_a_reader_process_reaches_the_loader(tmp_path: Path) -> None:
     real = write_ndjson(tmp_path / "ok.ndjson.gz", [track("t1")])
+    files = [ArchiveFile(str(real), 1), ArchiveFile(str(real), 1)]
+    with pytest.raises(ValueError, match="boom in tracks"):
+        list(read_files(files, ReadOptions(row_filter=ExplodingFilter()), readers=2))
+
+
+class _LocalFilter(ExplodingFilter):
+    """Defined in a test module a reader process cannot import."""
+
+
+@pytest.mark.timeout(60)
+def test_a_request_a_reader_cannot_unpickle_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """The reader's request thread died on it and both processes waited forever."""
+    real = write_ndjson(tmp_path / "ok.ndjson.gz", [track("t1")])
+    files = [ArchiveFile(str(real), 1), ArchiveFile(str(real), 1)]
+    with pytest.raises(ModuleNotFoundError):
+        list(read_files(files, ReadOptions(row_filter=_LocalFilter()), readers=2))
+
+
+def test_a_missing_file_is_a_failure_of_that_file_alone(tmp_path: Path) -> None:
+    real = write_ndjson(tmp_path / "ok.ndjson.gz", [track("t1")])
     files = [ArchiveFile(str(real), 1), ArchiveFile(str(tmp_path / "gone.ndjson.gz"), 1)]
-    with pytest.raises(FileNotFoundError, match="gone.ndjson.gz"):
-        list(read_files(files, ReadOptions(), readers=2))
+    here, gone = read_files(files, ReadOptions(), readers=2)
+    assert here.ids == ["t1"] and here.failure is None
+    assert gone.failure == {
+        "file": str(tmp_path / "gone.ndjson.gz"),
+        "line": None,
+        "error": "could not be read: no such file or directory",
+        "partial": False,
+    }
+    assert not gone.ids and not gone.tables and not gone.rejects
 
 
 def test_read_file_fills_the_corrected_timestamp(tmp_path: Path) -> None:

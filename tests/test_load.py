@@ -122,9 +122,11 @@ def test_corrupt_gzip_is_reported_and_other_files_load(open_wh, tmp_path: Path) 
     write_ndjson(root / "3.json.gz", [track("c1")])
     wh = open_wh()
     report = Loader(wh).load(str(root), "src")
-    assert report.status == "success"
+    assert (
+        report.status == "partial"
+    )  # the lines before the break load (tests/test_hostile_input.py)
     assert [f["file"].endswith("2.json.gz") for f in report.files_failed] == [True]
-    assert report.rows_loaded["tracks"] == 2
+    assert 2 < report.rows_loaded["tracks"] < 502
     reasons = [r[0] for r in table_rows(wh, "SELECT reason FROM _sluice.rejected_events")]
     assert any("corrupt gzip" in r for r in reasons)
 
