@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from loader.encoded import EncodedChunk, RowEncoder, encode_table
 from loader.messages import Reject, parse_line
-from loader.normalize import RowFilter, TableChunk, TableRows, fixed_columns, rows_into
+from loader.normalize import RowFilter, TableChunk, TableRows, fixed_columns, id_text, rows_into
 from loader.schema import ColumnType
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines
 
@@ -107,9 +107,9 @@ def read_file(
             kind = body.type
             if kind == "identify":
                 if options.users_on and body.user_id not in (None, ""):
-                    users.add(str(body.user_id))
+                    users.add(str(id_text(body.user_id)))  # as identifies.user_id holds it
             elif kind == "group" and options.accounts_on:
-                accounts.add(str(body.group_id))
+                accounts.add(str(id_text(body.group_id)))
     except CorruptFile as exc:
         failed = FileRead(url, read.lines)
         failed.failure = {"file": exc.file, "line": exc.line, "error": exc.reason}
