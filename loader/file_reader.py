@@ -60,6 +60,9 @@ class ReadOptions:
     # The warehouse's bulk format, when readers are to encode rows (loader.encoded).
     encoder: RowEncoder | None = None
     text_width: int | None = None
+    # The warehouse's row and _rescued_data widths (Capabilities), for row_layout.
+    row_bytes: int | None = None
+    rescued_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,8 @@ def read_file(
             context.uuid_ts,
             options.encoder,
             options.text_width,
+            options.row_bytes,
+            options.rescued_bytes,
         )
         del chunk
     return read

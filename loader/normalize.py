@@ -99,6 +99,10 @@ class TableChunk:
     names: list[str]
     rows: list[tuple[Any, ...]]
     rescued: list[dict[str, Any] | None]
+    # The chunk as its file was read, when rows were dropped since (duplicates of an
+    # earlier file): new columns are typed from a file as read, whatever else the
+    # batch holds, so that batching never changes a type.
+    as_read: TableChunk | None = None
 
     @classmethod
     def of_rows(cls, rows: Sequence[Row]) -> TableChunk:
@@ -143,7 +147,12 @@ class TableChunk:
         """The chunk minus rows whose id is in `ids` (duplicates of an earlier file)."""
         at = self.names.index("id")
         keep = [i for i, row in enumerate(self.rows) if row[at] not in ids]
-        return TableChunk(self.names, [self.rows[i] for i in keep], [self.rescued[i] for i in keep])
+        return TableChunk(
+            self.names,
+            [self.rows[i] for i in keep],
+            [self.rescued[i] for i in keep],
+            self.as_read if self.as_read is not None else self,
+        )
 
 
 def id_text(value: Any) -> str | None:
@@ -299,32 +308,34 @@ def _resolve_collisions(
     nothing and is left out."""
     leaves: list[tuple[str, str, Any, bool]] = []
     _leaves(obj, prefix, prefix, keep, leaves, True)
-    by_name: dict[str, list[tuple[str, str, Any, bool]]] = {}
-    for leaf in leaves:
+    # Leaves by column name, as indexes into `leaves` (no identity tests: compiled,
+    # a tuple is a value, not an object).
+    by_name: dict[str, list[int]] = {}
+    for at, leaf in enumerate(leaves):
         name = leaf[0]
         if name in reserved or (guard_context and name.startswith("context_")) or name in out:
             rescue_value(rescued, leaf[1], leaf[2])
             continue
         group = by_name.get(name)
         if group is None:
-            by_name[name] = [leaf]
+            by_name[name] = [at]
         else:
-            group.append(leaf)
+            group.append(at)
     for name, group in by_name.items():
         if len(group) == 1:
-            out[name] = group[0][2]
+            out[name] = leaves[group[0]][2]
             continue
-        present = [leaf for leaf in group if leaf[2] is not None]
+        present = [at for at in group if leaves[at][2] is not None]
         pool = present if present else group
         winner = pool[0]
-        for leaf in pool:
-            if leaf[3]:
-                winner = leaf
+        for at in pool:
+            if leaves[at][3]:
+                winner = at
                 break
-        out[name] = winner[2]
-        for leaf in present:
-            if leaf is not winner:
-                rescue_value(rescued, leaf[1], leaf[2])
+        out[name] = leaves[winner][2]
+        for at in present:
+            if at != winner:
+                rescue_value(rescued, leaves[at][1], leaves[at][2])
 
 
 def rescue_value(rescued: dict[str, Any], key: str, value: Any) -> None:
