@@ -76,7 +76,8 @@ class TableWriter:
         limit = self.warehouse.capabilities.max_columns
         columns, added = plan_from_evidence(existing, evidence, fixed, limit)
         left_out = [n for n in evidence if n not in columns]
-        if left_out:
+        # Said once per table and sync (each later batch meets the same limit).
+        if left_out and not any(w.startswith(f"{table}: ") for w in report.warnings):
             shown = ", ".join(left_out[:5]) + (
                 f" and {len(left_out) - 5} more" if len(left_out) > 5 else ""
             )
