@@ -89,8 +89,12 @@ def coerce(value: Any, column_type: ColumnType, max_text_chars: int | None = Non
     if column_type is ColumnType.BIGINT:
         if isinstance(value, int) and INT64_MIN <= value <= INT64_MAX:
             return value
-        if isinstance(value, float) and value.is_integer() and INT64_MIN <= value <= INT64_MAX:
-            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            # Compared as integers: compiled, a float against an int is compared as two
+            # doubles, and 2.0**63 would pass for INT64_MAX.
+            as_int = int(value)
+            if INT64_MIN <= as_int <= INT64_MAX:
+                return as_int
         return _MISSING
     if column_type is ColumnType.DOUBLE:
         if isinstance(value, float):
@@ -104,7 +108,9 @@ def coerce(value: Any, column_type: ColumnType, max_text_chars: int | None = Non
                 as_double = float(value)
             except OverflowError:
                 return _MISSING
-            return as_double if as_double == value else _MISSING
+            # Back to an integer to compare exactly (compiled, `as_double == value`
+            # would compare two doubles).
+            return as_double if int(as_double) == value else _MISSING
         return _MISSING
     # timestamp
     if isinstance(value, str):

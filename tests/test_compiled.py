@@ -49,7 +49,9 @@ targets:
 sync, issues = parse(RULES, "selective_sync.yml")
 assert not issues
 known = {
-    "order_completed": {"revenue": ColumnType.BIGINT, "note": ColumnType.BOOLEAN},
+    "order_completed": {
+        "revenue": ColumnType.BIGINT, "note": ColumnType.BOOLEAN, "ratio": ColumnType.DOUBLE
+    },
     "identifies": {"age": ColumnType.TEXT, "plan": ColumnType.DOUBLE},
 }
 T = "2026-11-30T00:00:00Z"
@@ -169,6 +171,9 @@ def test_compiled_and_plain_python_read_every_file_alike(tmp_path: Path) -> None
             "userId": True,
             "context": {"userAgent": "ua", "user_agent": "UA"},
         },
+        # Numbers at the edge of exact: compiled code must not compare them as doubles.
+        track("a13", ratio=2**53 + 1, revenue=2.0**63),
+        track("a14", ratio=2**53 + 2, revenue=2.0**62),
         # Wider than a PostgreSQL row: its last values are rescued.
         track("a12", **{f"w{i:03d}": i for i in range(1200)}),
     ]
