@@ -60,6 +60,8 @@ class EncodedChunk:
     evidence: dict[str, ColumnEvidence]
     rescued_at: list[int]
     raw: TableChunk | None = None
+    # Rescued values cut to the warehouse's width for `_rescued_data` (row_layout).
+    rescued_cut: int = 0
 
     @property
     def rows(self) -> int:
@@ -100,6 +102,7 @@ class EncodedChunk:
             self.evidence,
             [i - bisect_left(dropped, i) for i in self.rescued_at if i not in gone],
             self.raw.without_ids(drop) if self.raw is not None else None,
+            self.rescued_cut,
         )
 
 
@@ -111,8 +114,11 @@ def encode_table(
     uuid_ts: str,
     encoder: RowEncoder,
     width: int | None,
+    row_bytes: int | None = None,
+    rescued_bytes: int | None = None,
 ) -> EncodedChunk:
-    """One table's rows of one file, typed, rescued and encoded."""
+    """One table's rows of one file, typed, rescued and encoded (the limits are the
+    warehouse's: see row_layout.lay_out_columns)."""
     columns = chunk.columns()
     types: dict[str, ColumnType] = {}
     evidence: dict[str, ColumnEvidence] = {}
@@ -128,25 +134,36 @@ def encode_table(
     all_types = {**fixed, **types}
     names = [n for n in columns if n in types and n not in (RESCUED_COLUMN, "uuid_ts")]
 
-    def laid_out_and_encoded(trust_text: bool) -> tuple[list[str], bytes, list[int], list[int]]:
+    def laid_out_and_encoded(
+        trust_text: bool,
+    ) -> tuple[list[str], bytes, list[int], list[int], int]:
         rescued = [dict(r) if r else None for r in chunk.rescued]  # the raw chunk keeps its own
-        out_names, values, rescued_at = lay_out_columns(
-            names, all_types, columns, fixed, rescued, uuid_ts, width, trust_text
+        out_names, values, rescued_at, cut = lay_out_columns(
+            names,
+            all_types,
+            columns,
+            fixed,
+            rescued,
+            uuid_ts,
+            width,
+            trust_text,
+            row_bytes,
+            rescued_bytes,
         )
         types_out = [(n, all_types[n]) for n in out_names]
         payload, row_ends = encoder.encode(types_out, values, len(rescued))
-        return out_names, payload, row_ends, rescued_at
+        return out_names, payload, row_ends, rescued_at, cut
 
     # Text columns nearly always hold text: an encoder that refuses anything else in them
     # is trusted to say so, and only a chunk it refused is checked value by value (one
     # pass less over every text value: 8% of a reader's work).
     trust_text = width is None and getattr(encoder, "refuses_non_text", False)
     try:
-        out_names, payload, row_ends, rescued_at = laid_out_and_encoded(trust_text)
+        out_names, payload, row_ends, rescued_at, cut = laid_out_and_encoded(trust_text)
     except TypeError:
         if not trust_text:
             raise
-        out_names, payload, row_ends, rescued_at = laid_out_and_encoded(False)
+        out_names, payload, row_ends, rescued_at, cut = laid_out_and_encoded(False)
     data_types = {n: t for n, t in types.items() if n not in fixed}
     return EncodedChunk(
         url,
@@ -158,4 +175,5 @@ def encode_table(
         evidence,
         rescued_at,
         chunk if evidence else None,
+        cut,
     )

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from loader.encoded import EncodedChunk, RowEncoder, encode_table
 from loader.messages import Reject, nesting_depth, parse_line, storable_text, too_deep_reason
-from loader.normalize import RowFilter, TableChunk, TableRows, fixed_columns, rows_into
+from loader.normalize import RowFilter, TableChunk, TableRows, fixed_columns, id_text, rows_into
 from loader.schema import ColumnType
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines
 
@@ -63,6 +63,9 @@ class ReadOptions:
     # The warehouse's bulk format, when readers are to encode rows (loader.encoded).
     encoder: RowEncoder | None = None
     text_width: int | None = None
+    # The warehouse's row and _rescued_data widths (Capabilities), for row_layout.
+    row_bytes: int | None = None
+    rescued_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +119,9 @@ def read_file(
             kind = body.type
             if kind == "identify":
                 if options.users_on and body.user_id not in (None, ""):
-                    users.add(str(body.user_id))
+                    users.add(str(id_text(body.user_id)))  # as identifies.user_id holds it
             elif kind == "group" and options.accounts_on:
-                accounts.add(str(body.group_id))
+                accounts.add(str(id_text(body.group_id)))
     except CorruptFile as exc:
         # Loaded up to the break; the break itself is one reject, keyed by file and line.
         read.failure = {"file": exc.file, "line": exc.line, "error": exc.reason, "partial": True}
@@ -156,6 +159,8 @@ def read_file(
             context.uuid_ts,
             options.encoder,
             options.text_width,
+            options.row_bytes,
+            options.rescued_bytes,
         )
         del chunk
     return read

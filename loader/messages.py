@@ -68,6 +68,24 @@ def _out_of_range(parsed: datetime) -> bool:
     return parsed.year in _EDGE_YEARS and _utc(parsed) is None
 
 
+def parse_date_time(value: Any) -> datetime | None:
+    """parse_timestamp for a value that is to type a column: only an ISO-8601 / RFC 3339
+    date-time in the extended form (`YYYY-MM-DD`, `T` or a space, `HH:MM`, then optional
+    seconds, fraction and offset) is one. A date alone, or digits that the standard
+    library would read in ISO's basic form (the order number `2024010112345` as
+    2024-01-01 23:45), stay text: two order numbers must never become one instant."""
+    if (
+        type(value) is not str
+        or len(value) < 16
+        or value[4] != "-"
+        or value[7] != "-"
+        or value[13] != ":"
+        or (value[10] != "T" and value[10] != " ")
+    ):
+        return None
+    return parse_timestamp(value)
+
+
 _LOWER_KINDS = {kind: kind for kind in CALL_TYPES}
 _ENVELOPE_FIELDS = tuple(
     zip(Envelope.__struct_fields__, Envelope.__struct_encode_fields__, strict=True)

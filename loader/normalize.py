@@ -99,6 +99,10 @@ class TableChunk:
     names: list[str]
     rows: list[tuple[Any, ...]]
     rescued: list[dict[str, Any] | None]
+    # The chunk as its file was read, when rows were dropped since (duplicates of an
+    # earlier file): new columns are typed from a file as read, whatever else the
+    # batch holds, so that batching never changes a type.
+    as_read: TableChunk | None = None
 
     @classmethod
     def of_rows(cls, rows: Sequence[Row]) -> TableChunk:
@@ -143,13 +147,24 @@ class TableChunk:
         """The chunk minus rows whose id is in `ids` (duplicates of an earlier file)."""
         at = self.names.index("id")
         keep = [i for i, row in enumerate(self.rows) if row[at] not in ids]
-        return TableChunk(self.names, [self.rows[i] for i in keep], [self.rescued[i] for i in keep])
+        return TableChunk(
+            self.names,
+            [self.rows[i] for i in keep],
+            [self.rescued[i] for i in keep],
+            self.as_read if self.as_read is not None else self,
+        )
 
 
-def _id_text(value: Any) -> str | None:
+def id_text(value: Any) -> str | None:
+    """An id (or event name) as the text it is stored as: a number or boolean as its
+    JSON text (`42`, `true`), as Segment stores them, never Python's spelling (`True`)."""
     if value is None or value == "":
         return None
-    return value if isinstance(value, str) else str(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 # Column names by parent name and key: most keys recur in every message, so the naming
@@ -183,13 +198,42 @@ def flatten_into(
     reserved: frozenset[str] | set[str],
     rescued: dict[str, Any],
     keep: dict[str, bool] | None = None,
-    taken: dict[str, Any] | None = None,
+    guard_context: bool = False,
 ) -> None:
-    """Nested objects joined with `_`; arrays as their JSON text; names that are
-    `reserved` or already `taken` (the row's common columns) go to `rescued`.
+    """Nested objects joined with `_`; arrays as their JSON text; a name that is
+    `reserved` (or, with `guard_context`, a `context_` name: properties and traits never
+    write into context columns) goes to `rescued` under its original key.
 
-    `keep` (selective sync) is asked per leaf column before its value is converted.
-    """
+    Two keys that name one column (`orderId`, `order_id`, `Order ID`; `a.b` and `a_b`)
+    are resolved by `_resolve_collisions`: one wins the column, the others are rescued
+    under their original keys. Found as a name already in `out` while writing, so only
+    a message that has a collision pays for it. `keep` (selective sync) is asked per
+    leaf column before its value is converted."""
+    written = len(out)
+    kept = len(rescued)
+    if _flatten(out, obj, prefix, reserved, rescued, keep, guard_context, True):
+        return
+    # A collision, or a reserved name below the top level: undo and resolve slowly.
+    # The fast pass only ever added keys, so what it wrote is what follows `written`.
+    for name in list(out)[written:]:
+        del out[name]
+    for key in list(rescued)[kept:]:
+        del rescued[key]
+    _resolve_collisions(out, obj, prefix, reserved, rescued, keep, guard_context)
+
+
+def _flatten(
+    out: dict[str, Any],
+    obj: dict[str, Any],
+    prefix: str,
+    reserved: frozenset[str] | set[str],
+    rescued: dict[str, Any],
+    keep: dict[str, bool] | None,
+    guard_context: bool,
+    top: bool,
+) -> bool:
+    """The common case of flatten_into; False (part written) when the slow path must
+    take over: a name met twice, or a reserved one whose original key is a path."""
     names = _NAMES_UNDER.get(prefix)
     if names is None:
         names = _names_under(prefix)
@@ -199,20 +243,116 @@ def flatten_into(
             name = _new_name(names, prefix, key)
         kind = type(value)
         if kind is dict:
-            if value:
-                flatten_into(out, value, name, reserved, rescued, keep, taken)
+            if value and not _flatten(
+                out, value, name, reserved, rescued, keep, guard_context, False
+            ):
+                return False
             continue
         if keep is not None and not keep[name]:
             continue
         if kind is list:
             value = json_text(value)
-        if name in reserved or (taken is not None and name in taken):
-            rescued[name] = value
+        if name in reserved or (guard_context and name.startswith("context_")):
+            if not top or key in rescued:
+                return False
+            rescued[key] = value
+        elif name in out:
+            return False
         else:
             out[name] = value
+    return True
 
 
-def _common(body: Envelope, as_datetimes: bool) -> dict[str, Any]:
+def _leaves(
+    obj: dict[str, Any],
+    prefix: str,
+    path: str,
+    keep: dict[str, bool] | None,
+    into: list[tuple[str, str, Any, bool]],
+    top: bool,
+) -> None:
+    """(column name, original key path, value, whether the key is the name already)
+    for every leaf, in message order. Paths join keys with `.`; a nested key is never
+    the column's name already (`a.b` is not `a_b`)."""
+    names = _names_under(prefix)
+    for key, value in obj.items():
+        name = names.get(key)
+        if name is None:
+            name = _new_name(names, prefix, key)
+        where = f"{path}.{key}" if path else str(key)
+        if type(value) is dict:
+            if value:
+                _leaves(value, name, where, keep, into, False)
+            continue
+        if keep is not None and not keep[name]:
+            continue
+        if type(value) is list:
+            value = json_text(value)
+        exact = top and (f"{prefix}_{key}" if prefix else key) == name
+        into.append((name, where, value, exact))
+
+
+def _resolve_collisions(
+    out: dict[str, Any],
+    obj: dict[str, Any],
+    prefix: str,
+    reserved: frozenset[str] | set[str],
+    rescued: dict[str, Any],
+    keep: dict[str, bool] | None,
+    guard_context: bool,
+) -> None:
+    """flatten_into's rule for keys that share a column: the key that is already the
+    column's name (directly in `obj`: `order_id` for `order_id`) wins, else the first
+    in the message; a null never takes the column from a value. The others are rescued
+    under their original key paths (`orderId`, `Order ID`, `a.b`); a null loser carries
+    nothing and is left out."""
+    leaves: list[tuple[str, str, Any, bool]] = []
+    _leaves(obj, prefix, prefix, keep, leaves, True)
+    # Leaves by column name, as indexes into `leaves` (no identity tests: compiled,
+    # a tuple is a value, not an object).
+    by_name: dict[str, list[int]] = {}
+    for at, leaf in enumerate(leaves):
+        name = leaf[0]
+        if name in reserved or (guard_context and name.startswith("context_")) or name in out:
+            rescue_value(rescued, leaf[1], leaf[2])
+            continue
+        group = by_name.get(name)
+        if group is None:
+            by_name[name] = [at]
+        else:
+            group.append(at)
+    for name, group in by_name.items():
+        if len(group) == 1:
+            out[name] = leaves[group[0]][2]
+            continue
+        present = [at for at in group if leaves[at][2] is not None]
+        pool = present if present else group
+        winner = pool[0]
+        for at in pool:
+            if leaves[at][3]:
+                winner = at
+                break
+        out[name] = leaves[winner][2]
+        for at in present:
+            if at != winner:
+                rescue_value(rescued, leaves[at][1], leaves[at][2])
+
+
+def rescue_value(rescued: dict[str, Any], key: str, value: Any) -> None:
+    """`value` into a row's rescued values under `key`, never over another value: a
+    second one under the same key is `key#2`, then `key#3`..."""
+    if key not in rescued:
+        rescued[key] = value
+        return
+    n = 2
+    while f"{key}#{n}" in rescued:
+        n += 1
+    rescued[f"{key}#{n}"] = value
+
+
+def _common(body: Envelope, as_datetimes: bool, rescued: dict[str, Any]) -> dict[str, Any]:
+    """The common columns; a context key that loses its column to another (`userAgent`
+    and `user_agent`) goes to `rescued` as `context.<key>`."""
     anonymous_id = body.anonymous_id
     user_id = body.user_id
     # Parsed datetimes or their text, by the bulk path's wants.
@@ -241,8 +381,8 @@ def _common(body: Envelope, as_datetimes: bool) -> dict[str, Any]:
         "id": body.message_id,
         "anonymous_id": anonymous_id
         if type(anonymous_id) is str and anonymous_id
-        else _id_text(anonymous_id),
-        "user_id": user_id if type(user_id) is str and user_id else _id_text(user_id),
+        else id_text(anonymous_id),
+        "user_id": user_id if type(user_id) is str and user_id else id_text(user_id),
         "received_at": received_at,
         "sent_at": sent_at,
         "timestamp": timestamp,
@@ -251,7 +391,7 @@ def _common(body: Envelope, as_datetimes: bool) -> dict[str, Any]:
     context = body.context
     if context:
         # Every name made here starts with `context_`: none is reserved or taken.
-        flatten_into(row, context, "context", _NO_NAMES, {})
+        flatten_into(row, context, "context", _NO_NAMES, rescued)
     return row
 
 
@@ -292,7 +432,8 @@ def rows_into(tables: TableRows, body: Envelope, f: RowFilter | None, as_datetim
     a reader's per-message loop, without a Row per row."""
     kind = body.type
     if kind == "track":
-        event_text = str(body.event)
+        event = body.event
+        event_text = event if type(event) is str else str(id_text(event))
         table = event_table_name(event_text)
         tracks_on = f is None or f.table_synced("tracks")
         event_on = f is None or f.table_synced(table)
@@ -300,45 +441,55 @@ def rows_into(tables: TableRows, body: Envelope, f: RowFilter | None, as_datetim
             return
         # The common columns plus the event's: the `tracks` row as it is (a row is never
         # changed once built), and the start of the event table's row.
-        base = _common(body, as_datetimes)
+        context_rescued: dict[str, Any] = {}
+        base = _common(body, as_datetimes, context_rescued)
         base["event"] = snake_case(event_text)
         base["event_text"] = event_text
         if tracks_on:
-            _append(tables, "tracks", base if f is None else _only(base, "tracks", f), None)
+            tracks_rescued = dict(context_rescued) if context_rescued else None
+            _append(
+                tables, "tracks", base if f is None else _only(base, "tracks", f), tracks_rescued
+            )
         if event_on:
             values = dict(base) if f is None else _only(base, table, f)
-            rescued: dict[str, Any] = {}
+            rescued: dict[str, Any] = context_rescued
             properties = body.properties or {}
-            # `event`/`event_text` are reserved here anyway, so `base` serves as `taken`.
-            flatten_into(values, properties, "", _TRACK_RESERVED, rescued, _keep(table, f), base)
+            flatten_into(values, properties, "", _TRACK_RESERVED, rescued, _keep(table, f), True)
             _append(tables, table, values, rescued)
         return
     table = _TABLE_OF_KIND[kind]
     if f is not None and not f.table_synced(table):
         return
-    common = _common(body, as_datetimes)
+    rescued = {}
+    common = _common(body, as_datetimes, rescued)
     if f is not None:
         common = _only(common, table, f)
     keep = _keep(table, f)
-    rescued = {}
     if kind in ("page", "screen"):
-        values = {**common, "name": body.name, "category": body.category}
+        name, category = body.name, body.category
+        values = {
+            **common,
+            "name": name if name is None or type(name) is str else id_text(name),
+            "category": category
+            if category is None or type(category) is str
+            else id_text(category),
+        }
         properties = body.properties or {}
         # Segment stores the page name once; a `name` property duplicating it is not data.
         if "name" in properties and properties["name"] == values["name"]:
             properties = {k: v for k, v in properties.items() if k != "name"}
-        flatten_into(values, properties, "", _PAGE_RESERVED, rescued, keep, common)
+        flatten_into(values, properties, "", _PAGE_RESERVED, rescued, keep, True)
         if f is not None:
             values = _only(values, table, f)
     elif kind == "identify":
         values = dict(common)
-        flatten_into(values, body.traits or {}, "", CORE_COLUMNS, rescued, keep, common)
+        flatten_into(values, body.traits or {}, "", CORE_COLUMNS, rescued, keep, True)
     elif kind == "group":
-        values = {**common, "group_id": _id_text(body.group_id)}
+        values = {**common, "group_id": id_text(body.group_id)}
         traits = body.traits or {}
-        flatten_into(values, traits, "", _GROUP_RESERVED, rescued, keep, common)
+        flatten_into(values, traits, "", _GROUP_RESERVED, rescued, keep, True)
     else:  # alias
-        values = {**common, "previous_id": _id_text(body.previous_id)}
+        values = {**common, "previous_id": id_text(body.previous_id)}
         if f is not None:
             values = _only(values, table, f)
     _append(tables, table, values, rescued)

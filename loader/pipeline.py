@@ -87,6 +87,8 @@ class SyncReport:
     new_tables: list[str] = field(default_factory=list)
     new_columns: list[str] = field(default_factory=list)
     rescued_values: int = 0
+    # Of the rescued values, those cut to fit the warehouse's _rescued_data width.
+    rescued_cut: int = 0
     rejects: int = 0
     deleted_objects: int = 0
     replay: dict[str, Any] | None = None
@@ -94,6 +96,8 @@ class SyncReport:
     turned_off: list[str] = field(default_factory=list)
     source_turned_off: str | None = None
     error: str | None = None
+    # What a user should know that is not an error (a table at its column limit).
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -312,6 +316,8 @@ class Loader:
             accounts_on=f.table_synced("groups") and f.table_synced("accounts"),
             encoder=capabilities.row_encoder,
             text_width=capabilities.max_text_chars,
+            row_bytes=capabilities.max_row_bytes,
+            rescued_bytes=capabilities.max_rescued_bytes,
         )
         batch = _Batch()
         for read in read_files(todo, options, self.readers, self._encode_context):
@@ -436,17 +442,24 @@ class Loader:
         """Readers' encoded rows: the batch's new columns typed from every file's
         evidence in archive order, then one bulk insert. A chunk whose reader typed a new
         column otherwise is laid out again here from its rows as read."""
+        # Every file's evidence, even of one whose rows were all duplicates: the types
+        # must not depend on which files share a batch.
+        evidence = [c.evidence for c in chunks]
         chunks = [c for c in chunks if c.rows]
-        if not chunks:
-            return
         fixed = fixed_columns(table)
-        columns = self.writer.ensure_from_evidence(
-            schema, table, [c.evidence for c in chunks], fixed, report
-        )
+        if not chunks:  # as the tuple path does: the table and its columns all the same
+            self.writer.ensure_from_evidence(schema, table, evidence, fixed, report)
+            return
+        columns = self.writer.ensure_from_evidence(schema, table, evidence, fixed, report)
         fitting = [c for c in chunks if all(columns.get(n) is t for n, t in c.types.items())]
         inserted = self.warehouse.insert_encoded(schema, table, fitting, fill_nulls=self._replay)
         offered = sum(c.rows for c in fitting)
-        count_rescued(report, table, sum(len(c.rescued_at) for c in fitting))
+        count_rescued(
+            report,
+            table,
+            sum(len(c.rescued_at) for c in fitting),
+            sum(c.rescued_cut for c in fitting),
+        )
         if len(fitting) < len(chunks):
             kept = {id(c) for c in fitting}
             # Only a column new to the reader can be typed otherwise, and then it sent rows.

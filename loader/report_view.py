@@ -53,6 +53,13 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             + ", ".join(shown)
             + (f" and {more} more" if more > 0 else "")
         )
+    if report.get("rescued_cut"):
+        console.print(
+            f"[yellow]{report['rescued_cut']} rescued value(s) wider than the warehouse's "
+            "_rescued_data were cut, with their length and SHA-256 kept[/]"
+        )
+    for warning in report.get("warnings") or ():
+        console.print(f"[yellow]warning:[/] {warning}")
     for failure in report["files_failed"]:
         if failure.get("partial"):
             # Loaded up to the break and recorded; the break is a reject.

@@ -15,9 +15,11 @@ from typing import Any
 
 import orjson
 
-from loader.messages import parse_timestamp
+from loader.messages import parse_date_time
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# Integers up to this magnitude are all exact as doubles (53-bit significand).
+_EXACT_IN_DOUBLE = 2**53
 
 
 class ColumnType(str, Enum):
@@ -32,16 +34,19 @@ _MISSING = object()
 
 
 def infer_type(value: Any) -> ColumnType | None:
-    """The type a first-seen value gives its column; None for a null."""
+    """The type a first-seen value gives its column; None for a null.
+
+    Every integer types a bigint, even one beyond 64 bits (that value is then rescued):
+    a double would keep neither it nor the integers after it exactly."""
     if value is None:
         return None
     if isinstance(value, bool):
         return ColumnType.BOOLEAN
     if isinstance(value, int):
-        return ColumnType.BIGINT if INT64_MIN <= value <= INT64_MAX else ColumnType.DOUBLE
+        return ColumnType.BIGINT
     if isinstance(value, float):
         return ColumnType.DOUBLE
-    if isinstance(value, str) and parse_timestamp(value) is not None:
+    if isinstance(value, str) and parse_date_time(value) is not None:
         return ColumnType.TIMESTAMP
     return ColumnType.TEXT
 
@@ -84,16 +89,32 @@ def coerce(value: Any, column_type: ColumnType, max_text_chars: int | None = Non
     if column_type is ColumnType.BIGINT:
         if isinstance(value, int) and INT64_MIN <= value <= INT64_MAX:
             return value
-        if isinstance(value, float) and value.is_integer() and INT64_MIN <= value <= INT64_MAX:
-            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            # Compared as integers: compiled, a float against an int is compared as two
+            # doubles, and 2.0**63 would pass for INT64_MAX.
+            as_int = int(value)
+            if INT64_MIN <= as_int <= INT64_MAX:
+                return as_int
         return _MISSING
     if column_type is ColumnType.DOUBLE:
-        if isinstance(value, (int, float)):
-            return float(value)
+        if isinstance(value, float):
+            return value
+        if isinstance(value, int):
+            # Only an integer a double holds exactly (any up to 2^53, some beyond):
+            # 2^53 + 1 would be stored as 2^53.
+            if -_EXACT_IN_DOUBLE <= value <= _EXACT_IN_DOUBLE:
+                return float(value)
+            try:
+                as_double = float(value)
+            except OverflowError:
+                return _MISSING
+            # Back to an integer to compare exactly (compiled, `as_double == value`
+            # would compare two doubles).
+            return as_double if int(as_double) == value else _MISSING
         return _MISSING
     # timestamp
     if isinstance(value, str):
-        parsed = parse_timestamp(value)
+        parsed = parse_date_time(value)
         return parsed.isoformat() if parsed is not None else _MISSING
     return _MISSING
 
@@ -189,18 +210,21 @@ def plan_columns(
 
 @dataclass(frozen=True, slots=True)
 class ColumnEvidence:
-    """What a run of values says about the type of a column that does not exist yet:
+    """What one file's values say about the type of a column that does not exist yet:
     its first non-null value's type, and whether fractions were among the numbers.
 
-    Evidence from consecutive parts of a batch merges (`then`) into exactly what the
-    whole batch would give, so reader processes can each look at their own files and
-    the loader still decides as if it had seen the batch at once."""
+    A column is typed by the first file (in archive order) where it has a value, so
+    reader processes can each look at their own files and the loader decides from the
+    first of them, whatever the batch."""
 
     first: ColumnType
     saw_double: bool
 
     def then(self, later: ColumnEvidence) -> ColumnEvidence:
-        return ColumnEvidence(self.first, self.saw_double or later.saw_double)
+        """The evidence of two files in archive order: the first file's, whole. Only the
+        file a column first has a value in decides its type, so where a load's batches
+        begin and end (`--batch-lines`, a restart) never changes it."""
+        return self
 
     def __reduce__(self) -> tuple[type[ColumnEvidence], tuple[ColumnType, bool]]:
         # Rebuilt through the constructor: compiled by mypyc, a frozen class cannot
@@ -218,18 +242,31 @@ class ColumnEvidence:
 def column_evidence(values: Sequence[Any]) -> ColumnEvidence | None:
     """None when every value is null: the column waits until a value shows its type.
 
-    `saw_double` looks at every value, whatever the first one's type, so the evidence
-    of a later part that starts with a fraction still counts after an integer."""
+    An integer beyond 64 bits is no fraction: it does not make its column a double (it
+    is rescued from the bigint column with its digits)."""
     first = next((v for v in values if v is not None), None)
     kind = infer_type(first)
     if kind is None:
         return None
-    kinds = set(map(type, values))
-    saw_double = float in kinds
-    if not saw_double and int in kinds:
-        ints = [v for v in values if type(v) is int]
-        saw_double = min(ints) < INT64_MIN or max(ints) > INT64_MAX
-    return ColumnEvidence(kind, saw_double)
+    return ColumnEvidence(kind, float in set(map(type, values)))
+
+
+def first_evidence(
+    parts: Iterable[Mapping[str, Sequence[Any]]],
+    skip: Mapping[str, Any] | None,
+    fixed: Mapping[str, ColumnType],
+) -> dict[str, ColumnEvidence]:
+    """The evidence of each column not in `skip` or `fixed`, from the first part (a
+    file's rows, as columns) in which it has a value; in order of first appearance."""
+    evidence: dict[str, ColumnEvidence] = {}
+    for part in parts:
+        for name, values in part.items():
+            if name in evidence or name in fixed or (skip is not None and name in skip):
+                continue
+            found = column_evidence(values)
+            if found is not None:
+                evidence[name] = found
+    return evidence
 
 
 def plan_table_columns(
@@ -253,16 +290,24 @@ def plan_from_evidence(
     existing: dict[str, ColumnType] | None,
     evidence: Mapping[str, ColumnEvidence],
     fixed: dict[str, ColumnType],
+    max_columns: int | None = None,
 ) -> tuple[dict[str, ColumnType], dict[str, ColumnType]]:
     """(full column set, columns to add): layout columns first, then each column the
-    evidence names that the table lacks, typed by it."""
+    evidence names that the table lacks, typed by it, in the evidence's order (of first
+    appearance in the archive) while the table has fewer than `max_columns` (the
+    warehouse's limit): the columns past it are not created, their values are rescued."""
     known = dict(existing or {})
     added: dict[str, ColumnType] = {}
     for name, kind in fixed.items():
         if name not in known:
             added[name] = kind
+    room = None if max_columns is None else max_columns - len(known) - len(added)
     for name, found in evidence.items():
         if name not in known and name not in fixed:
+            if room is not None:
+                if room <= 0:
+                    continue
+                room -= 1
             added[name] = found.column_type
     known.update(added)
     return known, added

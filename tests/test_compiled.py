@@ -49,14 +49,23 @@ targets:
 sync, issues = parse(RULES, "selective_sync.yml")
 assert not issues
 known = {
-    "order_completed": {"revenue": ColumnType.BIGINT, "note": ColumnType.BOOLEAN},
+    "order_completed": {
+        "revenue": ColumnType.BIGINT, "note": ColumnType.BOOLEAN, "ratio": ColumnType.DOUBLE
+    },
     "identifies": {"age": ColumnType.TEXT, "plan": ColumnType.DOUBLE},
 }
 T = "2026-11-30T00:00:00Z"
 ways = {
     "tuples": (ReadOptions(), None),
     "encoded": (ReadOptions(encoder=CAPABILITIES.row_encoder), EncodeContext({}, T)),
-    "typed": (ReadOptions(encoder=CAPABILITIES.row_encoder), EncodeContext(known, T)),
+    "typed": (
+        ReadOptions(
+            encoder=CAPABILITIES.row_encoder,
+            row_bytes=CAPABILITIES.max_row_bytes,
+            rescued_bytes=2000,
+        ),
+        EncodeContext(known, T),
+    ),
     "filtered": (ReadOptions(row_filter=sync.filter_for("t", "web")), None),
 }
 
@@ -70,7 +79,7 @@ def plain(read):
         "encoded": {t: [list(e.columns), hashlib.sha256(e.payload).hexdigest(), e.row_ends,
                         e.ids, {k: v.value for k, v in e.types.items()},
                         {k: [v.first.value, v.saw_double] for k, v in e.evidence.items()},
-                        e.rescued_at]
+                        e.rescued_at, e.rescued_cut]
                     for t, e in sorted(read.encoded.items())},
         "decided": repr(read.decided),
     }
@@ -140,6 +149,33 @@ def test_compiled_and_plain_python_read_every_file_alike(tmp_path: Path) -> None
         b'{"type":"track","messageId":"a10","userId":"u","event":"Order Completed",'
         b'"receivedAt":"2026-11-01T10:00:00Z","properties":{"revenue":%d,"list":[%d]}}'
         % (2**70, 2**70),
+        # Keys sharing a column, reserved names, near-timestamps, a boolean id.
+        {
+            **track(
+                "a11",
+                orderId="A",
+                order_id="B",
+                a={"b": 1},
+                a_b=2,
+                größe=3,
+                grüße=4,
+                context_ip="x",
+                user_id="y",
+                userId="z",
+                seen="2026-11-01",
+                order_no="2024010112345",
+                at="2026-11-01 10:00",
+                revenue="r" * 5000,  # rescued from the known bigint: cut to 2000 bytes
+                **{"Order ID": "C", "from": 5, "_from": 6},
+            ),
+            "userId": True,
+            "context": {"userAgent": "ua", "user_agent": "UA"},
+        },
+        # Numbers at the edge of exact: compiled code must not compare them as doubles.
+        track("a13", ratio=2**53 + 1, revenue=2.0**63),
+        track("a14", ratio=2**53 + 2, revenue=2.0**62),
+        # Wider than a PostgreSQL row: its last values are rescued.
+        track("a12", **{f"w{i:03d}": i for i in range(1200)}),
     ]
     write_ndjson(archive / "segment-logs" / "other" / "1" / "awkward.gz", awkward)
 

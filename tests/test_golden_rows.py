@@ -183,10 +183,15 @@ def test_rejects_name_the_field(line: bytes, field: str) -> None:
     [
         (True, ColumnType.BOOLEAN),
         (3, ColumnType.BIGINT),
-        (2**70, ColumnType.DOUBLE),
+        # An integer beyond 64 bits still types a bigint (it is rescued from it).
+        (2**70, ColumnType.BIGINT),
         (2.5, ColumnType.DOUBLE),
         ("2026-11-01T10:00:00Z", ColumnType.TIMESTAMP),
-        ("2026-11-01", ColumnType.TIMESTAMP),
+        ("2026-11-01 10:00", ColumnType.TIMESTAMP),
+        # A date alone, or digits ISO's basic form would read, is text.
+        ("2026-11-01", ColumnType.TEXT),
+        ("2024010112345", ColumnType.TEXT),
+        ("20240101T123456", ColumnType.TEXT),
         ("hello", ColumnType.TEXT),
         ("12", ColumnType.TEXT),
         (None, None),
@@ -200,6 +205,9 @@ def test_infer_type(value: Any, kind: ColumnType | None) -> None:
     ("value", "column", "expected"),
     [
         (3, ColumnType.DOUBLE, 3.0),
+        (2**53, ColumnType.DOUBLE, float(2**53)),
+        (2**53 + 2, ColumnType.DOUBLE, float(2**53 + 2)),  # a double holds it exactly
+        (-(2**63), ColumnType.BIGINT, -(2**63)),
         (3.0, ColumnType.BIGINT, 3),
         (7, ColumnType.TEXT, "7"),
         (True, ColumnType.TEXT, "true"),
@@ -221,6 +229,16 @@ def test_lossless_conversions(value: Any, column: ColumnType, expected: Any) -> 
         ("tomorrow", ColumnType.TIMESTAMP),
         (5, ColumnType.TIMESTAMP),
         ("1.5", ColumnType.DOUBLE),
+        # Integers a column cannot hold exactly.
+        (2**53 + 1, ColumnType.DOUBLE),
+        (2**70 + 1, ColumnType.DOUBLE),
+        (-(2**63) - 1, ColumnType.DOUBLE),
+        (10**400, ColumnType.DOUBLE),
+        (2**63, ColumnType.BIGINT),
+        (-(2**63) - 1, ColumnType.BIGINT),
+        (2.0**63, ColumnType.BIGINT),
+        ("2026-11-01", ColumnType.TIMESTAMP),
+        ("2024010112345", ColumnType.TIMESTAMP),
     ],
 )
 def test_values_that_do_not_fit(value: Any, column: ColumnType) -> None:

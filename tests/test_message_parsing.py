@@ -168,7 +168,7 @@ def test_accepts_and_rejects_as_the_rules_say(message: dict[str, Any]) -> None:
 
 
 def test_a_boolean_or_numeric_user_id_is_loaded_as_text() -> None:
-    for value, text in ((True, "True"), (42, "42")):
+    for value, text in ((True, "true"), (False, "false"), (42, "42")):  # JSON's text
         line = orjson.dumps({**VALID, "userId": value})
         (tracks, _) = rows_for(parse_line(line, "f", 1))
         assert tracks.values["user_id"] == text

@@ -15,6 +15,7 @@ and no unquoted Redshift-reserved identifier; the Redshift-only texts are tested
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -621,18 +622,32 @@ def test_target_config_mistakes_are_named(fields: dict[str, Any], error: str) ->
         RedshiftTarget.from_target("rs", target)
 
 
-def test_a_value_no_varchar_can_hold_is_named_before_upload(
+def test_rescued_text_wider_than_a_varchar_is_cut_with_a_marker(
     open_wh, tmp_path: Path, s3_endpoint: str
 ) -> None:
+    """A value far over its column's width is rescued, and the rescued JSON would be
+    over _rescued_data's own varchar(65535): it is cut there, valid JSON still, with the
+    value's length and hash kept and the cut counted; the batch loads."""
     wh = open_wh(varchar_bytes=64)
-    # A note far over the width is rescued; the rescued JSON itself is over 65535 bytes.
-    write_ndjson(tmp_path / "a" / "x.ndjson", [track("t1", "Signed Up", note="é" * 40_000)])
-    with pytest.raises(WarehouseError) as err:
-        Loader(wh).load(str(tmp_path / "a"), "web")
-    msg = str(err.value)
-    assert msg.startswith("Redshift target 'rs_test': in row 't1' of web.")
-    assert "the _rescued_data value is 80" in msg and "varchar(65535)" in msg
-    assert _staged_objects(s3_endpoint) == [] and not wh.loaded_files("web")
+    assert wh.capabilities.max_rescued_bytes == 65535
+    note = "é" * 40_000 + "x" * 20_000  # 100,000 bytes in UTF-8
+    write_ndjson(
+        tmp_path / "a" / "x.ndjson",
+        [track("t1", "Signed Up", note=note, plan="p" * 100), track("t2", "Signed Up", n=1)],
+    )
+    report = Loader(wh).load(str(tmp_path / "a"), "web")
+    assert report.status == "success" and wh.loaded_files("web")
+    assert report.rescued_values == 2 and report.rescued_cut == 1
+    (text,) = next(wh.query('SELECT _rescued_data FROM "web"."signed_up" WHERE id = \'t1\''))
+    assert len(text.encode()) <= 65535
+    rescued = json.loads(text)
+    assert rescued["plan"] == "p" * 100  # the small value is whole
+    marker = rescued["note"]
+    whole = json.dumps(note, ensure_ascii=False)
+    assert marker["$sluice_cut"] is True and marker["length"] == len(whole)
+    assert marker["sha256"] == hashlib.sha256(whole.encode()).hexdigest()
+    assert whole.startswith(marker["head"]) and len(marker["head"]) > 10_000
+    assert _staged_objects(s3_endpoint) == []
     # An id cannot be rescued: over the width, the fix is a wider varchar_bytes.
     write_ndjson(tmp_path / "b" / "y.ndjson", [track("i" * 70, "Signed Up")])
     with pytest.raises(

@@ -45,6 +45,16 @@ class Capabilities:
     # The `id` (primary key) column's type, when not the text type: the key is compared
     # on every insert, and an opaque id needs no linguistic ordering.
     key_type: str | None = None
+    # Columns a table may have (the warehouse's own limit less headroom, or where it
+    # fails long before its limit): a table's columns past it are not created, their
+    # values go to `_rescued_data` and the sync report warns.
+    max_columns: int | None = None
+    # Bytes one stored row may take (PostgreSQL's 8 kB heap page): a row estimated wider
+    # has its last data columns' values rescued (loader.row_layout).
+    max_row_bytes: int | None = None
+    # UTF-8 bytes `_rescued_data` holds (Redshift's varchar(65535)): wider rescued
+    # values are cut with a marker keeping their length and hash (row_layout.fit_rescued).
+    max_rescued_bytes: int | None = None
 
 
 @dataclass(frozen=True)

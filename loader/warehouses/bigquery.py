@@ -111,6 +111,8 @@ CAPABILITIES = Capabilities(
     },
     json_type="STRING",
     max_text_chars=None,
+    # 10,000 columns per table at most: headroom below it.
+    max_columns=9_500,
 )
 
 # Type names as the tables API (legacy names) and INFORMATION_SCHEMA (standard) give them.

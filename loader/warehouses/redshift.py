@@ -109,6 +109,10 @@ def capabilities(varchar_bytes: int = MAX_VARCHAR) -> Capabilities:
         },
         json_type=WIDE,
         max_text_chars=varchar_bytes // 4,
+        # 1,600 columns per table at most: headroom below it.
+        max_columns=1_500,
+        # _rescued_data is a varchar(65535) too: wider rescued text is cut, marked.
+        max_rescued_bytes=MAX_VARCHAR,
     )
 
 

@@ -101,6 +101,9 @@ CAPABILITIES = Capabilities(
     },
     json_type="VARIANT",
     max_text_chars=16_777_216,
+    # No documented column limit, but every statement names every column and a row is
+    # at most 16 MB: a bound as generous as the others'.
+    max_columns=5_000,
 )
 
 # information_schema.columns.data_type -> ColumnType
