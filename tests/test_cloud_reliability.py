@@ -173,8 +173,7 @@ def test_sluice_yml_deadlines_are_validated_and_reported(
     (tmp_path / "sluice.yml").write_text(source + "    request_timeout_seconds: -1\n")
     with pytest.raises(
         ConfigError,
-        match=r"line 8: field .sources\.payments\.request_timeout_seconds.: Input should be "
-        r"greater than 0",
+        match=r"line 8: field .sources\.payments\.request_timeout_seconds. must be more than 0",
     ) as bad:
         load_project(tmp_path / "sluice.yml")
     assert "pydantic" not in str(bad.value)

@@ -110,7 +110,9 @@ def test_a_broken_target_leaves_the_location_loading_and_says_why(
     monkeypatch.delenv("SLUICE_T_REPORTING_PW", raising=False)
     root = _project(tmp_path / "proj", BROKEN, ["local", "reporting"])
     defs = build_definitions(load_project(root / "sluice.yml"))
-    by_target = {next(iter(a.keys)).path[0]: a for a in defs.assets}
+    by_target = {
+        next(iter(a.keys)).path[0]: a for a in defs.assets if isinstance(a, dg.AssetsDefinition)
+    }
     broken = by_target["reporting"]
     for spec in broken.specs:
         note = str(spec.metadata["sluice/target_config"])
@@ -151,5 +153,6 @@ def test_a_target_with_a_mistake_is_marked_not_fatal(
 ) -> None:
     root = _project(tmp_path / "proj", BROKEN.replace(*change), ["local", "reporting"])
     defs = build_definitions(load_project(root / "sluice.yml"))
-    specs = [s for a in defs.assets for s in a.specs if s.key.path[0] == "reporting"]
+    built = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    specs = [s for a in built for s in a.specs if s.key.path[0] == "reporting"]
     assert specs and all(expected in str(s.metadata["sluice/target_config"]) for s in specs)

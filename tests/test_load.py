@@ -65,9 +65,9 @@ def test_reload_and_overlapping_archive_are_idempotent(
     again = loader.load(str(sample_archive), "src")
     assert again.files_loaded == 0 and again.files_skipped == again.files_seen
     assert snapshot(wh, "src") == first
-    # A copy of the archive elsewhere is the same archive: files are known by their
-    # path under the archive root.
-    copy = tmp_path / "copy"
+    # A copy of the archive elsewhere (a moved project) is the same archive: files are
+    # known by their path from the folder holding the archive root.
+    copy = tmp_path / "elsewhere" / sample_archive.name
     shutil.copytree(sample_archive, copy)
     copied = loader.load(str(copy), "src")
     assert copied.files_loaded == 0 and copied.files_skipped == copied.files_seen > 0
