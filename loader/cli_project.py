@@ -12,7 +12,16 @@ import click
 from rich.table import Table
 
 from loader.catalog import update_catalog
-from loader.cli_common import CliContext, console, err_console, fail, open_target, progress
+from loader.cli_common import (
+    CliContext,
+    console,
+    err_console,
+    fail,
+    open_target,
+    profiles_option,
+    project_option,
+    warn,
+)
 from loader.cli_common import run_sync as run_one
 from loader.config import ConfigError, Profiles
 from loader.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
@@ -22,10 +31,8 @@ from loader.selective_sync import Issue, SelectiveSync, check_names, parse
 from loader.sources.cloud.registry import connector_for
 from loader.warehouses.base import WarehouseError
 
-_project_option = click.option(
-    "--project", default=None, help="Path to sluice.yml (or its folder); $SLUICE_PROJECT."
-)
-_profiles_option = click.option("--profiles", default=None, help="Path to profiles.yml.")
+_project_option = project_option
+_profiles_option = profiles_option
 
 
 def _load(project_path: str | None, profiles_path: str | None) -> tuple[Project, Profiles]:
@@ -83,25 +90,60 @@ def _run_pairs(
                     warehouse,
                     batch_lines=source.batch_lines or DEFAULT_BATCH_LINES,
                     storage_options=source.storage_options or None,
-                    on_batch=progress,
                     sync_filter=sync_filter,
                     readers=source.readers,
                 )
-                report = run_one(ctx, loader, what, _runner(url, schema, days))
+                report = run_one(ctx, loader, what, _runner(url, schema, days), source_name)
             else:
                 objects = ObjectLoader(
                     warehouse,
                     sync_filter=sync_filter,
                     batch_objects=source.batch_lines or DEFAULT_BATCH_OBJECTS,
                 )
-                report = run_one(ctx, objects, what, _object_runner(project, source, schema))
+                report = run_one(
+                    ctx, objects, what, _object_runner(project, source, schema), source_name
+                )
             if report is not None:
                 update_catalog(project.root, target_name, schema, warehouse.read_schema(schema))
         finally:
             warehouse.close()
         failures += report is None
+    _warn_selective_sync(project, profiles, pairs)
     if failures:
         sys.exit(1)
+
+
+def _warn_selective_sync(
+    project: Project, profiles: Profiles, pairs: list[tuple[str, str]]
+) -> None:
+    """After a sync, the warnings `selective-sync check` gives for the pairs it ran (a
+    pattern that matches nothing the warehouse or archive has shown, with the closest
+    names): a typo in selective_sync.yml turns nothing off, silently otherwise."""
+    path = project.selective_sync_path()
+    if path is None or not path.exists():
+        return
+    rules, issues = parse(path.read_text(), str(path))
+    if any(i.error for i in issues):
+        return
+    ran = {(t, s) for s, t in pairs}
+    known, _ = _known_tables(project, profiles, pairs)
+    for issue in check_names(rules, profiles.targets, project.sources, known):
+        if issue.error:
+            continue
+        # Only the pairs this sync ran: another target's rules are that sync's business.
+        if not any((t, s) in ran and issue.line in _rule_lines(rules, t, s) for t, s in ran):
+            continue
+        warn(issue.render(str(path)))
+
+
+def _rule_lines(rules: SelectiveSync, target: str, source: str) -> set[int]:
+    r = rules.rules(target, source)
+    if r is None:
+        return set()
+    lines = {line for _, line in r.collections}
+    lines.update(r.properties_lines.values())
+    lines.update(line for patterns in r.properties.values() for _, line in patterns)
+    return lines
 
 
 def _runner(
@@ -144,8 +186,20 @@ def sync(
 
 @click.command()
 @click.argument("source")
-@click.option("--from", "first", required=True, type=click.DateTime(["%Y-%m-%d"]))
-@click.option("--to", "last", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option(
+    "--from",
+    "first",
+    required=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="First received day (UTC), YYYY-MM-DD.",
+)
+@click.option(
+    "--to",
+    "last",
+    required=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Last received day (UTC), YYYY-MM-DD, inclusive.",
+)
 @click.option("--target", default=None, help="Only this target (default: the source's).")
 @_project_option
 @_profiles_option

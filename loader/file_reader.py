@@ -13,6 +13,7 @@ import gc
 import os
 import pickle
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -200,7 +201,10 @@ def _read_frame(stream: IO[bytes]) -> Any:
     if len(head) < _FRAME.size:
         return None
     (size,) = _FRAME.unpack(head)
-    return pickle.loads(stream.read(size))
+    body = stream.read(size)
+    if len(body) < size:
+        return None  # the other side stopped mid-frame (Ctrl-C, a crash): the end
+    return pickle.loads(body)
 
 
 _FRAME = struct.Struct("<Q")
@@ -249,6 +253,9 @@ def _yield_cpu() -> None:
 
 def _serve() -> None:
     """The reader process: answer each request on stdin with its FileRead on stdout."""
+    # Ctrl-C reaches the whole process group: the loader alone handles it, and closes
+    # this reader's pipe (which ends it) once it has stopped.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests = sys.stdin.buffer
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr  # nothing else may write into the answer stream
@@ -277,7 +284,11 @@ def _serve() -> None:
             answer: Any = read_file(archive_file, options, context)
         except Exception as exc:  # noqa: BLE001 - re-raised in the loader process
             answer = exc
-        _write_frame(answers, answer)
+        try:
+            _write_frame(answers, answer)
+        except BrokenPipeError:
+            # The loader stopped (an error, Ctrl-C) and no longer reads: nothing to say.
+            os._exit(0)
         answer = None
 
 

@@ -87,6 +87,29 @@ class SyncReport:
         return asdict(self)
 
 
+class ArchiveFileMissing(Exception):
+    """An archive file listed at the start of a load was gone when its turn came
+    (deleted or moved meanwhile): the batches committed before it stand."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"archive file {url} disappeared during the load (deleted or moved)")
+        self.url = url
+
+
+@dataclass
+class LoadProgress:
+    """Where a load is, for a progress display: the pending files and bytes found at the
+    start, what the readers have read so far, and what is committed."""
+
+    files_total: int
+    bytes_total: int
+    files_read: int = 0
+    bytes_read: int = 0
+    lines_read: int = 0
+    files_committed: int = 0
+    lines_committed: int = 0
+
+
 @dataclass
 class _Batch:
     """Whole files, normalised and deduped within the batch, ready to commit."""
@@ -141,6 +164,10 @@ def recorded_run(wh: Warehouse, schema: str, source: str) -> Iterator[SyncReport
     try:
         yield report
         report.status = "success"
+    except KeyboardInterrupt:
+        # Ctrl-C: the batches committed before it stand; a rerun finishes the job.
+        report.status = "interrupted"
+        raise
     except Exception as exc:
         report.status = "failed"
         report.error = f"{type(exc).__name__}: {exc}"
@@ -166,15 +193,19 @@ class Loader:
         on_batch: Callable[[SyncReport], None] | None = None,
         sync_filter: SyncFilter | None = None,
         readers: int | None = None,
+        on_progress: Callable[[LoadProgress], None] | None = None,
     ) -> None:
         """`readers`: processes that parse files while this one loads (None: one per
-        spare core; 0: read in this process)."""
+        spare core; 0: read in this process). `on_progress` is called when the pending
+        files are known, after each file read and after each commit."""
         self.warehouse = warehouse
         self.readers = default_readers() if readers is None else readers
         self.writer = TableWriter(warehouse)
         self.batch_lines = batch_lines
         self.storage_options = storage_options
         self.on_batch = on_batch
+        self.on_progress = on_progress
+        self._progress = LoadProgress(0, 0)
         self.sync_filter = sync_filter if sync_filter is not None else SyncFilter(None)
         # Normalisation skips the filter entirely when nothing is turned off.
         self._row_filter = self.sync_filter if self.sync_filter.active else None
@@ -258,6 +289,8 @@ class Loader:
                     wh.record_files(schema, [(f.url, 0) for f in todo])
             return
         self.writer.refresh(schema)
+        self._progress = LoadProgress(len(todo), sum(f.size for f in todo))
+        self._tell()
         for batch in self._batches(todo):
             self._commit(schema, batch, report)
 
@@ -273,15 +306,32 @@ class Loader:
             text_width=capabilities.max_text_chars,
         )
         batch = _Batch()
-        for read in read_files(todo, options, self.readers, self._encode_context):
+        sizes = {f.url: f.size for f in todo}
+        progress = self._progress
+        reads = read_files(todo, options, self.readers, self._encode_context)
+        while True:
+            try:
+                read = next(reads)
+            except StopIteration:
+                break
+            except FileNotFoundError as exc:
+                raise ArchiveFileMissing(str(exc.filename or exc)) from None
             # The readers' copies of the filter decided names; this one reports them.
             self.sync_filter.learn(read.decided)
             self._add_file(read, batch)
+            progress.files_read += 1
+            progress.bytes_read += sizes.get(read.url, 0)
+            progress.lines_read += read.lines
+            self._tell()
             if batch.lines >= self.batch_lines:
                 yield batch
                 batch = _Batch(recent=batch.seen)
         if batch.files or batch.rejects:
             yield batch
+
+    def _tell(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self._progress)
 
     def _encode_context(self) -> EncodeContext:
         known = {table: dict(columns) for table, columns in self.writer.known.items()}
@@ -347,6 +397,9 @@ class Loader:
         report.lines_read += batch.lines
         report.duplicates += batch.duplicates
         report.files_failed.extend(batch.failed)
+        self._progress.files_committed = report.files_loaded
+        self._progress.lines_committed = report.lines_read
+        self._tell()
         if self.on_batch is not None:
             self.on_batch(report)
 

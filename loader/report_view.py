@@ -8,7 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 
-def print_report(report: dict[str, Any], console: Console) -> None:
+def print_report(report: dict[str, Any], console: Console, source: str | None = None) -> None:
+    """`source`: what to pass to `sluice rejects` for this run's rejects (default: the
+    schema). Every part is its own print, so each ends its line whatever follows."""
     status = report["status"]
     colour = "green" if status == "success" else "red"
     console.print(
@@ -19,8 +21,15 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f"files: {report['files_loaded']} loaded, {report['files_skipped']} already loaded, "
         f"{len(report['files_failed'])} failed; lines read: {report['lines_read']}; "
         f"duplicates skipped: {report['duplicates']}; rejects: {report['rejects']}; "
-        f"rescued values: {report['rescued_values']}"
+        f"rescued values: {report['rescued_values']}",
+        highlight=False,
     )
+    if report["rejects"]:
+        console.print(
+            f"rejected lines are kept in _sluice.rejected_events: see them with "
+            f"sluice rejects {source or report['schema']}",
+            highlight=False,
+        )
     if report.get("replay"):
         r = report["replay"]
         console.print(f"replay of files received {r['from']} to {r['to']}")
@@ -40,9 +49,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             table.add_row(name, str(rows))
         console.print(table)
     if report["new_tables"]:
-        console.print(f"new tables: {', '.join(report['new_tables'])}")
+        console.print(f"new tables: {', '.join(report['new_tables'])}", highlight=False)
     if report["new_columns"]:
-        console.print(f"new columns: {', '.join(report['new_columns'])}")
+        console.print(f"new columns: {', '.join(report['new_columns'])}", highlight=False)
     if report.get("deleted_objects"):
         console.print(f"objects marked deleted: {report['deleted_objects']}")
     if report.get("turned_off"):
@@ -60,3 +69,20 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         )
     if report.get("error"):
         console.print(f"[red]error:[/] {report['error']}")
+
+
+def report_warnings(report: dict[str, Any]) -> list[str]:
+    """What a person should notice about a run that succeeded."""
+    out = []
+    replay = report.get("replay")
+    if replay and report["files_seen"] == 0:
+        days = (
+            replay["from"]
+            if replay["from"] == replay["to"]
+            else f"any day from {replay['from']} to {replay['to']}"
+        )
+        out.append(
+            f"no archive files were received on {days} (UTC) in {report['source_url']}: "
+            "nothing was replayed"
+        )
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,61 @@ CAPABILITIES = Capabilities(
     },
     json_type="json",
 )
+
+
+class DatabaseInUse(LockBusy):
+    """The DuckDB file is locked by another process: a sync, or any reader that holds a
+    connection (a notebook, the DuckDB shell). DuckDB allows one writer per file.
+
+    `holder` is the other process as DuckDB names it ("/usr/bin/python3 (PID 4242)"),
+    when it does; the CLI words the message."""
+
+    def __init__(self, target_name: str, path: str, holder: str | None) -> None:
+        who = f" ({holder})" if holder else ""
+        super().__init__(
+            f"DuckDB file '{path}' of target '{target_name}' is open in another "
+            f"process{who}; close it or wait for it to finish"
+        )
+        self.target_name, self.path, self.holder = target_name, path, holder
+
+
+_HOLDER = re.compile(r"lock is held in (.+? \(PID \d+\))")
+
+
+def lock_conflict(target_name: str, path: str, exc: Exception) -> DatabaseInUse | None:
+    """DuckDB's "Could not set lock on file" error as a typed one; None for other errors."""
+    text = str(exc)
+    if "lock" not in text.lower():
+        return None
+    found = _HOLDER.search(text)
+    return DatabaseInUse(target_name, os.path.abspath(path), found.group(1) if found else None)
+
+
+def probe(target_name: str, path: str) -> str:
+    """`sluice debug`: open the file read-only and run a statement; a missing file is
+    reported, not created (a check changes nothing)."""
+    if path == ":memory:":
+        return "in-memory database"
+    if not os.path.exists(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+            raise WarehouseError(
+                f"DuckDB target '{target_name}': folder '{folder}' is not writable, so "
+                f"'{os.path.abspath(path)}' cannot be created"
+            )
+        return f"{os.path.abspath(path)} does not exist yet (the first sync creates it)"
+    try:
+        conn = duckdb.connect(path, read_only=True)
+    except duckdb.Error as exc:
+        busy = lock_conflict(target_name, path, exc)
+        if busy is not None:
+            raise busy from None
+        raise WarehouseError(f"cannot open DuckDB target '{target_name}': {exc}") from None
+    try:
+        conn.execute("SELECT 1").fetchall()
+    finally:
+        conn.close()
+    return f"DuckDB file {os.path.abspath(path)} opens"
 
 
 class DuckDBWarehouse(UpsertSqlWarehouse):
@@ -51,11 +108,9 @@ class DuckDBWarehouse(UpsertSqlWarehouse):
         try:
             self.conn = duckdb.connect(path, config=config)
         except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise LockBusy(
-                    f"DuckDB file '{path}' of target '{target_name}' is in use by another "
-                    "process (another sync is running); wait for it to finish"
-                ) from None
+            busy = lock_conflict(target_name, path, exc)
+            if busy is not None:
+                raise busy from None
             raise WarehouseError(f"cannot open DuckDB target '{target_name}': {exc}") from None
         except (duckdb.InvalidInputException, duckdb.ParserException) as exc:
             raise WarehouseError(
