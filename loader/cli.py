@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from loader.cli_common import (
@@ -344,6 +345,7 @@ def rejects(
         console.print(
             f"{prefix}{row['file']}, line {row['line']}: {row['reason']}",
             highlight=False,
+            markup=False,
             soft_wrap=True,
         )
         console.print(f"    {cut}", highlight=False, soft_wrap=True, markup=False)
@@ -363,7 +365,7 @@ def debug(target: str | None, profiles: str | None, project: str | None) -> None
         nonlocal problems
         problems += not ok
         mark = "[green]OK[/]   " if ok else "[red]FAIL[/] "
-        console.print(f"{mark} {what}: {detail}", highlight=False)
+        console.print(f"{mark} {escape(what)}: {escape(detail)}", highlight=False)
 
     console.print(f"sluice {_version()}", highlight=False)
     if proj is not None:

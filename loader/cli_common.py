@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from loader.config import ConfigError, Profiles, find_profiles, load_profiles
@@ -21,7 +22,8 @@ from loader.sources.cloud.engine import SourceError
 from loader.warehouses.base import LockBusy, Warehouse
 
 console = Console()
-err_console = Console(stderr=True)
+# Errors and warnings are one line each, however long (a path, a sentence): never wrapped.
+err_console = Console(stderr=True, soft_wrap=True)
 
 INTERRUPTED = "interrupted; the last committed batch stands; rerun to finish"
 
@@ -31,13 +33,19 @@ class CliContext:
         self.verbose = verbose
 
 
+def error(message: str) -> None:
+    """One line on stderr; the message is text, never markup (a '[postgres]' or a glob's
+    '[abc]' stays as written)."""
+    err_console.print(f"[red]error:[/] {escape(message)}", highlight=False)
+
+
 def fail(message: str, code: int) -> NoReturn:
-    err_console.print(f"[red]error:[/] {message}", highlight=False)
+    error(message)
     sys.exit(code)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def set_verbose(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -198,24 +206,23 @@ def run_sync(
         with display:
             report = run(loader)
     except LockBusy as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False)
+        error(f"{exc}")
         return None
     except ArchiveFileMissing as exc:
-        err_console.print(
-            f"[red]error:[/] {what} stopped: {exc}; the files committed before it stand, "
-            "and a rerun loads the rest",
-            highlight=False,
+        error(
+            f"{what} stopped: {exc}; the files committed before it stand, "
+            "and a rerun loads the rest"
         )
         return None
     except FileNotFoundError as exc:
         fail(f"archive not found: {exc}", 2)
     except SourceError as exc:
-        err_console.print(f"[red]error:[/] {what} failed: {exc}", highlight=False)
+        error(f"{what} failed: {exc}")
         return None
     except Exception as exc:  # noqa: BLE001 - one sentence, traceback with --verbose
         if ctx.verbose:
             raise
-        err_console.print(f"[red]error:[/] {what} failed: {exc}", highlight=False)
+        error(f"{what} failed: {exc}")
         return None
     print_report(report.to_dict(), console, source)
     for warning in report_warnings(report.to_dict()):

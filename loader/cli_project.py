@@ -9,6 +9,7 @@ from datetime import date
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from loader.catalog import update_catalog
@@ -16,6 +17,7 @@ from loader.cli_common import (
     CliContext,
     console,
     err_console,
+    error,
     fail,
     open_target,
     profiles_option,
@@ -78,7 +80,7 @@ def _run_pairs(
         try:
             warehouse = open_target(*profiles.target(target_name))
         except WarehouseError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False)
+            error(f"{exc}")
             failures += 1
             continue
         sync_filter = rules.filter_for(target_name, source_name)
@@ -292,7 +294,7 @@ def check(project: str | None, profiles: str | None) -> None:
     errors = [i for i in issues if i.error]
     for issue in sorted(issues, key=lambda i: i.line or 0):
         label = "[red]error[/]" if issue.error else "[yellow]warning[/]"
-        err_console.print(f"{label}: {issue.render(path)}", highlight=False)
+        err_console.print(f"{label}: {escape(issue.render(path))}", highlight=False)
     if errors:
         sys.exit(2)
     console.print(f"{path}: OK ({len(issues)} warning(s))", highlight=False)
@@ -326,7 +328,7 @@ def show(
         fail("no source is configured for that target/source in sluice.yml", 2)
     known, unreadable = _known_tables(proj, prof, pairs)
     for note in unreadable:
-        err_console.print(f"[yellow]warning:[/] cannot read target {note}", highlight=False)
+        warn(f"cannot read target {note}")
     for (t, s), tables in sorted(known.items()):
         sync_filter = rules.filter_for(t, s)
         view = Table("table", "column", "synced", "decided by", title=f"{t} / {s}")
@@ -374,7 +376,7 @@ def catalog_refresh(project: str | None, profiles: str | None) -> None:
         try:
             warehouse = open_target(*prof.target(target))
         except (WarehouseError, ConfigError) as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False)
+            error(f"{exc}")
             failures += 1
             continue
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -64,11 +65,12 @@ def print_report(report: dict[str, Any], console: Console, source: str | None = 
         )
     for failure in report["files_failed"]:
         console.print(
-            f"[yellow]skipped corrupt file[/] {failure['file']} (line {failure['line']}): "
-            f"{failure['error']}"
+            f"[yellow]skipped corrupt file[/] {escape(failure['file'])} (line {failure['line']}): "
+            f"{escape(failure['error'])}",
+            highlight=False,
         )
     if report.get("error"):
-        console.print(f"[red]error:[/] {report['error']}")
+        console.print(f"[red]error:[/] {escape(report['error'])}", highlight=False)
 
 
 def report_warnings(report: dict[str, Any]) -> list[str]:
