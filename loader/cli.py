@@ -61,7 +61,8 @@ def _open(project: str | None, profiles: str | None, target: str | None) -> Ware
 
 
 class _Sluice(click.Group):
-    """The root group: Ctrl-C anywhere below ends in one line and exit 130."""
+    """The root group: Ctrl-C anywhere below ends in one line and exit 130; an error no
+    command words itself is one line too (exit 1), its traceback with --verbose."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -69,6 +70,16 @@ class _Sluice(click.Group):
         except KeyboardInterrupt:
             err_console.print(f"[yellow]{INTERRUPTED}[/]", highlight=False)
             ctx.exit(130)
+        except ConfigError as exc:
+            fail(str(exc), 2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one sentence; the traceback with --verbose
+            if isinstance(ctx.obj, CliContext) and ctx.obj.verbose:
+                raise
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else ""
+            fail(f"{type(exc).__name__}: {first} (rerun with --verbose for the traceback)", 1)
 
 
 @click.group(cls=_Sluice, context_settings={"help_option_names": ["-h", "--help"]})
@@ -365,7 +376,7 @@ def debug(target: str | None, profiles: str | None, project: str | None) -> None
         nonlocal problems
         problems += not ok
         mark = "[green]OK[/]   " if ok else "[red]FAIL[/] "
-        console.print(f"{mark} {escape(what)}: {escape(detail)}", highlight=False)
+        console.print(f"{mark} {escape(what)}: {escape(detail)}", highlight=False, soft_wrap=True)
 
     console.print(f"sluice {_version()}", highlight=False)
     if proj is not None:

@@ -168,7 +168,7 @@ class LoadDisplay:
             "files": f"{p.files_read:,}/{p.files_total:,}",
             "events": f"{p.lines_read:,}/~{total:,}" if total else "0",
             "rate": f"{p.lines_read / elapsed:,.0f}",
-            "eta": "-:--:--" if left is None else time.strftime("%H:%M:%S", time.gmtime(left)),
+            "eta": "-:--:--" if left is None else _clock(left),
         }
         if self.task is None:
             self.task = self.progress.add_task(self.what, total=p.bytes_total or 1, **fields)
@@ -185,6 +185,12 @@ class LoadDisplay:
             f"{sum(report.rows_loaded.values())} rows[/]",
             highlight=False,
         )
+
+
+def _clock(seconds: float) -> str:
+    """H:MM:SS, as rich's elapsed column prints it."""
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 def run_sync(

@@ -27,8 +27,7 @@ def print_report(report: dict[str, Any], console: Console, source: str | None = 
     )
     if report["rejects"]:
         console.print(
-            f"rejected lines are kept in _sluice.rejected_events: see them with "
-            f"sluice rejects {source or report['schema']}",
+            f"see the rejected lines with: sluice rejects {source or report['schema']}",
             highlight=False,
         )
     if report.get("replay"):

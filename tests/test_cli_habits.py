@@ -513,3 +513,22 @@ def test_an_unclosed_bracket_is_an_error_not_matches_nothing(demo: Path, tmp_pat
     assert "matches nothing" not in check.stderr
     synced = invoke("sync", cwd=proj)
     assert synced.exit_code == 2 and "invalid pattern 'video_[started'" in synced.stderr
+
+
+def test_report_sections_each_start_their_own_line(demo: Path, tmp_path: Path) -> None:
+    """Two syncs in one command, their batch lines (stderr) and reports (stdout) in one
+    stream as a terminal shows them: no section is glued to the end of another
+    ("new tables: ..., accountscommitted: 4 of 4 files")."""
+    proj = _copy_project(demo, tmp_path / "p")
+    with (proj / "sluice.yml").open("a") as out:
+        out.write("  second:\n    kind: events\n    archive: archive\n    targets: [local]\n")
+    result = invoke("sync", "--verbose", cwd=proj)
+    assert result.exit_code == 0, result.output
+    markers = ("committed:", "success:", "files:", "new tables:", "see the rejected lines")
+    lines = result.output.splitlines()
+    assert any(line.startswith("committed:") for line in lines)
+    for line in lines:
+        for marker in markers:
+            assert marker not in line or line.startswith(marker), line
+    report_of_second = result.output.split("success: ", 2)[2]
+    assert "\nnew tables: " in report_of_second and "accounts\n" in report_of_second
