@@ -426,15 +426,33 @@ cli.add_command(selective_sync)
 cli.add_command(retl)
 
 
-def _add_verbose(command: click.Command) -> None:
-    """`--verbose` on every command too, so it works after the subcommand."""
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"sluice {_version()}")
+        ctx.exit()
+
+
+def _add_common(command: click.Command, root: bool = True) -> None:
+    """`--verbose` (and `--version`) on every command too, so they work after the
+    subcommand as before it."""
     command.params.append(verbose_option())
+    if not root:
+        command.params.append(
+            click.Option(
+                ["--version"],
+                is_flag=True,
+                expose_value=False,
+                is_eager=True,
+                callback=_print_version,
+                help="Show the version and exit.",
+            )
+        )
     if isinstance(command, click.Group):
         for sub in command.commands.values():
-            _add_verbose(sub)
+            _add_common(sub, root=False)
 
 
-_add_verbose(cli)
+_add_common(cli)
 
 
 def _on_sigint(_signum: int, _frame: Any) -> None:

@@ -111,15 +111,18 @@ def busy_message(exc: Any) -> str:
     )
 
 
-def open_target(name: str, spec: Any) -> Warehouse:
-    """The target's adapter; a missing driver ends the command (exit 2), a DuckDB file
-    held by another process is a WarehouseError in the CLI's words."""
+def open_target(name: str, spec: Any, missing_driver_ends: bool = True) -> Warehouse:
+    """The target's adapter; a missing driver ends the command (exit 2) unless the
+    caller can do without the target, a DuckDB file held by another process is a
+    WarehouseError in the CLI's words."""
     from loader.warehouses.duckdb import DatabaseInUse
     from loader.warehouses.registry import MissingDriver, open_warehouse
 
     try:
         return open_warehouse(name, spec)
     except MissingDriver as exc:
+        if not missing_driver_ends:
+            raise
         fail(str(exc), 2)
     except DatabaseInUse as exc:
         raise LockBusy(busy_message(exc)) from None

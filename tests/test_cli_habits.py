@@ -153,8 +153,9 @@ def test_every_command_and_option_has_help_and_the_common_options() -> None:
 
 
 def test_version_short_help_and_verbose_after_the_subcommand(demo: Path) -> None:
-    version = invoke("--version", cwd=demo)
-    assert version.exit_code == 0 and version.stdout.startswith("sluice ")
+    for args in (["--version"], ["sync", "--version"], ["schema", "show", "--version"]):
+        version = invoke(*args, cwd=demo)
+        assert version.exit_code == 0 and version.stdout.startswith("sluice "), args
     for args in (["-h"], ["schema", "show", "-h"], ["retl", "run", "-h"], ["sync", "-h"]):
         shown = invoke(*args, cwd=demo)
         assert shown.exit_code == 0 and "Usage:" in shown.stdout, args
