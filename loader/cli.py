@@ -33,7 +33,7 @@ from loader.cli_project import catalog, replay, selective_sync, sync
 from loader.cli_retl import retl
 from loader.config import ConfigError
 from loader.naming import snake_case
-from loader.pipeline import DEFAULT_BATCH_LINES, Loader
+from loader.pipeline import DEFAULT_BATCH_LINES, Loader, request_stop, stop_requested
 from loader.report_view import print_report
 from loader.selective_sync import SyncFilter
 from loader.selective_sync import load_file as load_selective_sync
@@ -75,6 +75,9 @@ class _Sluice(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except Exception as exc:  # noqa: BLE001 - one sentence; the traceback with --verbose
+            if stop_requested():  # Ctrl-C, reported by a driver as its own error
+                err_console.print(f"[yellow]{INTERRUPTED}[/]", highlight=False)
+                ctx.exit(130)
             if isinstance(ctx.obj, CliContext) and ctx.obj.verbose:
                 raise
             text = str(exc).strip()
@@ -456,8 +459,11 @@ _add_common(cli)
 
 
 def _on_sigint(_signum: int, _frame: Any) -> None:
-    """The first Ctrl-C stops the command; more while it unwinds are ignored, so the
-    cleanup (rollback of the open batch, the run's record) is not cut short."""
+    """Ctrl-C: a load stops at its next file or batch boundary (its connection clean,
+    its run recorded as interrupted); anything else, or a second Ctrl-C, stops at once.
+    Further presses while it unwinds are ignored, so the cleanup is not cut short."""
+    if not stop_requested() and request_stop():
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from loader.config import ConfigError, Profiles, find_profiles, load_profiles
-from loader.pipeline import ArchiveFileMissing, LoadProgress, SyncReport
+from loader.pipeline import ArchiveFileMissing, LoadProgress, SyncReport, stop_requested
 from loader.report_view import print_report, report_warnings
 from loader.sources.cloud.engine import SourceError
 from loader.warehouses.base import LockBusy, Warehouse
@@ -229,6 +229,8 @@ def run_sync(
         error(f"{what} failed: {exc}")
         return None
     except Exception as exc:  # noqa: BLE001 - one sentence, traceback with --verbose
+        if stop_requested():
+            raise KeyboardInterrupt from None  # Ctrl-C, worded by the caller (exit 130)
         if ctx.verbose:
             raise
         error(f"{what} failed: {exc}")

@@ -8,6 +8,7 @@ the job with no duplicate and no gap.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -148,6 +149,30 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_stop = threading.Event()
+# Loads now in their batch loop, which stop cleanly at the next file or batch boundary.
+_stoppable = [0]
+
+
+def request_stop() -> bool:
+    """Ask a running load to stop (a SIGINT handler calls this). True when a load will
+    stop by itself at its next file or batch boundary, with its connection clean and
+    its run recorded as "interrupted"; False when nothing will (the caller then
+    interrupts at once). Also lets a driver interrupted mid-statement (DuckDB reports
+    its own error) be told from a failure."""
+    _stop.set()
+    return _stoppable[0] > 0
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
+
+
+def _check_stop() -> None:
+    if _stop.is_set():
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def recorded_run(wh: Warehouse, schema: str, source: str) -> Iterator[SyncReport]:
     """A sync's report: timed, marked success or failed, and stored in `_sluice` either
@@ -169,6 +194,9 @@ def recorded_run(wh: Warehouse, schema: str, source: str) -> Iterator[SyncReport
         report.status = "interrupted"
         raise
     except Exception as exc:
+        if _stop.is_set():
+            report.status = "interrupted"
+            raise KeyboardInterrupt from exc
         report.status = "failed"
         report.error = f"{type(exc).__name__}: {exc}"
         raise
@@ -291,8 +319,13 @@ class Loader:
         self.writer.refresh(schema)
         self._progress = LoadProgress(len(todo), sum(f.size for f in todo))
         self._tell()
-        for batch in self._batches(todo):
-            self._commit(schema, batch, report)
+        _stoppable[0] += 1
+        try:
+            for batch in self._batches(todo):
+                _check_stop()
+                self._commit(schema, batch, report)
+        finally:
+            _stoppable[0] -= 1
 
     def _batches(self, todo: list[ArchiveFile]) -> Iterator[_Batch]:
         f = self.sync_filter
@@ -316,6 +349,7 @@ class Loader:
                 break
             except FileNotFoundError as exc:
                 raise ArchiveFileMissing(str(exc.filename or exc)) from None
+            _check_stop()
             # The readers' copies of the filter decided names; this one reports them.
             self.sync_filter.learn(read.decided)
             self._add_file(read, batch)
