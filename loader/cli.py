@@ -1,87 +1,190 @@
-"""The `sluice` command. Exit codes: 0 success, 1 failed sync, 2 bad usage or config."""
+"""The `sluice` command. Exit codes: 0 success, 1 failed sync, 2 bad usage or config,
+130 interrupted (Ctrl-C)."""
 
 from __future__ import annotations
 
+import difflib
 import shutil
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from loader.cli_common import (
+    INTERRUPTED,
     CliContext,
+    busy_message,
     console,
+    err_console,
     fail,
     incomplete,
     open_target,
-    progress,
+    profiles_option,
+    project_option,
+    project_profiles,
     run_sync,
+    target_option,
+    verbose_option,
 )
 from loader.cli_project import catalog, replay, selective_sync, sync
 from loader.cli_retl import retl
-from loader.config import ConfigError, find_profiles, load_profiles
+from loader.config import ConfigError
 from loader.naming import snake_case
-from loader.pipeline import DEFAULT_BATCH_LINES, Loader
+from loader.pipeline import DEFAULT_BATCH_LINES, Loader, request_stop, stop_requested
 from loader.report_view import print_report
 from loader.selective_sync import SyncFilter
 from loader.selective_sync import load_file as load_selective_sync
-from loader.warehouses.base import Warehouse, WarehouseError
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, Warehouse, WarehouseError
 
 
-def _open(profiles: str | None, target: str | None, read_only: bool = False) -> Warehouse:
-    path = find_profiles(profiles)
-    name, spec = load_profiles(path).target(target)
-    return open_target(name, spec, read_only=read_only)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("sluice")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
-@click.group()
-@click.option("--verbose", is_flag=True, help="Show tracebacks on errors.")
+def _open(
+    project: str | None, profiles: str | None, target: str | None, read_only: bool = False
+) -> Warehouse:
+    """`read_only`: the command only reads (a DuckDB file is then opened read-only)."""
+    _, loaded = project_profiles(project, profiles)
+    try:
+        name, spec = loaded.target(target)
+        return open_target(name, spec, read_only=read_only)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except WarehouseError as exc:
+        fail(str(exc), 1)
+
+
+class _Sluice(click.Group):
+    """The root group: Ctrl-C anywhere below ends in one line and exit 130; an error no
+    command words itself is one line too (exit 1), its traceback with --verbose."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            err_console.print(f"[yellow]{INTERRUPTED}[/]", highlight=False)
+            ctx.exit(130)
+        except ConfigError as exc:
+            fail(str(exc), 2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one sentence; the traceback with --verbose
+            if stop_requested():  # Ctrl-C, reported by a driver as its own error
+                err_console.print(f"[yellow]{INTERRUPTED}[/]", highlight=False)
+                ctx.exit(130)
+            if isinstance(ctx.obj, CliContext) and ctx.obj.verbose:
+                raise
+            text = str(exc).strip()
+            first = text.splitlines()[0] if text else ""
+            fail(f"{type(exc).__name__}: {first} (rerun with --verbose for the traceback)", 1)
+
+
+@click.group(cls=_Sluice, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    _version(), "--version", "-V", prog_name="sluice", message="%(prog)s %(version)s"
+)
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(ctx: click.Context) -> None:
     """Sluice: Segment event archives into Segment-faithful warehouse tables."""
-    ctx.obj = CliContext(verbose)
+    if ctx.obj is None:
+        ctx.obj = CliContext(False)
+
+
+# What `sluice init` writes; none of it may exist beforehand (init never overwrites or
+# adds to a project's config or archive: a loaded archive must stay byte for byte).
+INIT_FILES = ("sluice.yml", "profiles.yml", "selective_sync.yml", "dagster.yaml")
+INIT_FOLDERS = ("archive", "sql/models")
+GITIGNORE = """\
+# Written by `sluice init`: local state that does not belong in version control.
+# The DuckDB warehouse (profiles.yml, target local) and its write-ahead log
+*.duckdb
+*.duckdb.wal
+# Sluice's catalog of loaded tables (rebuilt by `sluice catalog refresh`)
+.sluice/
+# Dagster's instance state under DAGSTER_HOME
+history/
+storage/
+schedules/
+.logs_queue/
+.nux/
+.telemetry/
+"""
 
 
 @cli.command()
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 @click.option("--events", default=20_000, show_default=True, help="Sample events to generate.")
 def init(directory: str, events: int) -> None:
-    """Write a starter sluice.yml, profiles.yml, selective_sync.yml, dagster.yaml and a
-    sample archive in DIRECTORY (existing files are kept)."""
+    """Write a starter sluice.yml, profiles.yml, selective_sync.yml, dagster.yaml,
+    .gitignore and a sample archive into DIRECTORY, which must not hold a project yet."""
     from importlib.resources import files as package_files
 
     from loader.sample import write_archive
 
     root = Path(directory)
+    taken = [n for n in INIT_FILES if (root / n).exists()]
+    taken += [f"{n}/" for n in INIT_FOLDERS if (root / n).exists()]
+    if taken:
+        fail(
+            f"{root} already holds {', '.join(taken)}; sluice init never overwrites or adds "
+            "to a project: give a new folder (sluice init NEW_DIR)",
+            2,
+        )
+    if events < 1:
+        fail("--events must be at least 1", 2)
     root.mkdir(parents=True, exist_ok=True)
     templates = package_files("loader") / "templates"
     written = []
-    for name in ("sluice.yml", "profiles.yml", "selective_sync.yml", "dagster.yaml"):
-        path = root / name
-        if not path.exists():
-            path.write_text((templates / name).read_text())
-            written.append(name)
+    for name in INIT_FILES:
+        (root / name).write_text((templates / name).read_text())
+        written.append(name)
+    gitignore = root / ".gitignore"
+    if not gitignore.exists():
+        gitignore.write_text(GITIGNORE)
+        written.append(".gitignore")
     examples = Path(__file__).resolve().parent.parent / "sql" / "models"
-    models = root / "sql" / "models"
-    if examples.is_dir() and not models.exists():
+    if examples.is_dir():
         # The example reverse-ETL models, from a source checkout (pip install -e .).
-        shutil.copytree(examples, models)
+        shutil.copytree(examples, root / "sql" / "models")
         written.append("sql/models/")
     files = write_archive(root / "archive", events)
     console.print(
-        f"wrote {', '.join(written) or 'no new config files'} and a sample archive of "
-        f"{events} events in {len(files)} files under {root / 'archive'}"
+        f"wrote {', '.join(written)} and a sample archive of {events} events in "
+        f"{len(files)} files under {root / 'archive'}",
+        highlight=False,
     )
-    console.print(f"next: cd {root} && sluice sync")
+    if ".gitignore" not in written:
+        console.print(
+            f"kept the existing {gitignore}; add *.duckdb, .sluice/, history/, storage/ "
+            "and schedules/ to it",
+            highlight=False,
+        )
+    console.print(f"next: cd {root} && sluice sync", highlight=False)
 
 
 @cli.command()
 @click.argument("archive_url")
 @click.option("--schema", "schema_name", required=True, help="Warehouse schema (source name).")
-@click.option("--target", default=None, help="Target in profiles.yml (default_target if unset).")
-@click.option("--profiles", default=None, help="Path to profiles.yml.")
-@click.option("--batch-lines", default=DEFAULT_BATCH_LINES, show_default=True)
+@target_option
+@profiles_option
+@project_option
+@click.option(
+    "--batch-lines",
+    default=DEFAULT_BATCH_LINES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Lines per committed batch (one transaction each; memory grows with it).",
+)
 @click.option(
     "--readers",
     type=click.IntRange(min=0),
@@ -102,15 +205,16 @@ def load(
     schema_name: str,
     target: str | None,
     profiles: str | None,
+    project: str | None,
     batch_lines: int,
     readers: int | None,
     selective_sync: str | None,
 ) -> None:
     """Load an archive (a file, a folder, or an s3:// / gs:// prefix) into SCHEMA."""
     schema = snake_case(schema_name)
+    _, loaded = project_profiles(project, profiles)
     try:
-        path = find_profiles(profiles)
-        target_name, spec = load_profiles(path).target(target)
+        target_name, spec = loaded.target(target)
         rules = load_selective_sync(Path(selective_sync)) if selective_sync else None
         warehouse = open_target(target_name, spec)
     except (ConfigError, WarehouseError) as exc:
@@ -119,7 +223,6 @@ def load(
     loader = Loader(
         warehouse,
         batch_lines=batch_lines,
-        on_batch=progress,
         sync_filter=sync_filter,
         readers=readers,
     )
@@ -143,27 +246,33 @@ def schema() -> None:
 
 @schema.command("show")
 @click.argument("name", required=False)
-@click.option("--target", default=None)
-@click.option("--profiles", default=None)
-def schema_show(name: str | None, target: str | None, profiles: str | None) -> None:
+@target_option
+@profiles_option
+@project_option
+def schema_show(
+    name: str | None, target: str | None, profiles: str | None, project: str | None
+) -> None:
     """List tables, columns and types of SCHEMA[.TABLE]."""
     if not name:
         fail("give a schema name: sluice schema show SCHEMA[.TABLE]", 2)
-        return
     schema_name, _, table_name = name.partition(".")
-    try:
-        warehouse = _open(profiles, target, read_only=True)
-    except (ConfigError, WarehouseError) as exc:
-        fail(str(exc), 2)
-        return
+    warehouse = _open(project, profiles, target, read_only=True)
     try:
         tables = warehouse.read_schema(schema_name)
     finally:
         warehouse.close()
-    if table_name:
-        tables = {k: v for k, v in tables.items() if k == table_name}
     if not tables:
-        fail(f"no tables found for {name}", 1)
+        fail(f"no tables found in schema '{schema_name}' of this target", 1)
+    if table_name:
+        if table_name not in tables:
+            close = difflib.get_close_matches(table_name, sorted(tables), n=3)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            fail(
+                f"no table '{table_name}' in schema '{schema_name}' ({len(tables)} tables: "
+                f"sluice schema show {schema_name} lists them){hint}",
+                1,
+            )
+        tables = {table_name: tables[table_name]}
     for table, columns in sorted(tables.items()):
         view = Table("column", "type", title=f"{schema_name}.{table}")
         for column, kind in columns.items():
@@ -172,16 +281,15 @@ def schema_show(name: str | None, target: str | None, profiles: str | None) -> N
 
 
 @cli.command()
-@click.option("--target", default=None)
-@click.option("--profiles", default=None)
-@click.option("--limit", default=10, show_default=True)
-def runs(target: str | None, profiles: str | None, limit: int) -> None:
+@target_option
+@profiles_option
+@project_option
+@click.option(
+    "--limit", default=10, show_default=True, type=click.IntRange(min=1), help="Runs shown."
+)
+def runs(target: str | None, profiles: str | None, project: str | None, limit: int) -> None:
     """Show the most recent sync reports."""
-    try:
-        warehouse = _open(profiles, target, read_only=True)
-    except (ConfigError, WarehouseError) as exc:
-        fail(str(exc), 2)
-        return
+    warehouse = _open(project, profiles, target, read_only=True)
     try:
         warehouse.ensure_bookkeeping()
         reports = warehouse.recent_runs(limit)
@@ -194,6 +302,130 @@ def runs(target: str | None, profiles: str | None, limit: int) -> None:
         print_report(report, console)
 
 
+@cli.command()
+@click.argument("source", required=False)
+@target_option
+@profiles_option
+@project_option
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rejected lines shown, newest first.",
+)
+@click.option(
+    "--width",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=10),
+    help="Characters of each raw line shown.",
+)
+def rejects(
+    source: str | None,
+    target: str | None,
+    profiles: str | None,
+    project: str | None,
+    limit: int,
+    width: int,
+) -> None:
+    """Show recent rejected lines (file, line, reason, the raw text cut short) of SOURCE
+    (a source of sluice.yml or a schema name; default: every schema)."""
+    proj, loaded = project_profiles(project, profiles)
+    schema_name = None
+    if source is not None:
+        schema_name = proj.schema_of(source) if proj and source in proj.sources else source
+        if proj is not None and target is None and source in proj.sources:
+            target = proj.targets_of(source, loaded)[0]
+    try:
+        name, spec = loaded.target(target)
+        warehouse = open_target(name, spec)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except WarehouseError as exc:
+        fail(str(exc), 1)
+    try:
+        if "rejected_events" not in warehouse.read_schema(BOOKKEEPING_SCHEMA):
+            rows = []
+        else:
+            rows = warehouse.recent_rejects(schema_name, limit)
+    finally:
+        warehouse.close()
+    where = f"schema '{schema_name}'" if schema_name else "any schema"
+    if not rows:
+        console.print(f"no rejected lines recorded for {where} in target '{name}'")
+        return
+    console.print(f"newest {len(rows)} rejected line(s) of {where}:", highlight=False)
+    for row in rows:
+        raw = " ".join((row["raw"] or "").split())
+        cut = raw if len(raw) <= width else raw[: width - 3] + "..."
+        prefix = "" if schema_name else f"{row['schema']}: "
+        console.print(
+            f"{prefix}{row['file']}, line {row['line']}: {row['reason']}",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        console.print(f"    {cut}", highlight=False, soft_wrap=True, markup=False)
+
+
+@cli.command()
+@target_option
+@profiles_option
+@project_option
+def debug(target: str | None, profiles: str | None, project: str | None) -> None:
+    """Check the project, its files and each target's connection, loading nothing:
+    one line per check, OK or the problem; exit 1 if any check fails."""
+    proj, loaded = project_profiles(project, profiles)
+    problems = 0
+
+    def line(ok: bool, what: str, detail: str) -> None:
+        nonlocal problems
+        problems += not ok
+        mark = "[green]OK[/]   " if ok else "[red]FAIL[/] "
+        console.print(f"{mark} {escape(what)}: {escape(detail)}", highlight=False, soft_wrap=True)
+
+    console.print(f"sluice {_version()}", highlight=False)
+    if proj is not None:
+        line(True, "project", f"{proj.path} ({len(proj.sources)} source(s))")
+        try:
+            proj.load_selective_sync()
+            if proj.selective_sync:
+                line(True, "selective sync", str(proj.selective_sync_path()))
+        except ConfigError as exc:
+            line(False, "selective sync", str(exc))
+        for source_name in proj.sources:
+            if proj.is_archive(source_name):
+                url = proj.archive_url(source_name)
+                if "://" in url or Path(url).exists():
+                    shown = url if "://" in url else str(Path(url).resolve())
+                    line(True, f"source {source_name}", f"archive {shown}")
+                else:
+                    line(
+                        False,
+                        f"source {source_name}",
+                        f"archive {Path(url).resolve()} does not exist",
+                    )
+    names = [target] if target else list(loaded.targets)
+    from loader.warehouses.duckdb import DatabaseInUse
+    from loader.warehouses.registry import check_target
+
+    for target_name in names:
+        try:
+            found = check_target(*loaded.target(target_name))
+        except (ConfigError, WarehouseError) as exc:
+            message = str(exc)
+            if isinstance(exc, DatabaseInUse):
+                message = busy_message(exc)
+            line(False, f"target {target_name}", message)
+            continue
+        line(True, f"target {target_name}", found)
+    if problems:
+        console.print(f"{problems} problem(s) found", highlight=False)
+        sys.exit(1)
+    console.print("all checks passed", highlight=False)
+
+
 cli.add_command(sync)
 cli.add_command(catalog)
 cli.add_command(replay)
@@ -201,9 +433,49 @@ cli.add_command(selective_sync)
 cli.add_command(retl)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(f"sluice {_version()}")
+        ctx.exit()
+
+
+def _add_common(command: click.Command, root: bool = True) -> None:
+    """`--verbose` (and `--version`) on every command too, so they work after the
+    subcommand as before it."""
+    command.params.append(verbose_option())
+    if not root:
+        command.params.append(
+            click.Option(
+                ["--version"],
+                is_flag=True,
+                expose_value=False,
+                is_eager=True,
+                callback=_print_version,
+                help="Show the version and exit.",
+            )
+        )
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _add_common(sub, root=False)
+
+
+_add_common(cli)
+
+
+def _on_sigint(_signum: int, _frame: Any) -> None:
+    """Ctrl-C: a load stops at its next file or batch boundary (its connection clean,
+    its run recorded as interrupted); anything else, or a second Ctrl-C, stops at once.
+    Further presses while it unwinds are ignored, so the cleanup is not cut short."""
+    if not stop_requested() and request_stop():
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGINT, _on_sigint)
     try:
-        cli(standalone_mode=True)
+        cli(standalone_mode=True, obj=CliContext(False))
     except ConfigError as exc:
         fail(str(exc), 2)
 

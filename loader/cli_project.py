@@ -9,6 +9,7 @@ from datetime import date
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from loader.catalog import update_catalog
@@ -16,10 +17,13 @@ from loader.cli_common import (
     CliContext,
     console,
     err_console,
+    error,
     fail,
     incomplete,
     open_target,
-    progress,
+    profiles_option,
+    project_option,
+    warn,
 )
 from loader.cli_common import run_sync as run_one
 from loader.config import ConfigError, Profiles
@@ -31,10 +35,8 @@ from loader.sources.cloud.registry import connector_for
 from loader.warehouses.base import WarehouseError
 from loader.warehouses.registry import holds_nothing_yet
 
-_project_option = click.option(
-    "--project", default=None, help="Path to sluice.yml (or its folder); $SLUICE_PROJECT."
-)
-_profiles_option = click.option("--profiles", default=None, help="Path to profiles.yml.")
+_project_option = project_option
+_profiles_option = profiles_option
 
 
 def _load(project_path: str | None, profiles_path: str | None) -> tuple[Project, Profiles]:
@@ -82,7 +84,7 @@ def _run_pairs(
         try:
             warehouse = open_target(*profiles.target(target_name))
         except WarehouseError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False)
+            error(f"{exc}")
             failures += 1
             continue
         sync_filter = rules.filter_for(target_name, source_name)
@@ -94,25 +96,60 @@ def _run_pairs(
                     warehouse,
                     batch_lines=source.batch_lines or DEFAULT_BATCH_LINES,
                     storage_options=source.storage_options or None,
-                    on_batch=progress,
                     sync_filter=sync_filter,
                     readers=source.readers,
                 )
-                report = run_one(ctx, loader, what, _runner(url, schema, days))
+                report = run_one(ctx, loader, what, _runner(url, schema, days), source_name)
             else:
                 objects = ObjectLoader(
                     warehouse,
                     sync_filter=sync_filter,
                     batch_objects=source.batch_lines or DEFAULT_BATCH_OBJECTS,
                 )
-                report = run_one(ctx, objects, what, _object_runner(project, source, schema))
+                report = run_one(
+                    ctx, objects, what, _object_runner(project, source, schema), source_name
+                )
             if report is not None:
                 update_catalog(project.root, target_name, schema, warehouse.read_schema(schema))
         finally:
             warehouse.close()
         failures += incomplete(report)
+    _warn_selective_sync(project, profiles, pairs)
     if failures:
         sys.exit(1)
+
+
+def _warn_selective_sync(
+    project: Project, profiles: Profiles, pairs: list[tuple[str, str]]
+) -> None:
+    """After a sync, the warnings `selective-sync check` gives for the pairs it ran (a
+    pattern that matches nothing the warehouse or archive has shown, with the closest
+    names): a typo in selective_sync.yml turns nothing off, silently otherwise."""
+    path = project.selective_sync_path()
+    if path is None or not path.exists():
+        return
+    rules, issues = parse(path.read_text(), str(path))
+    if any(i.error for i in issues):
+        return
+    ran = {(t, s) for s, t in pairs}
+    known, _ = _known_tables(project, profiles, pairs)
+    for issue in check_names(rules, profiles.targets, project.sources, known):
+        if issue.error:
+            continue
+        # Only the pairs this sync ran: another target's rules are that sync's business.
+        if not any((t, s) in ran and issue.line in _rule_lines(rules, t, s) for t, s in ran):
+            continue
+        warn(issue.render(str(path)))
+
+
+def _rule_lines(rules: SelectiveSync, target: str, source: str) -> set[int]:
+    r = rules.rules(target, source)
+    if r is None:
+        return set()
+    lines = {line for _, line in r.collections}
+    lines.update(r.properties_lines.values())
+    lines.update(line for patterns in r.properties.values() for _, line in patterns)
+    return lines
 
 
 def _runner(
@@ -155,8 +192,20 @@ def sync(
 
 @click.command()
 @click.argument("source")
-@click.option("--from", "first", required=True, type=click.DateTime(["%Y-%m-%d"]))
-@click.option("--to", "last", required=True, type=click.DateTime(["%Y-%m-%d"]))
+@click.option(
+    "--from",
+    "first",
+    required=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="First received day (UTC), YYYY-MM-DD.",
+)
+@click.option(
+    "--to",
+    "last",
+    required=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="Last received day (UTC), YYYY-MM-DD, inclusive.",
+)
 @click.option("--target", default=None, help="Only this target (default: the source's).")
 @_project_option
 @_profiles_option
@@ -209,11 +258,11 @@ def _known_tables(
         by_target.setdefault(target, []).append(source)
     for target, sources in by_target.items():
         try:
-            spec = profiles.target(target)[1]
+            name, spec = profiles.target(target)
             if holds_nothing_yet(spec):  # reading must not create the database
                 known.update({(target, source): {} for source in sources})
                 continue
-            warehouse = open_target(target, spec)
+            warehouse = open_target(name, spec, missing_driver_ends=False, read_only=True)
         except (WarehouseError, ConfigError) as exc:
             unreadable.append(f"{target}: {exc}")
             continue
@@ -253,7 +302,7 @@ def check(project: str | None, profiles: str | None) -> None:
     errors = [i for i in issues if i.error]
     for issue in sorted(issues, key=lambda i: i.line or 0):
         label = "[red]error[/]" if issue.error else "[yellow]warning[/]"
-        err_console.print(f"{label}: {issue.render(path)}", highlight=False)
+        err_console.print(f"{label}: {escape(issue.render(path))}", highlight=False)
     if errors:
         sys.exit(2)
     console.print(f"{path}: OK ({len(issues)} warning(s))", highlight=False)
@@ -287,7 +336,7 @@ def show(
         fail("no source is configured for that target/source in sluice.yml", 2)
     known, unreadable = _known_tables(proj, prof, pairs)
     for note in unreadable:
-        err_console.print(f"[yellow]warning:[/] cannot read target {note}", highlight=False)
+        warn(f"cannot read target {note}")
     for (t, s), tables in sorted(known.items()):
         sync_filter = rules.filter_for(t, s)
         view = Table("table", "column", "synced", "decided by", title=f"{t} / {s}")
@@ -335,7 +384,7 @@ def catalog_refresh(project: str | None, profiles: str | None) -> None:
         try:
             warehouse = open_target(*prof.target(target))
         except (WarehouseError, ConfigError) as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False)
+            error(f"{exc}")
             failures += 1
             continue
         try:

@@ -16,9 +16,16 @@ import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loader.cli_common import CliContext, console, err_console, fail, open_target
+from loader.cli_common import (
+    CliContext,
+    console,
+    err_console,
+    fail,
+    open_target,
+    project_option,
+)
 from loader.config import ConfigError, find_profiles, load_profiles
-from loader.project import load_project
+from loader.project import PROJECT_FILE, find_project, load_project
 from loader.reverse_etl.model import DEFAULT_MODELS_DIR, MODES, SEND_KINDS, Model, load_model
 from loader.reverse_etl.runner import RetlReport, plan_model, run_model
 from loader.warehouses.base import LockBusy, Warehouse, WarehouseError
@@ -38,6 +45,7 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
                 f"./sluice.yml, else {DEFAULT_MODELS_DIR}).",
             ),
             click.option("--schema", default=None, help="Value of {{ schema }} (default: yml)."),
+            project_option,
         ]
     ):
         func = option(func)
@@ -45,13 +53,15 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _project_defaults(
-    models_dir: str | None, profiles: str | None, target: str | None
+    models_dir: str | None, profiles: str | None, target: str | None, project_path: str | None
 ) -> tuple[Path, str | None, str | None]:
-    """Models folder, profiles and target from ./sluice.yml when not given."""
-    project_file = Path("sluice.yml")
-    if not project_file.exists():
+    """Models folder, profiles and target from the project (--project, $SLUICE_PROJECT,
+    ./sluice.yml) when not given."""
+    import os
+
+    if not (project_path or os.environ.get("SLUICE_PROJECT") or Path(PROJECT_FILE).exists()):
         return Path(models_dir or DEFAULT_MODELS_DIR), profiles, target
-    project = load_project(project_file)
+    project = load_project(find_project(project_path))
     folder = Path(models_dir) if models_dir else project.models_dir() or Path(DEFAULT_MODELS_DIR)
     if profiles is None and project.profiles is not None:
         profiles = str(project.profiles_path())
@@ -64,9 +74,10 @@ def _setup(
     profiles: str | None,
     models_dir: str | None,
     schema: str | None,
+    project: str | None,
 ) -> tuple[Model, Warehouse, Callable[[str], Warehouse]]:
     try:
-        folder, profiles, target = _project_defaults(models_dir, profiles, target)
+        folder, profiles, target = _project_defaults(models_dir, profiles, target, project)
         model = load_model(folder, model_name, schema)
         loaded = load_profiles(find_profiles(profiles))
         warehouse = open_target(*loaded.target(target))
@@ -105,11 +116,12 @@ def plan(
     profiles: str | None,
     models_dir: str | None,
     schema: str | None,
+    project: str | None,
     sample_size: int,
 ) -> None:
     """Show what `sluice retl run MODEL` would send: counts per change and mode, and a
     sample of the records. Sends nothing and leaves the snapshot as it is."""
-    model, warehouse, _ = _setup(model_name, target, profiles, models_dir, schema)
+    model, warehouse, _ = _setup(model_name, target, profiles, models_dir, schema, project)
     try:
         result = plan_model(warehouse, model, sample_size=max(0, sample_size))
     except Exception as exc:  # noqa: BLE001 - one sentence; traceback with --verbose
@@ -158,10 +170,11 @@ def run(
     profiles: str | None,
     models_dir: str | None,
     schema: str | None,
+    project: str | None,
 ) -> None:
     """Send MODEL's changes since the last sync to its destination; print and store
     (in _sluice.retl_runs) the report. Failed records are retried by the next run."""
-    model, warehouse, open_other = _setup(model_name, target, profiles, models_dir, schema)
+    model, warehouse, open_other = _setup(model_name, target, profiles, models_dir, schema, project)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

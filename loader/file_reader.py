@@ -13,6 +13,7 @@ import gc
 import os
 import pickle
 import queue
+import signal
 import struct
 import subprocess
 import sys
@@ -253,7 +254,10 @@ def _read_frame_bytes(stream: IO[bytes]) -> bytes | None:
     if len(head) < _FRAME.size:
         return None
     (size,) = _FRAME.unpack(head)
-    return stream.read(size)
+    body = stream.read(size)
+    if len(body) < size:
+        return None  # the other side stopped mid-frame (Ctrl-C, a crash): the end
+    return body
 
 
 _FRAME = struct.Struct("<Q")
@@ -302,6 +306,9 @@ def _yield_cpu() -> None:
 
 def _serve() -> None:
     """The reader process: answer each request on stdin with its FileRead on stdout."""
+    # Ctrl-C reaches the whole process group: the loader alone handles it, and closes
+    # this reader's pipe (which ends it) once it has stopped.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests = sys.stdin.buffer
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr  # nothing else may write into the answer stream

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -103,6 +104,29 @@ class SyncReport:
         return asdict(self)
 
 
+class ArchiveFileMissing(Exception):
+    """An archive file listed at the start of a load was gone when its turn came
+    (deleted or moved meanwhile): the batches committed before it stand."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"archive file {url} disappeared during the load (deleted or moved)")
+        self.url = url
+
+
+@dataclass
+class LoadProgress:
+    """Where a load is, for a progress display: the pending files and bytes found at the
+    start, what the readers have read so far, and what is committed."""
+
+    files_total: int
+    bytes_total: int
+    files_read: int = 0
+    bytes_read: int = 0
+    lines_read: int = 0
+    files_committed: int = 0
+    lines_committed: int = 0
+
+
 @dataclass
 class _Batch:
     """Whole files, normalised and deduped within the batch, ready to commit."""
@@ -166,6 +190,30 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+_stop = threading.Event()
+# Loads now in their batch loop, which stop cleanly at the next file or batch boundary.
+_stoppable = [0]
+
+
+def request_stop() -> bool:
+    """Ask a running load to stop (a SIGINT handler calls this). True when a load will
+    stop by itself at its next file or batch boundary, with its connection clean and
+    its run recorded as "interrupted"; False when nothing will (the caller then
+    interrupts at once). Also lets a driver interrupted mid-statement (DuckDB reports
+    its own error) be told from a failure."""
+    _stop.set()
+    return _stoppable[0] > 0
+
+
+def stop_requested() -> bool:
+    return _stop.is_set()
+
+
+def _check_stop() -> None:
+    if _stop.is_set():
+        raise KeyboardInterrupt
+
+
 @contextmanager
 def recorded_run(wh: Warehouse, schema: str, source: str) -> Iterator[SyncReport]:
     """A sync's report: timed, marked success, partial (some file broke part way or could
@@ -184,7 +232,14 @@ def recorded_run(wh: Warehouse, schema: str, source: str) -> Iterator[SyncReport
         yield report
         # Files that broke part way, or could not be read, leave the load incomplete.
         report.status = "partial" if report.files_failed else "success"
+    except KeyboardInterrupt:
+        # Ctrl-C: the batches committed before it stand; a rerun finishes the job.
+        report.status = "interrupted"
+        raise
     except Exception as exc:
+        if _stop.is_set():
+            report.status = "interrupted"
+            raise KeyboardInterrupt from exc
         report.status = "failed"
         report.error = f"{type(exc).__name__}: {exc}"
         raise
@@ -209,15 +264,19 @@ class Loader:
         on_batch: Callable[[SyncReport], None] | None = None,
         sync_filter: SyncFilter | None = None,
         readers: int | None = None,
+        on_progress: Callable[[LoadProgress], None] | None = None,
     ) -> None:
         """`readers`: processes that parse files while this one loads (None: one per
-        spare core; 0: read in this process)."""
+        spare core; 0: read in this process). `on_progress` is called when the pending
+        files are known, after each file read and after each commit."""
         self.warehouse = warehouse
         self.readers = default_readers() if readers is None else readers
         self.writer = TableWriter(warehouse)
         self.batch_lines = batch_lines
         self.storage_options = storage_options
         self.on_batch = on_batch
+        self.on_progress = on_progress
+        self._progress = LoadProgress(0, 0)
         self.sync_filter = sync_filter if sync_filter is not None else SyncFilter(None)
         # Normalisation skips the filter entirely when nothing is turned off.
         self._row_filter = self.sync_filter if self.sync_filter.active else None
@@ -303,8 +362,15 @@ class Loader:
                     wh.record_files(schema, [(f.ledger_key, 0) for f in todo])
             return
         self.writer.refresh(schema)
-        for batch in self._batches(todo):
-            self._commit(schema, batch, report)
+        self._progress = LoadProgress(len(todo), sum(f.size for f in todo))
+        self._tell()
+        _stoppable[0] += 1
+        try:
+            for batch in self._batches(todo):
+                _check_stop()
+                self._commit(schema, batch, report)
+        finally:
+            _stoppable[0] -= 1
 
     def _batches(self, todo: list[ArchiveFile]) -> Iterator[_Batch]:
         f = self.sync_filter
@@ -320,15 +386,33 @@ class Loader:
             rescued_bytes=capabilities.max_rescued_bytes,
         )
         batch = _Batch()
-        for read in read_files(todo, options, self.readers, self._encode_context):
+        sizes = {f.url: f.size for f in todo}
+        progress = self._progress
+        reads = read_files(todo, options, self.readers, self._encode_context)
+        while True:
+            try:
+                read = next(reads)
+            except StopIteration:
+                break
+            except FileNotFoundError as exc:
+                raise ArchiveFileMissing(str(exc.filename or exc)) from None
+            _check_stop()
             # The readers' copies of the filter decided names; this one reports them.
             self.sync_filter.learn(read.decided)
             self._add_file(read, batch)
+            progress.files_read += 1
+            progress.bytes_read += sizes.get(read.url, 0)
+            progress.lines_read += read.lines
+            self._tell()
             if batch.lines >= self.batch_lines:
                 yield batch
                 batch = _Batch(recent=batch.seen)
         if batch.files or batch.rejects or batch.failed:
             yield batch
+
+    def _tell(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress(self._progress)
 
     def _encode_context(self) -> EncodeContext:
         known = {table: dict(columns) for table, columns in self.writer.known.items()}
@@ -400,6 +484,9 @@ class Loader:
         report.duplicates += batch.duplicates
         report.files_failed.extend(batch.failed)
         _log_batch(schema, batch, report, tables_before, columns_before, rows_before)
+        self._progress.files_committed = report.files_loaded
+        self._progress.lines_committed = report.lines_read
+        self._tell()
         if self.on_batch is not None:
             self.on_batch(report)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
-def print_report(report: dict[str, Any], console: Console) -> None:
+def print_report(report: dict[str, Any], console: Console, source: str | None = None) -> None:
+    """`source`: what to pass to `sluice rejects` for this run's rejects (default: the
+    schema). Every part is its own print, so each ends its line whatever follows."""
     status = report["status"]
     colour = {"success": "green", "partial": "yellow"}.get(status, "red")
     console.print(
@@ -19,8 +22,14 @@ def print_report(report: dict[str, Any], console: Console) -> None:
         f"files: {report['files_loaded']} loaded, {report['files_skipped']} already loaded, "
         f"{len(report['files_failed'])} failed; lines read: {report['lines_read']}; "
         f"duplicates skipped: {report['duplicates']}; rejects: {report['rejects']}; "
-        f"rescued values: {report['rescued_values']}"
+        f"rescued values: {report['rescued_values']}",
+        highlight=False,
     )
+    if report["rejects"]:
+        console.print(
+            f"see the rejected lines with: sluice rejects {source or report['schema']}",
+            highlight=False,
+        )
     if report.get("replay"):
         r = report["replay"]
         console.print(f"replay of files received {r['from']} to {r['to']}")
@@ -40,9 +49,9 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             table.add_row(name, str(rows))
         console.print(table)
     if report["new_tables"]:
-        console.print(f"new tables: {', '.join(report['new_tables'])}")
+        console.print(f"new tables: {', '.join(report['new_tables'])}", highlight=False)
     if report["new_columns"]:
-        console.print(f"new columns: {', '.join(report['new_columns'])}")
+        console.print(f"new columns: {', '.join(report['new_columns'])}", highlight=False)
     if report.get("deleted_objects"):
         console.print(f"objects marked deleted: {report['deleted_objects']}")
     if report.get("turned_off"):
@@ -59,13 +68,33 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             "_rescued_data were cut, with their length and SHA-256 kept[/]"
         )
     for warning in report.get("warnings") or ():
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for failure in report["files_failed"]:
         if failure.get("partial"):
             # Loaded up to the break and recorded; the break is a reject.
             what = f"loaded up to line {failure['line']}, where its data breaks:"
         else:
             what = "not loaded (read again next run):"
-        console.print(f"[yellow]file {failure['file']}[/] {what} {failure['error']}")
+        console.print(
+            f"[yellow]file {escape(failure['file'])}[/] {what} {escape(failure['error'])}",
+            highlight=False,
+        )
     if report.get("error"):
-        console.print(f"[red]error:[/] {report['error']}")
+        console.print(f"[red]error:[/] {escape(report['error'])}", highlight=False)
+
+
+def report_warnings(report: dict[str, Any]) -> list[str]:
+    """What a person should notice about a run that succeeded."""
+    out = []
+    replay = report.get("replay")
+    if replay and report["files_seen"] == 0:
+        days = (
+            replay["from"]
+            if replay["from"] == replay["to"]
+            else f"any day from {replay['from']} to {replay['to']}"
+        )
+        out.append(
+            f"no archive files were received on {days} (UTC) in {report['source_url']}: "
+            "nothing was replayed"
+        )
+    return out

@@ -220,10 +220,25 @@ def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~")
 
 
+def _glob_problem(pattern: str) -> str | None:
+    """Why `pattern` is not a usable glob, or None. fnmatch reads an unclosed '[' as a
+    literal, which no table or column name can contain: a typo, not "matches nothing"."""
+    if "\\[" in fnmatch.translate(pattern):
+        return (
+            f"invalid pattern '{pattern}': '[' opens a character class that is never "
+            "closed (names cannot contain '['); close it with ']' or remove it"
+        )
+    return None
+
+
 def _scalar_list(node: yaml.Node, what: str, issues: list[Issue]) -> list[tuple[str, int]]:
     if _is_null(node):
         return []  # a key left with everything under it commented out
     if isinstance(node, yaml.ScalarNode) and node.value:
+        problem = _glob_problem(node.value)
+        if problem is not None:
+            issues.append(Issue(_line(node), f"{what}: {problem}"))
+            return []
         return [(node.value, _line(node))]
     if not isinstance(node, yaml.SequenceNode):
         issues.append(Issue(_line(node), f"{what} must be a list of names or glob patterns"))
@@ -232,6 +247,10 @@ def _scalar_list(node: yaml.Node, what: str, issues: list[Issue]) -> list[tuple[
     for item in node.value:
         if not isinstance(item, yaml.ScalarNode) or not item.value:
             issues.append(Issue(_line(item), f"{what}: each entry must be a name or pattern"))
+            continue
+        problem = _glob_problem(item.value)
+        if problem is not None:
+            issues.append(Issue(_line(item), f"{what}: {problem}"))
             continue
         out.append((item.value, _line(item)))
     return out
@@ -283,6 +302,9 @@ def _parse_source(node: yaml.Node, where: str, issues: list[Issue]) -> SourceRul
         else:
             for table_node, columns in _mapping(value, f"{where}.properties", issues):
                 table = table_node.value
+                problem = _glob_problem(table)
+                if problem is not None:
+                    issues.append(Issue(_line(table_node), f"{where}.properties: {problem}"))
                 rules.properties[table] = _scalar_list(
                     columns, f"{where}.properties.{table}", issues
                 )

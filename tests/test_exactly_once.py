@@ -37,6 +37,7 @@ def _load_cmd(archive: Path, profiles: Path) -> list[str]:
         str(profiles),
         "--batch-lines",
         "500",
+        "--verbose",  # one "committed:" line per batch on stderr (not a terminal)
     ]
 
 
@@ -136,7 +137,7 @@ def test_second_concurrent_sync_is_refused_on_duckdb(sample_archive: Path, tmp_p
             _load_cmd(sample_archive, profiles), capture_output=True, text=True, timeout=120
         )
         assert cli.returncode == 1
-        assert "in use by another process" in cli.stderr
+        assert "is open in another process" in cli.stderr
     finally:
         holder.kill()
         holder.wait()

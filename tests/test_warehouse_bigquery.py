@@ -356,6 +356,22 @@ def test_recent_runs(open_wh) -> None:
     assert [r["run_id"] for r in wh.recent_runs(limit=1)] == ["r2"]
 
 
+def test_recent_rejects(open_wh) -> None:
+    """What `sluice rejects` lists: one schema's rejected lines, or every schema's."""
+    from loader.messages import Reject
+
+    wh = open_wh()
+    wh.ensure_bookkeeping()
+    with wh.transaction():
+        wh.record_rejects("s", [Reject("f.gz", 3, '{"type": "track"', "not valid JSON")])
+        wh.record_rejects("t", [Reject("g.gz", 7, "{", "not valid JSON")])
+    (only,) = wh.recent_rejects("s")
+    assert (only["schema"], only["file"], only["line"]) == ("s", "f.gz", 3)
+    assert only["raw"] == '{"type": "track"' and only["reason"] == "not valid JSON"
+    assert {r["schema"] for r in wh.recent_rejects(None)} == {"s", "t"}
+    assert len(wh.recent_rejects(None, limit=1)) == 1
+
+
 def test_sync_report_is_kept_in_sluice_sync_runs(open_wh, tmp_path: Path) -> None:
     wh = open_wh()
     report = Loader(wh).load(str(_archive(tmp_path / "archive")), SCHEMA)

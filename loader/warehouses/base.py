@@ -238,6 +238,11 @@ class Warehouse(ABC):
     @abstractmethod
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]: ...
 
+    def recent_rejects(self, schema: str | None, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest rows of _sluice.rejected_events (of one schema, or all), as dicts
+        with schema, file, line, reason, raw and rejected_at (`sluice rejects`)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list rejected lines")
+
     @abstractmethod
     def table_ref(self, schema: str, table: str) -> str:
         """The table as this warehouse's SQL names it (quoted), for read-only queries."""
@@ -335,3 +340,9 @@ class Warehouse(ABC):
         """The table destination: create the table (or its missing columns) if needed, then
         in one transaction delete the rows whose key (compared as text) is in `keys` and
         insert `rows`. Delete-then-insert needs no unique constraint and is idempotent."""
+
+
+def reject_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Rows of (schema_name, file, line, reason, raw, rejected_at) as recent_rejects gives them."""
+    keys = ("schema", "file", "line", "reason", "raw", "rejected_at")
+    return [dict(zip(keys, row, strict=True)) for row in rows]

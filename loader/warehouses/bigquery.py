@@ -93,6 +93,7 @@ from loader.warehouses.base import (
     TableStats,
     Warehouse,
     WarehouseError,
+    reject_rows,
     rescued_profile_rows,
 )
 
@@ -1207,6 +1208,20 @@ class BigQueryWarehouse(Warehouse):
             f"SELECT report FROM {self._b('sync_runs')} ORDER BY started_at DESC LIMIT {int(limit)}"
         )
         return [orjson.loads(r[0]) for r in rows]
+
+    def recent_rejects(self, schema: str | None, limit: int = 20) -> list[dict[str, Any]]:
+        from google.cloud.bigquery import ScalarQueryParameter as P
+
+        where, params = (
+            ("", []) if schema is None else (" WHERE schema_name = @s", [P("s", "STRING", schema)])
+        )
+        rows = self._fetchall(
+            "SELECT schema_name, file, line, reason, raw, rejected_at "
+            f"FROM {self._b('rejected_events')}{where} "
+            f"ORDER BY rejected_at DESC, file, line LIMIT {int(limit)}",
+            params,
+        )
+        return reject_rows(rows)
 
     # --- profiles (users, accounts) --------------------------------------------------------
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:

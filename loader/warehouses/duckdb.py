@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,72 @@ CAPABILITIES = Capabilities(
     # process (SIGFPE) on insert, 8,000 take seconds per batch: 2,000 is far from both.
     max_columns=2_000,
 )
+
+
+class DatabaseInUse(LockBusy):
+    """The DuckDB file is locked by another process: a sync, or any reader that holds a
+    connection (a notebook, the DuckDB shell). DuckDB allows one writer per file.
+
+    `holder` is the other process as DuckDB names it ("/usr/bin/python3 (PID 4242)"),
+    when it does; the CLI words the message."""
+
+    def __init__(
+        self, target_name: str, path: str, holder: str | None, read_only: bool = False
+    ) -> None:
+        who = f" ({holder})" if holder else ""
+        # DuckDB lets no other process read a file while one writes to it.
+        if read_only:
+            said = (
+                f"is open for writing by another process{who}; this command only reads "
+                "and can run when that process finishes"
+            )
+        else:
+            said = f"is open in another process{who}; close it or wait for it to finish"
+        super().__init__(f"DuckDB file '{path}' of target '{target_name}' {said}")
+        self.target_name, self.path, self.holder = target_name, path, holder
+        self.read_only = read_only
+
+
+_HOLDER = re.compile(r"lock is held in (.+? \(PID \d+\))")
+
+
+def lock_conflict(
+    target_name: str, path: str, exc: Exception, read_only: bool = False
+) -> DatabaseInUse | None:
+    """DuckDB's "Could not set lock on file" error as a typed one; None for other errors."""
+    text = str(exc)
+    if "lock" not in text.lower():
+        return None
+    found = _HOLDER.search(text)
+    holder = found.group(1) if found else None
+    return DatabaseInUse(target_name, os.path.abspath(path), holder, read_only)
+
+
+def probe(target_name: str, path: str) -> str:
+    """`sluice debug`: open the file read-only and run a statement; a missing file is
+    reported, not created (a check changes nothing)."""
+    if path == ":memory:":
+        return "in-memory database"
+    if not os.path.exists(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+            raise WarehouseError(
+                f"DuckDB target '{target_name}': folder '{folder}' is not writable, so "
+                f"'{os.path.abspath(path)}' cannot be created"
+            )
+        return f"{os.path.abspath(path)} does not exist yet (the first sync creates it)"
+    try:
+        conn = duckdb.connect(path, read_only=True)
+    except duckdb.Error as exc:
+        busy = lock_conflict(target_name, path, exc, read_only=True)
+        if busy is not None:
+            raise busy from None
+        raise WarehouseError(f"cannot open DuckDB target '{target_name}': {exc}") from None
+    try:
+        conn.execute("SELECT 1").fetchall()
+    finally:
+        conn.close()
+    return f"DuckDB file {os.path.abspath(path)} opens"
 
 
 class DuckDBWarehouse(UpsertSqlWarehouse):
@@ -65,18 +133,9 @@ class DuckDBWarehouse(UpsertSqlWarehouse):
                 path, read_only=read_only and path != ":memory:", config=config
             )
         except duckdb.IOException as exc:
-            if "lock" in str(exc).lower() and read_only:
-                # DuckDB allows no reader in another process while one writes.
-                raise LockBusy(
-                    f"DuckDB file '{path}' of target '{target_name}' is open for writing by "
-                    "another process (a sync, or a notebook); this command only reads and "
-                    "can run when that process finishes"
-                ) from None
-            if "lock" in str(exc).lower():
-                raise LockBusy(
-                    f"DuckDB file '{path}' of target '{target_name}' is in use by another "
-                    "process (another sync is running); wait for it to finish"
-                ) from None
+            busy = lock_conflict(target_name, path, exc, read_only)
+            if busy is not None:
+                raise busy from None
             raise WarehouseError(f"cannot open DuckDB target '{target_name}': {exc}") from None
         except (duckdb.InvalidInputException, duckdb.ParserException) as exc:
             raise WarehouseError(

@@ -1,4 +1,5 @@
-"""Target config -> adapter. The only place that maps a `type:` to a class."""
+"""Target config -> adapter. The only place that maps a `type:` to a class, and to the
+optional dependency (the pip extra) holding its driver."""
 
 from __future__ import annotations
 
@@ -7,10 +8,41 @@ from typing import Any
 
 from loader.warehouses.base import Warehouse, WarehouseError
 
+# type -> (the extra to install, top-level modules of its driver). DuckDB is built in.
+DRIVER_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "postgres": ("postgres", ("psycopg", "psycopg_binary")),
+    "redshift": ("redshift", ("psycopg", "psycopg_binary")),
+    "snowflake": ("snowflake", ("snowflake",)),
+    "bigquery": ("bigquery", ("google",)),
+}
+
+
+class MissingDriver(WarehouseError):
+    """The target's driver is not installed: the user runs one pip command (exit 2)."""
+
+    def __init__(self, target_name: str, kind: str, extra: str) -> None:
+        super().__init__(
+            f"target '{target_name}' is a {kind} target, and the {kind} driver is not "
+            f"installed: run pip install 'sluice[{extra}]'"
+        )
+        self.extra = extra
+
 
 def open_warehouse(name: str, target: Any, read_only: bool = False) -> Warehouse:
     """`read_only`: the command only reads (an embedded database then takes no write
-    lock; server warehouses ignore it)."""
+    lock; server warehouses ignore it). A missing driver is one sentence naming the
+    extra to install."""
+    try:
+        return _open(name, target, read_only)
+    except ImportError as exc:
+        extra, modules = DRIVER_EXTRAS.get(target.type, ("", ()))
+        missing = (exc.name or "").split(".")[0]
+        if extra and missing in modules:
+            raise MissingDriver(name, target.type, extra) from None
+        raise
+
+
+def _open(name: str, target: Any, read_only: bool) -> Warehouse:
     if target.type == "duckdb":
         from loader.warehouses.duckdb import DuckDBWarehouse
 
@@ -42,3 +74,25 @@ def holds_nothing_yet(target: Any) -> bool:
     if target.type == "duckdb":
         return target.path != ":memory:" and not Path(target.path).exists()
     return False
+
+
+def check_target(name: str, target: Any) -> str:
+    """Connect and run one trivial statement, loading nothing; a few words on what was
+    found. Raises WarehouseError (or MissingDriver) with the one-sentence problem.
+
+    A DuckDB file that does not exist yet is not created here (the first sync does)."""
+    if target.type == "duckdb":
+        from loader.warehouses.duckdb import probe
+
+        return probe(name, target.path)
+    warehouse = open_warehouse(name, target)
+    try:
+        list(warehouse.query("SELECT 1"))
+    except WarehouseError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one sentence for the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WarehouseError(f"target '{name}' connected but cannot run a query: {first}") from None
+    finally:
+        warehouse.close()
+    return f"connected ({target.type})"

@@ -87,6 +87,7 @@ from loader.warehouses.base import (
     TableStats,
     Warehouse,
     WarehouseError,
+    reject_rows,
     rescued_profile_rows,
 )
 
@@ -979,6 +980,16 @@ class SnowflakeWarehouse(Warehouse):
             f"ORDER BY STARTED_AT DESC LIMIT {int(limit)}"
         )
         return [orjson.loads(r[0]) for r in rows]
+
+    def recent_rejects(self, schema: str | None, limit: int = 20) -> list[dict[str, Any]]:
+        where, params = ("", ()) if schema is None else (" WHERE SCHEMA_NAME = %s", (schema,))
+        rows = self._fetchall(
+            "SELECT SCHEMA_NAME, FILE, LINE, REASON, RAW, REJECTED_AT "
+            f"FROM {ident(BOOKKEEPING_SCHEMA)}.REJECTED_EVENTS{where} "
+            f"ORDER BY REJECTED_AT DESC, FILE, LINE LIMIT {int(limit)}",
+            params,
+        )
+        return reject_rows(rows)
 
     def table_ref(self, schema: str, table: str) -> str:
         return qualified(schema, table)

@@ -16,7 +16,14 @@ import orjson
 
 from loader.messages import Reject
 from loader.schema import ColumnType
-from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, Rows, TableStats, Warehouse
+from loader.warehouses.base import (
+    BOOKKEEPING_SCHEMA,
+    ProfileSpec,
+    Rows,
+    TableStats,
+    Warehouse,
+    reject_rows,
+)
 
 
 def quote(name: str) -> str:
@@ -454,6 +461,18 @@ class SqlFamilyWarehouse(Warehouse):
             f"ORDER BY started_at DESC LIMIT {int(limit)}"
         )
         return [r[0] if isinstance(r[0], dict) else orjson.loads(r[0]) for r in rows]
+
+    def recent_rejects(self, schema: str | None, limit: int = 20) -> list[dict[str, Any]]:
+        where, params = (
+            ("", ()) if schema is None else (f" WHERE schema_name = {self.placeholder}", (schema,))
+        )
+        rows = self._fetchall(
+            "SELECT schema_name, file, line, reason, raw, rejected_at "
+            f"FROM {quote(BOOKKEEPING_SCHEMA)}.rejected_events{where} "
+            f"ORDER BY rejected_at DESC, file, line LIMIT {int(limit)}",
+            params,
+        )
+        return reject_rows(rows)
 
     def table_ref(self, schema: str, table: str) -> str:
         return self._t(schema, table)
