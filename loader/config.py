@@ -340,40 +340,6 @@ def defer_secrets(data: dict[str, Any], model: type[BaseModel], doc: Document, l
                 data[key] = DeferredSecret(value, doc, (*loc, key))
 
 
-def interpolate(text: str, source: str) -> str:
-    """Text-level ${VAR} substitution, for files that are not YAML settings (kept for the
-    reverse-ETL model files); references in YAML comments are left alone."""
-
-    def one(match: re.Match[str], line: int) -> str:
-        name, default = match.group(1), match.group(2)
-        value = os.environ.get(name, default)
-        if value is None:
-            raise ConfigError(
-                f"{source}, line {line}: environment variable {name} is not set; "
-                f"export it or give a default as ${{{name}:-value}}"
-            )
-        return value
-
-    out = []
-    for i, line in enumerate(text.splitlines(), 1):
-        code, comment = _split_comment(line)
-        out.append(_ENV.sub(lambda m, i=i: one(m, i), code) + comment)
-    return "\n".join(out)
-
-
-def _split_comment(line: str) -> tuple[str, str]:
-    """(code, comment): references in YAML comments are documentation, not settings."""
-    quote = ""
-    for index, char in enumerate(line):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (index == 0 or line[index - 1].isspace()):
-            return line[:index], line[index:]
-    return line, ""
-
-
 def line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     """Best-effort line of a pydantic error location in the YAML text."""
     node = yaml.compose(text)

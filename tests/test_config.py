@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader.config import ConfigError, interpolate, load_profiles
+from loader.config import ConfigError, load_profiles, parse_document, substitute
 from loader.project import load_project
 from loader.sample import write_archive
 
@@ -44,23 +44,25 @@ def _error(path: Path, target: str | None = None) -> str:
     return str(info.value)
 
 
-def test_references_in_comments_are_documentation_not_settings(monkeypatch) -> None:
+def test_references_in_comments_are_documentation_not_settings(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SLUICE_T_HOST", "db.internal")
     monkeypatch.delenv("SLUICE_T_UNSET", raising=False)
+    path = tmp_path / "f.yml"
     text = (
         "host: ${SLUICE_T_HOST}  # or ${SLUICE_T_UNSET}\n"
         "#   api_key: ${SLUICE_T_UNSET}\n"
         "note: 'a # ${SLUICE_T_HOST}'\n"
         "port: ${SLUICE_T_UNSET:-5432}\n"
     )
-    assert interpolate(text, "f.yml").splitlines() == [
-        "host: db.internal  # or ${SLUICE_T_UNSET}",
-        "#   api_key: ${SLUICE_T_UNSET}",
-        "note: 'a # db.internal'",
-        "port: 5432",
-    ]
-    with pytest.raises(ConfigError, match=r"f.yml, line 1: environment variable SLUICE_T_UNSET"):
-        interpolate("key: ${SLUICE_T_UNSET}\n", "f.yml")
+    doc = parse_document(path, text)
+    assert substitute(doc.data, doc, ()) == {
+        "host": "db.internal",
+        "note": "a # db.internal",
+        "port": "5432",
+    }
+    doc = parse_document(path, "a: 1\nkey: ${SLUICE_T_UNSET}\n")
+    with pytest.raises(ConfigError, match=r"f.yml, line 2: environment variable SLUICE_T_UNSET"):
+        substitute(doc.data, doc, ())
 
 
 # --- ${VAR} is substituted after parsing ----------------------------------------------

@@ -803,3 +803,21 @@ def test_model_errors_name_file_and_line(tmp_path: Path, open_wh, receiver: Rece
     with pytest.raises(ModelError, match=r"1 value\(s\) of key 'customer_id' occur more than"):
         run(wh, models_ok)
     assert receiver.requests == []
+
+
+@pytest.mark.parametrize("value", ["x #y", "a: b", "{abc", "'quoted'", "back\\slash", "null"])
+def test_model_file_variables_arrive_exactly_as_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """${VAR} in a model file is substituted after parsing: a value's characters never
+    change the file's structure (text substitution cut `x #y` to `x`, broke on `a: b`)."""
+    monkeypatch.setenv("SLUICE_T_HEADER", value)
+    models = tmp_path / "models"
+    write_model(models, {"type": "webhook", "url": "http://127.0.0.1:9/hook"})
+    spec = (models / "customers.yml").read_text()
+    (models / "customers.yml").write_text(spec + "  headers:\n    X-Team: ${SLUICE_T_HEADER}\n")
+    model = load_model(models, "customers")
+    assert model.destination.headers == {"X-Team": value}
+    monkeypatch.delenv("SLUICE_T_HEADER")
+    with pytest.raises(ModelError, match=r"customers.yml, line \d+: environment variable "):
+        load_model(models, "customers")

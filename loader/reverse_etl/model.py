@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from loader.config import ConfigError, check_cron, interpolate, line_of
+from loader.config import ConfigError, check_cron, line_of, parse_document, substitute
 from loader.reverse_etl.destinations import (
     KNOWN_TYPES,
     Destination,
@@ -213,14 +212,16 @@ def render_sql(text: str, path: Path, variables: dict[str, str]) -> str:
 
 
 def _parse_spec(raw: str, path: Path) -> ModelSpec:
-    text = interpolate(raw, str(path))
+    """Parsed first, then ${VAR} substituted into string values (as profiles.yml is): a
+    secret's characters (`: `, ` #`, quotes, a leading `{`) never change the file's
+    structure, and a YAML error never quotes a line holding a secret."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ModelError(f"{path}{where}: not valid YAML ({problem})") from None
+        doc = parse_document(path, raw)
+        data = substitute(doc.data, doc, ())
+    except ModelError:
+        raise
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from None
     if not isinstance(data, dict):
         raise ModelError(f"{path}: expected a mapping with key, mode, destination, ...")
     try:
