@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from loader.config import ConfigError, Profiles, find_profiles, load_profiles
-from loader.pipeline import ArchiveFileMissing, LoadProgress, SyncReport, stop_requested
+from loader.pipeline import LoadProgress, SyncReport, stop_requested
 from loader.report_view import print_report, report_warnings
 from loader.sources.cloud.engine import SourceError
 from loader.warehouses.base import LockBusy, Warehouse
@@ -225,12 +225,6 @@ def run_sync(
             report = run(loader)
     except LockBusy as exc:
         error(f"{exc}")
-        return None
-    except ArchiveFileMissing as exc:
-        error(
-            f"{what} stopped: {exc}; the files committed before it stand, "
-            "and a rerun loads the rest"
-        )
         return None
     except FileNotFoundError as exc:
         fail(f"archive not found: {exc}", 2)

@@ -134,7 +134,7 @@ def read_file(
         failed.failure = {
             "file": url,
             "line": None,
-            "error": f"could not be read: {_os_error_text(exc)}",
+            "error": _unreadable(exc),
             "partial": False,
         }
         return failed
@@ -177,6 +177,14 @@ def _drop_rows_of(by_table: TableRows, mid: str) -> None:
             rescued.pop()
             if not values:
                 del by_table[table]
+
+
+def _unreadable(exc: OSError) -> str:
+    """Why a listed file could not be read, as a clause; a file gone since the listing
+    (deleted or moved while the load ran) says so in those words."""
+    if isinstance(exc, FileNotFoundError):
+        return "could not be read: it disappeared during the load (deleted or moved)"
+    return f"could not be read: {_os_error_text(exc)}"
 
 
 def _os_error_text(exc: OSError) -> str:

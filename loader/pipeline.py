@@ -104,15 +104,6 @@ class SyncReport:
         return asdict(self)
 
 
-class ArchiveFileMissing(Exception):
-    """An archive file listed at the start of a load was gone when its turn came
-    (deleted or moved meanwhile): the batches committed before it stand."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(f"archive file {url} disappeared during the load (deleted or moved)")
-        self.url = url
-
-
 @dataclass
 class LoadProgress:
     """Where a load is, for a progress display: the pending files and bytes found at the
@@ -388,14 +379,8 @@ class Loader:
         batch = _Batch()
         sizes = {f.url: f.size for f in todo}
         progress = self._progress
-        reads = read_files(todo, options, self.readers, self._encode_context)
-        while True:
-            try:
-                read = next(reads)
-            except StopIteration:
-                break
-            except FileNotFoundError as exc:
-                raise ArchiveFileMissing(str(exc.filename or exc)) from None
+        # A file gone since the listing is a failure of that file alone (read_files).
+        for read in read_files(todo, options, self.readers, self._encode_context):
             _check_stop()
             # The readers' copies of the filter decided names; this one reports them.
             self.sync_filter.learn(read.decided)

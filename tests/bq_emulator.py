@@ -47,8 +47,8 @@ def ensure_venv() -> None:
     """Create the emulator's venv once (about a minute); a marker proves it finished."""
     if READY.exists():
         return
-    if not _bin("python").exists():
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    # No marker: absent, or left half-made by an interrupted run (a venv without pip).
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     subprocess.run(
         [str(_bin("python")), "-m", "pip", "install", "--quiet", *PACKAGES],
         check=True,

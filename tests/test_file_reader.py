@@ -119,7 +119,7 @@ def test_a_missing_file_is_a_failure_of_that_file_alone(tmp_path: Path) -> None:
     assert gone.failure == {
         "file": str(tmp_path / "gone.ndjson.gz"),
         "line": None,
-        "error": "could not be read: no such file or directory",
+        "error": "could not be read: it disappeared during the load (deleted or moved)",
         "partial": False,
     }
     assert not gone.ids and not gone.tables and not gone.rejects

@@ -292,7 +292,8 @@ def test_a_file_deleted_during_a_load_is_one_clean_failure(
         f"{f}.ndjson.gz" for f in range(4, 8)
     ]
     assert all(
-        f["partial"] is False and f["error"] == "could not be read: no such file or directory"
+        f["partial"] is False
+        and f["error"] == "could not be read: it disappeared during the load (deleted or moved)"
         for f in report.files_failed
     )
     assert report.files_loaded == 4 and len(_ids(wh)) == 200
