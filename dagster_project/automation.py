@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
 
 import dagster as dg
@@ -15,7 +15,7 @@ from dagster_project.resources import WarehouseResource, resource_key
 from loader.pipeline import ledger_exists, loaded_files_of, pending_files
 from loader.project import Project
 from loader.sources.archive import list_files, received_day
-from loader.warehouses.base import LockBusy
+from loader.warehouses.base import LockBusy, Warehouse
 
 
 def sync_job(
@@ -248,13 +248,7 @@ def build_load_reporter(
                     return dg.SkipReason(f"nothing has been loaded into {target} yet")
                 loaded = loaded_files_of(warehouse, url, schema, files)
                 tables = set(warehouse.read_schema(schema))
-                runs = [
-                    r
-                    for r in warehouse.recent_runs(limit=50)
-                    if r.get("schema") == schema
-                    and r.get("target") == target
-                    and r.get("status") == "success"
-                ]
+                runs = _successful_runs(warehouse, schema, target)
         except LockBusy as exc:
             return dg.SkipReason(f"{exc}; checking again at the next tick")
         counts: dict[str, int] = {}
@@ -311,18 +305,44 @@ def build_load_reporter(
         )
         return dg.SensorResult(asset_events=events, cursor=cursor)
 
+    return _outside_loads_sensor(
+        source,
+        target,
+        keys,
+        evaluate,
+        f"Shows loads of {source} into {target} made outside Dagster (sluice sync, "
+        "cron): days that gained files in the warehouse's _sluice.loaded_files "
+        "without a Dagster run become materializations of those days' partitions.",
+    )
+
+
+def _successful_runs(warehouse: Warehouse, schema: str, target: str) -> list[dict]:
+    """The recent successful `_sluice.sync_runs` runs into `schema` on `target`: the
+    runs an outside load or sync can be attributed to."""
+    return [
+        r
+        for r in warehouse.recent_runs(limit=50)
+        if r.get("schema") == schema and r.get("target") == target and r.get("status") == "success"
+    ]
+
+
+def _outside_loads_sensor(
+    source: str,
+    target: str,
+    keys: set[dg.AssetKey],
+    evaluate: Callable[[dg.SensorEvaluationContext], dg.SensorResult | dg.SkipReason],
+    description: str,
+) -> dg.SensorDefinition:
+    """The reporter sensors of files and of cloud sources share name, cadence and
+    default state (stopped: reporting is opt-in), so one place defines them."""
     return dg.SensorDefinition(
         name=f"{op_name(source, target)}__outside_loads",
         evaluation_fn=evaluate,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        required_resource_keys={res_key},
+        required_resource_keys={resource_key(target)},
         asset_selection=dg.AssetSelection.assets(*keys),
-        description=(
-            f"Shows loads of {source} into {target} made outside Dagster (sluice sync, "
-            "cron): days that gained files in the warehouse's _sluice.loaded_files "
-            "without a Dagster run become materializations of those days' partitions."
-        ),
+        description=description,
     )
 
 
@@ -361,13 +381,7 @@ def build_object_load_reporter(
             with resource.open() as warehouse:
                 if not ledger_exists(warehouse):
                     return dg.SkipReason(f"nothing has been loaded into {target} yet")
-                runs = [
-                    r
-                    for r in warehouse.recent_runs(limit=50)
-                    if r.get("schema") == schema
-                    and r.get("target") == target
-                    and r.get("status") == "success"
-                ]
+                runs = _successful_runs(warehouse, schema, target)
         except LockBusy as exc:
             return dg.SkipReason(f"{exc}; checking again at the next tick")
         events = []
@@ -395,16 +409,12 @@ def build_object_load_reporter(
             return dg.SkipReason(f"Dagster shows every sync of {source} into {target}")
         return dg.SensorResult(asset_events=events)
 
-    return dg.SensorDefinition(
-        name=f"{op_name(source, target)}__outside_loads",
-        evaluation_fn=evaluate,
-        minimum_interval_seconds=60,
-        default_status=dg.DefaultSensorStatus.STOPPED,
-        required_resource_keys={res_key},
-        asset_selection=dg.AssetSelection.assets(*keys),
-        description=(
-            f"Shows syncs of {source} into {target} made outside Dagster (sluice sync, "
-            "cron): a run in the warehouse's _sluice.sync_runs that loaded rows into a "
-            "collection after its latest materialization becomes one."
-        ),
+    return _outside_loads_sensor(
+        source,
+        target,
+        keys,
+        evaluate,
+        f"Shows syncs of {source} into {target} made outside Dagster (sluice sync, "
+        "cron): a run in the warehouse's _sluice.sync_runs that loaded rows into a "
+        "collection after its latest materialization becomes one.",
     )
