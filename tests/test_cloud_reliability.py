@@ -8,7 +8,6 @@ import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -21,6 +20,7 @@ from loader.sources.cloud.salesforce import SalesforceConnector
 from loader.sources.cloud.stripe import StripeConnector
 from loader.sources.cloud.zendesk import ZendeskConnector
 from tests.fake_apis import FakeSalesforce, FakeStripe, FakeZendesk, Fault
+from tests.helpers import rows
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, backoff_max_s=0.05, jitter_s=0.0)
 KEY = "sk_live_51Hx9do_not_print_me"
@@ -33,10 +33,6 @@ def stripe() -> Iterator[FakeStripe]:
         api.create("customers", id=f"cus_{i}", email=f"c{i}@example.com")
     yield api
     api.stop()
-
-
-def rows(wh: Any, schema: str, table: str, columns: str = "*") -> list[tuple[Any, ...]]:
-    return sorted(wh.query(f'SELECT {columns} FROM "{schema}"."{table}"'), key=str)
 
 
 # --- 20.2: a timestamp cursor loses nothing of its own second --------------------------

@@ -19,7 +19,7 @@ from loader.sources.cloud.stripe import StripeConnector
 from loader.sources.cloud.zendesk import ZendeskConnector
 from loader.sources.objects_archive import ObjectArchiveConnector
 from tests.fake_apis import FakeSalesforce, FakeStripe, FakeZendesk, Fault
-from tests.helpers import write_ndjson
+from tests.helpers import rows, write_ndjson
 
 FAST = RetryPolicy(attempts=6, backoff_s=0.01, backoff_max_s=0.05, jitter_s=0.0)
 
@@ -49,10 +49,6 @@ def stripe() -> Iterator[FakeStripe]:
     api.create("subscriptions", id="sub_0", status="active", customer="cus_0")
     yield api
     api.stop()
-
-
-def rows(wh: Any, schema: str, table: str, columns: str = "*") -> list[tuple[Any, ...]]:
-    return sorted(wh.query(f'SELECT {columns} FROM "{schema}"."{table}"'), key=str)
 
 
 def test_stripe_full_then_incremental_with_429_storm(open_wh, stripe: FakeStripe) -> None:
