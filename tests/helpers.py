@@ -46,6 +46,16 @@ def write_profiles(path: Path, kind: str, where: str) -> Path:
     return path
 
 
+def write_duckdb_profiles(folder: Path) -> Path:
+    """profiles.yml in `folder` whose default target is the DuckDB file wh.duckdb beside it
+    (a path relative to profiles.yml, as a user writes it)."""
+    path = folder / "profiles.yml"
+    path.write_text(
+        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: wh.duckdb\n"
+    )
+    return path
+
+
 def profiles_for(kind: str, tmp_path: Path, request: Any) -> tuple[Path, str]:
     """profiles.yml for a test parametrized over `kind` ("postgres": a fresh database
     from the pg_dsn fixture; "duckdb": a file in `tmp_path`), and where that warehouse is."""
