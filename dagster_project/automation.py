@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
+from typing import TypeVar
 
 import dagster as dg
 
@@ -14,8 +15,10 @@ from dagster_project.assets import op_name
 from dagster_project.resources import WarehouseResource, resource_key
 from loader.pipeline import ledger_exists, loaded_files_of, pending_files
 from loader.project import Project
-from loader.sources.archive import list_files, received_day
+from loader.sources.archive import ArchiveFile, list_files, received_day
 from loader.warehouses.base import LockBusy, Warehouse
+
+T = TypeVar("T")
 
 
 def sync_job(
@@ -81,6 +84,27 @@ def build_schedule(
     )
 
 
+def _read_archive_and_ledger(
+    context: dg.SensorEvaluationContext,
+    res_key: str,
+    url: str,
+    storage_options: dict | None,
+    read: Callable[[Warehouse, list[ArchiveFile]], T | dg.SkipReason],
+) -> T | dg.SkipReason:
+    """What `read` finds in the warehouse about the archive's files, or why a sensor tick
+    has no answer now: no archive yet (nothing delivered), or a sync holding the lock."""
+    try:
+        files = list_files(url, storage_options or None)
+    except FileNotFoundError:
+        return dg.SkipReason(f"no archive at {url} yet")
+    resource: WarehouseResource = getattr(context.resources, res_key)
+    try:
+        with resource.open() as warehouse:
+            return read(warehouse, files)
+    except LockBusy as exc:
+        return dg.SkipReason(f"{exc}; checking again at the next tick")
+
+
 def _archive_pending_by_day(
     context: dg.SensorEvaluationContext, project: Project, source: str, res_key: str
 ) -> dict[str, list[str]] | dg.SkipReason:
@@ -89,18 +113,17 @@ def _archive_pending_by_day(
     settings = project.source(source)
     url = project.archive_url(source)
     schema = project.schema_of(source)
-    try:
-        files = list_files(url, settings.storage_options or None)
-    except FileNotFoundError:
-        return dg.SkipReason(f"no archive at {url} yet")
-    resource: WarehouseResource = getattr(context.resources, res_key)
-    try:
-        with resource.open() as warehouse:
-            pending = (
-                pending_files(warehouse, url, schema, files) if ledger_exists(warehouse) else files
-            )
-    except LockBusy as exc:
-        return dg.SkipReason(f"{exc}; checking again at the next tick")
+    pending = _read_archive_and_ledger(
+        context,
+        res_key,
+        url,
+        settings.storage_options,
+        lambda warehouse, files: (
+            pending_files(warehouse, url, schema, files) if ledger_exists(warehouse) else files
+        ),
+    )
+    if isinstance(pending, dg.SkipReason):
+        return pending
     today = datetime.now(timezone.utc).date()
     by_day: dict[str, list[str]] = {}
     for f in pending:
@@ -237,20 +260,22 @@ def build_load_reporter(
         now = datetime.now(timezone.utc).timestamp()
         if _dagster_is_loading(context.instance, keys, source, target):
             return dg.SkipReason(f"a Dagster run is loading {source}; checking after it")
-        try:
-            files = list_files(url, settings.storage_options or None)
-        except FileNotFoundError:
-            return dg.SkipReason(f"no archive at {url} yet")
-        resource: WarehouseResource = getattr(context.resources, res_key)
-        try:
-            with resource.open() as warehouse:
-                if not ledger_exists(warehouse):
-                    return dg.SkipReason(f"nothing has been loaded into {target} yet")
-                loaded = loaded_files_of(warehouse, url, schema, files)
-                tables = set(warehouse.read_schema(schema))
-                runs = _successful_runs(warehouse, schema, target)
-        except LockBusy as exc:
-            return dg.SkipReason(f"{exc}; checking again at the next tick")
+
+        def read(
+            warehouse: Warehouse, files: list[ArchiveFile]
+        ) -> tuple[list[ArchiveFile], set[str], list[dict]] | dg.SkipReason:
+            if not ledger_exists(warehouse):
+                return dg.SkipReason(f"nothing has been loaded into {target} yet")
+            return (
+                loaded_files_of(warehouse, url, schema, files),
+                set(warehouse.read_schema(schema)),
+                _successful_runs(warehouse, schema, target),
+            )
+
+        got = _read_archive_and_ledger(context, res_key, url, settings.storage_options, read)
+        if isinstance(got, dg.SkipReason):
+            return got
+        loaded, tables, runs = got
         counts: dict[str, int] = {}
         for f in loaded:
             day = received_day(f.url)
