@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
+from typing import TypeVar
 
 import dagster as dg
 
@@ -14,8 +15,10 @@ from dagster_project.assets import op_name
 from dagster_project.resources import WarehouseResource, resource_key
 from loader.pipeline import ledger_exists, loaded_files_of, pending_files
 from loader.project import Project
-from loader.sources.archive import list_files, received_day
-from loader.warehouses.base import LockBusy
+from loader.sources.archive import ArchiveFile, list_files, received_day
+from loader.warehouses.base import LockBusy, Warehouse
+
+T = TypeVar("T")
 
 
 def sync_job(
@@ -81,6 +84,27 @@ def build_schedule(
     )
 
 
+def _read_archive_and_ledger(
+    context: dg.SensorEvaluationContext,
+    res_key: str,
+    url: str,
+    storage_options: dict | None,
+    read: Callable[[Warehouse, list[ArchiveFile]], T | dg.SkipReason],
+) -> T | dg.SkipReason:
+    """What `read` finds in the warehouse about the archive's files, or why a sensor tick
+    has no answer now: no archive yet (nothing delivered), or a sync holding the lock."""
+    try:
+        files = list_files(url, storage_options or None)
+    except FileNotFoundError:
+        return dg.SkipReason(f"no archive at {url} yet")
+    resource: WarehouseResource = getattr(context.resources, res_key)
+    try:
+        with resource.open() as warehouse:
+            return read(warehouse, files)
+    except LockBusy as exc:
+        return dg.SkipReason(f"{exc}; checking again at the next tick")
+
+
 def _archive_pending_by_day(
     context: dg.SensorEvaluationContext, project: Project, source: str, res_key: str
 ) -> dict[str, list[str]] | dg.SkipReason:
@@ -89,18 +113,17 @@ def _archive_pending_by_day(
     settings = project.source(source)
     url = project.archive_url(source)
     schema = project.schema_of(source)
-    try:
-        files = list_files(url, settings.storage_options or None)
-    except FileNotFoundError:
-        return dg.SkipReason(f"no archive at {url} yet")
-    resource: WarehouseResource = getattr(context.resources, res_key)
-    try:
-        with resource.open() as warehouse:
-            pending = (
-                pending_files(warehouse, url, schema, files) if ledger_exists(warehouse) else files
-            )
-    except LockBusy as exc:
-        return dg.SkipReason(f"{exc}; checking again at the next tick")
+    pending = _read_archive_and_ledger(
+        context,
+        res_key,
+        url,
+        settings.storage_options,
+        lambda warehouse, files: (
+            pending_files(warehouse, url, schema, files) if ledger_exists(warehouse) else files
+        ),
+    )
+    if isinstance(pending, dg.SkipReason):
+        return pending
     today = datetime.now(timezone.utc).date()
     by_day: dict[str, list[str]] = {}
     for f in pending:
@@ -237,26 +260,22 @@ def build_load_reporter(
         now = datetime.now(timezone.utc).timestamp()
         if _dagster_is_loading(context.instance, keys, source, target):
             return dg.SkipReason(f"a Dagster run is loading {source}; checking after it")
-        try:
-            files = list_files(url, settings.storage_options or None)
-        except FileNotFoundError:
-            return dg.SkipReason(f"no archive at {url} yet")
-        resource: WarehouseResource = getattr(context.resources, res_key)
-        try:
-            with resource.open() as warehouse:
-                if not ledger_exists(warehouse):
-                    return dg.SkipReason(f"nothing has been loaded into {target} yet")
-                loaded = loaded_files_of(warehouse, url, schema, files)
-                tables = set(warehouse.read_schema(schema))
-                runs = [
-                    r
-                    for r in warehouse.recent_runs(limit=50)
-                    if r.get("schema") == schema
-                    and r.get("target") == target
-                    and r.get("status") == "success"
-                ]
-        except LockBusy as exc:
-            return dg.SkipReason(f"{exc}; checking again at the next tick")
+
+        def read(
+            warehouse: Warehouse, files: list[ArchiveFile]
+        ) -> tuple[list[ArchiveFile], set[str], list[dict]] | dg.SkipReason:
+            if not ledger_exists(warehouse):
+                return dg.SkipReason(f"nothing has been loaded into {target} yet")
+            return (
+                loaded_files_of(warehouse, url, schema, files),
+                set(warehouse.read_schema(schema)),
+                _successful_runs(warehouse, schema, target),
+            )
+
+        got = _read_archive_and_ledger(context, res_key, url, settings.storage_options, read)
+        if isinstance(got, dg.SkipReason):
+            return got
+        loaded, tables, runs = got
         counts: dict[str, int] = {}
         for f in loaded:
             day = received_day(f.url)
@@ -311,18 +330,44 @@ def build_load_reporter(
         )
         return dg.SensorResult(asset_events=events, cursor=cursor)
 
+    return _outside_loads_sensor(
+        source,
+        target,
+        keys,
+        evaluate,
+        f"Shows loads of {source} into {target} made outside Dagster (sluice sync, "
+        "cron): days that gained files in the warehouse's _sluice.loaded_files "
+        "without a Dagster run become materializations of those days' partitions.",
+    )
+
+
+def _successful_runs(warehouse: Warehouse, schema: str, target: str) -> list[dict]:
+    """The recent successful `_sluice.sync_runs` runs into `schema` on `target`: the
+    runs an outside load or sync can be attributed to."""
+    return [
+        r
+        for r in warehouse.recent_runs(limit=50)
+        if r.get("schema") == schema and r.get("target") == target and r.get("status") == "success"
+    ]
+
+
+def _outside_loads_sensor(
+    source: str,
+    target: str,
+    keys: set[dg.AssetKey],
+    evaluate: Callable[[dg.SensorEvaluationContext], dg.SensorResult | dg.SkipReason],
+    description: str,
+) -> dg.SensorDefinition:
+    """The reporter sensors of files and of cloud sources share name, cadence and
+    default state (stopped: reporting is opt-in), so one place defines them."""
     return dg.SensorDefinition(
         name=f"{op_name(source, target)}__outside_loads",
         evaluation_fn=evaluate,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.STOPPED,
-        required_resource_keys={res_key},
+        required_resource_keys={resource_key(target)},
         asset_selection=dg.AssetSelection.assets(*keys),
-        description=(
-            f"Shows loads of {source} into {target} made outside Dagster (sluice sync, "
-            "cron): days that gained files in the warehouse's _sluice.loaded_files "
-            "without a Dagster run become materializations of those days' partitions."
-        ),
+        description=description,
     )
 
 
@@ -361,13 +406,7 @@ def build_object_load_reporter(
             with resource.open() as warehouse:
                 if not ledger_exists(warehouse):
                     return dg.SkipReason(f"nothing has been loaded into {target} yet")
-                runs = [
-                    r
-                    for r in warehouse.recent_runs(limit=50)
-                    if r.get("schema") == schema
-                    and r.get("target") == target
-                    and r.get("status") == "success"
-                ]
+                runs = _successful_runs(warehouse, schema, target)
         except LockBusy as exc:
             return dg.SkipReason(f"{exc}; checking again at the next tick")
         events = []
@@ -395,16 +434,12 @@ def build_object_load_reporter(
             return dg.SkipReason(f"Dagster shows every sync of {source} into {target}")
         return dg.SensorResult(asset_events=events)
 
-    return dg.SensorDefinition(
-        name=f"{op_name(source, target)}__outside_loads",
-        evaluation_fn=evaluate,
-        minimum_interval_seconds=60,
-        default_status=dg.DefaultSensorStatus.STOPPED,
-        required_resource_keys={res_key},
-        asset_selection=dg.AssetSelection.assets(*keys),
-        description=(
-            f"Shows syncs of {source} into {target} made outside Dagster (sluice sync, "
-            "cron): a run in the warehouse's _sluice.sync_runs that loaded rows into a "
-            "collection after its latest materialization becomes one."
-        ),
+    return _outside_loads_sensor(
+        source,
+        target,
+        keys,
+        evaluate,
+        f"Shows syncs of {source} into {target} made outside Dagster (sluice sync, "
+        "cron): a run in the warehouse's _sluice.sync_runs that loaded rows into a "
+        "collection after its latest materialization becomes one.",
     )

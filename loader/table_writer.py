@@ -85,17 +85,6 @@ class TableWriter:
                 f"{table}: the warehouse's limit of {limit} columns per table is reached; "
                 f"{len(left_out)} new column(s) ({shown}) kept in _rescued_data instead"
             )
-        return self._evolve(schema, table, existing, columns, added, report)
-
-    def _evolve(
-        self,
-        schema: str,
-        table: str,
-        existing: dict[str, ColumnType] | None,
-        columns: dict[str, ColumnType],
-        added: dict[str, ColumnType],
-        report: EvolutionReport,
-    ) -> dict[str, ColumnType]:
         if existing is None:
             self.warehouse.create_table(schema, table, columns)
             report.new_tables.append(table)

@@ -22,6 +22,7 @@ from click.testing import CliRunner, Result
 
 from loader.cli import cli
 from loader.sample import write_archive
+from tests.helpers import profiles_for, sluice
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERRUPTED = "interrupted; the last committed batch stands; rerun to finish"
@@ -29,17 +30,6 @@ INTERRUPTED = "interrupted; the last committed batch stands; rerun to finish"
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "COLUMNS": "200", **(extra or {})}
-
-
-def sluice(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "loader.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=_env(env),
-        timeout=300,
-    )
 
 
 def invoke(*args: str, cwd: Path, env: dict | None = None) -> Result:
@@ -346,15 +336,7 @@ def _run_status(kind: str, where: str) -> list[str]:
 def test_ctrl_c_is_one_line_exit_130_and_the_run_ends_interrupted(
     kind: str, big_archive: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    if kind == "postgres":
-        where = request.getfixturevalue("pg_dsn")
-        profiles = tmp_path / "profiles.yml"
-        profiles.write_text(
-            f'default_target: t\ntargets:\n  t:\n    type: postgres\n    dsn: "{where}"\n'
-        )
-    else:
-        profiles = _duck_profiles(tmp_path)
-        where = str(tmp_path / "wh.duckdb")
+    profiles, where = profiles_for(kind, tmp_path, request)
     proc = _start_load(big_archive, profiles, tmp_path)
     _wait_commits(proc, 2)
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group

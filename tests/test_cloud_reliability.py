@@ -8,7 +8,6 @@ import base64
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -21,6 +20,7 @@ from loader.sources.cloud.salesforce import SalesforceConnector
 from loader.sources.cloud.stripe import StripeConnector
 from loader.sources.cloud.zendesk import ZendeskConnector
 from tests.fake_apis import FakeSalesforce, FakeStripe, FakeZendesk, Fault
+from tests.helpers import rows, sluice, write_duckdb_profiles
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.01, backoff_max_s=0.05, jitter_s=0.0)
 KEY = "sk_live_51Hx9do_not_print_me"
@@ -33,10 +33,6 @@ def stripe() -> Iterator[FakeStripe]:
         api.create("customers", id=f"cus_{i}", email=f"c{i}@example.com")
     yield api
     api.stop()
-
-
-def rows(wh: Any, schema: str, table: str, columns: str = "*") -> list[tuple[Any, ...]]:
-    return sorted(wh.query(f'SELECT {columns} FROM "{schema}"."{table}"'), key=str)
 
 
 # --- 20.2: a timestamp cursor loses nothing of its own second --------------------------
@@ -161,11 +157,7 @@ def test_the_sync_budget_bounds_a_whole_sync(stripe: FakeStripe, open_wh) -> Non
 def test_sluice_yml_deadlines_are_validated_and_reported(
     tmp_path: Path, stripe: FakeStripe
 ) -> None:
-    from tests.test_cli import sluice
-
-    (tmp_path / "profiles.yml").write_text(
-        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: wh.duckdb\n"
-    )
+    write_duckdb_profiles(tmp_path)
     source = (
         "version: 1\nsources:\n  payments:\n    kind: stripe\n    api_key: sk\n"
         f"    base_url: {stripe.url}\n    collections: [customers]\n"
@@ -216,11 +208,7 @@ def test_a_body_cut_mid_way_is_retried(stripe: FakeStripe, open_wh) -> None:
 def test_stripe_echoing_its_authorization_header_leaks_nothing(
     tmp_path: Path, stripe: FakeStripe
 ) -> None:
-    from tests.test_cli import sluice
-
-    (tmp_path / "profiles.yml").write_text(
-        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: wh.duckdb\n"
-    )
+    write_duckdb_profiles(tmp_path)
     (tmp_path / "sluice.yml").write_text(
         "version: 1\nsources:\n  payments:\n    kind: stripe\n    api_key: ${SLUICE_TEST_KEY}\n"
         f"    base_url: {stripe.url}\n    collections: [customers]\n"

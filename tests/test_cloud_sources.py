@@ -19,7 +19,7 @@ from loader.sources.cloud.stripe import StripeConnector
 from loader.sources.cloud.zendesk import ZendeskConnector
 from loader.sources.objects_archive import ObjectArchiveConnector
 from tests.fake_apis import FakeSalesforce, FakeStripe, FakeZendesk, Fault
-from tests.helpers import write_ndjson
+from tests.helpers import rows, sluice, write_duckdb_profiles, write_ndjson
 
 FAST = RetryPolicy(attempts=6, backoff_s=0.01, backoff_max_s=0.05, jitter_s=0.0)
 
@@ -49,10 +49,6 @@ def stripe() -> Iterator[FakeStripe]:
     api.create("subscriptions", id="sub_0", status="active", customer="cus_0")
     yield api
     api.stop()
-
-
-def rows(wh: Any, schema: str, table: str, columns: str = "*") -> list[tuple[Any, ...]]:
-    return sorted(wh.query(f'SELECT {columns} FROM "{schema}"."{table}"'), key=str)
 
 
 def test_stripe_full_then_incremental_with_429_storm(open_wh, stripe: FakeStripe) -> None:
@@ -248,11 +244,7 @@ def test_objects_from_an_archive_and_selective_sync(open_wh, tmp_path: Path) -> 
 def test_sluice_sync_runs_a_cloud_source_from_sluice_yml(
     tmp_path: Path, stripe: FakeStripe
 ) -> None:
-    from tests.test_cli import sluice
-
-    (tmp_path / "profiles.yml").write_text(
-        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: wh.duckdb\n"
-    )
+    write_duckdb_profiles(tmp_path)
     (tmp_path / "sluice.yml").write_text(
         "version: 1\nprofiles: profiles.yml\nsources:\n  payments:\n    kind: stripe\n"
         f"    api_key: ${{SLUICE_TEST_STRIPE_KEY}}\n    base_url: {stripe.url}\n"
@@ -288,9 +280,7 @@ def test_kill_9_between_pages_then_rerun_has_no_duplicate_or_gap(
 
     for i in range(5, 12):
         stripe.create("charges", id=f"ch_{i}", amount=i, currency="usd")
-    (tmp_path / "profiles.yml").write_text(
-        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: wh.duckdb\n"
-    )
+    write_duckdb_profiles(tmp_path)
     (tmp_path / "sluice.yml").write_text(
         "version: 1\nsources:\n  payments:\n    kind: stripe\n    api_key: sk\n"
         f"    base_url: {stripe.url}\n    collections: [charges]\n"
@@ -513,9 +503,7 @@ def test_kill_9_between_pages_then_rerun(tmp_path: Path, case: _Case) -> None:
 
     from loader.warehouses.duckdb import DuckDBWarehouse
 
-    (tmp_path / "profiles.yml").write_text(
-        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: wh.duckdb\n"
-    )
+    write_duckdb_profiles(tmp_path)
     (tmp_path / "sluice.yml").write_text(case.sluice_yml())
     case.api.inject(Fault(200, times=1, path_contains=case.path, after_ok=2, hang_s=60))
     child = subprocess.Popen(

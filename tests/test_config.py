@@ -4,10 +4,9 @@ to the files, and connection strings no value can rewrite."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -19,17 +18,10 @@ from hypothesis import strategies as st
 from loader.config import ConfigError, load_profiles, parse_document, substitute
 from loader.project import load_project
 from loader.sample import write_archive
+from tests import helpers
 
-
-def sluice(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "loader.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "400", **(env or {})},
-        timeout=300,
-    )
+# Config errors are long sentences: a wide terminal keeps each on one line.
+sluice = functools.partial(helpers.sluice, columns=400)
 
 
 def _profiles(tmp_path: Path, text: str) -> Path:

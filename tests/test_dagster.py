@@ -4,6 +4,8 @@ received day, subsets, metadata, checks, schedules and sensors, on DuckDB and Po
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from importlib.resources import files as package_files
 from pathlib import Path
@@ -17,6 +19,7 @@ from loader.catalog import tables_of, update_catalog
 from loader.project import load_project
 from loader.sample import default_first_day, write_archive
 from loader.warehouses.registry import open_warehouse
+from tests.fake_apis import FakeStripe
 
 SCHEMA = "javascript_production"
 # The fixture's sample archive: three received days ending yesterday (UTC).
@@ -468,20 +471,28 @@ def test_dagster_definitions_validate_on_the_sample_project(tmp_path: Path) -> N
     assert "Validation successful" in result.stderr + result.stdout
 
 
-@pytest.mark.parametrize("warehouse_kind", ["duckdb"])
-def test_cloud_source_collections_are_assets(project_dir: Path) -> None:
-    from tests.fake_apis import FakeStripe
-
+@contextmanager
+def _stripe_payments(project_dir: Path, settings: str) -> Iterator[FakeStripe]:
+    """A fake Stripe with three customers, added to the project as the `payments`
+    source with `settings` (sluice.yml lines under it); stopped after the test."""
     stripe = FakeStripe()
     try:
         for i in range(3):
             stripe.create("customers", id=f"cus_{i}", email=f"c{i}@example.com")
-        stripe.create("charges", id="ch_0", amount=5)
         with (project_dir / "sluice.yml").open("a") as out:
             out.write(
                 f"  payments:\n    kind: stripe\n    api_key: sk_test\n"
-                f"    base_url: {stripe.url}\n    schedule: '*/30 * * * *'\n"
+                f"    base_url: {stripe.url}\n{settings}"
             )
+        yield stripe
+    finally:
+        stripe.stop()
+
+
+@pytest.mark.parametrize("warehouse_kind", ["duckdb"])
+def test_cloud_source_collections_are_assets(project_dir: Path) -> None:
+    with _stripe_payments(project_dir, "    schedule: '*/30 * * * *'\n") as stripe:
+        stripe.create("charges", id="ch_0", amount=5)
         defs = _defs(project_dir)
         pay = dg.AssetKey(["local", "payments", "customers"])
         specs = {s.key: s for s in defs.resolve_all_asset_specs()}
@@ -517,25 +528,14 @@ def test_cloud_source_collections_are_assets(project_dir: Path) -> None:
                 )
             )
         assert [r.partition_key for r in tick.run_requests] == [None]
-    finally:
-        stripe.stop()
 
 
 @pytest.mark.parametrize("warehouse_kind", ["postgres"])
 def test_cloud_syncs_made_by_the_cli_show_in_dagster(project_dir: Path) -> None:
     from loader.object_pipeline import ObjectLoader
     from loader.sources.cloud.registry import connector_for
-    from tests.fake_apis import FakeStripe
 
-    stripe = FakeStripe()
-    try:
-        for i in range(3):
-            stripe.create("customers", id=f"cus_{i}", email=f"c{i}@example.com")
-        with (project_dir / "sluice.yml").open("a") as out:
-            out.write(
-                f"  payments:\n    kind: stripe\n    api_key: sk_test\n"
-                f"    base_url: {stripe.url}\n    collections: [customers, charges]\n"
-            )
+    with _stripe_payments(project_dir, "    collections: [customers, charges]\n") as stripe:
         defs = _defs(project_dir)
         customers = dg.AssetKey(["local", "payments", "customers"])
         name = "sync__payments__local__outside_loads"
@@ -570,8 +570,6 @@ def test_cloud_syncs_made_by_the_cli_show_in_dagster(project_dir: Path) -> None:
             ).success
             after = _tick(defs, name, instance)
             assert not after.asset_events
-    finally:
-        stripe.stop()
 
 
 def test_reverse_etl_models_are_assets_downstream_of_their_tables(project_dir: Path) -> None:

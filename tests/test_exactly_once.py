@@ -15,13 +15,7 @@ from loader.sample import write_archive
 from loader.warehouses.base import LockBusy
 from loader.warehouses.duckdb import DuckDBWarehouse
 from loader.warehouses.postgres import PostgresWarehouse
-from tests.helpers import snapshot, table_rows
-
-
-def _profiles(path: Path, kind: str, where: str) -> Path:
-    field = f'dsn: "{where}"' if kind == "postgres" else f'path: "{where}"'
-    path.write_text(f"default_target: t\ntargets:\n  t:\n    type: {kind}\n    {field}\n")
-    return path
+from tests.helpers import profiles_for, snapshot, table_rows, write_profiles
 
 
 def _load_cmd(archive: Path, profiles: Path) -> list[str]:
@@ -52,12 +46,7 @@ def crash_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_kill_9_mid_load_then_rerun_gives_no_duplicate_and_no_gap(
     kind: str, crash_archive: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    if kind == "postgres":
-        dsn = request.getfixturevalue("pg_dsn")
-        profiles = _profiles(tmp_path / "profiles.yml", "postgres", dsn)
-    else:
-        db = tmp_path / "crash.duckdb"
-        profiles = _profiles(tmp_path / "profiles.yml", "duckdb", str(db))
+    profiles, where = profiles_for(kind, tmp_path, request)
 
     proc = subprocess.Popen(
         _load_cmd(crash_archive, profiles), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -73,7 +62,7 @@ def test_kill_9_mid_load_then_rerun_gives_no_duplicate_and_no_gap(
     proc.wait()
 
     if kind == "postgres":
-        wh = PostgresWarehouse("t", dsn)
+        wh = PostgresWarehouse("t", where)
         partial = wh.loaded_files("src")
         assert 0 < len(partial) < 48
         wh.close()
@@ -83,7 +72,7 @@ def test_kill_9_mid_load_then_rerun_gives_no_duplicate_and_no_gap(
     )
     assert rerun.returncode == 0, rerun.stderr
 
-    wh = PostgresWarehouse("t", dsn) if kind == "postgres" else DuckDBWarehouse("t", str(db))
+    wh = PostgresWarehouse("t", where) if kind == "postgres" else DuckDBWarehouse("t", where)
     try:
         # The same archive loaded without interruption, same batching, beside it.
         Loader(wh, batch_lines=500).load(str(crash_archive), "clean")
@@ -100,7 +89,7 @@ def test_second_concurrent_sync_is_refused_on_postgres(
 ) -> None:
     holder = PostgresWarehouse("t", pg_dsn)
     other = PostgresWarehouse("t", pg_dsn)
-    profiles = _profiles(tmp_path / "profiles.yml", "postgres", pg_dsn)
+    profiles = write_profiles(tmp_path / "profiles.yml", "postgres", pg_dsn)
     try:
         with holder.lock("src"):
             with pytest.raises(LockBusy, match="schema 'src' into target 't'"):
@@ -120,7 +109,7 @@ def test_second_concurrent_sync_is_refused_on_postgres(
 
 def test_second_concurrent_sync_is_refused_on_duckdb(sample_archive: Path, tmp_path: Path) -> None:
     db = tmp_path / "busy.duckdb"
-    profiles = _profiles(tmp_path / "profiles.yml", "duckdb", str(db))
+    profiles = write_profiles(tmp_path / "profiles.yml", "duckdb", str(db))
     holder = subprocess.Popen(
         [
             sys.executable,

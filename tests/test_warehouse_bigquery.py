@@ -56,6 +56,7 @@ from loader.warehouses.base import LockBusy, ProfileSpec, Warehouse, WarehouseEr
 from loader.warehouses.registry import open_warehouse
 from tests.bq_emulator import free_port, running_emulator
 from tests.contract import CONTRACT, SCHEMA, _archive
+from tests.ledger_history_scenario import recent_rejects_scenario, recent_runs_scenario
 
 
 @pytest.fixture(scope="session")
@@ -343,33 +344,13 @@ def test_expired_lock_is_taken_over(open_wh) -> None:
 
 def test_recent_runs(open_wh) -> None:
     wh = open_wh()
-    wh.ensure_bookkeeping()
-    report = {
-        "run_id": "r1",
-        "status": "success",
-        "started_at": "2026-11-01T10:00:00+00:00",
-        "finished_at": "2026-11-01T10:01:00+00:00",
-    }
-    wh.record_run("s", report)
-    wh.record_run("s", {**report, "run_id": "r2", "started_at": "2026-11-02T10:00:00+00:00"})
-    assert [r["run_id"] for r in wh.recent_runs()] == ["r2", "r1"]
+    recent_runs_scenario(wh)
     assert [r["run_id"] for r in wh.recent_runs(limit=1)] == ["r2"]
 
 
 def test_recent_rejects(open_wh) -> None:
     """What `sluice rejects` lists: one schema's rejected lines, or every schema's."""
-    from loader.messages import Reject
-
-    wh = open_wh()
-    wh.ensure_bookkeeping()
-    with wh.transaction():
-        wh.record_rejects("s", [Reject("f.gz", 3, '{"type": "track"', "not valid JSON")])
-        wh.record_rejects("t", [Reject("g.gz", 7, "{", "not valid JSON")])
-    (only,) = wh.recent_rejects("s")
-    assert (only["schema"], only["file"], only["line"]) == ("s", "f.gz", 3)
-    assert only["raw"] == '{"type": "track"' and only["reason"] == "not valid JSON"
-    assert {r["schema"] for r in wh.recent_rejects(None)} == {"s", "t"}
-    assert len(wh.recent_rejects(None, limit=1)) == 1
+    recent_rejects_scenario(open_wh())
 
 
 def test_sync_report_is_kept_in_sluice_sync_runs(open_wh, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from loader.schema import ColumnType
 from loader.warehouses.base import LockBusy, ProfileSpec, WarehouseError
 from loader.warehouses.registry import open_warehouse
 from tests.contract import CONTRACT
+from tests.ledger_history_scenario import recent_rejects_scenario, recent_runs_scenario
 
 
 @pytest.fixture(scope="session")
@@ -200,32 +201,12 @@ def test_lock_busy_across_connections(open_wh) -> None:
 
 def test_recent_runs(open_wh) -> None:
     wh = open_wh()
-    wh.ensure_bookkeeping()
-    report = {
-        "run_id": "r1",
-        "status": "success",
-        "started_at": "2026-11-01T10:00:00+00:00",
-        "finished_at": "2026-11-01T10:01:00+00:00",
-    }
-    wh.record_run("s", report)
-    wh.record_run("s", {**report, "run_id": "r2", "started_at": "2026-11-02T10:00:00+00:00"})
-    assert [r["run_id"] for r in wh.recent_runs()] == ["r2", "r1"]
+    recent_runs_scenario(wh)
 
 
 def test_recent_rejects(open_wh) -> None:
     """What `sluice rejects` lists: one schema's rejected lines, or every schema's."""
-    from loader.messages import Reject
-
-    wh = open_wh()
-    wh.ensure_bookkeeping()
-    with wh.transaction():
-        wh.record_rejects("s", [Reject("f.gz", 3, '{"type": "track"', "not valid JSON")])
-        wh.record_rejects("t", [Reject("g.gz", 7, "{", "not valid JSON")])
-    (only,) = wh.recent_rejects("s")
-    assert (only["schema"], only["file"], only["line"]) == ("s", "f.gz", 3)
-    assert only["raw"] == '{"type": "track"' and only["reason"] == "not valid JSON"
-    assert {r["schema"] for r in wh.recent_rejects(None)} == {"s", "t"}
-    assert len(wh.recent_rejects(None, limit=1)) == 1
+    recent_rejects_scenario(open_wh())
 
 
 def test_reverse_etl_cycle(open_wh) -> None:

@@ -12,15 +12,15 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from decimal import Decimal
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
 import requests
 from pydantic import Field
 
+from loader.http_retry import retry_after
 from loader.reverse_etl.destinations import DestinationConfig, Record, SendResult
 
 SPLIT_STATUSES = {400, 413, 422}
@@ -55,23 +55,6 @@ def _default(value: Any) -> Any:
 
 def dumps(payload: Any) -> bytes:
     return orjson.dumps(payload, default=_default)
-
-
-def retry_after(header: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date)."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def post_json(

@@ -23,7 +23,6 @@ import time
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import orjson
@@ -33,6 +32,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from loader.http_retry import retry_after
 from loader.scrub import Scrubber
 
 
@@ -275,7 +275,7 @@ class ApiClient:
             if status in RETRY_STATUSES:
                 wait = None
                 if status == 429 or response.headers.get("Retry-After"):
-                    after = _retry_after(response.headers.get("Retry-After"))
+                    after = retry_after(response.headers.get("Retry-After"))
                     if after is not None:
                         wait = min(after, self.policy.retry_after_cap_s)
                 raise _Retryable(f"{status}", wait)
@@ -357,21 +357,6 @@ def _socket_of(raw: Any) -> socket.socket | None:
         if isinstance(obj, socket.socket):
             return obj
     return None
-
-
-def _retry_after(header: str | None) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date)."""
-    if not header:
-        return None
-    try:
-        return max(0.0, float(header))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(header)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _path(url: str) -> str:
