@@ -1,0 +1,129 @@
+"""`sluice schema set-type`: a column's type changed after its first value decided it,
+on real DuckDB and PostgreSQL; the rule of what fits, pure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loader.pipeline import Loader
+from loader.retype import RetypePlan, plan_retype
+from loader.schema import ColumnType
+from tests.helpers import snapshot, table_rows, track, write_ndjson
+
+T = "s.order_completed"
+
+
+def _load(wh: Any, archive: Path) -> None:
+    Loader(wh, readers=0).load(str(archive), "s")
+
+
+def _rows(wh: Any) -> list[tuple[Any, Any]]:
+    """(sku, rescued JSON as a dict) by id."""
+    out = []
+    for sku, rescued in table_rows(
+        wh, f"SELECT sku, CAST(_rescued_data AS text) FROM {T} ORDER BY id"
+    ):
+        out.append((sku, orjson.loads(rescued) if rescued else None))
+    return out
+
+
+def _archive(tmp_path: Path) -> Path:
+    """sku typed bigint by its first value; later text skus are rescued."""
+    write_ndjson(
+        tmp_path / "a" / "2026-11-01" / "0.json.gz",
+        [
+            track("m1", sku=42),
+            track("m2", sku="AB-7"),
+            track("m3", sku="CD-9", size=3),
+            track("m4", sku=7),
+        ],
+    )
+    return tmp_path / "a"
+
+
+def test_set_type_text_moves_rescued_values_in_and_later_loads_keep_them(
+    open_wh: Any, tmp_path: Path
+) -> None:
+    wh = open_wh()
+    archive = _archive(tmp_path)
+    _load(wh, archive)
+    assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.BIGINT
+    assert _rows(wh) == [(42, None), (None, {"sku": "AB-7"}), (None, {"sku": "CD-9"}), (7, None)]
+
+    before = snapshot(wh, "s")
+    plan = wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=False)
+    assert (plan.moved_in, plan.moved_out, plan.kept) == (2, 0, 2)
+    assert snapshot(wh, "s") == before  # the dry run changes nothing
+    assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.BIGINT
+
+    with wh.lock("s"):
+        plan = wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=True)
+    assert plan.applied and plan.moved_in == 2
+    assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.TEXT
+    assert _rows(wh) == [("42", None), ("AB-7", None), ("CD-9", None), ("7", None)]
+    assert wh.decided_types("s") == {"order_completed": {"sku": ColumnType.TEXT}}
+
+    # More such values: into the column now, not rescued.
+    write_ndjson(
+        archive / "2026-11-02" / "0.json.gz", [track("m5", sku="EF-1"), track("m6", sku=9)]
+    )
+    _load(wh, archive)
+    got = dict(table_rows(wh, f"SELECT id, sku FROM {T} WHERE id IN ('m5', 'm6')"))
+    assert got == {"m5": "EF-1", "m6": "9"}
+    assert table_rows(wh, f"SELECT count(*) FROM {T} WHERE _rescued_data IS NOT NULL") == [(0,)]
+
+
+def test_set_type_bigint_rescues_the_non_numeric_values_and_back_restores_them(
+    open_wh: Any, tmp_path: Path
+) -> None:
+    wh = open_wh()
+    write_ndjson(
+        tmp_path / "a" / "0.json.gz",
+        [track("m1", sku="AB-7"), track("m2", sku=42), track("m3", sku="12")],
+    )
+    _load(wh, tmp_path / "a")
+    assert _rows(wh) == [("AB-7", None), ("42", None), ("12", None)]
+    with wh.lock("s"):
+        plan = wh.retype_column("s", "order_completed", "sku", ColumnType.BIGINT, apply=True)
+    assert (plan.moved_in, plan.moved_out, plan.kept) == (0, 1, 2)
+    assert _rows(wh) == [(None, {"sku": "AB-7"}), (42, None), (12, None)]
+    with wh.lock("s"):
+        wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=True)
+    assert _rows(wh) == [("AB-7", None), ("42", None), ("12", None)]
+
+
+def test_recorded_type_types_a_new_column_of_that_name(open_wh: Any, tmp_path: Path) -> None:
+    """A column dropped by hand and then met again is created with the type set."""
+    wh = open_wh()
+    write_ndjson(tmp_path / "a" / "0.json.gz", [track("m1", sku=1)])
+    _load(wh, tmp_path / "a")
+    with wh.lock("s"):
+        wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=True)
+    with wh.transaction():
+        wh._execute(f"ALTER TABLE {wh.table_ref('s', 'order_completed')} DROP COLUMN sku")
+    write_ndjson(tmp_path / "a" / "1.json.gz", [track("m2", sku=5)])
+    _load(wh, tmp_path / "a")
+    assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.TEXT
+    assert table_rows(wh, f"SELECT sku FROM {T} WHERE id = 'm2'") == [("5",)]
+
+
+def test_rule_moves_only_what_fits_and_never_loses_a_value() -> None:
+    rows = [
+        ("a", 3.0, None),  # a double that is an integer: kept
+        ("b", 3.5, None),  # a fraction: out to _rescued_data
+        ("c", None, '{"sku": 8, "other": "x"}'),  # rescued integer: in
+        ("d", None, {"sku": "zz"}),  # still does not fit: stays rescued, no change
+        ("e", 2.0, {"sku": 9}),  # the column has a value: the rescued one stays
+    ]
+    plan = plan_retype(RetypePlan("s", "t", "sku", ColumnType.DOUBLE, ColumnType.BIGINT), rows)
+    assert (plan.kept, plan.moved_out, plan.moved_in) == (2, 1, 1)
+    by_id = {c.id: (c.value, c.rescued_changed, c.rescued) for c in plan.changes}
+    assert by_id == {
+        "a": (3, False, None),
+        "b": (None, True, '{"sku":3.5}'),
+        "c": (8, True, '{"other":"x"}'),
+        "e": (2, False, None),
+    }
