@@ -17,11 +17,17 @@ from typing import Any
 
 import orjson
 
-from loader.normalize import rescue_value
+from loader.normalize import fixed_columns, rescue_value
 from loader.schema import ColumnType, coerce, fits, json_text
 
 # Layout columns Sluice types itself: a retype would break what it writes into them.
 NOT_RETYPABLE = frozenset({"id", "received_at", "uuid_ts", "_rescued_data"})
+
+
+def is_layout_column(table: str, column: str) -> bool:
+    """A column Sluice types itself (ids, times, context...): the loader writes those
+    without a type check, so their type is not the user's to change."""
+    return column in NOT_RETYPABLE or column in fixed_columns(table)
 
 
 @dataclass(frozen=True)

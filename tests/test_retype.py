@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from loader.pipeline import Loader
 from loader.retype import RetypePlan, plan_retype
@@ -127,3 +128,58 @@ def test_rule_moves_only_what_fits_and_never_loses_a_value() -> None:
         "c": (8, True, '{"other":"x"}'),
         "e": (2, False, None),
     }
+
+
+def test_cli_set_type_dry_run_then_apply_and_one_sentence_errors(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from loader.cli import cli
+
+    def sluice(*args: str, cwd: Path) -> Any:
+        """In process (the command as installed is run by tests/test_cli.py)."""
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(cwd)
+            mp.setenv("COLUMNS", "200")
+            return CliRunner().invoke(cli, list(args))
+
+    (tmp_path / "profiles.yml").write_text(
+        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: sluice.duckdb\n"
+    )
+    archive = _archive(tmp_path)
+    assert sluice("load", str(archive), "--schema", "s", cwd=tmp_path).exit_code == 0
+    db = tmp_path / "sluice.duckdb"
+    before = db.read_bytes()
+
+    dry = sluice("schema", "set-type", "s.order_completed.sku", "text", cwd=tmp_path)
+    assert dry.exit_code == 0, dry.output
+    assert "would change from bigint to text" in dry.stdout
+    assert "2 value(s) would move out of _rescued_data" in dry.stdout
+    assert "--apply" in dry.stdout
+    assert db.read_bytes() == before  # byte for byte
+
+    for args, words in [
+        (
+            ("s.order_complete.sku", "text"),
+            "no table 'order_complete' in schema 's'; did you mean 'order_completed'?",
+        ),
+        (
+            ("s.order_completed.skus", "text"),
+            "no column 'skus' in s.order_completed; did you mean 'sku'?",
+        ),
+        (("t.order_completed.sku", "text"), "no schema 't'"),
+        (
+            ("s.order_completed.sku", "string"),
+            "unknown type 'string': use one of boolean, bigint, double, timestamp, text",
+        ),
+        (("s.order_completed.received_at", "text"), "Sluice types itself"),
+    ]:
+        bad = sluice("schema", "set-type", *args, cwd=tmp_path)
+        assert bad.exit_code == 2, bad.output
+        assert words in " ".join(bad.stderr.split()) and "Traceback" not in bad.stderr
+    assert db.read_bytes() == before
+
+    done = sluice("schema", "set-type", "s.order_completed.sku", "text", "--apply", cwd=tmp_path)
+    assert done.exit_code == 0, done.output
+    assert "changed from bigint to text: 2 value(s) moved" in done.stdout
+    shown = sluice("schema", "show", "s.order_completed", cwd=tmp_path)
+    assert "sku" in shown.stdout and "text" in shown.stdout

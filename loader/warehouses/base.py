@@ -255,6 +255,10 @@ class Warehouse(ABC):
             f"{type(self).__name__.removesuffix('Warehouse')}"
         )
 
+    def schema_names(self) -> set[str]:
+        """The warehouse's schemas, for suggesting a mistyped one."""
+        return set()
+
     def decided_types(self, schema: str) -> dict[str, dict[str, ColumnType]]:
         """{table: {column: type}} a user set (`_sluice.column_types`): a new column of
         that name is created with that type, whatever its first value."""

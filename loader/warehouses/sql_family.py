@@ -259,6 +259,13 @@ class SqlFamilyWarehouse(Warehouse):
             (*key, new_type.value),
         )
 
+    def schema_names(self) -> set[str]:
+        rows = self._fetchall(
+            "SELECT DISTINCT table_schema FROM information_schema.tables "
+            f"WHERE table_schema IS NOT NULL{self._catalog_filter}"
+        )
+        return {str(r[0]) for r in rows}
+
     def decided_types(self, schema: str) -> dict[str, dict[str, ColumnType]]:
         if "column_types" not in self.read_schema(BOOKKEEPING_SCHEMA):
             return {}
