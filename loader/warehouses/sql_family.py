@@ -155,6 +155,10 @@ class SqlFamilyWarehouse(Warehouse):
 
     # --- retype (sluice schema set-type) ---------------------------------------------
     _RETYPE_STAGE = "retype_stage"
+    # The staged ids' and rescued JSON's type (a dialect whose text is short widens it),
+    # and the function giving the database's time.
+    _retype_text = "text"
+    _now_sql = "current_timestamp"
 
     def retype_column(
         self, schema: str, table: str, column: str, new_type: ColumnType, apply: bool
@@ -215,8 +219,8 @@ class SqlFamilyWarehouse(Warehouse):
         self._execute(f"CREATE SCHEMA IF NOT EXISTS {self._s(b)}")
         self._execute(f"DROP TABLE IF EXISTS {stage}")
         self._execute(
-            f"CREATE TABLE {stage} (id {self.capabilities.key_type or 'text'}, "
-            f"value {kind}, changed boolean, rescued text)"
+            f"CREATE TABLE {stage} (id {self.capabilities.key_type or self._retype_text}, "
+            f"value {kind}, changed boolean, rescued {self._retype_text})"
         )
         self.insert_plain(
             b,
@@ -239,7 +243,7 @@ class SqlFamilyWarehouse(Warehouse):
         self._execute(
             f"CREATE TABLE IF NOT EXISTS {self._s(BOOKKEEPING_SCHEMA)}.column_types "
             "(schema_name text NOT NULL, table_name text NOT NULL, column_name text NOT NULL, "
-            f"column_type text NOT NULL, decided_at {ts}, "
+            f"column_type {self._retype_text} NOT NULL, decided_at {ts}, "
             "PRIMARY KEY (schema_name, table_name, column_name))"
         )
 
@@ -255,7 +259,7 @@ class SqlFamilyWarehouse(Warehouse):
             key,
         )
         self._execute(
-            f"INSERT INTO {t} VALUES ({p}, {p}, {p}, {p}, current_timestamp)",
+            f"INSERT INTO {t} VALUES ({p}, {p}, {p}, {p}, {self._now_sql})",
             (*key, new_type.value),
         )
 
