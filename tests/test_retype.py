@@ -17,8 +17,8 @@ from tests.helpers import snapshot, table_rows, track, write_ndjson
 T = "s.order_completed"
 
 
-def _load(wh: Any, archive: Path) -> None:
-    Loader(wh, readers=0).load(str(archive), "s")
+def _load(wh: Any, archive: Path, readers: int = 0) -> None:
+    Loader(wh, readers=readers).load(str(archive), "s")
 
 
 def _rows(wh: Any) -> list[tuple[Any, Any]]:
@@ -106,7 +106,7 @@ def test_recorded_type_types_a_new_column_of_that_name(open_wh: Any, tmp_path: P
     with wh.transaction():
         wh._execute(f"ALTER TABLE {wh.table_ref('s', 'order_completed')} DROP COLUMN sku")
     write_ndjson(tmp_path / "a" / "1.json.gz", [track("m2", sku=5)])
-    _load(wh, tmp_path / "a")
+    _load(wh, tmp_path / "a", readers=1)  # typed in a reader process, laid out again
     assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.TEXT
     assert table_rows(wh, f"SELECT sku FROM {T} WHERE id = 'm2'") == [("5",)]
 
