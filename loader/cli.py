@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import shutil
 import signal
@@ -300,7 +301,7 @@ def schema_set_type(
     """Change a column's type (first value decided it): values that now fit move out of
     _rescued_data into the column, values that no longer fit move to _rescued_data, and
     later loads keep the type. A dry run unless --apply."""
-    from loader.retype import describe, is_layout_column
+    from loader.retype import describe, is_layout_column, linked_tables
     from loader.schema import ColumnType
     from loader.suggest import did_you_mean
 
@@ -337,22 +338,26 @@ def schema_set_type(
                 "nothing to change"
             )
             return
+        # A trait column changes with its profile's (identifies and users...).
+        changing = [table_name] + [
+            t
+            for t in linked_tables(table_name)
+            if column_name in tables.get(t, {}) and tables[t][column_name] is not new_type
+        ]
         try:
-            if apply_:
-                with warehouse.lock(schema_name):
-                    plan = warehouse.retype_column(
-                        schema_name, table_name, column_name, new_type, apply=True
-                    )
-            else:
-                plan = warehouse.retype_column(
-                    schema_name, table_name, column_name, new_type, apply=False
-                )
+            # --apply takes the lock syncs take: no load writes the table meanwhile.
+            with warehouse.lock(schema_name) if apply_ else contextlib.nullcontext():
+                plans = [
+                    warehouse.retype_column(schema_name, t, column_name, new_type, apply=apply_)
+                    for t in changing
+                ]
         except WarehouseError as exc:
             fail(str(exc), 1)
     finally:
         warehouse.close()
-    console.print(escape(describe(plan)))
-    if not plan.applied:
+    for plan in plans:
+        console.print(escape(describe(plan)))
+    if not apply_:
         console.print(
             "dry run, nothing changed: add --apply to change the column in one transaction "
             "and record the type for later loads"

@@ -24,6 +24,18 @@ from loader.schema import ColumnType, coerce, fits, json_text
 NOT_RETYPABLE = frozenset({"id", "received_at", "uuid_ts", "_rescued_data"})
 
 
+# Profile tables and the event table their traits come from (loader.pipeline.PROFILES):
+# a trait column has one type in both, or rebuilding the profile would fail.
+_PROFILE_SOURCES = {"users": "identifies", "accounts": "groups"}
+
+
+def linked_tables(table: str) -> list[str]:
+    """The tables whose column of the same name must change type with `table`'s."""
+    if table in _PROFILE_SOURCES:
+        return [_PROFILE_SOURCES[table]]
+    return [p for p, source in _PROFILE_SOURCES.items() if source == table]
+
+
 def is_layout_column(table: str, column: str) -> bool:
     """A column Sluice types itself (ids, times, context...): the loader writes those
     without a type check, so their type is not the user's to change."""

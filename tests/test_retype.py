@@ -183,3 +183,57 @@ def test_cli_set_type_dry_run_then_apply_and_one_sentence_errors(tmp_path: Path)
     assert "changed from bigint to text: 2 value(s) moved" in done.stdout
     shown = sluice("schema", "show", "s.order_completed", cwd=tmp_path)
     assert "sku" in shown.stdout and "text" in shown.stdout
+
+
+def test_a_trait_changes_type_with_its_profile_column(tmp_path: Path) -> None:
+    """identifies.plan and users.plan share a type (the profile is rebuilt from the
+    identifies rows): set-type on one changes both, and later loads keep working."""
+    from click.testing import CliRunner
+
+    from loader.cli import cli
+    from tests.helpers import identify
+
+    (tmp_path / "profiles.yml").write_text(
+        "default_target: local\ntargets:\n  local:\n    type: duckdb\n    path: sluice.duckdb\n"
+    )
+    at = "2026-11-01T10:00:0{}Z"
+    write_ndjson(
+        tmp_path / "a" / "0.json.gz",
+        [identify("i1", "u1", at.format(1), at.format(1), plan=1)],
+    )
+    write_ndjson(
+        tmp_path / "a" / "1.json.gz",
+        [identify("i2", "u1", at.format(2), at.format(2), plan="pro")],
+    )
+
+    def sluice(*args: str) -> Any:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(tmp_path)
+            return CliRunner().invoke(cli, list(args))
+
+    assert sluice("load", "a", "--schema", "s").exit_code == 0
+    done = sluice("schema", "set-type", "s.identifies.plan", "text", "--apply")
+    assert done.exit_code == 0, done.output
+    assert "s.users.plan changed from bigint to text" in " ".join(done.output.split())
+    write_ndjson(
+        tmp_path / "a" / "2.json.gz",
+        [identify("i3", "u1", at.format(3), at.format(3), plan="team")],
+    )
+    again = sluice("load", "a", "--schema", "s")
+    assert again.exit_code == 0, again.output
+    from loader.warehouses.duckdb import DuckDBWarehouse
+
+    wh = DuckDBWarehouse("local", str(tmp_path / "sluice.duckdb"))
+    try:
+        assert table_rows(wh, "SELECT plan FROM s.users") == [("team",)]
+        assert wh.read_schema("s")["users"]["plan"] is ColumnType.TEXT
+    finally:
+        wh.close()
+
+
+def test_profile_links_match_the_loaders() -> None:
+    from loader.pipeline import PROFILES
+    from loader.retype import linked_tables
+
+    for profile, (source, _) in PROFILES.items():
+        assert linked_tables(profile) == [source] and linked_tables(source) == [profile]
