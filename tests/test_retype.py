@@ -237,3 +237,29 @@ def test_profile_links_match_the_loaders() -> None:
 
     for profile, (source, _) in PROFILES.items():
         assert linked_tables(profile) == [source] and linked_tables(source) == [profile]
+
+
+def test_apply_is_refused_while_a_sync_holds_the_lock(tmp_path: Path, pg_dsn: str) -> None:
+    from click.testing import CliRunner
+
+    from loader.cli import cli
+    from loader.warehouses.postgres import PostgresWarehouse
+
+    (tmp_path / "profiles.yml").write_text(
+        f'default_target: pg\ntargets:\n  pg:\n    type: postgres\n    dsn: "{pg_dsn}"\n'
+    )
+    wh = PostgresWarehouse("pg", pg_dsn)
+    try:
+        _load(wh, _archive(tmp_path))
+        before = snapshot(wh, "s")
+        with wh.lock("s"), pytest.MonkeyPatch.context() as mp:  # a sync is running
+            mp.chdir(tmp_path)
+            result = CliRunner().invoke(
+                cli, ["schema", "set-type", "s.order_completed.sku", "text", "--apply"]
+            )
+        assert result.exit_code == 1, result.output
+        assert "another sync" in result.stderr and "Traceback" not in result.output
+        assert snapshot(wh, "s") == before
+        assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.BIGINT
+    finally:
+        wh.close()
