@@ -42,6 +42,9 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+_STAGE_COLUMNS = ("id", "value", "changed", "rescued")
+
+
 class SqlFamilyWarehouse(Warehouse):
     placeholder = "%s"
 
@@ -222,11 +225,8 @@ class SqlFamilyWarehouse(Warehouse):
             f"CREATE TABLE {stage} (id {self.capabilities.key_type or self._retype_text}, "
             f"value {kind}, changed boolean, rescued {self._retype_text})"
         )
-        self.insert_plain(
-            b,
-            self._RETYPE_STAGE,
-            ("id", "value", "changed", "rescued"),
-            [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in changes],
+        self._retype_stage_rows(
+            stage, [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in changes]
         )
         r = quote(RESCUED_COLUMN)
         j = self.capabilities.json_type
@@ -236,6 +236,10 @@ class SqlFamilyWarehouse(Warehouse):
             f"FROM {stage} AS s WHERE {self._t(schema, table)}.id = s.id"
         )
         self._execute(f"DROP TABLE {stage}")
+
+    def _retype_stage_rows(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
+        """(id, value, changed, rescued) rows into the retype's staging table."""
+        self.insert_plain(BOOKKEEPING_SCHEMA, self._RETYPE_STAGE, _STAGE_COLUMNS, rows)
 
     def _ensure_column_types(self) -> None:
         ts = self.capabilities.type_names[ColumnType.TIMESTAMP]
