@@ -809,4 +809,5 @@ def test_set_type_rebuilds_the_column_and_sends_only_redshift_sql(open_wh, tmp_p
     ]
     assert wh.decided_types("s") == {"order_completed": {"sku": ColumnType.BIGINT}}
     assert any(s.startswith(f"ALTER TABLE {table} RENAME COLUMN") for s in wh.sent)
-    _check_redshift_sql(wh.sent)
+    assert any("retype_stage" in c for c in wh.copies)  # staged through S3, not row by row
+    _check_redshift_sql([*wh.sent, *wh.copies])

@@ -688,6 +688,12 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
         self.add_columns(schema, table, {filled: new_type})
         return filled
 
+    def _retype_stage_rows(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
+        # The bulk path (gzip CSV on S3, COPY): a retype stages up to every row.
+        if rows:
+            columns = ("id", "value", "changed", "_rescued_data")
+            self._bulk_copy(stage, columns, rows, "retype")
+
     def _type_aliases(self) -> dict[str, ColumnType]:
         return {"character varying": ColumnType.TEXT, "varchar": ColumnType.TEXT}
 

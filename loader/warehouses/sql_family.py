@@ -42,7 +42,7 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-_STAGE_COLUMNS = ("id", "value", "changed", "rescued")
+_STAGE_COLUMNS = ("id", "value", "changed", "_rescued_data")
 
 
 class SqlFamilyWarehouse(Warehouse):
@@ -223,17 +223,18 @@ class SqlFamilyWarehouse(Warehouse):
         self._execute(f"DROP TABLE IF EXISTS {stage}")
         self._execute(
             f"CREATE TABLE {stage} (id {self.capabilities.key_type or self._retype_text}, "
-            f"value {kind}, changed boolean, rescued {self._retype_text})"
+            f"value {kind}, changed boolean, _rescued_data {self._retype_text})"
         )
         self._retype_stage_rows(
             stage, [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in changes]
         )
         r = quote(RESCUED_COLUMN)
         j = self.capabilities.json_type
+        t = self._t(schema, table)
         self._execute(
-            f"UPDATE {self._t(schema, table)} SET {quote(column)} = s.value, "
-            f"{r} = CASE WHEN s.changed THEN CAST(s.rescued AS {j}) ELSE {r} END "
-            f"FROM {stage} AS s WHERE {self._t(schema, table)}.id = s.id"
+            f"UPDATE {t} SET {quote(column)} = s.value, "
+            f"{r} = CASE WHEN s.changed THEN CAST(s.{r} AS {j}) ELSE {t}.{r} END "
+            f"FROM {stage} AS s WHERE {t}.id = s.id"
         )
         self._execute(f"DROP TABLE {stage}")
 
