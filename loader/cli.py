@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import shutil
 import signal
@@ -278,6 +279,89 @@ def schema_show(
         for column, kind in columns.items():
             view.add_row(column, kind.value)
         console.print(view)
+
+
+@schema.command("set-type")
+@click.argument("name", metavar="SCHEMA.TABLE.COLUMN")
+@click.argument("type_name", metavar="TYPE")
+@click.option(
+    "--apply", "apply_", is_flag=True, help="Change the column (default: show what would change)."
+)
+@target_option
+@profiles_option
+@project_option
+def schema_set_type(
+    name: str,
+    type_name: str,
+    apply_: bool,
+    target: str | None,
+    profiles: str | None,
+    project: str | None,
+) -> None:
+    """Change a column's type (first value decided it): values that now fit move out of
+    _rescued_data into the column, values that no longer fit move to _rescued_data, and
+    later loads keep the type. A dry run unless --apply."""
+    from loader.retype import describe, is_layout_column, linked_tables
+    from loader.schema import ColumnType
+    from loader.suggest import did_you_mean
+
+    allowed = [t.value for t in ColumnType]
+    if type_name.lower() not in allowed:
+        fail(f"unknown type '{type_name}': use one of {', '.join(allowed)}", 2)
+    new_type = ColumnType(type_name.lower())
+    parts = name.split(".")
+    if len(parts) != 3 or not all(parts):
+        fail(f"name the column as SCHEMA.TABLE.COLUMN, not '{name}'", 2)
+    schema_name, table_name, column_name = parts
+    warehouse = _open(project, profiles, target, read_only=not apply_)
+    try:
+        tables = warehouse.read_schema(schema_name)
+        if not tables:
+            hint = did_you_mean(schema_name, warehouse.schema_names() - {BOOKKEEPING_SCHEMA})
+            fail(f"no schema '{schema_name}' in target '{warehouse.target_name}'{hint}", 2)
+        if table_name not in tables:
+            hint = did_you_mean(table_name, tables)
+            fail(f"no table '{table_name}' in schema '{schema_name}'{hint}", 2)
+        columns = tables[table_name]
+        if column_name not in columns:
+            hint = did_you_mean(column_name, columns)
+            fail(f"no column '{column_name}' in {schema_name}.{table_name}{hint}", 2)
+        if is_layout_column(table_name, column_name):
+            fail(
+                f"{schema_name}.{table_name}.{column_name} is a column Sluice types itself; "
+                "only property and trait columns can change type",
+                2,
+            )
+        if columns[column_name] is new_type:
+            console.print(
+                f"{schema_name}.{table_name}.{column_name} is {new_type.value} already; "
+                "nothing to change"
+            )
+            return
+        # A trait column changes with its profile's (identifies and users...).
+        changing = [table_name] + [
+            t
+            for t in linked_tables(table_name)
+            if column_name in tables.get(t, {}) and tables[t][column_name] is not new_type
+        ]
+        try:
+            # --apply takes the lock syncs take: no load writes the table meanwhile.
+            with warehouse.lock(schema_name) if apply_ else contextlib.nullcontext():
+                plans = [
+                    warehouse.retype_column(schema_name, t, column_name, new_type, apply=apply_)
+                    for t in changing
+                ]
+        except WarehouseError as exc:
+            fail(str(exc), 1)
+    finally:
+        warehouse.close()
+    for plan in plans:
+        console.print(escape(describe(plan)))
+    if not apply_:
+        console.print(
+            "dry run, nothing changed: add --apply to change the column in one transaction "
+            "and record the type for later loads"
+        )
 
 
 @cli.command()

@@ -27,10 +27,14 @@ class TableWriter:
     def __init__(self, warehouse: Warehouse) -> None:
         self.warehouse = warehouse
         self.known: dict[str, dict[str, ColumnType]] = {}
+        # Types a user set (`sluice schema set-type`): they, not first values, type a
+        # column of that name when a batch creates it.
+        self.decided: dict[str, dict[str, ColumnType]] = {}
 
     def refresh(self, schema: str) -> None:
         """Re-read the schema (at the start of a sync, and after a failed batch)."""
         self.known = self.warehouse.read_schema(schema)
+        self.decided = self.warehouse.decided_types(schema)
 
     def ensure_columns(
         self,
@@ -74,6 +78,12 @@ class TableWriter:
         report: EvolutionReport,
     ) -> dict[str, ColumnType]:
         limit = self.warehouse.capabilities.max_columns
+        decided = self.decided.get(table)
+        if decided:
+            evidence = {
+                name: ColumnEvidence(decided[name], False) if name in decided else found
+                for name, found in evidence.items()
+            }
         columns, added = plan_from_evidence(existing, evidence, fixed, limit)
         left_out = [n for n in evidence if n not in columns]
         # Said once per table and sync (each later batch meets the same limit).

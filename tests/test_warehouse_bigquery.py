@@ -764,3 +764,42 @@ def test_registry_opens_a_bigquery_target_from_profiles_yml(
         assert wh.loaded_files("web") == set()
     finally:
         wh.close()
+
+
+def test_set_type_rewrites_the_table_in_one_statement(open_wh, tmp_path: Path) -> None:
+    """BigQuery only widens a column in place: the table is rewritten by one CREATE OR
+    REPLACE TABLE ... AS SELECT, the column's new values joined from a staging table."""
+    import sqlglot
+
+    from loader.pipeline import Loader
+    from tests.helpers import track, write_ndjson
+
+    wh = open_wh()
+    write_ndjson(
+        tmp_path / "a" / "0.json.gz",
+        [track("m1", sku=42), track("m2", sku="AB-7"), track("m3", sku=7)],
+    )
+    assert Loader(wh).load(str(tmp_path / "a"), "s").status == "success"
+    table = wh.table_ref("s", "order_completed")
+    rows = f"SELECT id, sku, _rescued_data FROM {table} ORDER BY id"
+
+    def restored(r: tuple) -> tuple:
+        return (r[0], r[1], json.loads(r[2]) if r[2] else None)
+
+    before = [restored(r) for r in wh.query(rows)]
+    assert before == [("m1", 42, None), ("m2", None, {"sku": "AB-7"}), ("m3", 7, None)]
+    plan = wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=False)
+    assert (plan.moved_in, plan.moved_out, plan.kept) == (1, 0, 2)
+    assert [restored(r) for r in wh.query(rows)] == before
+    columns = wh.read_schema("s")["order_completed"]
+    statement = wh.retype_sql("s", "order_completed", "sku", ColumnType.TEXT, columns)
+    assert sqlglot.parse_one(statement, read="bigquery").sql("bigquery")
+    with wh.lock("s"):
+        wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=True)
+    assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.TEXT
+    assert [restored(r) for r in wh.query(rows)] == [
+        ("m1", "42", None),
+        ("m2", "AB-7", None),
+        ("m3", "7", None),
+    ]
+    assert wh.decided_types("s") == {"order_completed": {"sku": ColumnType.TEXT}}

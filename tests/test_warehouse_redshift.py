@@ -761,3 +761,53 @@ def test_reverse_etl_record_ids(open_wh, tmp_path: Path) -> None:
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
+
+
+def _check_redshift_sql(statements: list[str]) -> None:
+    reserved = Redshift.Generator.RESERVED_KEYWORDS
+    for sql in statements:
+        assert not _PG_ONLY.search(re.sub(r"'(?:[^']|'')*'", "''", sql)), sql
+        tree = sqlglot.parse_one(sql.replace("%s", "NULL"), read="redshift")
+        if isinstance(tree, exp.Command):
+            assert sql.startswith("LOCK "), sql
+            continue
+        bare = {i.name for i in tree.find_all(exp.Identifier) if not i.quoted}
+        assert not {b for b in bare if b.lower() in reserved}, sql
+
+
+def test_set_type_rebuilds_the_column_and_sends_only_redshift_sql(open_wh, tmp_path: Path) -> None:
+    """Redshift cannot ALTER a column's type: the column is rebuilt (add, fill, drop,
+    rename) in one transaction, in place of the old one."""
+    wh = open_wh()
+    write_ndjson(
+        tmp_path / "a" / "0.json.gz",
+        [track("m1", sku=42), track("m2", sku="AB-7"), track("m3", sku=7)],
+    )
+    assert Loader(wh).load(str(tmp_path / "a"), "s").status == "success"
+    table = '"s"."order_completed"'
+    rows = 'SELECT id, sku, _rescued_data FROM "s"."order_completed" ORDER BY id'
+    assert list(wh.query(rows)) == [
+        ("m1", 42, None),
+        ("m2", None, '{"sku":"AB-7"}'),
+        ("m3", 7, None),
+    ]
+    wh.sent.clear()
+    plan = wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=False)
+    assert (plan.moved_in, plan.moved_out, plan.kept) == (1, 0, 2)
+    assert list(wh.query(rows))[1] == ("m2", None, '{"sku":"AB-7"}')
+    with wh.lock("s"):
+        wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=True)
+    assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.TEXT
+    assert list(wh.query(rows)) == [("m1", "42", None), ("m2", "AB-7", None), ("m3", "7", None)]
+    assert "sku__retype" not in wh.read_schema("s")["order_completed"]
+    with wh.lock("s"):
+        wh.retype_column("s", "order_completed", "sku", ColumnType.BIGINT, apply=True)
+    assert list(wh.query(rows)) == [
+        ("m1", 42, None),
+        ("m2", None, '{"sku":"AB-7"}'),
+        ("m3", 7, None),
+    ]
+    assert wh.decided_types("s") == {"order_completed": {"sku": ColumnType.BIGINT}}
+    assert any(s.startswith(f"ALTER TABLE {table} RENAME COLUMN") for s in wh.sent)
+    assert any("retype_stage" in c for c in wh.copies)  # staged through S3, not row by row
+    _check_redshift_sql([*wh.sent, *wh.copies])

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import fakesnow
+import orjson
 import pytest
 import snowflake.connector as snowflake_connector
 
@@ -548,4 +549,66 @@ def test_awkward_values_round_trip_through_the_stage(open_wh) -> None:
     assert list(wh.query("SELECT id, s, n FROM odd.vals WHERE id IN ('r0', 'r1') ORDER BY id")) == [
         ("r0", None, None),
         ("r1", "", big),
+    ]
+
+
+def test_set_type_rebuilds_the_table_and_swaps_it_in(open_wh, tmp_path: Path) -> None:
+    """Snowflake cannot change a column to another kind: the table is rebuilt into a
+    work table and swapped in. fakesnow cannot run `ALTER TABLE ... SWAP WITH`: that
+    statement is checked to parse as Snowflake's, and the swap is done here by copying
+    the work table in its place (what the swap leaves)."""
+    import sqlglot
+
+    from loader.pipeline import Loader
+    from loader.schema import ColumnType
+    from tests.helpers import track, write_ndjson
+
+    wh = open_wh()
+    write_ndjson(
+        tmp_path / "a" / "0.json.gz",
+        [track("m1", sku=42), track("m2", sku="AB-7"), track("m3", sku=7)],
+    )
+    assert Loader(wh).load(str(tmp_path / "a"), "s").status == "success"
+    rows = "SELECT id, sku, CAST(_rescued_data AS VARCHAR) FROM s.order_completed ORDER BY id"
+
+    def restored(r: tuple) -> tuple:
+        return (r[0], r[1], orjson.loads(r[2]) if r[2] else None)
+
+    before = [restored(r) for r in wh.query(rows)]
+    assert before == [("m1", 42, None), ("m2", None, {"sku": "AB-7"}), ("m3", 7, None)]
+
+    swaps: list[str] = []
+
+    def swap(schema: str, table: str, work: str) -> None:
+        target = f'"{schema.upper()}"."{table.upper()}"'
+        swaps.append(f"ALTER TABLE {target} SWAP WITH {work}")
+        wh._execute(f"DROP TABLE {target}")
+        wh._execute(f"CREATE TABLE {target} AS SELECT * FROM {work}")
+        wh._execute(f"DROP TABLE {work}")
+
+    wh.retype_swap = swap
+    plan = wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=False)
+    assert (plan.moved_in, plan.moved_out, plan.kept) == (1, 0, 2)
+    assert [restored(r) for r in wh.query(rows)] == before and not swaps
+    with wh.lock("s"):
+        wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=True)
+    assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.TEXT
+    assert [restored(r) for r in wh.query(rows)] == [
+        ("m1", "42", None),
+        ("m2", "AB-7", None),
+        ("m3", "7", None),
+    ]
+    assert wh.decided_types("s") == {"order_completed": {"sku": ColumnType.TEXT}}
+    (statement,) = swaps
+    assert isinstance(sqlglot.parse_one(statement, read="snowflake"), sqlglot.exp.Alter), statement
+    # A later load of more such values: into the column.
+    write_ndjson(tmp_path / "a" / "1.json.gz", [track("m4", sku="EF-1")])
+    assert Loader(wh).load(str(tmp_path / "a"), "s").status == "success"
+    assert list(wh.query("SELECT sku FROM s.order_completed WHERE id = 'm4'")) == [("EF-1",)]
+    # And back: the text that is no number is rescued.
+    with wh.lock("s"):
+        wh.retype_column("s", "order_completed", "sku", ColumnType.BIGINT, apply=True)
+    assert [restored(r) for r in wh.query(rows)][:2] == [
+        ("m1", 42, None),
+        ("m2", None, {"sku": "AB-7"}),
     ]

@@ -17,6 +17,7 @@ import orjson
 
 from loader.encoded import EncodedChunk, RowEncoder
 from loader.messages import Reject
+from loader.retype import RetypePlan
 from loader.schema import ColumnType
 
 BOOKKEEPING_SCHEMA = "_sluice"
@@ -242,6 +243,26 @@ class Warehouse(ABC):
         """The newest rows of _sluice.rejected_events (of one schema, or all), as dicts
         with schema, file, line, reason, raw and rejected_at (`sluice rejects`)."""
         raise NotImplementedError(f"{type(self).__name__} cannot list rejected lines")
+
+    def retype_column(
+        self, schema: str, table: str, column: str, new_type: ColumnType, apply: bool
+    ) -> RetypePlan:
+        """`sluice schema set-type`: the plan of moving the column to `new_type` (values
+        into it from `_rescued_data`, misfits out to it); with `apply`, done in one
+        transaction under the caller's lock and recorded in `_sluice.column_types`."""
+        raise WarehouseError(
+            f"target '{self.target_name}': changing a column's type is not supported on "
+            f"{type(self).__name__.removesuffix('Warehouse')}"
+        )
+
+    def schema_names(self) -> set[str]:
+        """The warehouse's schemas, for suggesting a mistyped one."""
+        return set()
+
+    def decided_types(self, schema: str) -> dict[str, dict[str, ColumnType]]:
+        """{table: {column: type}} a user set (`_sluice.column_types`): a new column of
+        that name is created with that type, whatever its first value."""
+        return {}
 
     @abstractmethod
     def table_ref(self, schema: str, table: str) -> str:

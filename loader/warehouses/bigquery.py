@@ -84,6 +84,7 @@ from pydantic import (
 
 from loader.config import ConfigError
 from loader.messages import Reject
+from loader.retype import RetypePlan, plan_retype
 from loader.schema import ColumnType
 from loader.warehouses.base import (
     BOOKKEEPING_SCHEMA,
@@ -218,6 +219,17 @@ class BigQueryTarget(BaseModel):
 def quote(name: str) -> str:
     """A backticked identifier part (column, or a whole `project.dataset.table` path)."""
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _staged_text(value: Any) -> str | None:
+    """A retyped column's value as text, CAST to the column's type in SQL."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _json_value(value: Any) -> Any:
@@ -612,6 +624,106 @@ class BigQueryWarehouse(Warehouse):
 
     def table_ref(self, schema: str, table: str) -> str:
         return quote(self._table_id(schema, table))
+
+    # --- retype (sluice schema set-type) --------------------------------------------------
+    # BigQuery only widens a column's type in place (INT64 to NUMERIC...): the table is
+    # rewritten by one CREATE OR REPLACE TABLE ... AS SELECT (atomic: readers see the old
+    # table or the new one), the column's new values joined from a staging table.
+    _RETYPE_STAGE = [
+        ("id", "STRING"),
+        ("value", "STRING"),
+        ("changed", "BOOL"),
+        ("rescued", "STRING"),
+    ]
+    _COLUMN_TYPES = [
+        ("schema_name", "STRING"),
+        ("table_name", "STRING"),
+        ("column_name", "STRING"),
+        ("column_type", "STRING"),
+    ]
+
+    def retype_column(
+        self, schema: str, table: str, column: str, new_type: ColumnType, apply: bool
+    ) -> RetypePlan:
+        columns = self.read_schema(schema).get(table, {})
+        if column not in columns:
+            raise WarehouseError(f"no column '{column}' in {schema}.{table}")
+        has_rescued = RESCUED in columns
+        c, r = quote(column), quote(RESCUED)
+        where = f"{c} IS NOT NULL" + (f" OR {r} IS NOT NULL" if has_rescued else "")
+        rows = self._fetchall(
+            f"SELECT id, {c}, {r if has_rescued else 'NULL'} "
+            f"FROM {self.table_ref(schema, table)} WHERE {where}"
+        )
+        plan = plan_retype(RetypePlan(schema, table, column, columns[column], new_type), rows)
+        if not apply:
+            return plan
+        if plan.needs_rescued_column and not has_rescued:
+            self.add_columns(schema, table, {RESCUED: ColumnType.TEXT})
+            columns = {**columns, RESCUED: ColumnType.TEXT}
+        self._create(BOOKKEEPING_SCHEMA, "retype_stage", self._RETYPE_STAGE, partition=False)
+        self._execute(f"DELETE FROM {self._b('retype_stage')} WHERE TRUE")
+        staged = [
+            (ch.id, _staged_text(ch.value), ch.rescued_changed, ch.rescued) for ch in plan.changes
+        ]
+        for batch in self._struct_rows(self._RETYPE_STAGE, staged):
+            self._execute(
+                f"INSERT INTO {self._b('retype_stage')} (id, value, changed, rescued) "
+                "SELECT r.id, r.value, r.changed, r.rescued FROM UNNEST(@rows) AS r",
+                [batch],
+            )
+        self._execute(self.retype_sql(schema, table, column, new_type, columns))
+        self._types[(schema, table)] = {**columns, column: new_type}
+        self._create(BOOKKEEPING_SCHEMA, "column_types", self._COLUMN_TYPES, partition=False)
+        self._merge_rows(
+            "column_types",
+            self._COLUMN_TYPES,
+            ("schema_name", "table_name", "column_name"),
+            [(schema, table, column, new_type.value)],
+            mode="upsert",
+        )
+        self._execute(f"DELETE FROM {self._b('retype_stage')} WHERE TRUE")
+        plan.applied = True
+        return plan
+
+    def retype_sql(
+        self,
+        schema: str,
+        table: str,
+        column: str,
+        new_type: ColumnType,
+        columns: dict[str, ColumnType],
+    ) -> str:
+        """The one statement rewriting the table (public for the dialect check)."""
+        target = self.table_ref(schema, table)
+        kind = CAPABILITIES.type_names[new_type]
+        replaced = [f"CAST(s.value AS {kind}) AS {quote(column)}"]
+        if RESCUED in columns:
+            replaced.append(f"IF(s.changed, s.rescued, t.{quote(RESCUED)}) AS {quote(RESCUED)}")
+        layout = ""
+        if columns.get("received_at") is ColumnType.TIMESTAMP:
+            layout += " PARTITION BY DATE(received_at)"
+        if columns.get("id") is ColumnType.TEXT:
+            layout += " CLUSTER BY id"
+        return (
+            f"CREATE OR REPLACE TABLE {target}{layout} AS SELECT t.* REPLACE "
+            f"({', '.join(replaced)}) FROM {target} AS t "
+            f"LEFT JOIN {self._b('retype_stage')} AS s ON t.id = s.id"
+        )
+
+    def decided_types(self, schema: str) -> dict[str, dict[str, ColumnType]]:
+        from google.cloud.bigquery import ScalarQueryParameter as P
+
+        if "column_types" not in self.read_schema(BOOKKEEPING_SCHEMA):
+            return {}
+        out: dict[str, dict[str, ColumnType]] = {}
+        for table, column, kind in self._fetchall(
+            f"SELECT table_name, column_name, column_type FROM {self._b('column_types')} "
+            "WHERE schema_name = @s",
+            [P("s", "STRING", schema)],
+        ):
+            out.setdefault(str(table), {})[str(column)] = ColumnType(str(kind))
+        return out
 
     def _b(self, table: str) -> str:
         return self.table_ref(BOOKKEEPING_SCHEMA, table)

@@ -393,6 +393,12 @@ class PostgresWarehouse(UpsertSqlWarehouse):
         return inserted
 
     # --- reverse ETL ---
+    def _retype_stage_rows(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
+        # COPY: a retype stages up to every row of the table.
+        with self.conn.cursor() as cur:
+            with cur.copy(f"COPY {stage} (id, value, changed, _rescued_data) FROM STDIN") as copy:
+                _rows(rows)(copy)
+
     def _retl_row_hash(self, alias: str) -> str:
         return f"md5(row_to_json({alias})::text)"
 

@@ -675,6 +675,25 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
             )
         self._ensure_locks_table()
 
+    # --- retype: Redshift cannot ALTER a column to another type, so the column is
+    # rebuilt (add new, fill, drop old, rename), all in the one transaction.
+    _retype_text = WIDE
+    _now_sql = NOW
+
+    def _retype_begin(self, schema: str, table: str, column: str, new_type: ColumnType) -> str:
+        existing = set(self.read_schema(schema).get(table, {}))
+        filled = f"{column[:100]}__retype"
+        while filled in existing:
+            filled += "_"
+        self.add_columns(schema, table, {filled: new_type})
+        return filled
+
+    def _retype_stage_rows(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
+        # The bulk path (gzip CSV on S3, COPY): a retype stages up to every row.
+        if rows:
+            columns = ("id", "value", "changed", "_rescued_data")
+            self._bulk_copy(stage, columns, rows, "retype")
+
     def _type_aliases(self) -> dict[str, ColumnType]:
         return {"character varying": ColumnType.TEXT, "varchar": ColumnType.TEXT}
 

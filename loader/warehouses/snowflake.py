@@ -77,6 +77,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from loader.config import ConfigError
 from loader.messages import Reject
+from loader.retype import RetypePlan, plan_retype
 from loader.schema import ColumnType
 from loader.warehouses.base import (
     BOOKKEEPING_SCHEMA,
@@ -990,6 +991,136 @@ class SnowflakeWarehouse(Warehouse):
             params,
         )
         return reject_rows(rows)
+
+    # --- retype (sluice schema set-type) --------------------------------------------------
+    # Snowflake changes a column's type only within its kind (a longer VARCHAR), and every
+    # DDL commits: the table is rebuilt into a work table in _sluice, its rows copied with
+    # the column's new values (one transaction), then swapped in with one atomic
+    # `ALTER TABLE ... SWAP WITH`. A failure before the swap leaves the table as it was.
+    _RETYPE_STAGE = "retype_stage"
+
+    def retype_column(
+        self, schema: str, table: str, column: str, new_type: ColumnType, apply: bool
+    ) -> RetypePlan:
+        columns = self.read_schema(schema).get(table, {})
+        if column not in columns:
+            raise WarehouseError(f"no column '{column}' in {schema}.{table}")
+        has_rescued = RESCUED in columns
+        c, r = ident(column), ident(RESCUED)
+        where = f"{c} IS NOT NULL" + (f" OR {r} IS NOT NULL" if has_rescued else "")
+        rows = self._fetchall(
+            f"SELECT ID, {c}, {r if has_rescued else 'NULL'} FROM {qualified(schema, table)} "
+            f"WHERE {where}"
+        )
+        plan = plan_retype(RetypePlan(schema, table, column, columns[column], new_type), rows)
+        if not apply:
+            return plan
+        new_columns = dict(columns)
+        new_columns[column] = new_type
+        if plan.needs_rescued_column:
+            new_columns.setdefault(RESCUED, ColumnType.TEXT)
+        b = BOOKKEEPING_SCHEMA
+        work = qualified(b, f"retype__{schema}__{table}")
+        stage_columns = ["id", "value", "changed", "rescued"]
+        self._ensure_column_types()
+        self._sync_staging(b, self._RETYPE_STAGE, stage_columns, None)
+        cols = ", ".join(self._column_sql(n, k) for n, k in new_columns.items())
+        self._execute(f"CREATE OR REPLACE TABLE {work} ({cols}, PRIMARY KEY (ID))")
+        with self.transaction():
+            self._execute(f"DELETE FROM {self._staging(b, self._RETYPE_STAGE)}")
+            if plan.changes:
+                self._stage_rows(
+                    b,
+                    self._RETYPE_STAGE,
+                    stage_columns,
+                    [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in plan.changes],
+                )
+            self._execute(self.retype_copy_sql(schema, table, column, new_columns, work))
+        self.retype_swap(schema, table, work)
+        self._types[(schema, table)] = new_columns
+        with self.transaction():
+            self._record_column_type(schema, table, column, new_type)
+        plan.applied = True
+        return plan
+
+    def retype_copy_sql(
+        self,
+        schema: str,
+        table: str,
+        column: str,
+        new_columns: dict[str, ColumnType],
+        work: str,
+    ) -> str:
+        """Every row into the work table, the column (and `_rescued_data` where it
+        changed) from the staged plan; public for the tests' dialect check."""
+        staged = self._staging(BOOKKEEPING_SCHEMA, self._RETYPE_STAGE)
+        select = []
+        for name, kind in new_columns.items():
+            if name == column:
+                cast = CAPABILITIES.type_names[kind]
+                select.append(f"CAST(s.{ident('value')} AS {cast})")
+            elif name == RESCUED:
+                old = (
+                    f"t.{ident(RESCUED)}"
+                    if RESCUED in self._types.get((schema, table), {})
+                    else "NULL"
+                )
+                select.append(
+                    f"CASE WHEN s.{ident('changed')} = 'true' THEN "
+                    f"PARSE_JSON(s.{ident('rescued')}) ELSE {old} END"
+                )
+            else:
+                select.append(f"t.{ident(name)}")
+        cols = ", ".join(ident(n) for n in new_columns)
+        return (
+            f"INSERT INTO {work} ({cols}) SELECT {', '.join(select)} "
+            f"FROM {qualified(schema, table)} AS t LEFT JOIN {staged} AS s "
+            f"ON t.{ident('id')} = s.{ident('id')}"
+        )
+
+    def retype_swap(self, schema: str, table: str, work: str) -> None:
+        """Swap the rebuilt table in (atomic in Snowflake) and drop the old one."""
+        self._execute(f"ALTER TABLE {qualified(schema, table)} SWAP WITH {work}")
+        self._execute(f"DROP TABLE {work}")
+
+    def _ensure_column_types(self) -> None:
+        self._execute(f"CREATE SCHEMA IF NOT EXISTS {ident(BOOKKEEPING_SCHEMA)}")
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {ident(BOOKKEEPING_SCHEMA)}.COLUMN_TYPES (SCHEMA_NAME "
+            "VARCHAR NOT NULL, TABLE_NAME VARCHAR NOT NULL, COLUMN_NAME VARCHAR NOT NULL, "
+            "COLUMN_TYPE VARCHAR NOT NULL, DECIDED_AT TIMESTAMP_TZ, "
+            "PRIMARY KEY (SCHEMA_NAME, TABLE_NAME, COLUMN_NAME))"
+        )
+
+    def _record_column_type(
+        self, schema: str, table: str, column: str, new_type: ColumnType
+    ) -> None:
+        t = f"{ident(BOOKKEEPING_SCHEMA)}.COLUMN_TYPES"
+        key = (schema, table, column)
+        self._execute(
+            f"DELETE FROM {t} WHERE SCHEMA_NAME = %s AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+            key,
+        )
+        self._execute(
+            f"INSERT INTO {t} VALUES (%s, %s, %s, %s, CURRENT_TIMESTAMP())",
+            (*key, new_type.value),
+        )
+
+    def decided_types(self, schema: str) -> dict[str, dict[str, ColumnType]]:
+        if "column_types" not in self.read_schema(BOOKKEEPING_SCHEMA):
+            return {}
+        out: dict[str, dict[str, ColumnType]] = {}
+        for table, column, kind in self._fetchall(
+            f"SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE FROM "
+            f"{ident(BOOKKEEPING_SCHEMA)}.COLUMN_TYPES WHERE SCHEMA_NAME = %s",
+            (schema,),
+        ):
+            out.setdefault(str(table), {})[str(column)] = ColumnType(str(kind))
+        return out
+
+    def schema_names(self) -> set[str]:
+        rows = self._fetchall("SELECT DISTINCT table_schema FROM information_schema.tables")
+        return {str(r[0]).lower() for r in rows}
 
     def table_ref(self, schema: str, table: str) -> str:
         return qualified(schema, table)

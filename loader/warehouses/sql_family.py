@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 
 from loader.messages import Reject
+from loader.normalize import RESCUED_COLUMN
+from loader.retype import RetypePlan, RowChange, plan_retype
 from loader.schema import ColumnType
 from loader.warehouses.base import (
     BOOKKEEPING_SCHEMA,
@@ -22,6 +24,7 @@ from loader.warehouses.base import (
     Rows,
     TableStats,
     Warehouse,
+    WarehouseError,
     reject_rows,
 )
 
@@ -37,6 +40,9 @@ def qualified(schema: str, table: str) -> str:
 def literal(text: str) -> str:
     """A SQL string literal (for names Sluice chose, e.g. a JSON key that is a column)."""
     return "'" + text.replace("'", "''") + "'"
+
+
+_STAGE_COLUMNS = ("id", "value", "changed", "_rescued_data")
 
 
 class SqlFamilyWarehouse(Warehouse):
@@ -149,6 +155,137 @@ class SqlFamilyWarehouse(Warehouse):
             self._execute(
                 f"ALTER TABLE {self._t(schema, table)} ADD COLUMN {self._column_sql(name, kind)}"
             )
+
+    # --- retype (sluice schema set-type) ---------------------------------------------
+    _RETYPE_STAGE = "retype_stage"
+    # The staged ids' and rescued JSON's type (a dialect whose text is short widens it),
+    # and the function giving the database's time.
+    _retype_text = "text"
+    _now_sql = "current_timestamp"
+
+    def retype_column(
+        self, schema: str, table: str, column: str, new_type: ColumnType, apply: bool
+    ) -> RetypePlan:
+        columns = self.read_schema(schema).get(table, {})
+        if column not in columns:
+            raise WarehouseError(f"no column '{column}' in {schema}.{table}")
+        has_rescued = RESCUED_COLUMN in columns
+        rescued_sql = quote(RESCUED_COLUMN) if has_rescued else "NULL"
+        c = quote(column)
+        rows = self._fetchall(
+            f"SELECT id, {c}, {rescued_sql} FROM {self._t(schema, table)} "
+            f"WHERE {c} IS NOT NULL" + (f" OR {rescued_sql} IS NOT NULL" if has_rescued else "")
+        )
+        plan = RetypePlan(schema, table, column, columns[column], new_type)
+        plan_retype(plan, rows, self.capabilities.max_text_chars)
+        if not apply:
+            return plan
+        with self.transaction():
+            if plan.needs_rescued_column and not has_rescued:
+                self.add_columns(schema, table, {RESCUED_COLUMN: ColumnType.TEXT})
+            target = self._retype_begin(schema, table, column, new_type)
+            self._retype_fill(schema, table, target, new_type, plan.changes)
+            self._retype_finish(schema, table, column, target)
+            self._record_column_type(schema, table, column, new_type)
+        plan.applied = True
+        return plan
+
+    def _retype_begin(self, schema: str, table: str, column: str, new_type: ColumnType) -> str:
+        """Make the column (emptied) of the new type; returns the column to fill. Here
+        an ALTER in place, which keeps the column's position."""
+        kind = self.capabilities.type_names[new_type]
+        self._execute(
+            f"ALTER TABLE {self._t(schema, table)} ALTER COLUMN {quote(column)} "
+            f"TYPE {kind} USING CAST(NULL AS {kind})"
+        )
+        return column
+
+    def _retype_finish(self, schema: str, table: str, column: str, filled: str) -> None:
+        """After the fill: a rebuild drops the old column and renames the new one."""
+        if filled != column:
+            t = self._t(schema, table)
+            self._execute(f"ALTER TABLE {t} DROP COLUMN {quote(column)}")
+            self._execute(f"ALTER TABLE {t} RENAME COLUMN {quote(filled)} TO {quote(column)}")
+
+    def _retype_fill(
+        self,
+        schema: str,
+        table: str,
+        column: str,
+        new_type: ColumnType,
+        changes: Sequence[RowChange],
+    ) -> None:
+        """The rows' new values and rescued JSON, staged in `_sluice`, then one UPDATE."""
+        b = BOOKKEEPING_SCHEMA
+        stage = self._t(b, self._RETYPE_STAGE)
+        kind = self.capabilities.type_names[new_type]
+        self._execute(f"CREATE SCHEMA IF NOT EXISTS {self._s(b)}")
+        self._execute(f"DROP TABLE IF EXISTS {stage}")
+        self._execute(
+            f"CREATE TABLE {stage} (id {self.capabilities.key_type or self._retype_text}, "
+            f"value {kind}, changed boolean, _rescued_data {self._retype_text})"
+        )
+        self._retype_stage_rows(
+            stage, [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in changes]
+        )
+        r = quote(RESCUED_COLUMN)
+        j = self.capabilities.json_type
+        t = self._t(schema, table)
+        self._execute(
+            f"UPDATE {t} SET {quote(column)} = s.value, "
+            f"{r} = CASE WHEN s.changed THEN CAST(s.{r} AS {j}) ELSE {t}.{r} END "
+            f"FROM {stage} AS s WHERE {t}.id = s.id"
+        )
+        self._execute(f"DROP TABLE {stage}")
+
+    def _retype_stage_rows(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
+        """(id, value, changed, rescued) rows into the retype's staging table."""
+        self.insert_plain(BOOKKEEPING_SCHEMA, self._RETYPE_STAGE, _STAGE_COLUMNS, rows)
+
+    def _ensure_column_types(self) -> None:
+        ts = self.capabilities.type_names[ColumnType.TIMESTAMP]
+        self._execute(f"CREATE SCHEMA IF NOT EXISTS {self._s(BOOKKEEPING_SCHEMA)}")
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS {self._s(BOOKKEEPING_SCHEMA)}.column_types "
+            "(schema_name text NOT NULL, table_name text NOT NULL, column_name text NOT NULL, "
+            f"column_type {self._retype_text} NOT NULL, decided_at {ts}, "
+            "PRIMARY KEY (schema_name, table_name, column_name))"
+        )
+
+    def _record_column_type(
+        self, schema: str, table: str, column: str, new_type: ColumnType
+    ) -> None:
+        self._ensure_column_types()
+        p = self.placeholder
+        t = f"{self._s(BOOKKEEPING_SCHEMA)}.column_types"
+        key = (schema, table, column)
+        self._execute(
+            f"DELETE FROM {t} WHERE schema_name = {p} AND table_name = {p} AND column_name = {p}",
+            key,
+        )
+        self._execute(
+            f"INSERT INTO {t} VALUES ({p}, {p}, {p}, {p}, {self._now_sql})",
+            (*key, new_type.value),
+        )
+
+    def schema_names(self) -> set[str]:
+        rows = self._fetchall(
+            "SELECT DISTINCT table_schema FROM information_schema.tables "
+            f"WHERE table_schema IS NOT NULL{self._catalog_filter}"
+        )
+        return {str(r[0]) for r in rows}
+
+    def decided_types(self, schema: str) -> dict[str, dict[str, ColumnType]]:
+        if "column_types" not in self.read_schema(BOOKKEEPING_SCHEMA):
+            return {}
+        out: dict[str, dict[str, ColumnType]] = {}
+        for table, column, kind in self._fetchall(
+            "SELECT table_name, column_name, column_type FROM "
+            f"{self._s(BOOKKEEPING_SCHEMA)}.column_types WHERE schema_name = {self.placeholder}",
+            (schema,),
+        ):
+            out.setdefault(table, {})[column] = ColumnType(kind)
+        return out
 
     def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
         if not ids:
