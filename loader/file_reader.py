@@ -66,6 +66,9 @@ class FileRead:
     # and the events it blocked (file, line, event, raw line, violations).
     violations: dict[tuple[str, str, str], list[Any]] = field(default_factory=dict)
     blocked: list[tuple[str, int, str, str, list[dict[str, Any]]]] = field(default_factory=list)
+    # Per event (plan label): messages checked, and those with a violation.
+    checked: dict[str, int] = field(default_factory=dict)
+    violating: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +208,11 @@ def _apply_plan(
     props = body.properties if kind == "track" else body.traits
     label = event_label(kind, body.event)
     verdict = plan.check(kind, label, props)
+    checked = read.checked
+    checked[label] = checked.get(label, 0) + 1
     if verdict is None:
         return None
+    read.violating[label] = read.violating.get(label, 0) + 1
     seen_at = body.received_at or ""
     violations = read.violations
     for v in verdict.violations:

@@ -42,7 +42,7 @@ from loader.schema import ColumnType
 from loader.selective_sync import SyncFilter
 from loader.sources.archive import ArchiveFile, list_files, received_day
 from loader.table_writer import TableWriter, count_rescued
-from loader.tracking_plan import TrackingPlan
+from loader.tracking_plan import TrackingPlan, plan_table
 from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, Warehouse
 
 DEFAULT_BATCH_LINES = 20_000
@@ -102,9 +102,11 @@ class SyncReport:
     error: str | None = None
     # What a user should know that is not an error (a table at its column limit).
     warnings: list[str] = field(default_factory=list)
-    # Tracking plan: violations found per event table (by the event's name), and the
-    # events blocked (kept in _sluice.blocked_events instead of their table).
+    # Tracking plan, per table: violations found, events checked and events with a
+    # violation; and the events blocked (kept in _sluice.blocked_events instead).
     violations: dict[str, int] = field(default_factory=dict)
+    plan_checked: dict[str, int] = field(default_factory=dict)
+    plan_violating: dict[str, int] = field(default_factory=dict)
     blocked_events: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +157,8 @@ class _Batch:
     # Tracking plan: (event, property, kind) per file -> [example, count, first, last].
     violations: dict[tuple[str, str, str, str], list[Any]] = field(default_factory=dict)
     blocked: list[tuple[str, int, str, str, list[dict[str, Any]]]] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    violating: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 @contextmanager
@@ -440,6 +444,10 @@ class Loader:
         batch.blocked.extend(read.blocked)
         for (event, prop, kind), entry in read.violations.items():
             batch.violations[(read.url, event, prop, kind)] = entry
+        for label, n in read.checked.items():
+            batch.checked[label] += n
+        for label, n in read.violating.items():
+            batch.violating[label] += n
         if read.failure is not None:
             batch.failed.append(read.failure)
             if not read.failure.get("partial"):
@@ -487,7 +495,7 @@ class Loader:
                 if self._record_files:
                     wh.record_files(schema, [(self._key(u), n) for u, n in batch.files])
                 wh.record_rejects(schema, self._keyed_rejects(batch.rejects))
-                if batch.violations or batch.blocked:
+                if batch.checked:
                     self._record_plan(schema, batch, report)
                 turned_off = self.sync_filter.new_turned_off_names()
                 if turned_off:
@@ -514,7 +522,15 @@ class Loader:
         rows = []
         for (url, event, prop, kind), (example, count, first, last) in batch.violations.items():
             rows.append((schema, self._key(url), event, prop, kind, example, count, first, last))
-            report.violations[event] = report.violations.get(event, 0) + count
+            table = plan_table(event)
+            report.violations[table] = report.violations.get(table, 0) + count
+        for counts, into in (
+            (batch.checked, report.plan_checked),
+            (batch.violating, report.plan_violating),
+        ):
+            for event, n in counts.items():
+                table = plan_table(event)
+                into[table] = into.get(table, 0) + n
         self.warehouse.record_violations(schema, rows)
         blocked = {
             (self._key(url), line): (self._key(url), line, event, raw, orjson.dumps(v).decode())

@@ -21,6 +21,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from loader.config import ConfigError
+from loader.normalize import event_table_name
 from loader.suggest import did_you_mean
 
 ACTIONS = ("report", "omit", "block")
@@ -118,15 +119,37 @@ class Verdict:
 
 
 class _Compiled:
-    """One planned event's validator and its fast pre-check."""
+    """One planned event: its JSON Schema validator (the whole event's, and one per
+    property, which is what a violating event is checked with), and a pre-check that
+    answers "valid" for most events without calling jsonschema."""
 
-    __slots__ = ("spec", "validator", "checks", "required", "allow_unplanned")
+    __slots__ = (
+        "spec",
+        "validator",
+        "checks",
+        "required",
+        "allow_unplanned",
+        "by_property",
+        "type_only",
+        "known_kinds",
+    )
 
     def __init__(self, spec: EventSpec) -> None:
         self.spec = spec
         self.validator = Draft202012Validator(spec.json_schema())
+        self.by_property = {
+            k: Draft202012Validator(p.json_schema()) for k, p in spec.properties.items()
+        }
         self.required = tuple(k for k, p in spec.properties.items() if p.required)
         self.allow_unplanned = spec.allow_unplanned
+        # Properties whose verdict depends on the value's JSON type alone: the
+        # validator's answer is remembered per (property, Python type).
+        self.type_only = frozenset(
+            k
+            for k, p in spec.properties.items()
+            if p.enum is None and p.pattern is None and p.type != "timestamp"
+        )
+        self.known_kinds: dict[tuple[str, type], tuple[str, ...]] = {}
         self.checks: dict[str, tuple[tuple[type, ...], frozenset[str] | None, Any]] = {
             k: (
                 _PY_TYPES[p.type] if p.type is not None else (),
@@ -143,61 +166,66 @@ class _Compiled:
     def surely_valid(self, props: dict[str, Any]) -> bool:
         """True only when the validator would say valid too (tested against it); False
         means "ask the validator"."""
-        checks = self.checks
         for key in self.required:
             if key not in props:
                 return False
+        checks = self.checks
         for key, value in props.items():
             check = checks.get(key)
             if check is None:
                 if self.allow_unplanned:
                     continue
                 return False
-            if value is None:
-                continue
-            types, enum, pattern = check
-            kind = type(value)
-            if types and kind not in types:
-                return False
-            if enum is not None and (kind is not str or value not in enum):
-                return False
-            if pattern is not None and (kind is not str or pattern.search(value) is None):
+            if value is not None and not _fits(check, value):
                 return False
         return True
 
     def violations(self, props: dict[str, Any]) -> list[Violation]:
+        """What is wrong, property by property: each doubtful value is checked by its
+        property's validator (never the others')."""
         out: list[Violation] = []
-        for error in self.validator.iter_errors(props):
-            if error.validator == "required":
-                continue  # listed below, by name
-            if error.validator == "additionalProperties":
+        checks = self.checks
+        for key, value in props.items():
+            check = checks.get(key)
+            if check is None:
+                if not self.allow_unplanned:
+                    out.append(Violation(key, UNPLANNED_PROPERTY, value))
                 continue
-            key = str(error.path[0]) if error.path else ""
-            value = props.get(key)
-            kind = {
-                "type": WRONG_TYPE,
-                "enum": NOT_IN_ENUM,
-                "pattern": PATTERN_MISMATCH,
-            }.get(str(error.validator), WRONG_TYPE)
-            if kind == PATTERN_MISMATCH and self.spec.properties[key].type == "timestamp":
-                pattern = self.spec.properties[key].pattern
-                if pattern is None or re.search(_TIMESTAMP, str(value)) is None:
-                    kind = WRONG_TYPE
-            out.append(Violation(key, kind, value))
+            if value is None or _fits(check, value):
+                continue
+            kind_of_value = type(value)
+            # A float's verdict for an integer property depends on its value (2.0 fits).
+            cacheable = key in self.type_only and kind_of_value is not float
+            known = self.known_kinds.get((key, kind_of_value)) if cacheable else None
+            if known is None:
+                known = self._kinds(key, value)
+                if cacheable:
+                    self.known_kinds[(key, kind_of_value)] = known
+            out.extend(Violation(key, kind, value) for kind in known)
         out.extend(Violation(k, MISSING_REQUIRED) for k in self.required if k not in props)
-        if not self.allow_unplanned:
-            out.extend(
-                Violation(k, UNPLANNED_PROPERTY, v)
-                for k, v in props.items()
-                if k not in self.spec.properties
-            )
-        seen: set[tuple[str, str]] = set()
-        unique = []
-        for v in out:
-            if (v.property, v.kind) not in seen:
-                seen.add((v.property, v.kind))
-                unique.append(v)
-        return unique
+        return out
+
+    def _kinds(self, key: str, value: Any) -> tuple[str, ...]:
+        kinds: set[str] = set()
+        for error in self.by_property[key].iter_errors(value):
+            keyword = str(error.validator)
+            if keyword == "enum":
+                kinds.add(NOT_IN_ENUM)
+            elif keyword == "pattern" and error.validator_value != _TIMESTAMP:
+                kinds.add(PATTERN_MISMATCH)
+            else:  # the type, or a timestamp's shape
+                kinds.add(WRONG_TYPE)
+        return tuple(sorted(kinds))
+
+
+def _fits(check: tuple[tuple[type, ...], frozenset[str] | None, Any], value: Any) -> bool:
+    types, enum, pattern = check
+    kind = type(value)
+    if types and kind not in types:
+        return False
+    if enum is not None and (kind is not str or value not in enum):
+        return False
+    return pattern is None or (kind is str and pattern.search(value) is not None)
 
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
@@ -294,6 +322,15 @@ def event_label(kind: str, event: Any) -> str:
     if kind == "group":
         return GROUP
     return event if type(event) is str else str(event)
+
+
+def plan_table(label: str) -> str:
+    """The table an event's rows go to, from its plan label."""
+    if label == IDENTIFY:
+        return "identifies"
+    if label == GROUP:
+        return "groups"
+    return event_table_name(label)
 
 
 # --- the file ---------------------------------------------------------------------------

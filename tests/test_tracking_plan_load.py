@@ -78,7 +78,9 @@ def test_report_loads_everything_and_records_each_violation(open_wh, tmp_path: P
     assert found[("(identify)", "age", "unplanned_property")] == ("3", 1)
     summary = {r["property"]: r for r in wh.violation_summary("web")}
     assert summary["total"]["first_seen"] < summary["total"]["last_seen"]
-    assert report.violations["Order Completed"] == 5 and report.blocked_events == 0
+    assert report.violations["order_completed"] == 5 and report.blocked_events == 0
+    assert report.plan_checked["order_completed"] == 4
+    assert report.plan_violating["order_completed"] == 3
     # A rerun (nothing pending) and a replay of the same day record nothing twice.
     _loader(wh, "report").replay(
         str(tmp_path / "segment-logs"), "web", date(2026, 11, 1), date(2026, 11, 1)
