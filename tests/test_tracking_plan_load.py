@@ -166,3 +166,56 @@ def test_a_source_without_a_plan_records_nothing(open_wh, tmp_path: Path) -> Non
     Loader(wh, batch_lines=100, readers=0).load(str(_archive(tmp_path)), "web")
     assert wh.violation_summary("web") == []
     assert list(wh.query("SELECT count(*) FROM _sluice.blocked_events"))[0][0] == 0
+
+
+def check_plan_bookkeeping(wh: Any) -> None:
+    """The tracking plan's bookkeeping on one warehouse: violations keyed by file, event,
+    property and kind (a replayed file records nothing twice) and summed over files;
+    blocked events keyed by file and line. Run on every adapter (the emulator tests
+    call it too)."""
+    from loader.warehouses.base import BOOKKEEPING_SCHEMA
+
+    wh.ensure_bookkeeping()
+    assert wh.violation_summary("web") == []
+    first = (
+        "web",
+        "f1",
+        "Order Completed",
+        "total",
+        "wrong_type",
+        '"ten"',
+        3,
+        "2026-11-01T10:00:00Z",
+        "2026-11-01T12:00:00Z",
+    )
+    second = (
+        "web",
+        "f2",
+        "Order Completed",
+        "total",
+        "wrong_type",
+        '"six"',
+        2,
+        "2026-11-02T09:00:00Z",
+        "2026-11-02T10:00:00Z",
+    )
+    with wh.transaction():
+        wh.record_violations("web", [first])
+        wh.record_blocked(
+            "web", [("f1", 2, "Order Completed", '{"x":1}', '[{"kind":"wrong_type"}]')]
+        )
+    with wh.transaction():
+        wh.record_violations("web", [first, second])  # f1 again: a replay
+        wh.record_blocked("web", [("f1", 2, "Order Completed", '{"x":1}', "[]")])
+    (row,) = wh.violation_summary("web")
+    assert row["event"] == "Order Completed" and row["property"] == "total"
+    assert row["kind"] == "wrong_type" and row["count"] == 5
+    assert str(row["first_seen"]) == "2026-11-01T10:00:00Z"
+    assert str(row["last_seen"]) == "2026-11-02T10:00:00Z"
+    assert wh.violation_summary("other") == []
+    blocked = wh.table_ref(BOOKKEEPING_SCHEMA, "blocked_events")
+    assert list(wh.query(f"SELECT count(*) FROM {blocked}"))[0][0] == 1
+
+
+def test_plan_bookkeeping(open_wh) -> None:
+    check_plan_bookkeeping(open_wh())

@@ -783,3 +783,9 @@ def test_registry_opens_a_bigquery_target_from_profiles_yml(
         assert wh.loaded_files("web") == set()
     finally:
         wh.close()
+
+
+def test_tracking_plan_bookkeeping(open_wh) -> None:
+    from tests.test_tracking_plan_load import check_plan_bookkeeping
+
+    check_plan_bookkeeping(open_wh())

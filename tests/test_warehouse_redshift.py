@@ -761,3 +761,9 @@ def test_reverse_etl_record_ids(open_wh, tmp_path: Path) -> None:
     finally:
         receiver.server.shutdown()
         receiver.server.server_close()
+
+
+def test_tracking_plan_bookkeeping(open_wh) -> None:
+    from tests.test_tracking_plan_load import check_plan_bookkeeping
+
+    check_plan_bookkeeping(open_wh())

@@ -568,3 +568,9 @@ def test_awkward_values_round_trip_through_the_stage(open_wh) -> None:
         ("r0", None, None),
         ("r1", "", big),
     ]
+
+
+def test_tracking_plan_bookkeeping(open_wh) -> None:
+    from tests.test_tracking_plan_load import check_plan_bookkeeping
+
+    check_plan_bookkeeping(open_wh())
