@@ -176,7 +176,16 @@ class _Compiled:
                 if self.allow_unplanned:
                     continue
                 return False
-            if value is not None and not _fits(check, value):
+            if value is None:
+                continue
+            # _fits, inlined: this loop runs for every property of every planned event.
+            types, enum, pattern = check
+            kind = type(value)
+            if types and kind not in types:
+                return False
+            if enum is not None and (kind is not str or value not in enum):
+                return False
+            if pattern is not None and (kind is not str or pattern.search(value) is None):
                 return False
         return True
 
@@ -238,6 +247,7 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
     "array": (list,),
 }
 _TIMESTAMP_RE = re.compile(_TIMESTAMP)
+_UNSEEN: Any = object()
 
 
 @dataclass
@@ -274,7 +284,9 @@ class TrackingPlan:
         return None
 
     def _compiled_for(self, kind: str, event: str) -> _Compiled | None:
-        key = kind + "\0" + event
+        # Track events by their name; identify and group under their kind (a track
+        # event may be called anything).
+        key = event if kind == "track" else "\0" + kind
         try:
             return self._compiled[key]
         except KeyError:
@@ -286,7 +298,9 @@ class TrackingPlan:
         """None when the message conforms (or is of a kind the plan does not cover);
         else what is wrong and what to do about it."""
         if kind == "track":
-            pass
+            compiled = self._compiled.get(event, _UNSEEN)
+            if compiled is _UNSEEN:
+                compiled = self._compiled_for(kind, event)
         elif kind == "identify":
             if self.identify is None:
                 return None
@@ -295,7 +309,8 @@ class TrackingPlan:
                 return None
         else:
             return None
-        compiled = self._compiled_for(kind, event)
+        if kind != "track":
+            compiled = self._compiled_for(kind, event)
         if compiled is None:
             # An event the plan does not name.
             return Verdict(
