@@ -1,10 +1,14 @@
 """Benchmark: events/s, peak RSS and no-op rerun time, for DuckDB and PostgreSQL.
 
     python bench/load_bench.py --events 1000000 --warehouse both
+    python bench/load_bench.py --events 200000 --tracking-plan   # plan's cost, both
 
 Each load runs in its own process so its peak RSS is its own. The archive is made
 once by loader.sample (mixed call types, ~30 event names, nested properties, ~2%
-duplicates, some type conflicts) and cached under bench/.cache/.
+duplicates, some type conflicts) and cached under bench/.cache/. `--tracking-plan`
+generates a plan of 50 events and 500 properties (the archive's events with their
+properties and types, padded with planned events and properties it never sends) and
+loads each warehouse without and then with it, in the same run.
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from loader.selective_sync import SyncFilter, load_file
 from pathlib import Path
 kind, where, archive, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 rules = sys.argv[5] if len(sys.argv) > 5 else ""
+plan_path = sys.argv[6] if len(sys.argv) > 6 else ""
 f = load_file(Path(rules)).filter_for("bench", "bench") if rules else SyncFilter(None)
+from loader.tracking_plan import load_file as load_plan
+plan = load_plan(Path(plan_path)) if plan_path else None
 if kind == "postgres":
     from loader.warehouses.postgres import PostgresWarehouse as W
 else:
@@ -35,13 +42,14 @@ else:
 import os
 limit = os.environ.get("SLUICE_BENCH_DUCKDB_MEMORY_LIMIT")
 wh = W("bench", where, limit) if kind == "duckdb" and limit else W("bench", where)
-loader = Loader(wh, batch_lines=batch, sync_filter=f)
+loader = Loader(wh, batch_lines=batch, sync_filter=f, tracking_plan=plan)
 t = time.perf_counter()
 report = loader.load(archive, "bench")
 seconds = time.perf_counter() - t
 wh.close()
 print(json.dumps({"seconds": seconds, "lines": report.lines_read,
                   "rows": sum(report.rows_loaded.values()),
+                  "violations": sum(report.violations.values()),
                   # reader processes counted at the largest one's peak: an upper bound
                   "rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                              + loader.readers
@@ -59,9 +67,64 @@ def archive_for(events: int) -> Path:
     return path
 
 
-def run_child(kind: str, where: str, archive: Path, batch: int, rules: Path | None) -> dict:
+def write_plan(archive: Path, events: int = 50, properties: int = 500) -> Path:
+    """A tracking plan of `events` events and `properties` properties in all: every
+    event name of the archive's first file with its top-level properties typed by their
+    first value (so most events conform, as in a real plan), padded with planned events
+    and properties the archive never sends; violations are reported."""
+    import gzip
+
+    import orjson
+    import yaml
+
+    first = sorted(archive.rglob("*.gz"))[0]
+    seen: dict[str, dict[str, str]] = {}
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    kinds |= {dict: "object", list: "array"}
+    with gzip.open(first, "rb") as lines:
+        for raw in lines:
+            message = orjson.loads(raw)
+            if message.get("type") != "track":
+                continue
+            props = seen.setdefault(str(message.get("event")), {})
+            for key, value in (message.get("properties") or {}).items():
+                if key not in props and value is not None:
+                    props[key] = "number" if type(value) in (int, float) else kinds[type(value)]
+    plan: dict[str, dict] = {}
+    for name, props in list(seen.items())[:events]:
+        plan[name] = {"properties": dict(props)}
+    n = len(plan)
+    while len(plan) < events:
+        plan[f"Bench Planned {n}"] = {"properties": {}}
+        n += 1
+    total = sum(len(e["properties"]) for e in plan.values())
+    names = list(plan)
+    i = 0
+    while total < properties:
+        plan[names[i % len(names)]]["properties"][f"planned_{i}"] = "string"
+        i += 1
+        total += 1
+    path = ROOT / ".cache" / f"plan-{archive.name}.yml"
+    body = {"version": 1, "violations": "report", "events": plan}
+    path.write_text(yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def run_child(
+    kind: str, where: str, archive: Path, batch: int, rules: Path | None, plan: Path | None = None
+) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, kind, where, str(archive), str(batch), str(rules or "")],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            kind,
+            where,
+            str(archive),
+            str(batch),
+            str(rules or ""),
+            str(plan or ""),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -70,7 +133,13 @@ def run_child(kind: str, where: str, archive: Path, batch: int, rules: Path | No
 
 
 def bench(
-    kind: str, events: int, archive: Path, admin_dsn: str, batch: int, rules: Path | None = None
+    kind: str,
+    events: int,
+    archive: Path,
+    admin_dsn: str,
+    batch: int,
+    rules: Path | None = None,
+    plan: Path | None = None,
 ) -> dict:
     """One fresh target: a first load and a no-op rerun (rules: a selective_sync.yml whose
     target and source are both named `bench`)."""
@@ -84,8 +153,8 @@ def bench(
         db = ROOT / ".cache" / f"bench-{uuid.uuid4().hex[:8]}.duckdb"
         where = str(db)
     try:
-        first = run_child(kind, where, archive, batch, rules)
-        rerun = run_child(kind, where, archive, batch, rules)
+        first = run_child(kind, where, archive, batch, rules, plan)
+        rerun = run_child(kind, where, archive, batch, rules, plan)
     finally:
         if kind == "postgres":
             with psycopg.connect(admin_dsn, autocommit=True) as conn:
@@ -101,6 +170,8 @@ def bench(
         "peak_rss_mb": round(first["rss_mb"]),
         "rerun_s": round(rerun["seconds"], 3),
         "rerun_pct": round(100 * rerun["seconds"] / first["seconds"], 2),
+        "plan": "50 events / 500 properties" if plan else "none",
+        "violations": first.get("violations", 0),
     }
 
 
@@ -116,16 +187,30 @@ def main() -> None:
         "--duckdb-memory-limit",
         help="DuckDB's memory_limit for the DuckDB loads (e.g. 256MB; default: DuckDB's own)",
     )
+    parser.add_argument(
+        "--tracking-plan",
+        action="store_true",
+        help="load each warehouse without, then with a 50-event, 500-property plan",
+    )
     args = parser.parse_args()
     if args.duckdb_memory_limit:
         os.environ["SLUICE_BENCH_DUCKDB_MEMORY_LIMIT"] = args.duckdb_memory_limit
     archive = archive_for(args.events)
     kinds = ["duckdb", "postgres"] if args.warehouse == "both" else [args.warehouse]
-    results = [bench(k, args.events, archive, args.pg_dsn, args.batch_lines) for k in kinds]
-    header = list(results[0])
+    results = []
+    plan = write_plan(archive) if args.tracking_plan else None
+    for k in kinds:
+        results.append(bench(k, args.events, archive, args.pg_dsn, args.batch_lines))
+        if plan is not None:
+            with_plan = bench(k, args.events, archive, args.pg_dsn, args.batch_lines, None, plan)
+            base = results[-1]["first_load_s"]
+            with_plan["plan_cost_pct"] = round(100 * (with_plan["first_load_s"] - base) / base, 1)
+            results[-1]["plan_cost_pct"] = 0.0
+            results.append(with_plan)
+    header = list(results[-1])
     print(" | ".join(header))
     for r in results:
-        print(" | ".join(str(r[h]) for h in header))
+        print(" | ".join(str(r.get(h, "")) for h in header))
     (ROOT / "results.json").write_text(json.dumps(results, indent=2))
 
 

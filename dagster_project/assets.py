@@ -30,6 +30,9 @@ CHECK_DUPLICATES = "no_duplicate_ids"
 CHECK_FRESHNESS = "received_at_fresh"
 CHECK_REJECT_RATE = "reject_rate"
 CHECK_SELECTIVE_SYNC = "selective_sync_valid"
+CHECK_TRACKING_PLAN = "tracking_plan_conformance"
+# Tables a tracking plan checks: every event table, identifies and groups.
+UNPLANNED_TABLES = ("tracks", "pages", "screens", "users", "accounts", "aliases", REJECTS_TABLE)
 
 CHECK_DESCRIPTIONS = {
     CHECK_DUPLICATES: (
@@ -47,6 +50,11 @@ CHECK_DESCRIPTIONS = {
     CHECK_SELECTIVE_SYNC: (
         "selective_sync.yml parses and is valid; blocking, checked before anything loads, "
         "so a broken rule never loads data it meant to keep out."
+    ),
+    CHECK_TRACKING_PLAN: (
+        "Events of this table the run checked against the source's tracking plan: the "
+        "share with a violation stays at or below conformance_threshold (sluice.yml); a "
+        "warning above it. Violations are in _sluice.violations (`sluice plan report`)."
     ),
 }
 
@@ -160,13 +168,19 @@ def build_source_assets(
         for key, table in table_of.items()
         if table != REJECTS_TABLE
     ]
+    settings = project.source(source)
+    if settings.tracking_plan is not None:
+        check_specs += [
+            check_spec(CHECK_TRACKING_PLAN, key)
+            for key, table in table_of.items()
+            if table not in UNPLANNED_TABLES
+        ]
     rejects_key = key_of[REJECTS_TABLE]
     check_specs += [
         check_spec(CHECK_REJECT_RATE, rejects_key),
         check_spec(CHECK_SELECTIVE_SYNC, rejects_key, blocking=True),
     ]
     res_key = resource_key(target)
-    settings = project.source(source)
 
     @dg.multi_asset(
         name=op_name(source, target),
@@ -187,6 +201,7 @@ def build_source_assets(
         replay = config.replay or "dagster/backfill" in context.run.tags or not full
         yield from _selective_sync_check(context, project, rejects_key)
         current = current_rules(project)
+        plan = current_plan(project, source)
         sync_filter = current.filter_for(target, source)
         if not full:
             # A subset replays the selected tables only and leaves the files pending.
@@ -199,6 +214,7 @@ def build_source_assets(
                 storage_options=settings.storage_options or None,
                 sync_filter=sync_filter,
                 readers=settings.readers,
+                tracking_plan=plan,
             )
             context.log.info(
                 f"{'replaying' if replay else 'loading pending files of'} "
@@ -248,6 +264,14 @@ def current_rules(project: Project) -> SelectiveSync:
         raise dg.Failure(f"selective sync file is invalid: {exc}", allow_retries=False) from exc
 
 
+def current_plan(project: Project, source: str) -> Any:
+    """The source's tracking plan (or None), or a run failure naming the file and line."""
+    try:
+        return project.load_tracking_plan(source)
+    except ConfigError as exc:
+        raise dg.Failure(f"tracking plan is invalid: {exc}", allow_retries=False) from exc
+
+
 def _selective_sync_check(
     context: dg.AssetExecutionContext, project: Project, rejects_key: dg.AssetKey
 ) -> Iterator[dg.AssetCheckResult]:
@@ -277,7 +301,15 @@ def _table_metadata(
     new_columns = [c.split(".", 1)[1] for c in report.new_columns if c.startswith(f"{table}.")]
     if table in report.new_tables:
         new_columns = list(tables[table])
+    plan = {}
+    if report.plan_checked:
+        plan = {
+            "tracking_plan_violations": report.violations.get(table, 0),
+            "tracking_plan_violating_events": report.plan_violating.get(table, 0),
+            "tracking_plan_blocked_events": report.blocked_events,
+        }
     return {
+        **plan,
         "rows_loaded": report.rows_loaded.get(table, 0),
         "dagster/row_count": stats.rows,
         "new_columns": new_columns,
@@ -356,11 +388,34 @@ def table_results(
                 },
             ),
         ]
+        if settings.tracking_plan is not None and table not in UNPLANNED_TABLES:
+            checks.append(_conformance(key, table, report, settings.conformance_threshold))
         yield dg.MaterializeResult(
             asset_key=key,
             metadata=metadata,
             check_results=[c for c in checks if _check_key(c) in wanted],
         )
+
+
+def _conformance(
+    key: dg.AssetKey, table: str, report: SyncReport, threshold: float
+) -> dg.AssetCheckResult:
+    checked = report.plan_checked.get(table, 0)
+    violating = report.plan_violating.get(table, 0)
+    rate = violating / checked if checked else 0.0
+    return dg.AssetCheckResult(
+        asset_key=key,
+        check_name=CHECK_TRACKING_PLAN,
+        passed=rate <= threshold,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "events_checked": checked,
+            "violating_events": violating,
+            "violations": report.violations.get(table, 0),
+            "violating_rate": round(rate, 4),
+            "threshold": threshold,
+        },
+    )
 
 
 def _check_key(result: dg.AssetCheckResult) -> dg.AssetCheckKey:

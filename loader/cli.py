@@ -31,6 +31,7 @@ from loader.cli_common import (
     target_option,
     verbose_option,
 )
+from loader.cli_plan import plan
 from loader.cli_project import catalog, replay, selective_sync, sync
 from loader.cli_retl import retl
 from loader.config import ConfigError
@@ -515,6 +516,7 @@ cli.add_command(catalog)
 cli.add_command(replay)
 cli.add_command(selective_sync)
 cli.add_command(retl)
+cli.add_command(plan)
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

@@ -73,6 +73,11 @@ def _run_pairs(
 ) -> None:
     try:
         rules = project.load_selective_sync()
+        plans = {
+            name: project.load_tracking_plan(name)
+            for name in {s for s, _ in pairs}
+            if project.is_archive(name)
+        }
     except ConfigError as exc:
         fail(str(exc), 2)
     failures = 0
@@ -98,6 +103,7 @@ def _run_pairs(
                     storage_options=source.storage_options or None,
                     sync_filter=sync_filter,
                     readers=source.readers,
+                    tracking_plan=plans.get(source_name),
                 )
                 report = run_one(ctx, loader, what, _runner(url, schema, days), source_name)
             else:

@@ -22,11 +22,22 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import orjson
+
 from loader.encoded import EncodedChunk, RowEncoder, encode_table
 from loader.messages import Reject, nesting_depth, parse_line, storable_text, too_deep_reason
-from loader.normalize import RowFilter, TableChunk, TableRows, fixed_columns, id_text, rows_into
+from loader.normalize import (
+    RowFilter,
+    TableChunk,
+    TableRows,
+    event_table_name,
+    fixed_columns,
+    id_text,
+    rows_into,
+)
 from loader.schema import ColumnType
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines
+from loader.tracking_plan import TrackingPlan, Verdict, event_label
 
 
 @dataclass(slots=True)
@@ -51,6 +62,13 @@ class FileRead:
     failure: dict[str, Any] | None = None
     # What selective sync decided while reading (for the loader's report).
     decided: tuple[list[str], list[tuple[str, str]]] = ([], [])
+    # Tracking plan: (event, property, kind) -> [example, count, first seen, last seen],
+    # and the events it blocked (file, line, event, raw line, violations).
+    violations: dict[tuple[str, str, str], list[Any]] = field(default_factory=dict)
+    blocked: list[tuple[str, int, str, str, list[dict[str, Any]]]] = field(default_factory=list)
+    # Per event (plan label): messages checked, and those with a violation.
+    checked: dict[str, int] = field(default_factory=dict)
+    violating: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,8 @@ class ReadOptions:
     # The warehouse's row and _rescued_data widths (Capabilities), for row_layout.
     row_bytes: int | None = None
     rescued_bytes: int | None = None
+    # The source's tracking plan; None keeps it off the per-event path entirely.
+    plan: TrackingPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +117,7 @@ def read_file(
     # datetimes); rows sent on as tuples carry the text, as every adapter takes it.
     as_datetimes = options.encoder is not None and context is not None and not context.as_tuples
     url = archive_file.url
+    plan = options.plan
     try:
         for line_no, raw in iter_lines(url, options.storage_options):
             read.lines += 1
@@ -108,8 +129,19 @@ def read_file(
             if mid in seen:
                 read.duplicates += 1
                 continue
+            omitted: dict[str, Any] | None = None
+            if plan is not None:
+                verdict = _apply_plan(plan, body, read, url, line_no, raw)
+                if verdict is not None:
+                    if verdict.blocked:
+                        seen.add(mid)  # kept aside, not loaded: a replay reads it again
+                        continue
+                    if verdict.omit:
+                        omitted = _take_omitted(body, verdict.omit)
             try:
                 rows_into(by_table, body, row_filter, as_datetimes)
+                if omitted:
+                    _rescue_omitted(by_table, body, omitted)
             except RecursionError:  # decoded, but nested too deep to flatten here
                 _drop_rows_of(by_table, mid)
                 reason = too_deep_reason(nesting_depth(raw))
@@ -165,6 +197,77 @@ def read_file(
         )
         del chunk
     return read
+
+
+def _apply_plan(
+    plan: TrackingPlan, body: Any, read: FileRead, url: str, line_no: int, raw: bytes
+) -> Verdict | None:
+    """Check one message against the plan: count its violations and keep it aside
+    when it is blocked."""
+    kind = body.type
+    props = body.properties if kind == "track" else body.traits
+    label = event_label(kind, body.event)
+    verdict = plan.check(kind, label, props)
+    checked = read.checked
+    checked[label] = checked.get(label, 0) + 1
+    if verdict is None:
+        return None
+    read.violating[label] = read.violating.get(label, 0) + 1
+    seen_at = body.received_at or ""
+    violations = read.violations
+    for v in verdict.violations:
+        key = (label, v.property, v.kind)
+        entry = violations.get(key)
+        if entry is None:
+            violations[key] = [_example(v.value), 1, seen_at, seen_at]
+        else:
+            entry[1] += 1
+            if seen_at and (not entry[2] or seen_at < entry[2]):
+                entry[2] = seen_at
+            if seen_at > entry[3]:
+                entry[3] = seen_at
+    if verdict.blocked:
+        listed = [v.as_dict() for v in verdict.violations]
+        read.blocked.append((url, line_no, label, storable_text(raw), listed))
+    return verdict
+
+
+def _take_omitted(body: Any, omit: frozenset[str]) -> dict[str, Any]:
+    """Take the properties (traits) the plan omits out of the message; their values."""
+    kind = body.type
+    props = (body.properties if kind == "track" else body.traits) or {}
+    omitted = {k: props[k] for k in omit if k in props}
+    kept = {k: v for k, v in props.items() if k not in omit}
+    if kind == "track":
+        body.properties = kept
+    else:
+        body.traits = kept
+    return omitted
+
+
+def _rescue_omitted(by_table: TableRows, body: Any, omitted: dict[str, Any]) -> None:
+    """Put the values the plan omitted into the `_rescued_data` of the message's row
+    (its event table, identifies or groups), under their original keys."""
+    kind = body.type
+    if kind == "track":
+        table = event_table_name(event_label(kind, body.event))
+    else:
+        table = "identifies" if kind == "identify" else "groups"
+    rows = by_table.get(table)
+    if not rows or not rows[0] or rows[0][-1].get("id") != body.message_id:
+        return  # the table is turned off by selective sync: nothing to rescue into
+    rescued = rows[1][-1]
+    if rescued is None:
+        rescued = rows[1][-1] = {}
+    rescued.update(omitted)
+
+
+def _example(value: Any) -> str | None:
+    """A violating value as _sluice.violations shows it: JSON text, cut to 200 chars."""
+    if value is None:
+        return None
+    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    return text[:200]
 
 
 def _drop_rows_of(by_table: TableRows, mid: str) -> None:

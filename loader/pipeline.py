@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
+import orjson
+
 from loader.encoded import EncodedChunk
 from loader.file_reader import (
     EncodeContext,
@@ -40,6 +42,7 @@ from loader.schema import ColumnType
 from loader.selective_sync import SyncFilter
 from loader.sources.archive import ArchiveFile, list_files, received_day
 from loader.table_writer import TableWriter, count_rescued
+from loader.tracking_plan import TrackingPlan, plan_table
 from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, Warehouse
 
 DEFAULT_BATCH_LINES = 20_000
@@ -99,6 +102,12 @@ class SyncReport:
     error: str | None = None
     # What a user should know that is not an error (a table at its column limit).
     warnings: list[str] = field(default_factory=list)
+    # Tracking plan, per table: violations found, events checked and events with a
+    # violation; and the events blocked (kept in _sluice.blocked_events instead).
+    violations: dict[str, int] = field(default_factory=dict)
+    plan_checked: dict[str, int] = field(default_factory=dict)
+    plan_violating: dict[str, int] = field(default_factory=dict)
+    blocked_events: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +145,11 @@ class _Batch:
     failed: list[dict[str, Any]] = field(default_factory=list)
     lines: int = 0
     duplicates: int = 0
+    # Tracking plan: (event, property, kind) per file -> [example, count, first, last].
+    violations: dict[tuple[str, str, str, str], list[Any]] = field(default_factory=dict)
+    blocked: list[tuple[str, int, str, str, list[dict[str, Any]]]] = field(default_factory=list)
+    checked: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    violating: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 @contextmanager
@@ -256,6 +270,7 @@ class Loader:
         sync_filter: SyncFilter | None = None,
         readers: int | None = None,
         on_progress: Callable[[LoadProgress], None] | None = None,
+        tracking_plan: TrackingPlan | None = None,
     ) -> None:
         """`readers`: processes that parse files while this one loads (None: one per
         spare core; 0: read in this process). `on_progress` is called when the pending
@@ -269,6 +284,7 @@ class Loader:
         self.on_progress = on_progress
         self._progress = LoadProgress(0, 0)
         self.sync_filter = sync_filter if sync_filter is not None else SyncFilter(None)
+        self.tracking_plan = tracking_plan
         # Normalisation skips the filter entirely when nothing is turned off.
         self._row_filter = self.sync_filter if self.sync_filter.active else None
         self._replay = False
@@ -375,6 +391,7 @@ class Loader:
             text_width=capabilities.max_text_chars,
             row_bytes=capabilities.max_row_bytes,
             rescued_bytes=capabilities.max_rescued_bytes,
+            plan=self.tracking_plan,
         )
         batch = _Batch()
         sizes = {f.url: f.size for f in todo}
@@ -409,6 +426,13 @@ class Loader:
         """A file's rows into the batch; a messageId already in the batch (from an
         earlier file) is a duplicate, and the first copy wins."""
         batch.rejects.extend(read.rejects)
+        batch.blocked.extend(read.blocked)
+        for (event, prop, kind), entry in read.violations.items():
+            batch.violations[(read.url, event, prop, kind)] = entry
+        for label, n in read.checked.items():
+            batch.checked[label] += n
+        for label, n in read.violating.items():
+            batch.violating[label] += n
         if read.failure is not None:
             batch.failed.append(read.failure)
             if not read.failure.get("partial"):
@@ -456,6 +480,8 @@ class Loader:
                 if self._record_files:
                     wh.record_files(schema, [(self._key(u), n) for u, n in batch.files])
                 wh.record_rejects(schema, self._keyed_rejects(batch.rejects))
+                if batch.checked:
+                    self._record_plan(schema, batch, report)
                 turned_off = self.sync_filter.new_turned_off_names()
                 if turned_off:
                     wh.record_turned_off(schema, turned_off)
@@ -474,6 +500,29 @@ class Loader:
         self._tell()
         if self.on_batch is not None:
             self.on_batch(report)
+
+    def _record_plan(self, schema: str, batch: _Batch, report: SyncReport) -> None:
+        """The batch's violations, one row per file, event, property and kind (a replay
+        of a file records nothing twice), and its blocked events."""
+        rows = []
+        for (url, event, prop, kind), (example, count, first, last) in batch.violations.items():
+            rows.append((schema, self._key(url), event, prop, kind, example, count, first, last))
+            table = plan_table(event)
+            report.violations[table] = report.violations.get(table, 0) + count
+        for counts, into in (
+            (batch.checked, report.plan_checked),
+            (batch.violating, report.plan_violating),
+        ):
+            for event, n in counts.items():
+                table = plan_table(event)
+                into[table] = into.get(table, 0) + n
+        self.warehouse.record_violations(schema, rows)
+        blocked = {
+            (self._key(url), line): (self._key(url), line, event, raw, orjson.dumps(v).decode())
+            for url, line, event, raw, v in batch.blocked
+        }
+        self.warehouse.record_blocked(schema, list(blocked.values()))
+        report.blocked_events += len(blocked)
 
     def _key(self, url: str) -> str:
         return self._keys.get(url, url)

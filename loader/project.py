@@ -32,6 +32,8 @@ from loader.naming import snake_case
 from loader.selective_sync import SelectiveSync
 from loader.selective_sync import load_file as load_selective_sync
 from loader.suggest import did_you_mean
+from loader.tracking_plan import TrackingPlan
+from loader.tracking_plan import load_file as load_tracking_plan
 
 PROJECT_FILE = "sluice.yml"
 
@@ -65,6 +67,15 @@ class EventSource(_Source):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     readers: int | None = Field(
         default=None, ge=0, description="reader processes (default: one per core; 0: none)"
+    )
+    tracking_plan: str | None = Field(
+        default=None, description="tracking_plan.yml of this source, relative to sluice.yml"
+    )
+    violations: Literal["report", "omit", "block"] | None = Field(
+        default=None, description="what a plan violation does (overrides the plan file's)"
+    )
+    conformance_threshold: float = Field(
+        default=0.05, ge=0, le=1, description="violating events / events above this warns"
     )
 
 
@@ -205,6 +216,25 @@ class Project(BaseModel):
         if not path.exists():
             raise ConfigError(f"{self.path}: selective_sync file '{path}' does not exist")
         return load_selective_sync(path)
+
+    def tracking_plan_path(self, name: str) -> Path | None:
+        source = self.source(name)
+        plan = getattr(source, "tracking_plan", None)
+        return None if plan is None else self.root / plan
+
+    def load_tracking_plan(self, name: str) -> TrackingPlan | None:
+        """The source's plan (its sluice.yml `violations:` overriding the file's), or None
+        when it has none; a missing file names the line of sluice.yml that points at it."""
+        path = self.tracking_plan_path(name)
+        if path is None:
+            return None
+        if not path.exists():
+            raise ConfigError(
+                f"{self.where('sources', name, 'tracking_plan')}: the tracking plan of source "
+                f"'{name}', {path.absolute()}, does not exist; fix 'tracking_plan:' or "
+                "create it (`sluice plan infer` writes a starting one)"
+            )
+        return load_tracking_plan(path).with_action(self.source(name).violations)
 
 
 def find_project(explicit: str | None) -> Path:

@@ -30,6 +30,15 @@ def print_report(report: dict[str, Any], console: Console, source: str | None = 
             f"see the rejected lines with: sluice rejects {source or report['schema']}",
             highlight=False,
         )
+    violations = sum((report.get("violations") or {}).values())
+    if violations or report.get("blocked_events"):
+        console.print(
+            f"[yellow]tracking plan: {violations} violation(s), "
+            f"{report.get('blocked_events', 0)} event(s) blocked (kept in "
+            "_sluice.blocked_events; a replay after a plan change loads them); "
+            "see: sluice plan report[/]",
+            highlight=False,
+        )
     if report.get("replay"):
         r = report["replay"]
         console.print(f"replay of files received {r['from']} to {r['to']}")

@@ -803,3 +803,9 @@ def test_set_type_rewrites_the_table_in_one_statement(open_wh, tmp_path: Path) -
         ("m3", "7", None),
     ]
     assert wh.decided_types("s") == {"order_completed": {"sku": ColumnType.TEXT}}
+
+
+def test_tracking_plan_bookkeeping(open_wh) -> None:
+    from tests.test_tracking_plan_load import check_plan_bookkeeping
+
+    check_plan_bookkeeping(open_wh())

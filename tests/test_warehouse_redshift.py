@@ -811,3 +811,9 @@ def test_set_type_rebuilds_the_column_and_sends_only_redshift_sql(open_wh, tmp_p
     assert any(s.startswith(f"ALTER TABLE {table} RENAME COLUMN") for s in wh.sent)
     assert any("retype_stage" in c for c in wh.copies)  # staged through S3, not row by row
     _check_redshift_sql([*wh.sent, *wh.copies])
+
+
+def test_tracking_plan_bookkeeping(open_wh) -> None:
+    from tests.test_tracking_plan_load import check_plan_bookkeeping
+
+    check_plan_bookkeeping(open_wh())

@@ -612,3 +612,9 @@ def test_set_type_rebuilds_the_table_and_swaps_it_in(open_wh, tmp_path: Path) ->
         ("m1", 42, None),
         ("m2", None, {"sku": "AB-7"}),
     ]
+
+
+def test_tracking_plan_bookkeeping(open_wh) -> None:
+    from tests.test_tracking_plan_load import check_plan_bookkeeping
+
+    check_plan_bookkeeping(open_wh())

@@ -226,6 +226,22 @@ class Warehouse(ABC):
     def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None: ...
 
     @abstractmethod
+    def record_violations(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Tracking-plan violations, rows of VIOLATION_COLUMNS (without schema_name's
+        value changed), one per file, event, property and kind: a row already there
+        (a replayed file) is left as it is."""
+
+    @abstractmethod
+    def record_blocked(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Events a tracking plan blocked: (file, line, event, raw, violations JSON),
+        known by file and line (a replay never records one twice)."""
+
+    @abstractmethod
+    def violation_summary(self, schema: str | None) -> list[dict[str, Any]]:
+        """_sluice.violations summed over files: schema, event, property, kind,
+        example, count, first_seen, last_seen (`sluice plan report`, Dagster)."""
+
+    @abstractmethod
     def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
         """Remember (table, column) names selective sync kept out; column '' = table."""
 
@@ -361,6 +377,37 @@ class Warehouse(ABC):
         """The table destination: create the table (or its missing columns) if needed, then
         in one transaction delete the rows whose key (compared as text) is in `keys` and
         insert `rows`. Delete-then-insert needs no unique constraint and is idempotent."""
+
+
+VIOLATION_COLUMNS = (
+    "schema_name",
+    "file",
+    "event",
+    "property",
+    "kind",
+    "example",
+    "occurrences",
+    "first_seen",
+    "last_seen",
+)
+VIOLATION_KEYS = ("schema_name", "file", "event", "property", "kind")
+BLOCKED_COLUMNS = ("schema_name", "file", "line", "event", "raw", "violations")
+BLOCKED_KEYS = ("schema_name", "file", "line")
+# violation_summary's query, on every warehouse (plain SQL; the adapter names the table).
+VIOLATION_SUMMARY = (
+    "SELECT schema_name, event, property, kind, MIN(example), SUM(occurrences), "
+    "MIN(first_seen), MAX(last_seen) FROM {table}{where} "
+    "GROUP BY schema_name, event, property, kind "
+    "ORDER BY schema_name, event, property, kind"
+)
+
+
+def violation_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    keys = ("schema", "event", "property", "kind", "example", "count", "first_seen", "last_seen")
+    out = [dict(zip(keys, row, strict=True)) for row in rows]
+    for row in out:
+        row["count"] = int(row["count"] or 0)
+    return out
 
 
 def reject_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:

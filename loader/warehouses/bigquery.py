@@ -87,7 +87,10 @@ from loader.messages import Reject
 from loader.retype import RetypePlan, plan_retype
 from loader.schema import ColumnType
 from loader.warehouses.base import (
+    BLOCKED_KEYS,
     BOOKKEEPING_SCHEMA,
+    VIOLATION_KEYS,
+    VIOLATION_SUMMARY,
     Capabilities,
     LockBusy,
     ProfileSpec,
@@ -96,6 +99,7 @@ from loader.warehouses.base import (
     WarehouseError,
     reject_rows,
     rescued_profile_rows,
+    violation_rows,
 )
 
 if TYPE_CHECKING:
@@ -152,6 +156,27 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9\-.:]{4,61}[a-z0-9]$")
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9_]*$")
 T = TypeVar("T")
 Mode = Literal["insert", "fill_nulls", "upsert"]
+
+
+_VIOLATION_FIELDS: list[tuple[str, str]] = [
+    ("schema_name", "STRING"),
+    ("file", "STRING"),
+    ("event", "STRING"),
+    ("property", "STRING"),
+    ("kind", "STRING"),
+    ("example", "STRING"),
+    ("occurrences", "INT64"),
+    ("first_seen", "STRING"),
+    ("last_seen", "STRING"),
+]
+_BLOCKED_FIELDS: list[tuple[str, str]] = [
+    ("schema_name", "STRING"),
+    ("file", "STRING"),
+    ("line", "INT64"),
+    ("event", "STRING"),
+    ("raw", "STRING"),
+    ("violations", "STRING"),
+]
 
 
 class BigQueryTarget(BaseModel):
@@ -904,6 +929,14 @@ class BigQueryWarehouse(Warehouse):
             ("column_name", "STRING"),
             ("first_seen", "TIMESTAMP"),
         ],
+        "violations": [
+            *_VIOLATION_FIELDS,
+            ("recorded_at", "TIMESTAMP"),
+        ],
+        "blocked_events": [
+            *_BLOCKED_FIELDS,
+            ("blocked_at", "TIMESTAMP"),
+        ],
     }
     _RETL_BOOKKEEPING: dict[str, list[tuple[str, str]]] = {
         "retl_snapshots": [
@@ -1261,6 +1294,46 @@ class BigQueryWarehouse(Warehouse):
                 insert_extra={"rejected_at": "CURRENT_TIMESTAMP()"},
             ),
         )
+
+    def record_violations(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        self._bookkeeping_write(
+            0,
+            lambda: self._merge_rows(
+                "violations",
+                _VIOLATION_FIELDS,
+                VIOLATION_KEYS,
+                rows,
+                insert_extra={"recorded_at": "CURRENT_TIMESTAMP()"},
+            ),
+        )
+
+    def record_blocked(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        keyed = [(schema, *row) for row in rows]
+        self._bookkeeping_write(
+            0,
+            lambda: self._merge_rows(
+                "blocked_events",
+                _BLOCKED_FIELDS,
+                BLOCKED_KEYS,
+                keyed,
+                insert_extra={"blocked_at": "CURRENT_TIMESTAMP()"},
+            ),
+        )
+
+    def violation_summary(self, schema: str | None) -> list[dict[str, Any]]:
+        from google.cloud.bigquery import ScalarQueryParameter as P
+
+        if "violations" not in self.read_schema(BOOKKEEPING_SCHEMA):
+            return []
+        where, params = (
+            ("", []) if schema is None else (" WHERE schema_name = @s", [P("s", "STRING", schema)])
+        )
+        sql = VIOLATION_SUMMARY.format(table=self._b("violations"), where=where)
+        return violation_rows(self._fetchall(sql, params))
 
     def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
         if not names:

@@ -77,7 +77,9 @@ from loader.config import ConfigError
 from loader.messages import Reject
 from loader.schema import ColumnType
 from loader.warehouses.base import (
+    BLOCKED_KEYS,
     BOOKKEEPING_SCHEMA,
+    VIOLATION_KEYS,
     Capabilities,
     LockBusy,
     ProfileSpec,
@@ -673,6 +675,17 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
                 f"first_seen {TS} DEFAULT {NOW}, "
                 "PRIMARY KEY (schema_name, table_name, column_name))"
             )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.violations (schema_name {WIDE} NOT NULL, "
+                f"file {WIDE} NOT NULL, event {WIDE} NOT NULL, property {WIDE} NOT NULL, "
+                f"kind {WIDE} NOT NULL, example {WIDE}, occurrences bigint, "
+                f"first_seen {WIDE}, last_seen {WIDE}, recorded_at {TS} DEFAULT {NOW})"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.blocked_events (schema_name {WIDE} NOT NULL, "
+                f'file {WIDE} NOT NULL, line bigint, event {WIDE}, "raw" {WIDE}, '
+                f"violations {WIDE}, blocked_at {TS} DEFAULT {NOW})"
+            )
         self._ensure_locks_table()
 
     # --- retype: Redshift cannot ALTER a column to another type, so the column is
@@ -715,6 +728,8 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
         "loaded_files": ("schema_name", "file"),
         # A reject is known by its file and line: re-reading a file never records it twice.
         "rejected_events": ("schema_name", "file", "line"),
+        "violations": VIOLATION_KEYS,
+        "blocked_events": BLOCKED_KEYS,
     }
 
     def insert_plain(

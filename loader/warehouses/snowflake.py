@@ -80,7 +80,12 @@ from loader.messages import Reject
 from loader.retype import RetypePlan, plan_retype
 from loader.schema import ColumnType
 from loader.warehouses.base import (
+    BLOCKED_COLUMNS,
+    BLOCKED_KEYS,
     BOOKKEEPING_SCHEMA,
+    VIOLATION_COLUMNS,
+    VIOLATION_KEYS,
+    VIOLATION_SUMMARY,
     Capabilities,
     LockBusy,
     ProfileSpec,
@@ -90,6 +95,7 @@ from loader.warehouses.base import (
     WarehouseError,
     reject_rows,
     rescued_profile_rows,
+    violation_rows,
 )
 
 CAPABILITIES = Capabilities(
@@ -140,9 +146,17 @@ _KEYS = {
     # A reject is known by its file and line: re-reading a file never records it twice.
     "rejected_events": ("schema_name", "file", "line"),
     "turned_off_names": ("schema_name", "table_name", "column_name"),
+    "violations": VIOLATION_KEYS,
+    "blocked_events": BLOCKED_KEYS,
 }
 # Bookkeeping tables written through the stage (inside the batch: they need staging tables).
-_STAGED_BOOKKEEPING = ("loaded_files", "rejected_events", "turned_off_names")
+_STAGED_BOOKKEEPING = (
+    "loaded_files",
+    "rejected_events",
+    "turned_off_names",
+    "violations",
+    "blocked_events",
+)
 T = TypeVar("T")
 
 
@@ -492,6 +506,14 @@ class SnowflakeWarehouse(Warehouse):
             "TABLE_NAME VARCHAR NOT NULL, COLUMN_NAME VARCHAR NOT NULL, FIRST_SEEN "
             f"{ts} DEFAULT CURRENT_TIMESTAMP(), PRIMARY KEY (SCHEMA_NAME, TABLE_NAME, "
             "COLUMN_NAME))",
+            f"CREATE TABLE IF NOT EXISTS {b}.VIOLATIONS (SCHEMA_NAME VARCHAR NOT NULL, "
+            "FILE VARCHAR NOT NULL, EVENT VARCHAR NOT NULL, PROPERTY VARCHAR NOT NULL, "
+            "KIND VARCHAR NOT NULL, EXAMPLE VARCHAR, OCCURRENCES NUMBER(38,0), "
+            f"FIRST_SEEN VARCHAR, LAST_SEEN VARCHAR, RECORDED_AT {ts} DEFAULT "
+            "CURRENT_TIMESTAMP())",
+            f"CREATE TABLE IF NOT EXISTS {b}.BLOCKED_EVENTS (SCHEMA_NAME VARCHAR NOT NULL, "
+            "FILE VARCHAR NOT NULL, LINE NUMBER(38,0), EVENT VARCHAR, RAW VARCHAR, "
+            f"VIOLATIONS VARCHAR, BLOCKED_AT {ts} DEFAULT CURRENT_TIMESTAMP())",
         ):
             self._execute(ddl)
         self.prepare_staging(BOOKKEEPING_SCHEMA, list(_STAGED_BOOKKEEPING))
@@ -934,6 +956,31 @@ class SnowflakeWarehouse(Warehouse):
                 [(schema, r.file, r.line, r.raw, r.reason) for r in rejects],
                 skip_existing=True,
             )
+
+    def record_violations(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if rows:
+            self.insert_plain(
+                BOOKKEEPING_SCHEMA, "violations", VIOLATION_COLUMNS, rows, skip_existing=True
+            )
+
+    def record_blocked(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if rows:
+            self.insert_plain(
+                BOOKKEEPING_SCHEMA,
+                "blocked_events",
+                BLOCKED_COLUMNS,
+                [(schema, *row) for row in rows],
+                skip_existing=True,
+            )
+
+    def violation_summary(self, schema: str | None) -> list[dict[str, Any]]:
+        if "violations" not in {t.lower() for t in self.read_schema(BOOKKEEPING_SCHEMA)}:
+            return []
+        where, params = ("", ()) if schema is None else (" WHERE SCHEMA_NAME = %s", (schema,))
+        table = f"{ident(BOOKKEEPING_SCHEMA)}.VIOLATIONS"
+        return violation_rows(
+            self._fetchall(VIOLATION_SUMMARY.format(table=table, where=where), params)
+        )
 
     def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
         if names:

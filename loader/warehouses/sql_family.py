@@ -19,13 +19,19 @@ from loader.normalize import RESCUED_COLUMN
 from loader.retype import RetypePlan, RowChange, plan_retype
 from loader.schema import ColumnType
 from loader.warehouses.base import (
+    BLOCKED_COLUMNS,
+    BLOCKED_KEYS,
     BOOKKEEPING_SCHEMA,
+    VIOLATION_COLUMNS,
+    VIOLATION_KEYS,
+    VIOLATION_SUMMARY,
     ProfileSpec,
     Rows,
     TableStats,
     Warehouse,
     WarehouseError,
     reject_rows,
+    violation_rows,
 )
 
 
@@ -114,6 +120,17 @@ class SqlFamilyWarehouse(Warehouse):
                 "table_name text NOT NULL, column_name text NOT NULL, "
                 f"first_seen {ts} DEFAULT current_timestamp, "
                 "PRIMARY KEY (schema_name, table_name, column_name))"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.violations (schema_name text NOT NULL, "
+                "file text NOT NULL, event text NOT NULL, property text NOT NULL, "
+                "kind text NOT NULL, example text, occurrences bigint, first_seen text, "
+                f"last_seen text, recorded_at {ts} DEFAULT current_timestamp)"
+            )
+            self._execute(
+                f"CREATE TABLE IF NOT EXISTS {b}.blocked_events (schema_name text NOT NULL, "
+                "file text NOT NULL, line bigint, event text, raw text, violations text, "
+                f"blocked_at {ts} DEFAULT current_timestamp)"
             )
 
     def read_schema(self, schema: str) -> dict[str, dict[str, ColumnType]]:
@@ -540,8 +557,34 @@ class SqlFamilyWarehouse(Warehouse):
             skip_existing=True,
         )
 
+    def record_violations(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.insert_plain(
+            BOOKKEEPING_SCHEMA, "violations", VIOLATION_COLUMNS, rows, skip_existing=True
+        )
+
+    def record_blocked(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.insert_plain(
+            BOOKKEEPING_SCHEMA,
+            "blocked_events",
+            BLOCKED_COLUMNS,
+            [(schema, *row) for row in rows],
+            skip_existing=True,
+        )
+
+    def violation_summary(self, schema: str | None) -> list[dict[str, Any]]:
+        where, params = (
+            ("", ()) if schema is None else (f" WHERE schema_name = {self.placeholder}", (schema,))
+        )
+        table = f"{self._s(BOOKKEEPING_SCHEMA)}.violations"
+        if "violations" not in self.read_schema(BOOKKEEPING_SCHEMA):
+            return []
+        sql = VIOLATION_SUMMARY.format(table=table, where=where)
+        return violation_rows(self._fetchall(sql, params))
+
     # The columns a bookkeeping row is known by (skip_existing); others: every column.
     _KEYS: dict[str, tuple[str, ...]] = {
+        "violations": VIOLATION_KEYS,
+        "blocked_events": BLOCKED_KEYS,
         "loaded_files": ("schema_name", "file"),
         "rejected_events": ("schema_name", "file", "line"),
         "turned_off_names": ("schema_name", "table_name", "column_name"),
