@@ -356,8 +356,8 @@ def schema_set_type(
             fail(str(exc), 1)
     finally:
         warehouse.close()
-    for plan in plans:
-        console.print(escape(describe(plan)))
+    for retype_plan in plans:
+        console.print(escape(describe(retype_plan)))
     if not apply_:
         console.print(
             "dry run, nothing changed: add --apply to change the column in one transaction "
