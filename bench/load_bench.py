@@ -190,7 +190,15 @@ def main() -> None:
     parser.add_argument(
         "--tracking-plan",
         action="store_true",
-        help="load each warehouse without, then with a 50-event, 500-property plan",
+        help="load each warehouse without and with a 50-event, 500-property plan, "
+        "alternating (see --rounds)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with --tracking-plan: pairs of loads (without, with) per warehouse, in "
+        "alternating order; the cost is the median of the pairs' differences",
     )
     args = parser.parse_args()
     if args.duckdb_memory_limit:
@@ -200,13 +208,30 @@ def main() -> None:
     results = []
     plan = write_plan(archive) if args.tracking_plan else None
     for k in kinds:
-        results.append(bench(k, args.events, archive, args.pg_dsn, args.batch_lines))
-        if plan is not None:
-            with_plan = bench(k, args.events, archive, args.pg_dsn, args.batch_lines, None, plan)
-            base = results[-1]["first_load_s"]
-            with_plan["plan_cost_pct"] = round(100 * (with_plan["first_load_s"] - base) / base, 1)
-            results[-1]["plan_cost_pct"] = 0.0
-            results.append(with_plan)
+        if plan is None:
+            results.append(bench(k, args.events, archive, args.pg_dsn, args.batch_lines))
+            continue
+        # Paired and alternating (without-with, then with-without...): a machine that
+        # speeds up or slows down over the run moves both sides of a pair alike.
+        costs = []
+        for round_ in range(max(1, args.rounds)):
+            order = [None, plan] if round_ % 2 == 0 else [plan, None]
+            pair = {
+                chosen is not None: bench(
+                    k, args.events, archive, args.pg_dsn, args.batch_lines, plan=chosen
+                )
+                for chosen in order
+            }
+            base, planned = pair[False], pair[True]
+            cost = 100 * (planned["first_load_s"] - base["first_load_s"]) / base["first_load_s"]
+            costs.append(cost)
+            base["plan_cost_pct"], planned["plan_cost_pct"] = 0.0, round(cost, 1)
+            results += [base, planned]
+        costs.sort()
+        print(
+            f"{k}: tracking plan cost per pair {[round(c, 1) for c in costs]} %, "
+            f"median {costs[len(costs) // 2]:.1f} %"
+        )
     header = list(results[-1])
     print(" | ".join(header))
     for r in results:

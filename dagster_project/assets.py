@@ -388,7 +388,9 @@ def table_results(
                 },
             ),
         ]
-        if settings.tracking_plan is not None and table not in UNPLANNED_TABLES:
+        # Cloud sources (shared results code) have no tracking plan.
+        planned = getattr(settings, "tracking_plan", None) is not None
+        if planned and table not in UNPLANNED_TABLES:
             checks.append(_conformance(key, table, report, settings.conformance_threshold))
         yield dg.MaterializeResult(
             asset_key=key,

@@ -255,10 +255,10 @@ class Warehouse(ABC):
     @abstractmethod
     def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]: ...
 
+    @abstractmethod
     def recent_rejects(self, schema: str | None, limit: int = 20) -> list[dict[str, Any]]:
         """The newest rows of _sluice.rejected_events (of one schema, or all), as dicts
         with schema, file, line, reason, raw and rejected_at (`sluice rejects`)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot list rejected lines")
 
     def retype_column(
         self, schema: str, table: str, column: str, new_type: ColumnType, apply: bool
