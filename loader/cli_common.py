@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -20,6 +20,9 @@ from loader.pipeline import LoadProgress, SyncReport, stop_requested
 from loader.report_view import print_report, report_warnings
 from loader.sources.cloud.engine import SourceError
 from loader.warehouses.base import LockBusy, Warehouse
+
+if TYPE_CHECKING:
+    from loader.project import Project
 
 console = Console()
 # Errors and warnings are one line each, however long (a path, a sentence): never wrapped.
@@ -94,6 +97,19 @@ def project_profiles(project: str | None, profiles: str | None) -> tuple[Any, Pr
             proj = load_project(find_project(project))
             return proj, proj.load_profiles(profiles)
         return None, load_profiles(find_profiles(profiles))
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def load_project_and_profiles(
+    project: str | None, profiles: str | None
+) -> tuple[Project, Profiles]:
+    """For commands that need sluice.yml: it and its profiles, or exit 2 in one sentence."""
+    from loader.project import find_project, load_project
+
+    try:
+        proj = load_project(find_project(project))
+        return proj, proj.load_profiles(profiles)
     except ConfigError as exc:
         fail(str(exc), 2)
 

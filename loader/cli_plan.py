@@ -9,21 +9,20 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from loader.cli_common import console, fail, open_target, profiles_option, project_option
-from loader.config import ConfigError, Profiles
+from loader.cli_common import (
+    console,
+    fail,
+    load_project_and_profiles,
+    open_target,
+    profiles_option,
+    project_option,
+)
+from loader.config import ConfigError
 from loader.normalize import CORE_COLUMNS, FIXED_TABLES
-from loader.project import Project, find_project, load_project
+from loader.project import Project
 from loader.tracking_plan import infer_plan
 from loader.warehouses.base import WarehouseError
 from loader.warehouses.registry import holds_nothing_yet
-
-
-def _load(project_path: str | None, profiles_path: str | None) -> tuple[Project, Profiles]:
-    try:
-        project = load_project(find_project(project_path))
-        return project, project.load_profiles(profiles_path)
-    except ConfigError as exc:
-        fail(str(exc), 2)
 
 
 def _planned_sources(project: Project, sources: tuple[str, ...]) -> list[str]:
@@ -49,7 +48,7 @@ def plan() -> None:
 @profiles_option
 def check(sources: tuple[str, ...], project: str | None, profiles: str | None) -> None:
     """Validate each source's tracking plan (exit 2 naming the file, line and field)."""
-    proj, _ = _load(project, profiles)
+    proj, _ = load_project_and_profiles(project, profiles)
     names = _planned_sources(proj, sources)
     if not names:
         fail(f"{proj.path}: no source has a tracking_plan (add `tracking_plan:` to one)", 2)
@@ -90,7 +89,7 @@ def infer(
 ) -> None:
     """Write a starting tracking plan from the warehouse's tables and column types; an
     existing file is never overwritten."""
-    proj, prof = _load(project, profiles)
+    proj, prof = load_project_and_profiles(project, profiles)
     try:
         if not proj.is_archive(source):
             fail(f"{source} is a {proj.source(source).kind} source: plans are for events", 2)
@@ -145,7 +144,7 @@ def report(
     sources: tuple[str, ...], target: str | None, project: str | None, profiles: str | None
 ) -> None:
     """Violations recorded by the loads, per source, event, property and kind."""
-    proj, prof = _load(project, profiles)
+    proj, prof = load_project_and_profiles(project, profiles)
     names = _planned_sources(proj, sources)
     table = Table(title="tracking plan violations")
     for column in ("source", "event", "property", "kind", "count", "example", "last seen"):

@@ -20,6 +20,7 @@ from loader.cli_common import (
     error,
     fail,
     incomplete,
+    load_project_and_profiles,
     open_target,
     profiles_option,
     project_option,
@@ -29,7 +30,7 @@ from loader.cli_common import run_sync as run_one
 from loader.config import ConfigError, Profiles
 from loader.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
 from loader.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
-from loader.project import Project, find_project, load_project
+from loader.project import Project
 from loader.selective_sync import Issue, SelectiveSync, check_names, parse
 from loader.sources.cloud.registry import connector_for
 from loader.warehouses.base import WarehouseError
@@ -37,14 +38,6 @@ from loader.warehouses.registry import holds_nothing_yet
 
 _project_option = project_option
 _profiles_option = profiles_option
-
-
-def _load(project_path: str | None, profiles_path: str | None) -> tuple[Project, Profiles]:
-    try:
-        project = load_project(find_project(project_path))
-        return project, project.load_profiles(profiles_path)
-    except ConfigError as exc:
-        fail(str(exc), 2)
 
 
 def _pairs(
@@ -188,7 +181,7 @@ def sync(
     profiles: str | None,
 ) -> None:
     """Run the sources of sluice.yml now (all of them, or those named), into their targets."""
-    proj, prof = _load(project, profiles)
+    proj, prof = load_project_and_profiles(project, profiles)
     try:
         pairs = _pairs(proj, prof, sources, target)
     except ConfigError as exc:
@@ -229,7 +222,7 @@ def replay(
     the current selective sync and deduped against what the target has."""
     if last < first:
         fail("--to is before --from", 2)
-    proj, prof = _load(project, profiles)
+    proj, prof = load_project_and_profiles(project, profiles)
     try:
         pairs = _pairs(proj, prof, (source,), target)
     except ConfigError as exc:
@@ -297,7 +290,7 @@ def _all_pairs(project: Project, profiles: Profiles) -> list[tuple[str, str]]:
 def check(project: str | None, profiles: str | None) -> None:
     """Validate selective_sync.yml: exit 2 on an error, warnings for patterns that match
     nothing known yet."""
-    proj, prof = _load(project, profiles)
+    proj, prof = load_project_and_profiles(project, profiles)
     path, rules, issues = _read_rules(proj)
     if not any(i.error for i in issues):
         pairs = [p for p in _all_pairs(proj, prof) if p[1] in prof.targets]
@@ -328,7 +321,7 @@ def show(
     profiles: str | None,
 ) -> None:
     """For every known table and column, whether it is synced and which line decided."""
-    proj, prof = _load(project, profiles)
+    proj, prof = load_project_and_profiles(project, profiles)
     path, rules, issues = _read_rules(proj)
     errors = [i for i in issues if i.error]
     if errors:
@@ -383,7 +376,7 @@ def catalog() -> None:
 @_profiles_option
 def catalog_refresh(project: str | None, profiles: str | None) -> None:
     """Rebuild the catalog from every source's targets (each sync also refreshes it)."""
-    proj, prof = _load(project, profiles)
+    proj, prof = load_project_and_profiles(project, profiles)
     failures = 0
     for source, target in _all_pairs(proj, prof):
         schema = proj.schema_of(source)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,12 +430,16 @@ class _Parser:
         return spec
 
     def type_of(self, node: yaml.Node, where: str) -> str:
+        return self.one_of(node, where, TYPES)
+
+    def one_of(self, node: yaml.Node, where: str, allowed: Sequence[str]) -> str:
+        """A scalar that must be one of `allowed`; a near miss gets a suggestion."""
         value = self.scalar(node, where)
-        if value not in TYPES:
+        if value not in allowed:
             raise self.fail(
                 node,
-                f"{where} must be one of {', '.join(TYPES)}, not {value!r}"
-                f"{did_you_mean(str(value), TYPES)}",
+                f"{where} must be one of {', '.join(allowed)}, not {value!r}"
+                f"{did_you_mean(str(value), allowed)}",
             )
         return str(value)
 
@@ -488,14 +493,7 @@ class _Parser:
         return plan
 
     def action(self, node: yaml.Node, where: str) -> str:
-        value = self.scalar(node, where)
-        if value not in ACTIONS:
-            raise self.fail(
-                node,
-                f"{where} must be one of {', '.join(ACTIONS)}, not {value!r}"
-                f"{did_you_mean(str(value), ACTIONS)}",
-            )
-        return str(value)
+        return self.one_of(node, where, ACTIONS)
 
 
 def parse(text: str, path: str) -> TrackingPlan:
