@@ -84,6 +84,12 @@ class SqlDialect:
         without aliases on UPDATE refers to the table by its name)."""
         return f"{target} AS {alias}", alias
 
+    def distinct(self, a: str, b: str) -> str:
+        return f"{a} IS DISTINCT FROM {b}"
+
+    def same(self, a: str, b: str) -> str:
+        return f"{a} IS NOT DISTINCT FROM {b}"
+
     # ALTER COLUMN ... TYPE keeps a column's place (a retype otherwise rebuilds it).
     alters_column_type = True
 
@@ -157,6 +163,10 @@ class SqlDialect:
 
     def lease_expiry(self, minutes: int) -> str:
         return f"{self.now} + INTERVAL '{int(minutes)} minutes'"
+
+    def lock_table(self, table: str) -> str | None:
+        """A statement serialising lease takers on the locks table, if the dialect has one."""
+        return None
 
     # Narrows information_schema reads to this database (DuckDB lists every attached one).
     catalog_filter = ""

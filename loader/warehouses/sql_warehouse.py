@@ -96,6 +96,9 @@ class SqlWarehouse(Warehouse):
         p = {"name": name, "holder": holder}
         expires = d.lease_expiry(int(self.lease_minutes))
         with self.transaction():
+            serialise = d.lock_table(locks)
+            if serialise is not None:
+                self.execute(serialise)
             self.execute(
                 f"DELETE FROM {locks} WHERE {d.ident('name')} = {d.param('name')} AND "
                 f"{d.ident('expires_at')} < {d.now}",

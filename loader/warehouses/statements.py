@@ -216,8 +216,9 @@ def add_column(d: SqlDialect, schema: str, table: str, name: str, kind: ColumnTy
 
 
 def _match(d: SqlDialect, keys: Sequence[str], a: str, b: str, nullable: bool) -> str:
-    same = "IS NOT DISTINCT FROM" if nullable else "="
-    return " AND ".join(f"{a}.{d.ident(k)} {same} {b}.{d.ident(k)}" for k in keys)
+    if nullable:
+        return " AND ".join(d.same(f"{a}.{d.ident(k)}", f"{b}.{d.ident(k)}") for k in keys)
+    return " AND ".join(f"{a}.{d.ident(k)} = {b}.{d.ident(k)}" for k in keys)
 
 
 def insert_new(
@@ -277,9 +278,7 @@ def update_changed(
     s, i = "_sluice_s", d.ident
     rest = [c for c in columns if c not in keys]
     sets = ", ".join(f"{i(c)} = {s}.{i(c)}" for c in rest)
-    changed = " OR ".join(
-        f"{t}.{i(c)} IS DISTINCT FROM {s}.{i(c)}" for c in (compare if compare else rest)
-    )
+    changed = " OR ".join(d.distinct(f"{t}.{i(c)}", f"{s}.{i(c)}") for c in (compare or rest))
     if source_key is not None:
         match = f"{t}.{i(keys[0])} = {s}.{i(source_key)}"
     else:
@@ -321,7 +320,7 @@ def profile_update(d: SqlDialect, target: str, rows: str, traits: Sequence[str])
     s, i = "_sluice_s", d.ident
     cols = [*traits, "received_at"]
     sets = ", ".join([*(f"{i(c)} = {s}.{i(c)}" for c in cols), f"{i('uuid_ts')} = {d.now}"])
-    changed = " OR ".join(f"{t}.{i(c)} IS DISTINCT FROM {s}.{i(c)}" for c in cols)
+    changed = " OR ".join(d.distinct(f"{t}.{i(c)}", f"{s}.{i(c)}") for c in cols)
     return (
         f"UPDATE {head} SET {sets} FROM {rows} AS {s} "
         f"WHERE {t}.{i('id')} = {s}.{i('id')} AND ({changed})"
@@ -350,11 +349,9 @@ def profile_extend(d: SqlDialect, target: str, rows: str, traits: Sequence[str])
     sets.append(f"{i('uuid_ts')} = {d.now}")
     changed = " OR ".join(
         [
-            *(
-                f"({s}.{i(c)} IS NOT NULL AND {t}.{i(c)} IS DISTINCT FROM {s}.{i(c)})"
-                for c in traits
-            ),  # fmt: skip
-            f"{t}.{i('received_at')} IS DISTINCT FROM COALESCE({received}, {s}.{i('received_at')})",
+            *(f"({s}.{i(c)} IS NOT NULL AND {d.distinct(f'{t}.{i(c)}', f'{s}.{i(c)}')})"
+              for c in traits),  # fmt: skip
+            d.distinct(f"{t}.{i('received_at')}", f"COALESCE({received}, {s}.{i('received_at')})"),
         ]
     )
     return (
