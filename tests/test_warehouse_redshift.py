@@ -44,7 +44,8 @@ from loader.messages import Reject
 from loader.pipeline import Loader
 from loader.schema import ColumnType, coerce, coerce_column, fits
 from loader.warehouses import redshift
-from loader.warehouses.base import LockBusy, ProfileSpec, WarehouseError
+from loader.warehouses.base import LockBusy, WarehouseError
+from loader.warehouses.dialect import positional
 from loader.warehouses.redshift import (
     RedshiftTarget,
     RedshiftWarehouse,
@@ -54,7 +55,6 @@ from loader.warehouses.redshift import (
     create_table_statement,
     csv_gzip,
 )
-from loader.warehouses.dialect import positional
 from loader.warehouses.registry import open_warehouse
 from tests.contract import CONTRACT
 from tests.helpers import track, write_ndjson
