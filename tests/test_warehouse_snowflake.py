@@ -73,7 +73,7 @@ def open_wh(fakesnow_server, database):
     def factory():
         wh = open_warehouse("sf_test", _target(fakesnow_server, database))
         # tests/test_reverse_etl.py seeds its source tables through `wh.conn.execute`.
-        wh.conn.execute = wh._execute
+        wh.conn.execute = wh.execute
         opened.append(wh)
         return wh
 
@@ -187,7 +187,7 @@ def test_lock_busy_across_connections(open_wh) -> None:
     first, second = open_wh(), open_wh()
     first.ensure_bookkeeping()
     with first.lock("src"):
-        with pytest.raises(LockBusy, match="another sync of schema 'src'"):
+        with pytest.raises(LockBusy, match="another sync is loading schema 'src' into target"):
             with second.lock("src"):
                 pass
         with second.lock("other"):  # another schema is free
@@ -256,37 +256,44 @@ def test_reverse_etl_cycle(open_wh) -> None:
     assert wh.retl_recent_runs("m")[0]["run_id"] == "r1"
 
 
-def test_generated_write_and_profile_sql(open_wh) -> None:
-    """The write statements (UPDATE ... FROM, INSERT ... WHERE NOT EXISTS: no MERGE, see
-    the module docstring of loader/warehouses/snowflake.py) and the profile statement, as
-    text (they also ran on fakesnow above)."""
+def test_statements_sent_are_snowflake_sql(open_wh) -> None:
+    """What a replay, an upsert and a profile rebuild send: each statement parses as
+    Snowflake's SQL, no MERGE (see the module docstring of loader/warehouses/snowflake.py),
+    the profile takes FIRST_VALUE ... IGNORE NULLS, a list is bound one mark per item."""
+    import sqlglot
+
     wh = open_wh()
-    wh._types[("s", "t")] = {
-        "id": ColumnType.TEXT,
-        "n": ColumnType.BIGINT,
-        "uuid_ts": ColumnType.TIMESTAMP,
-        "_rescued_data": ColumnType.TEXT,
-    }
-    update, insert = wh.write_sql(
-        "s", "t", ["id", "n", "uuid_ts", "_rescued_data"], mode="fill_nulls"
-    )
-    source = '(SELECT s."ID" AS "ID", CAST(s."N" AS NUMBER(38,0)) AS "N"'
-    assert update.startswith(f'UPDATE "S"."T" AS t SET "N" = COALESCE(t."N", s."N") FROM {source}')
-    assert update.endswith('WHERE t."ID" = s."ID" AND ((t."N" IS NULL AND s."N" IS NOT NULL))')
-    assert 'PARSE_JSON(s."_RESCUED_DATA") AS "_RESCUED_DATA"' in update
-    assert 'COALESCE(t."UUID_TS"' not in update
-    assert 'FROM "_SLUICE"."STAGE__S__T" AS s) AS s' in insert and "VALUES" not in insert
-    assert insert.startswith('INSERT INTO "S"."T" ("ID", "N", "UUID_TS", "_RESCUED_DATA") SELECT')
-    assert insert.endswith('WHERE NOT EXISTS (SELECT 1 FROM "S"."T" AS t WHERE t."ID" = s."ID")')
-    upsert = wh.write_sql("s", "t", ["id", "n"], mode="upsert")
-    assert upsert[0].startswith('UPDATE "S"."T" AS t SET "N" = s."N" FROM')
-    assert len(wh.write_sql("s", "t", ["id", "n"])) == 1
-    (plain,) = wh.write_sql("s", "t", ["id", "n"], mode="plain")
-    assert "NOT EXISTS" not in plain
-    spec = ProfileSpec("users", "identifies", "user_id", ["plan"])
-    profile = wh.profile_sql("s", spec, 2)
-    assert 'FIRST_VALUE("PLAN") IGNORE NULLS OVER (PARTITION BY "USER_ID" ORDER BY' in profile
-    assert "FILTER" not in profile and 'WHERE "USER_ID" IN (%s, %s)' in profile
+    wh.ensure_bookkeeping()
+    t, ts_kind = ColumnType.TEXT, ColumnType.TIMESTAMP
+    wh.create_table(
+        "s",
+        "identifies",
+        {"id": t, "received_at": ts_kind, "uuid_ts": ts_kind, "timestamp": ts_kind,
+         "user_id": t, "plan": t, "_rescued_data": t},
+    )  # fmt: skip
+    wh.create_table("s", "users", {"id": t, "received_at": ts_kind, "uuid_ts": ts_kind, "plan": t})
+    sent = _statement_log(wh)
+    names = ("id", "received_at", "uuid_ts", "timestamp", "user_id", "plan", "_rescued_data")
+    ts = "2026-11-01T10:00:00+00:00"
+    with wh.transaction():
+        wh.insert_new_rows("s", "identifies", names, [("i1", ts, ts, ts, "u1", None, None)])
+        row = ("i1", ts, ts, ts, "u1", "free", {"x": 1})
+        assert wh.insert_new_rows("s", "identifies", names, [row], fill_nulls=True) == 1
+        wh.upsert_rows("s", "identifies", names[:6], [("i2", ts, ts, ts, "u2", "pro")])
+        wh.rebuild_profiles("s", ProfileSpec("users", "identifies", "user_id", ["plan"]), ["u1"])
+    assert list(wh.query("SELECT id, plan FROM s.users")) == [("u1", "free")]
+    # fill_nulls filled `plan`, and left `_rescued_data` and the load's stamp alone.
+    assert list(wh.query("SELECT plan, _rescued_data FROM s.identifies WHERE id = 'i1'")) == [
+        ("free", None)
+    ]
+    for sql in sent:
+        if sql not in ("BEGIN", "COMMIT") and not sql.startswith(("PUT ", "COPY INTO")):
+            sqlglot.parse_one(sql.replace("%s", "'x'"), read="snowflake")
+    text = "\n".join(sent)
+    assert "MERGE" not in text and "ANY(" not in text
+    assert 'FIRST_VALUE("PLAN") IGNORE NULLS OVER (PARTITION BY "USER_ID" ORDER BY' in text
+    assert 'WHERE "USER_ID" IN (%s)' in text
+    assert 'PARSE_JSON(s."_RESCUED_DATA") AS "_RESCUED_DATA"' in text
 
 
 def test_connection_failure_is_one_sentence_without_secret(fakesnow_server, database) -> None:
@@ -582,9 +589,9 @@ def test_set_type_rebuilds_the_table_and_swaps_it_in(open_wh, tmp_path: Path) ->
     def swap(schema: str, table: str, work: str) -> None:
         target = f'"{schema.upper()}"."{table.upper()}"'
         swaps.append(f"ALTER TABLE {target} SWAP WITH {work}")
-        wh._execute(f"DROP TABLE {target}")
-        wh._execute(f"CREATE TABLE {target} AS SELECT * FROM {work}")
-        wh._execute(f"DROP TABLE {work}")
+        wh.execute(f"DROP TABLE {target}")
+        wh.execute(f"CREATE TABLE {target} AS SELECT * FROM {work}")
+        wh.execute(f"DROP TABLE {work}")
 
     wh.retype_swap = swap
     plan = wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=False)

@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import orjson
@@ -431,3 +431,17 @@ def reject_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
     """Rows of (schema_name, file, line, reason, raw, rejected_at) as recent_rejects gives them."""
     keys = ("schema", "file", "line", "reason", "raw", "rejected_at")
     return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def staged_text(value: Any) -> str | None:
+    """A row value as text, for bulk paths that stage every column as text and cast in
+    SQL (booleans as true/false, times as ISO 8601, JSON values as JSON)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)
