@@ -471,6 +471,45 @@ def test_rows_go_through_the_stage_inside_one_transaction(open_wh) -> None:
     assert list(wh.query('SELECT COUNT(*) FROM "_SLUICE"."STAGE__OBJS__THINGS"')) == [(0,)]
 
 
+def test_a_lost_commit_fails_the_batch_and_is_not_retried(open_wh) -> None:
+    """A COMMIT that fails in transit is not retried: on a session whose transaction is
+    gone a second COMMIT succeeds and would hide the loss. The batch fails; its rerun
+    loads it."""
+    from snowflake.connector.errors import OperationalError
+
+    wh = open_wh()
+    wh.ensure_bookkeeping()
+    real, commits = wh.conn, []
+
+    class LosesFirstCommit:
+        def cursor(self):
+            cur = real.cursor()
+            execute = cur.execute
+
+            def guarded(sql, params=None):
+                if sql == "COMMIT":
+                    commits.append(sql)
+                    if len(commits) == 1:
+                        execute("ROLLBACK")
+                        raise OperationalError(msg="connection reset", errno=250003)
+                return execute(sql, params)
+
+            cur.execute = guarded
+            return cur
+
+        def close(self):
+            real.close()
+
+    wh.conn = LosesFirstCommit()
+    with pytest.raises(OperationalError):
+        with wh.transaction():
+            wh.record_files("s", [("f1", 1)])
+    assert commits == ["COMMIT"] and wh.loaded_files("s") == set()
+    with wh.transaction():
+        wh.record_files("s", [("f1", 1)])
+    assert wh.loaded_files("s") == {"f1"}
+
+
 def test_a_failed_batch_leaves_no_rows_no_ledger_and_no_staged_file(open_wh) -> None:
     wh = open_wh()
     wh.ensure_bookkeeping()

@@ -50,7 +50,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -422,7 +422,7 @@ class SnowflakeWarehouse(SqlWarehouse):
         self._prepare_staging(B, _STAGED_BOOKKEEPING)
 
     @contextmanager
-    def lock(self, schema: str) -> Iterator[None]:  # type: ignore[override]
+    def lock(self, schema: str) -> Iterator[None]:
         with super().lock(schema):
             # The start of a sync, outside any batch: the staging tables exist before
             # the first batch transaction (their DDL would commit it).
@@ -519,12 +519,12 @@ class SnowflakeWarehouse(SqlWarehouse):
 
     def stage_typed(
         self, kinds: dict[str, ColumnType], rows: Sequence[Sequence[Any]]
-    ) -> Iterator[str]:
+    ) -> AbstractContextManager[str]:
         """Rows apart from any target table (a retype's plan): a staging table of their own."""
         if not set(kinds) <= self._staged.get((B, "retype"), set()):
             self._sync_staging(B, "retype", list(kinds), None)
         sql_types = {c: self.dialect.column_type(c, k) for c, k in kinds.items()}
-        return self._loaded(B, "retype", sql_types, rows)  # type: ignore[return-value]
+        return self._loaded(B, "retype", sql_types, rows)
 
     @contextmanager
     def _loaded(
