@@ -19,7 +19,7 @@ from loader.warehouses.dialect import SqlDialect, positional
 
 
 def _dialects() -> dict[str, Callable[[], SqlDialect]]:
-    from loader.warehouses import duckdb, postgres, redshift
+    from loader.warehouses import duckdb, postgres, redshift, snowflake
 
     found: dict[str, Callable[[], SqlDialect]] = {
         "postgres": lambda: postgres.PostgresWarehouse.dialect,
@@ -27,6 +27,7 @@ def _dialects() -> dict[str, Callable[[], SqlDialect]]:
         "redshift": lambda: redshift.RedshiftDialect(
             redshift.capabilities().type_names, redshift.WIDE
         ),
+        "snowflake": lambda: snowflake.SnowflakeWarehouse.dialect,
     }
     return found
 

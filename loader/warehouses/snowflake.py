@@ -265,7 +265,6 @@ class SnowflakeWarehouse(SqlWarehouse):
             for s in (target.password, target.private_key_passphrase)
             if s is not None and s.get_secret_value()
         ]
-        self._depth = 0
         self._open = False  # a transaction begun on the server (see _send)
         # (schema, table) -> its column types, and the columns its staging table has.
         self._types: dict[tuple[str, str], dict[str, ColumnType]] = {}
@@ -375,23 +374,23 @@ class SnowflakeWarehouse(SqlWarehouse):
     def close(self) -> None:
         self.conn.close()
 
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._joined(self._begin)  # Snowflake transactions do not nest
+
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Snowflake transactions do not nest: an inner block joins the outer one."""
-        self._depth += 1
+    def _begin(self) -> Iterator[None]:
+        """The server's BEGIN waits for the first statement that is no DDL (`_send`)."""
         try:
             yield
         except BaseException:
-            if self._depth == 1 and self._open:
+            if self._open:
                 self._open = False
                 try:
                     self.conn.cursor().execute("ROLLBACK")
                 except Exception:  # noqa: BLE001 - a lost session rolls back by itself
                     pass
             raise
-        finally:
-            self._depth -= 1
-        if not self._depth and self._open:
+        if self._open:
             self._commit()
 
     def _commit(self) -> None:
