@@ -94,7 +94,7 @@ class _Seeder:
 
     def execute(self, statement: str) -> None:
         for sql in sqlglot.transpile(statement, read="postgres", write="bigquery"):
-            self.wh._execute(sql.replace(" PRIMARY KEY", ""))  # type: ignore[attr-defined]
+            self.wh.execute(sql.replace(" PRIMARY KEY", ""))  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -320,7 +320,7 @@ def test_lock_busy_across_adapters(open_wh) -> None:
     first, second = open_wh(), open_wh()
     first.ensure_bookkeeping()
     with first.lock("src"):
-        with pytest.raises(LockBusy, match="another sync of schema 'src'"):
+        with pytest.raises(LockBusy, match="another sync is loading schema 'src'"):
             with second.lock("src"):
                 pass
         with second.lock("other"):  # another schema is free

@@ -195,7 +195,7 @@ def create_bookkeeping(d: SqlDialect, table: Table) -> str:
         cols.append(sql)
     keys = ""
     if table.keys and table.name not in ("rejected_events", "violations", "blocked_events"):
-        keys = f", PRIMARY KEY ({', '.join(d.ident(k) for k in table.keys)})"
+        keys = d.primary_key(table.keys)
     return (
         f"CREATE TABLE IF NOT EXISTS {d.table_ref(BOOKKEEPING_SCHEMA, table.name)} "
         f"({', '.join(cols)}{keys})"
@@ -205,7 +205,7 @@ def create_bookkeeping(d: SqlDialect, table: Table) -> str:
 # --- event and object tables -------------------------------------------------------------
 def create_table(d: SqlDialect, schema: str, table: str, columns: dict[str, ColumnType]) -> str:
     cols = ", ".join(f"{d.ident(n)} {d.column_type(n, k)}" for n, k in columns.items())
-    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}, PRIMARY KEY ({d.ident('id')}))"
+    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}{d.primary_key(['id'])})"
 
 
 def add_column(d: SqlDialect, schema: str, table: str, name: str, kind: ColumnType) -> str:
