@@ -147,6 +147,22 @@ def target_model(kind: str) -> type[BaseModel]:
         return _OtherTarget
 
 
+def adapter_target(model: type[M], name: str, target: Any) -> M:
+    """A loosely typed target (an _OtherTarget, or a mapping) validated as an adapter's
+    own settings model; a failure is one sentence naming the target and the field."""
+    data = target.model_dump() if isinstance(target, BaseModel) else dict(target)
+    for key, value in list(data.items()):
+        if isinstance(value, SecretStr):
+            data[key] = value.get_secret_value()
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "target"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"profiles.yml: target '{name}': field '{field}': {msg}") from None
+
+
 def check_cron(value: str | None) -> str | None:
     """A pydantic validator for `schedule:` fields (5-field cron, UTC)."""
     if value is not None and len(value.split()) != 5:

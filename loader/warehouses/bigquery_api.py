@@ -24,12 +24,11 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from loader.config import ConfigError
+from loader.config import adapter_target
 from loader.warehouses.base import WarehouseError
 from loader.warehouses.dialect import rename_params
 
@@ -105,17 +104,7 @@ class BigQueryTarget(BaseModel):
     @classmethod
     def from_target(cls, name: str, target: Any) -> BigQueryTarget:
         """Validate the loosely typed profiles.yml target; errors name the field."""
-        data = target.model_dump() if isinstance(target, BaseModel) else dict(target)
-        for key, value in list(data.items()):
-            if isinstance(value, SecretStr):
-                data[key] = value.get_secret_value()
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "target"
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            raise ConfigError(f"profiles.yml: target '{name}': field '{field}': {msg}") from None
+        return adapter_target(cls, name, target)
 
     def dataset(self, schema: str) -> str:
         return f"{self.dataset_prefix}{schema}"
