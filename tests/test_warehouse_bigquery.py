@@ -287,6 +287,35 @@ def test_bookkeeping_is_written_only_when_the_transaction_commits(open_wh) -> No
     assert wh.turned_off_names("s") == {"t": {"", "c"}}
 
 
+def test_bookkeeping_tables_of_an_older_version_keep_their_timestamps(open_wh) -> None:
+    """Bookkeeping tables an older Sluice created through the tables API have no column
+    defaults: the load and reject times are still written, and `sluice rejects` shows
+    when a line was rejected."""
+    from google.cloud import bigquery
+
+    from loader.messages import Reject
+
+    wh = open_wh()
+    client = _client(wh)
+    client.create_dataset(f"{client.project}._sluice")
+    old = {
+        "loaded_files": [("schema_name", "STRING"), ("file", "STRING"), ("lines", "INT64"),
+                         ("loaded_at", "TIMESTAMP")],
+        "rejected_events": [("schema_name", "STRING"), ("file", "STRING"), ("line", "INT64"),
+                            ("raw", "STRING"), ("reason", "STRING"), ("rejected_at", "TIMESTAMP")],
+    }  # fmt: skip
+    for table, fields in old.items():
+        schema = [bigquery.SchemaField(n, t) for n, t in fields]
+        client.create_table(bigquery.Table(f"{client.project}._sluice.{table}", schema=schema))
+    wh.ensure_bookkeeping()
+    with wh.transaction():
+        wh.record_files("s", [("f1", 3)])
+        wh.record_rejects("s", [Reject("f1", 2, "{", "not JSON")])
+    stamped = "SELECT COUNT(*) FROM _sluice.loaded_files WHERE loaded_at IS NOT NULL"
+    assert list(wh.query(stamped)) == [(1,)]
+    assert wh.recent_rejects("s")[0]["rejected_at"] is not None
+
+
 class _Crash(Exception):
     pass
 

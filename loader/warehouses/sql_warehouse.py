@@ -230,17 +230,19 @@ class SqlWarehouse(Warehouse):
         skip_existing: bool = False,
     ) -> None:
         """Bookkeeping rows through the bulk path; skip_existing leaves out the rows whose
-        key (statements.BOOKKEEPING) is there already."""
+        key (statements.BOOKKEEPING) is there already. The time-of-insert columns are
+        written, not left to their DEFAULT (a table made by an older version may lack it)."""
         if not rows:
             return
         d, target = self.dialect, self.table_ref(schema, table)
         known = st.BOOKKEEPING.get(table) if schema == B else None
         keys = (known.keys if known and known.keys else tuple(columns)) if skip_existing else ()
+        now = [c for c, k in known.columns if k == "now" and c not in columns] if known else []
         with self.transaction(), self.stage(schema, table, columns, rows) as staged:
             if keys:
-                self.execute(st.insert_new(d, target, staged, columns, keys, nullable_keys=True))
+                self.execute(st.insert_new(d, target, staged, columns, keys, True, now))
             else:
-                self.execute(st.insert_all(d, target, staged, columns))
+                self.execute(st.insert_all(d, target, staged, columns, now))
 
     def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
         if not ids:
