@@ -4,11 +4,13 @@ google-cloud-bigquery client (anonymous credentials, custom api_endpoint). Each 
 gets its own fresh project on the one emulator (the emulator keeps projects apart).
 
 Everything the adapter sends runs on the emulator: load jobs (NDJSON) into staging
-tables, MERGE (insert / fill-NULLs / upsert / DELETE clauses, sources built from
-UNNEST of array-of-struct parameters), tables created through the tables API with DAY
-partitioning on received_at and clustering on id, ALTER TABLE ADD COLUMN IF NOT EXISTS,
-INFORMATION_SCHEMA.COLUMNS, dry runs (model columns), CREATE OR REPLACE TABLE ... AS
-SELECT with parameters (reverse-ETL stage and change set).
+tables, SqlWarehouse's statements as BigQueryDialect writes them (INSERT ... SELECT ...
+WHERE NOT EXISTS, UPDATE ... FROM with IS DISTINCT FROM, DELETE, window functions with
+FIRST_VALUE(... IGNORE NULLS), `IN UNNEST(@array)` parameters), event tables created
+through the tables API with DAY partitioning on received_at and clustering on id,
+bookkeeping tables by DDL with column defaults, ALTER TABLE ADD COLUMN IF NOT EXISTS,
+INFORMATION_SCHEMA.COLUMNS, dry runs (model columns), CREATE TABLE ... AS SELECT
+(reverse-ETL stage and change set) and CREATE OR REPLACE TABLE ... AS SELECT (retype).
 
 What bqemulator does differently from BigQuery, and how it is covered:
 - several `ADD COLUMN` clauses in one `ALTER TABLE` are rejected ("Only one ALTER command
@@ -17,15 +19,17 @@ What bqemulator does differently from BigQuery, and how it is covered:
   and patches the metadata when a column is missing from it; on BigQuery both are
   no-ops. The one-statement ALTER BigQuery gets is asserted as text and parsed with
   sqlglot's bigquery dialect (test_generated_sql_parses_as_bigquery).
+- column defaults set through the tables API are ignored (DDL defaults work), and
+  `PRIMARY KEY ... NOT ENFORCED` (the only key BigQuery takes) is refused: the adapter
+  declares no keys (every write anti-joins on them) and writes time-of-insert columns
+  itself (test_bookkeeping_tables_of_an_older_version_keep_their_timestamps);
 - query jobs with a destination table are accepted but write nothing (the adapter
-  uses CREATE OR REPLACE TABLE ... AS SELECT instead), and query parameters are not
-  bound inside multi-statement scripts (the adapter runs no scripts: the table
-  destination's delete-then-insert is one MERGE, see replace_keys_sql);
+  uses CREATE TABLE ... AS SELECT instead), and query parameters are not bound inside
+  multi-statement scripts (the adapter runs no scripts);
 - its multi-statement transactions are not isolated (a failed script does not roll
   back); the adapter's exactly-once design does not rely on transactions (see the
   module docstring of loader/warehouses/bigquery.py and
   test_crash_between_rows_and_ledger_reruns_without_duplicates);
-- `INSERT ROW` in MERGE is not supported; the adapter always lists columns.
 - no IAM: 401/403/404/5xx answers come from a loopback stand-in server (or a proxy in
   front of the emulator) that speaks BigQuery's JSON error format; a service-account
   token refusal comes from a loopback stand-in token endpoint.

@@ -10,8 +10,10 @@ Types: BOOL, INT64, FLOAT64, TIMESTAMP, STRING; `_rescued_data` and JSON-ish val
 STRING holding JSON (`JSON_VALUE(_rescued_data, '$.revenue')` reads a rescued value).
 Event tables are created through the tables API, partitioned by DAY on `received_at` and
 clustered on `id` (what the writes' joins on `id` and analysts' date filters prune on).
-Bookkeeping tables are created by statements.py's DDL (their timestamps default to
-CURRENT_TIMESTAMP()), without PRIMARY KEY: BigQuery declares keys NOT ENFORCED only.
+Bookkeeping tables are created by statements.py's DDL, without PRIMARY KEY (BigQuery
+declares keys NOT ENFORCED only; every write anti-joins on its keys anyway); their
+time-of-insert columns are written by the inserts (tables an older version made through
+the tables API have no defaults).
 
 Bulk path (`stage`): a batch's rows are written as NDJSON into a load job (free, unlike
 streaming inserts) into a fresh staging table in the bookkeeping dataset, typed like the
@@ -39,7 +41,10 @@ So a crash (or a failure) anywhere before the ledger write leaves the files pend
 the rerun writes them again, inserting only the ids that are missing (no duplicate),
 and then records them (no gap). A crash after the ledger write lost nothing. Profiles
 (users, accounts) are rebuilt from their source table; running that again gives the
-same result (a key whose mark was written is recomputed from all its rows).
+same result (a key whose mark was written is recomputed from all its rows). Reverse
+ETL's two-statement steps are safe cut short too: new record ids are noted before a
+batch is sent (a half-done note only forgets ids nothing was sent with), and a snapshot
+advance cut short re-offers those keys, which keep their record ids (retl_sent).
 
 Locks: SqlWarehouse's lease row in `_sluice.locks` (name, holder, expiry), timed by
 BigQuery's clock; losing a race for it (two takers inserting at once, or BigQuery
@@ -50,10 +55,11 @@ Emulator notes (bqemulator 1.4, used by the tests): it rejects several `ADD COLU
 clauses in one `ALTER TABLE`, and its table metadata does not see columns added by
 DDL. `add_columns` therefore falls back to one clause per statement on that exact
 error, and patches the table metadata when it lacks a column; on BigQuery both steps
-are no-ops (one ALTER statement, metadata already current). It also ignores column
-defaults set through the tables API (DDL defaults work) and refuses `NOT ENFORCED`
-keys; it runs `UPDATE ... FROM`, `IS [NOT] DISTINCT FROM`, `IN UNNEST` and
-`FIRST_VALUE(... IGNORE NULLS)` as BigQuery does.
+are no-ops (one ALTER statement, metadata already current). It ignores column
+defaults set through the tables API and refuses `NOT ENFORCED` keys (see above: neither
+is relied on); it runs `UPDATE ... FROM`, `IS [NOT] DISTINCT FROM`, `IN UNNEST` and
+`FIRST_VALUE(... IGNORE NULLS)` as BigQuery does, and every DELETE has a WHERE clause
+(BigQuery requires one).
 """
 
 from __future__ import annotations
