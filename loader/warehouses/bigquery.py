@@ -67,7 +67,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import date, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -78,14 +78,14 @@ from loader.retype import RetypePlan
 from loader.schema import ColumnType
 from loader.warehouses import statements as st
 from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
-from loader.warehouses.bigquery_api import BigQueryApi, BigQueryTarget, bind, is_transient
+from loader.warehouses.bigquery_api import BigQueryApi, BigQueryTarget, bind
 from loader.warehouses.dialect import SqlDialect
 from loader.warehouses.sql_warehouse import SqlWarehouse
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
 
-__all__ = ["BigQueryTarget", "BigQueryWarehouse", "BigQueryDialect", "is_transient"]
+__all__ = ["BigQueryDialect", "BigQueryTarget", "BigQueryWarehouse"]
 
 CAPABILITIES = Capabilities(
     # Column names: 300 characters (table names may have 1,024 bytes; columns bind first).
@@ -373,14 +373,18 @@ class BigQueryWarehouse(SqlWarehouse):
         return {d.dataset_id[len(prefix) :] for d in listed if d.dataset_id.startswith(prefix)}
 
     # --- bulk path: a load job into a staging table ----------------------------------------
-    def stage(self, schema: str, table: str, columns: Sequence[str], rows: Rows) -> Any:
+    def stage(
+        self, schema: str, table: str, columns: Sequence[str], rows: Rows
+    ) -> AbstractContextManager[str]:
         types = self._types.get((schema, table), {})
         if any(c not in types for c in columns):  # not seen yet, or altered elsewhere
             obj = self._get_table(schema, table)
             types = self._types[(schema, table)] = {f.name: f.field_type for f in obj.schema}
         return self._loaded([(c, types[c]) for c in columns], rows)
 
-    def stage_typed(self, kinds: dict[str, ColumnType], rows: Sequence[Sequence[Any]]) -> Any:
+    def stage_typed(
+        self, kinds: dict[str, ColumnType], rows: Sequence[Sequence[Any]]
+    ) -> AbstractContextManager[str]:
         return self._loaded([(c, self.dialect.column_type(c, k)) for c, k in kinds.items()], rows)
 
     @contextmanager
