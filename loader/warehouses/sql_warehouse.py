@@ -1,14 +1,14 @@
 """The Warehouse interface implemented once, over statements.py and a driver's primitives.
 
 A new adapter subclasses SqlWarehouse and implements the driver primitives (execute,
-fetchall, transaction, close, stage) plus a SqlDialect; see DRIVER below.
+fetchall, transaction, close, stage) plus a SqlDialect: see base.py.
 """
 
 from __future__ import annotations
 
 import uuid
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -38,23 +38,29 @@ from loader.warehouses.dialect import SqlDialect
 B = st.BOOKKEEPING_SCHEMA
 Params = Mapping[str, Any]
 
-DRIVER = """What an adapter implements:
-    dialect                      a SqlDialect (names, types, parameters, a few functions)
-    capabilities                 base.Capabilities
-    execute(sql, params) -> int  one statement; rows changed
-    fetchall(sql, params)        one statement; its rows as tuples
-    transaction()                nestable; the inner block joins the outer one
-    close()
-    stage(schema, table, columns, rows)  bulk-load rows by the warehouse's own path into
-                                 a relation the DML reads; yields its SQL; dropped after
-and may override: hold(name, busy) (default: a lease row in _sluice.locks),
-columns_sql, create_table / add_columns (DDL quirks), insert_encoded (rows encoded by
-reader processes), tables_taking_tuples, lease_minutes."""
-
 
 class SqlWarehouse(Warehouse):
     dialect: SqlDialect
     lease_minutes = 60
+    _depth = 0
+
+    @contextmanager
+    def _joined(self, begin: Callable[[], AbstractContextManager[Any]]) -> Iterator[None]:
+        """A transaction for warehouses without savepoints: a nested block joins the
+        outer one, whose end commits (or rolls back) everything."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        with begin():
+            self._depth = 1
+            try:
+                yield
+            finally:
+                self._depth = 0
 
     # --- driver primitives -----------------------------------------------------------
     @abstractmethod
@@ -589,7 +595,7 @@ class SqlWarehouse(Warehouse):
         self, kinds: dict[str, ColumnType], rows: Sequence[Sequence[Any]]
     ) -> Iterator[str]:
         d = self.dialect
-        name = f"work_{uuid.uuid4().hex[:12]}"
+        name = f"retype_stage_{uuid.uuid4().hex[:12]}"
         cols = ", ".join(
             f"{d.ident(c)} {d.text_type if k is ColumnType.TEXT else d.type_names[k]}"
             for c, k in kinds.items()
