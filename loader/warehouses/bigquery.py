@@ -194,7 +194,6 @@ class BigQueryWarehouse(SqlWarehouse):
         self.client = self.api.client
         self.dialect = BigQueryDialect(target.project, target.dataset_prefix)
         self.lease_minutes = target.lock_lease_minutes
-        self._depth = 0
         self._pending: list[tuple[int, Callable[[], None]]] = []
         # (schema, table) -> {column: BigQuery type}, for typing staged rows.
         self._types: dict[tuple[str, str], dict[str, str]] = {}
@@ -211,24 +210,23 @@ class BigQueryWarehouse(SqlWarehouse):
     def close(self) -> None:
         self.client.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> AbstractContextManager[None]:
         """Data writes run at once; bookkeeping writes issued inside the block are written
         when the outermost block exits normally, ledger and cursors last (see the module
         docstring for why that is exactly once). A failure drops them."""
-        self._depth += 1
+        return self._joined(self._bookkeeping_last)
+
+    @contextmanager
+    def _bookkeeping_last(self) -> Iterator[None]:
+        self._pending = []
         try:
             yield
         except BaseException:
-            self._depth -= 1
-            if not self._depth:
-                self._pending.clear()
+            self._pending.clear()
             raise
-        self._depth -= 1
-        if not self._depth:
-            pending, self._pending = sorted(self._pending, key=lambda p: p[0]), []
-            for _, write in pending:
-                write()
+        pending, self._pending = sorted(self._pending, key=lambda p: p[0]), []
+        for _, write in pending:  # the block has ended: each is written at once
+            write()
 
     def _later(self, last: bool, write: Callable[[], None]) -> None:
         if self._depth:
