@@ -19,11 +19,12 @@ from loader.warehouses.dialect import SqlDialect, positional
 
 
 def _dialects() -> dict[str, Callable[[], SqlDialect]]:
-    from loader.warehouses import duckdb, postgres, redshift, snowflake
+    from loader.warehouses import bigquery, duckdb, postgres, redshift, snowflake
 
     found: dict[str, Callable[[], SqlDialect]] = {
         "postgres": lambda: postgres.PostgresWarehouse.dialect,
         "duckdb": lambda: duckdb.DuckDBDialect("wh"),
+        "bigquery": lambda: bigquery.BigQueryDialect("p-123456", "raw_"),
         "redshift": lambda: redshift.RedshiftDialect(
             redshift.capabilities().type_names, redshift.WIDE
         ),

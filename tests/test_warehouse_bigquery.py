@@ -4,11 +4,13 @@ google-cloud-bigquery client (anonymous credentials, custom api_endpoint). Each 
 gets its own fresh project on the one emulator (the emulator keeps projects apart).
 
 Everything the adapter sends runs on the emulator: load jobs (NDJSON) into staging
-tables, MERGE (insert / fill-NULLs / upsert / DELETE clauses, sources built from
-UNNEST of array-of-struct parameters), tables created through the tables API with DAY
-partitioning on received_at and clustering on id, ALTER TABLE ADD COLUMN IF NOT EXISTS,
-INFORMATION_SCHEMA.COLUMNS, dry runs (model columns), CREATE OR REPLACE TABLE ... AS
-SELECT with parameters (reverse-ETL stage and change set).
+tables, SqlWarehouse's statements as BigQueryDialect writes them (INSERT ... SELECT ...
+WHERE NOT EXISTS, UPDATE ... FROM with IS DISTINCT FROM, DELETE, window functions with
+FIRST_VALUE(... IGNORE NULLS), `IN UNNEST(@array)` parameters), event tables created
+through the tables API with DAY partitioning on received_at and clustering on id,
+bookkeeping tables by DDL with column defaults, ALTER TABLE ADD COLUMN IF NOT EXISTS,
+INFORMATION_SCHEMA.COLUMNS, dry runs (model columns), CREATE TABLE ... AS SELECT
+(reverse-ETL stage and change set) and CREATE OR REPLACE TABLE ... AS SELECT (retype).
 
 What bqemulator does differently from BigQuery, and how it is covered:
 - several `ADD COLUMN` clauses in one `ALTER TABLE` are rejected ("Only one ALTER command
@@ -17,15 +19,17 @@ What bqemulator does differently from BigQuery, and how it is covered:
   and patches the metadata when a column is missing from it; on BigQuery both are
   no-ops. The one-statement ALTER BigQuery gets is asserted as text and parsed with
   sqlglot's bigquery dialect (test_generated_sql_parses_as_bigquery).
+- column defaults set through the tables API are ignored (DDL defaults work), and
+  `PRIMARY KEY ... NOT ENFORCED` (the only key BigQuery takes) is refused: the adapter
+  declares no keys (every write anti-joins on them) and writes time-of-insert columns
+  itself (test_bookkeeping_tables_of_an_older_version_keep_their_timestamps);
 - query jobs with a destination table are accepted but write nothing (the adapter
-  uses CREATE OR REPLACE TABLE ... AS SELECT instead), and query parameters are not
-  bound inside multi-statement scripts (the adapter runs no scripts: the table
-  destination's delete-then-insert is one MERGE, see replace_keys_sql);
+  uses CREATE TABLE ... AS SELECT instead), and query parameters are not bound inside
+  multi-statement scripts (the adapter runs no scripts);
 - its multi-statement transactions are not isolated (a failed script does not roll
   back); the adapter's exactly-once design does not rely on transactions (see the
   module docstring of loader/warehouses/bigquery.py and
   test_crash_between_rows_and_ledger_reruns_without_duplicates);
-- `INSERT ROW` in MERGE is not supported; the adapter always lists columns.
 - no IAM: 401/403/404/5xx answers come from a loopback stand-in server (or a proxy in
   front of the emulator) that speaks BigQuery's JSON error format; a service-account
   token refusal comes from a loopback stand-in token endpoint.
@@ -94,7 +98,7 @@ class _Seeder:
 
     def execute(self, statement: str) -> None:
         for sql in sqlglot.transpile(statement, read="postgres", write="bigquery"):
-            self.wh._execute(sql.replace(" PRIMARY KEY", ""))  # type: ignore[attr-defined]
+            self.wh.execute(sql.replace(" PRIMARY KEY", ""))  # type: ignore[attr-defined]
 
 
 @pytest.fixture
@@ -287,6 +291,35 @@ def test_bookkeeping_is_written_only_when_the_transaction_commits(open_wh) -> No
     assert wh.turned_off_names("s") == {"t": {"", "c"}}
 
 
+def test_bookkeeping_tables_of_an_older_version_keep_their_timestamps(open_wh) -> None:
+    """Bookkeeping tables an older Sluice created through the tables API have no column
+    defaults: the load and reject times are still written, and `sluice rejects` shows
+    when a line was rejected."""
+    from google.cloud import bigquery
+
+    from loader.messages import Reject
+
+    wh = open_wh()
+    client = _client(wh)
+    client.create_dataset(f"{client.project}._sluice")
+    old = {
+        "loaded_files": [("schema_name", "STRING"), ("file", "STRING"), ("lines", "INT64"),
+                         ("loaded_at", "TIMESTAMP")],
+        "rejected_events": [("schema_name", "STRING"), ("file", "STRING"), ("line", "INT64"),
+                            ("raw", "STRING"), ("reason", "STRING"), ("rejected_at", "TIMESTAMP")],
+    }  # fmt: skip
+    for table, fields in old.items():
+        schema = [bigquery.SchemaField(n, t) for n, t in fields]
+        client.create_table(bigquery.Table(f"{client.project}._sluice.{table}", schema=schema))
+    wh.ensure_bookkeeping()
+    with wh.transaction():
+        wh.record_files("s", [("f1", 3)])
+        wh.record_rejects("s", [Reject("f1", 2, "{", "not JSON")])
+    stamped = "SELECT COUNT(*) FROM _sluice.loaded_files WHERE loaded_at IS NOT NULL"
+    assert list(wh.query(stamped)) == [(1,)]
+    assert wh.recent_rejects("s")[0]["rejected_at"] is not None
+
+
 class _Crash(Exception):
     pass
 
@@ -320,7 +353,7 @@ def test_lock_busy_across_adapters(open_wh) -> None:
     first, second = open_wh(), open_wh()
     first.ensure_bookkeeping()
     with first.lock("src"):
-        with pytest.raises(LockBusy, match="another sync of schema 'src'"):
+        with pytest.raises(LockBusy, match="another sync is loading schema 'src'"):
             with second.lock("src"):
                 pass
         with second.lock("other"):  # another schema is free
@@ -419,52 +452,98 @@ def test_reverse_etl_cycle(open_wh) -> None:
 
 
 def test_generated_sql_parses_as_bigquery(open_wh) -> None:
-    """The statements as BigQuery gets them, including the one-statement ALTER that the
-    emulator cannot run (it gets one statement per column instead)."""
-    from loader.warehouses.bigquery import merge_sql, profile_sql, replace_keys_sql
+    """The statements as BigQuery gets them (statements.py over BigQueryDialect, `@name`
+    parameters), including the one-statement ALTER that the emulator cannot run (it gets
+    one statement per column instead). Each parses as the statement it claims to be (not
+    sqlglot's opaque Command fallback); their behaviour is the other tests'."""
+    from loader.warehouses import statements as st
+    from loader.warehouses.bigquery_api import bind
 
     wh = open_wh()
-    fill = merge_sql("`p.s.t`", "`p._sluice._stage_x`", ["id", "n", "uuid_ts", "_rescued_data"])
-    assert fill == (
-        "MERGE `p.s.t` AS t USING `p._sluice._stage_x` AS s ON t.`id` = s.`id` "
-        "WHEN NOT MATCHED THEN INSERT (`id`, `n`, `uuid_ts`, `_rescued_data`) "
-        "VALUES (s.`id`, s.`n`, s.`uuid_ts`, s.`_rescued_data`)"
-    )
-    fill = merge_sql("`p.s.t`", "`st`", ["id", "n", "uuid_ts", "_rescued_data"], "fill_nulls")
-    assert (
-        "WHEN MATCHED AND ((t.`n` IS NULL AND s.`n` IS NOT NULL)) "
-        "THEN UPDATE SET `n` = COALESCE(t.`n`, s.`n`) WHEN NOT MATCHED" in fill
-    )
-    assert "COALESCE(t.`uuid_ts`" not in fill and "COALESCE(t.`_rescued_data`" not in fill
-    upsert = merge_sql("`p.s.t`", "`st`", ["id", "n"], "upsert")
-    assert "WHEN MATCHED THEN UPDATE SET `n` = s.`n` WHEN NOT MATCHED THEN INSERT" in upsert
-    spec = ProfileSpec("users", "identifies", "user_id", ["plan"])
-    profile = profile_sql("`p.s.users`", "`p.s.identifies`", spec)
-    assert (
-        "ARRAY_AGG(`plan` IGNORE NULLS ORDER BY `timestamp` DESC NULLS LAST, `received_at` "
-        "DESC NULLS LAST)[SAFE_OFFSET(0)] AS `plan`" in profile
-    )
-    assert "WHERE `user_id` IN UNNEST(@keys) GROUP BY `user_id`" in profile
-    alter = wh.add_columns_sql("s", "t", {"b": ColumnType.BIGINT, "_rescued_data": ColumnType.TEXT})
+    d = wh.dialect  # type: ignore[attr-defined]
     project = _client(wh).project
+    target, stage = d.table_ref("s", "t"), "`p._sluice._stage_x`"
+    assert target == f"`{project}.s.t`"
+    cols = ["id", "n", "uuid_ts", "_rescued_data"]
+    fill = st.fill_nulls(d, target, stage, cols)
+    assert "`n` = COALESCE(_sluice_t.`n`, _sluice_s.`n`)" in fill
+    assert (
+        "COALESCE(_sluice_t.`uuid_ts`" not in fill
+        and "COALESCE(_sluice_t.`_rescued_data`" not in fill
+    )
+    spec = ProfileSpec("users", "identifies", "user_id", ["plan"])
+    rows = st.profile_rows(
+        d, d.table_ref("s", "identifies"), "user_id", spec.trait_columns,
+        d.in_list(d.ident("user_id"), "keys"),
+    )  # fmt: skip
+    assert (
+        "FIRST_VALUE(`plan` IGNORE NULLS) OVER (PARTITION BY `user_id` ORDER BY `timestamp` "
+        "DESC NULLS LAST, `received_at` DESC NULLS LAST" in rows
+    )
+    assert "WHERE `user_id` IN UNNEST(%(keys)s)" in rows
+    marks = d.table_ref("_sluice", "profile_marks")
+    layout = {"id": ColumnType.TEXT, "received_at": ColumnType.TIMESTAMP, "n": ColumnType.BIGINT}
+    retype = wh.retype_sql("s", "t", "n", ColumnType.TEXT, layout, stage)  # type: ignore[attr-defined]
+    assert "PARTITION BY DATE(`received_at`) CLUSTER BY `id` AS SELECT t.* REPLACE" in retype
+    sql = {
+        sqlglot.exp.Insert: [
+            st.insert_new(d, target, stage, cols),
+            st.insert_new(d, target, stage, ["schema_name", "file"], ["schema_name", "file"], True),
+            st.profile_insert(d, target, rows, spec.trait_columns),
+        ],
+        sqlglot.exp.Update: [
+            fill,
+            st.update_changed(d, target, stage, cols),
+            st.mark_deleted(d, target),
+            st.profile_update(d, target, rows, spec.trait_columns),
+            st.profile_extend(d, target, rows, spec.trait_columns),
+        ],
+        sqlglot.exp.Select: [
+            st.extendable_keys(
+                d, target, d.table_ref("s", "users"), marks, "user_id", "_rescued_data"
+            ),
+        ],
+        sqlglot.exp.Create: [
+            *(st.create_bookkeeping(d, t) for t in st.BOOKKEEPING.values()),
+            st.retl_stage(d, stage, "SELECT 1 AS id", "id", ["id"]),
+            st.retl_diff(d, stage, stage, marks, "it's", ["id"]),
+            retype,
+        ],
+    }
+    params = {"keys": ["a"], "ids": ["b"], "at": "2026-11-01T00:00:00Z", "schema": "s"}
+    params["profile"] = "users"
+    for kind, statements in sql.items():
+        for statement in statements:
+            text, _ = bind(statement, {k: v for k, v in params.items() if k in statement})
+            assert "%(" not in text and "PRIMARY KEY" not in text, text
+            assert isinstance(sqlglot.parse_one(text, read="bigquery"), kind), text
+    assert "@keys" in bind(rows, params)[0] and "IN UNNEST(@keys)" in bind(rows, params)[0]
+    assert "'it\\'s'" in st.retl_diff(d, stage, stage, marks, "it's", ["id"])
+    alter = wh.add_columns_sql("s", "t", {"b": ColumnType.BIGINT, "_rescued_data": ColumnType.TEXT})
     assert alter == (
         f"ALTER TABLE `{project}.s.t` ADD COLUMN IF NOT EXISTS `b` INT64, "
         "ADD COLUMN IF NOT EXISTS `_rescued_data` STRING"
     )
-    replace = replace_keys_sql("`p.d.out`", "`p._sluice._stage_y`", "id", ["id", "n"])
-    assert replace == (
-        "MERGE `p.d.out` AS t USING (SELECT CAST(NULL AS STRING) AS _sluice_match, `id`, `n` "
-        "FROM `p._sluice._stage_y` UNION ALL SELECT k AS _sluice_match, NULL AS `id`, "
-        "NULL AS `n` FROM UNNEST(@keys) AS k) AS s ON CAST(t.`id` AS STRING) = "
-        "s._sluice_match WHEN MATCHED THEN DELETE WHEN NOT MATCHED AND s._sluice_match "
-        "IS NULL THEN INSERT (`id`, `n`) VALUES (s.`id`, s.`n`)"
-    )
-    # Each parses as the statement it claims to be (not sqlglot's opaque Command fallback).
-    merges = (fill, upsert, profile, replace, wh.lease_sql(), wh.retl_apply_sql("m", "TRUE"))
-    for sql in merges:
-        assert isinstance(sqlglot.parse_one(sql, read="bigquery"), sqlglot.exp.Merge), sql
     parsed = sqlglot.parse_one(alter, read="bigquery")
     assert isinstance(parsed, sqlglot.exp.Alter) and len(parsed.args["actions"]) == 2
+    # The lease statements, as the lock sends them.
+    sent: list[str] = []
+    execute, fetchall = wh.execute, wh.fetchall
+
+    def recorded(run: Callable[..., Any]) -> Callable[..., Any]:
+        def call(statement: str, p: Any = None) -> Any:
+            sent.append(bind(statement, p)[0])
+            return run(statement, p)
+
+        return call
+
+    wh.execute, wh.fetchall = recorded(execute), recorded(fetchall)  # type: ignore[method-assign]
+    with wh.lock("src"):
+        pass
+    leases = [q for q in sent if "locks" in q]
+    assert any("TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 360 MINUTE)" in q for q in leases)
+    for statement in leases:
+        assert not isinstance(sqlglot.parse_one(statement, read="bigquery"), sqlglot.exp.Command)
 
 
 def test_dataset_prefix_keeps_environments_apart(open_wh) -> None:
@@ -792,7 +871,8 @@ def test_set_type_rewrites_the_table_in_one_statement(open_wh, tmp_path: Path) -
     assert (plan.moved_in, plan.moved_out, plan.kept) == (1, 0, 2)
     assert [restored(r) for r in wh.query(rows)] == before
     columns = wh.read_schema("s")["order_completed"]
-    statement = wh.retype_sql("s", "order_completed", "sku", ColumnType.TEXT, columns)
+    stage = "`p._sluice._stage_x`"
+    statement = wh.retype_sql("s", "order_completed", "sku", ColumnType.TEXT, columns, stage)
     assert sqlglot.parse_one(statement, read="bigquery").sql("bigquery")
     with wh.lock("s"):
         wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=True)

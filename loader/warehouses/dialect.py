@@ -84,6 +84,11 @@ class SqlDialect:
         without aliases on UPDATE refers to the table by its name)."""
         return f"{target} AS {alias}", alias
 
+    def primary_key(self, columns: Sequence[str]) -> str:
+        """A CREATE TABLE's key clause (empty where keys cannot be declared as plain
+        PRIMARY KEY: every write is an anti-join on the key anyway)."""
+        return f", PRIMARY KEY ({', '.join(self.ident(c) for c in columns)})"
+
     def distinct(self, a: str, b: str) -> str:
         return f"{a} IS DISTINCT FROM {b}"
 

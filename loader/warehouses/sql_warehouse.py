@@ -121,7 +121,13 @@ class SqlWarehouse(Warehouse):
             f"SELECT {d.ident('holder')} FROM {locks} WHERE {d.ident('name')} = {d.param('name')}",
             p,
         )
+        release = (
+            f"DELETE FROM {locks} WHERE {d.ident('name')} = {d.param('name')} AND "
+            f"{d.ident('holder')} = {d.param('holder')}"
+        )
         if [str(h) for (h,) in held] != [holder]:
+            # Without a table lock two takers may both insert: each loser drops its row.
+            self.execute(release, p)
             raise LockBusy(
                 f"{busy} (a crashed run's lock expires after {self.lease_minutes} minutes, or "
                 f"delete its row from _sluice.locks where name = '{name}')"
@@ -129,11 +135,7 @@ class SqlWarehouse(Warehouse):
         try:
             yield
         finally:
-            self.execute(
-                f"DELETE FROM {locks} WHERE {d.ident('name')} = {d.param('name')} AND "
-                f"{d.ident('holder')} = {d.param('holder')}",
-                p,
-            )
+            self.execute(release, p)
 
     def lock(self, schema: str) -> AbstractContextManager[None]:
         return self.hold(
@@ -150,8 +152,11 @@ class SqlWarehouse(Warehouse):
         )
 
     # --- schema ------------------------------------------------------------------------
+    def ensure_schema(self, schema: str) -> None:
+        self.execute(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.schema_ref(schema)}")
+
     def _ensure_tables(self, names: Sequence[str]) -> None:
-        self.execute(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.schema_ref(B)}")
+        self.ensure_schema(B)
         for name in names:
             self.execute(st.create_bookkeeping(self.dialect, st.BOOKKEEPING[name]))
 
@@ -188,7 +193,7 @@ class SqlWarehouse(Warehouse):
         return {str(r[0]) for r in self.fetchall(self.dialect.schemas_sql())}
 
     def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
-        self.execute(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.schema_ref(schema)}")
+        self.ensure_schema(schema)
         self.execute(st.create_table(self.dialect, schema, table, columns))
 
     def add_columns(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
@@ -231,17 +236,19 @@ class SqlWarehouse(Warehouse):
         skip_existing: bool = False,
     ) -> None:
         """Bookkeeping rows through the bulk path; skip_existing leaves out the rows whose
-        key (statements.BOOKKEEPING) is there already."""
+        key (statements.BOOKKEEPING) is there already. The time-of-insert columns are
+        written, not left to their DEFAULT (a table made by an older version may lack it)."""
         if not rows:
             return
         d, target = self.dialect, self.table_ref(schema, table)
         known = st.BOOKKEEPING.get(table) if schema == B else None
         keys = (known.keys if known and known.keys else tuple(columns)) if skip_existing else ()
+        now = [c for c, k in known.columns if k == "now" and c not in columns] if known else []
         with self.transaction(), self.stage(schema, table, columns, rows) as staged:
             if keys:
-                self.execute(st.insert_new(d, target, staged, columns, keys, nullable_keys=True))
+                self.execute(st.insert_new(d, target, staged, columns, keys, True, now))
             else:
-                self.execute(st.insert_all(d, target, staged, columns))
+                self.execute(st.insert_all(d, target, staged, columns, now))
 
     def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
         if not ids:
@@ -819,9 +826,9 @@ class SqlWarehouse(Warehouse):
         existing = self.read_schema(schema).get(table)
         target = self.table_ref(schema, table)
         if existing is None:
-            self.execute(f"CREATE SCHEMA IF NOT EXISTS {d.schema_ref(schema)}")
+            self.ensure_schema(schema)
             cols = ", ".join(f"{d.ident(n)} {d.type_names[k]}" for n, k in columns.items())
-            self.execute(f"CREATE TABLE {target} ({cols}, PRIMARY KEY ({d.ident(key)}))")
+            self.execute(f"CREATE TABLE {target} ({cols}{d.primary_key([key])})")
         else:
             missing = {n: k for n, k in columns.items() if n not in existing}
             if missing:

@@ -195,7 +195,7 @@ def create_bookkeeping(d: SqlDialect, table: Table) -> str:
         cols.append(sql)
     keys = ""
     if table.keys and table.name not in ("rejected_events", "violations", "blocked_events"):
-        keys = f", PRIMARY KEY ({', '.join(d.ident(k) for k in table.keys)})"
+        keys = d.primary_key(table.keys)
     return (
         f"CREATE TABLE IF NOT EXISTS {d.table_ref(BOOKKEEPING_SCHEMA, table.name)} "
         f"({', '.join(cols)}{keys})"
@@ -205,7 +205,7 @@ def create_bookkeeping(d: SqlDialect, table: Table) -> str:
 # --- event and object tables -------------------------------------------------------------
 def create_table(d: SqlDialect, schema: str, table: str, columns: dict[str, ColumnType]) -> str:
     cols = ", ".join(f"{d.ident(n)} {d.column_type(n, k)}" for n, k in columns.items())
-    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}, PRIMARY KEY ({d.ident('id')}))"
+    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}{d.primary_key(['id'])})"
 
 
 def add_column(d: SqlDialect, schema: str, table: str, name: str, kind: ColumnType) -> str:
@@ -228,11 +228,12 @@ def insert_new(
     columns: Sequence[str],
     keys: Sequence[str] = ("id",),
     nullable_keys: bool = False,
+    stamped: Sequence[str] = (),
 ) -> str:
     """The staged rows whose key is not in the target (an anti-join: no warehouse needs
-    an enforced key for it)."""
-    cols = ", ".join(d.ident(c) for c in columns)
-    s_cols = ", ".join(f"_sluice_s.{d.ident(c)}" for c in columns)
+    an enforced key for it); `stamped` columns take the time of the insert."""
+    cols = ", ".join(d.ident(c) for c in [*columns, *stamped])
+    s_cols = ", ".join([*(f"_sluice_s.{d.ident(c)}" for c in columns), *(d.now for _ in stamped)])
     match = _match(d, keys, "_sluice_t", "_sluice_s", nullable_keys)
     return (
         f"INSERT INTO {target} ({cols}) SELECT {s_cols} FROM {stage} AS _sluice_s "
@@ -240,9 +241,12 @@ def insert_new(
     )
 
 
-def insert_all(d: SqlDialect, target: str, stage: str, columns: Sequence[str]) -> str:
-    cols = ", ".join(d.ident(c) for c in columns)
-    return f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {stage} AS _sluice_s"
+def insert_all(
+    d: SqlDialect, target: str, stage: str, columns: Sequence[str], stamped: Sequence[str] = ()
+) -> str:
+    cols = ", ".join(d.ident(c) for c in [*columns, *stamped])
+    values = ", ".join([*(d.ident(c) for c in columns), *(d.now for _ in stamped)])
+    return f"INSERT INTO {target} ({cols}) SELECT {values} FROM {stage} AS _sluice_s"
 
 
 def fillable(columns: Sequence[str]) -> list[str]:
