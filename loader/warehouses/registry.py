@@ -14,6 +14,7 @@ DRIVER_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "redshift": ("redshift", ("psycopg", "psycopg_binary")),
     "snowflake": ("snowflake", ("snowflake",)),
     "bigquery": ("bigquery", ("google",)),
+    "clickhouse": ("clickhouse", ("chdb", "clickhouse_connect")),
 }
 
 
@@ -65,6 +66,10 @@ def _open(name: str, target: Any, read_only: bool) -> Warehouse:
         from loader.warehouses.bigquery import BigQueryTarget, BigQueryWarehouse
 
         return BigQueryWarehouse(name, BigQueryTarget.from_target(name, target))
+    if target.type == "clickhouse":
+        from loader.warehouses.clickhouse import ClickHouseWarehouse
+
+        return ClickHouseWarehouse(name, target)
     raise WarehouseError(f"target '{name}': the {target.type} adapter is not available yet")
 
 
