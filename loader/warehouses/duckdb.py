@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +15,9 @@ import duckdb
 import pyarrow as pa
 
 from loader.schema import ColumnType
-from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, WarehouseError
-from loader.warehouses.sql_family import UpsertSqlWarehouse, literal, quote
+from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
+from loader.warehouses.dialect import SqlDialect, rename_params
+from loader.warehouses.sql_warehouse import SqlWarehouse
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=63,
@@ -98,9 +101,31 @@ def probe(target_name: str, path: str) -> str:
     return f"DuckDB file {os.path.abspath(path)} opens"
 
 
-class DuckDBWarehouse(UpsertSqlWarehouse):
+class DuckDBDialect(SqlDialect):
+    sqlglot_name = "duckdb"
+
+    def __init__(self, catalog: str) -> None:
+        super().__init__(CAPABILITIES.type_names, CAPABILITIES.json_type)
+        # Every name carries the catalog: a file named like a schema (segment.duckdb,
+        # schema segment) makes a two-part name ambiguous to DuckDB's binder.
+        self.catalog = catalog
+        self.catalog_filter = f" AND table_catalog = {self.literal(catalog)}"
+
+    def schema_ref(self, schema: str) -> str:
+        return f"{self.ident(self.catalog)}.{self.ident(schema)}"
+
+    def in_list(self, expr: str, name: str) -> str:
+        return f"{expr} IN (SELECT unnest({self.param(name)}))"
+
+    def whole_row_hash(self, alias: str) -> str | None:
+        return f"md5(CAST(to_json({alias}) AS VARCHAR))"
+
+    def json_text(self, expr: str) -> str:
+        return f"CAST({expr} AS JSON)"
+
+
+class DuckDBWarehouse(SqlWarehouse):
     capabilities = CAPABILITIES
-    placeholder = "?"
 
     def __init__(
         self,
@@ -143,144 +168,90 @@ class DuckDBWarehouse(UpsertSqlWarehouse):
                 "profiles.yml"
             ) from None
         self.conn.execute("SET TimeZone = 'UTC'")
-        # Every name carries the catalog: a file named like a schema (segment.duckdb,
-        # schema segment) makes a two-part name ambiguous to DuckDB's binder.
-        self.catalog: str = self.conn.execute("SELECT current_database()").fetchone()[0]
-        literal = self.catalog.replace("'", "''")
-        self._catalog_filter = f" AND table_catalog = '{literal}'"
-
-    def _t(self, schema: str, table: str) -> str:
-        return f"{quote(self.catalog)}.{quote(schema)}.{quote(table)}"
-
-    def _s(self, schema: str) -> str:
-        return f"{quote(self.catalog)}.{quote(schema)}"
-
-    def _json_object(self, pairs: Sequence[tuple[str, str]]) -> str:
-        # A merge patch drops the keys whose value is null (RFC 7386).
-        body = ", ".join(f"{literal(k)}, {v}" for k, v in pairs)
-        return f"NULLIF(json_merge_patch('{{}}', json_object({body})), '{{}}')"
+        self.dialect = DuckDBDialect(self.conn.execute("SELECT current_database()").fetchone()[0])
+        self._depth = 0
 
     def ensure_bookkeeping(self) -> None:
         if not self.read_only:  # a read-only command reads what is there
             super().ensure_bookkeeping()
 
-    def recent_runs(self, limit: int = 10) -> list[dict[str, Any]]:
-        if self.read_only and "sync_runs" not in self.read_schema(BOOKKEEPING_SCHEMA):
-            return []
-        return super().recent_runs(limit)
-
     def close(self) -> None:
         self.conn.close()
 
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        # DuckDB keeps a statement's result open until it is fetched.
-        self.conn.execute(sql, list(params) if params else None).fetchall()
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        # DuckDB keeps a statement's result open until it is fetched; DML returns its count.
+        rows = self.conn.execute(*_bind(sql, params)).fetchall()
+        dml = sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE")
+        return int(rows[0][0]) if dml and rows else 0
 
-    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self.conn.executemany(sql, [list(r) for r in rows])
-
-    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, list(params) if params else None).fetchall()
-
-    def _in_list(self) -> str:
-        return "IN (SELECT unnest(?))"
-
-    def _type_aliases(self) -> dict[str, ColumnType]:
-        return {
-            "timestamp with time zone": ColumnType.TIMESTAMP,
-            "json": ColumnType.TEXT,
-            "varchar": ColumnType.TEXT,
-        }
+    def fetchall(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return self.conn.execute(*_bind(sql, params)).fetchall()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        if self._depth:  # DuckDB has no savepoints: a nested block joins the outer one
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
         self.conn.execute("BEGIN TRANSACTION")
+        self._depth = 1
         try:
             yield
         except BaseException:
+            self._depth = 0
             self.conn.execute("ROLLBACK")
             raise
+        self._depth = 0
         self.conn.execute("COMMIT")
 
     @contextmanager
-    def lock(self, schema: str) -> Iterator[None]:
+    def hold(self, name: str, busy: str) -> Iterator[None]:
         # DuckDB holds an OS-level write lock on the file for the whole connection.
         yield
-
-    def _stage_insert(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        conflict: str,
-    ) -> int:
-        if not rows:
-            return 0
-        types = self.read_schema_table(schema, table)
-        arrays = [
-            pa.array(values, type=_ARROW[types.get(name, "varchar")])
-            for name, values in zip(columns, zip(*rows, strict=True), strict=True)
-        ]
-        stage = pa.Table.from_arrays(arrays, names=list(columns))
-        self.conn.register("_sluice_stage", stage)
-        try:
-            select = ", ".join(f"CAST({quote(c)} AS {types.get(c, 'varchar')})" for c in columns)
-            result = self.conn.execute(
-                f"INSERT INTO {self._t(schema, table)} ({', '.join(quote(c) for c in columns)}) "
-                f"SELECT {select} FROM _sluice_stage " + conflict
-            )
-            return int(result.fetchone()[0])
-        finally:
-            self.conn.unregister("_sluice_stage")
-
-    def insert_plain(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        skip_existing: bool = False,
-    ) -> None:
-        """Bookkeeping rows through Arrow: DuckDB's executemany is a statement per row."""
-        if not rows:
-            return
-        stage = pa.Table.from_arrays(
-            [pa.array([r[i] for r in rows]) for i in range(len(columns))], names=list(columns)
-        )
-        cols = ", ".join(quote(c) for c in columns)
-        target = self._t(schema, table)
-        tail = ""
-        if skip_existing:
-            keys = self._KEYS.get(table, tuple(columns))
-            match = " AND ".join(f"t.{quote(k)} IS NOT DISTINCT FROM p.{quote(k)}" for k in keys)
-            tail = f" WHERE NOT EXISTS (SELECT 1 FROM {target} AS t WHERE {match})"
-        self.conn.register("_sluice_plain", stage)
-        try:
-            self._execute(
-                f"INSERT INTO {target} ({cols}) SELECT {cols} FROM _sluice_plain AS p{tail}"
-            )
-        finally:
-            self.conn.unregister("_sluice_plain")
-
-    def read_schema_table(self, schema: str, table: str) -> dict[str, str]:
-        rows = self._fetchall(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            f"WHERE table_schema = ? AND table_name = ?{self._catalog_filter}",
-            (schema, table),
-        )
-        return {c: str(t).lower() for c, t in rows}
-
-    # --- reverse ETL ---
-    def _retl_row_hash(self, alias: str) -> str:
-        return f"md5(CAST(to_json({alias}) AS VARCHAR))"
 
     @contextmanager
-    def retl_lock(self, model: str) -> Iterator[None]:
-        # DuckDB holds an OS-level write lock on the file for the whole connection.
-        yield
+    def stage(self, schema: str, table: str, columns: Sequence[str], rows: Rows) -> Iterator[str]:
+        """The rows as an Arrow table DuckDB scans in place, cast to the target's types."""
+        types = {c: str(t).lower() for _, c, t in self._columns(schema, table)}
+        arrays = [
+            pa.array(
+                [v.isoformat() if isinstance(v, datetime) else v for v in values]
+                if kind == _TIMESTAMP
+                else values,
+                type=_ARROW.get(kind, pa.string()),
+            )
+            for name, values in zip(columns, zip(*rows, strict=True), strict=True)
+            for kind in [types.get(name, "varchar")]
+        ]
+        name = f"_sluice_stage_{uuid.uuid4().hex[:12]}"
+        self.conn.register(name, pa.Table.from_arrays(arrays, names=list(columns)))
+        d = self.dialect
+        select = ", ".join(
+            f"CAST({d.ident(c)} AS {types.get(c, 'varchar')}) AS {d.ident(c)}" for c in columns
+        )
+        try:
+            yield f"(SELECT {select} FROM {name})"
+        finally:
+            self.conn.unregister(name)
 
 
+def _bind(sql: str, params: Mapping[str, Any] | None) -> tuple[str, dict[str, Any] | None]:
+    """pyformat -> DuckDB's `$name`, with only the parameters the statement names (DuckDB
+    refuses others)."""
+    used: dict[str, Any] = {}
+
+    def one(name: str) -> str:
+        used[name] = (params or {})[name]
+        return f"${name}"
+
+    return rename_params(sql, one), used or None
+
+
+_TIMESTAMP = "timestamp with time zone"
+# Staged as text (ISO 8601) and cast in SQL, as the pipeline's rows carry it.
 _ARROW: dict[str, pa.DataType] = {
     "boolean": pa.bool_(),
     "bigint": pa.int64(),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cache
@@ -21,8 +21,10 @@ from loader.encoded import EncodedChunk
 from loader.messages import parse_timestamp
 from loader.normalize import RESCUED_COLUMN
 from loader.schema import ColumnType
+from loader.warehouses import statements
 from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
-from loader.warehouses.sql_family import UpsertSqlWarehouse, qualified, quote
+from loader.warehouses.dialect import SqlDialect
+from loader.warehouses.sql_warehouse import SqlWarehouse
 
 try:  # psycopg's own COPY row formatter (C with psycopg[binary]); not public API
     from psycopg._copy_base import format_row_binary
@@ -42,6 +44,14 @@ _BINARY_TYPE_NAMES = {
     ColumnType.TIMESTAMP: "timestamptz",
     ColumnType.TEXT: "text",
 }
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str, table: str) -> str:
+    return f"{quote(schema)}.{quote(table)}"
 
 
 class _JsonTextBinaryDumper(Dumper):
@@ -176,9 +186,9 @@ CAPABILITIES = Capabilities(
 )
 
 
-class PostgresWarehouse(UpsertSqlWarehouse):
+class PostgresWarehouse(SqlWarehouse):
     capabilities = CAPABILITIES
-    placeholder = "%s"
+    dialect = SqlDialect(CAPABILITIES.type_names, CAPABILITIES.json_type, CAPABILITIES.key_type)
 
     def __init__(self, target_name: str, dsn: str) -> None:
         self.target_name = target_name
@@ -192,19 +202,16 @@ class PostgresWarehouse(UpsertSqlWarehouse):
                 f"cannot connect to PostgreSQL target '{target_name}': {first}; "
                 "check host, port, user and password in profiles.yml"
             ) from None
-        self._depth = 0
 
     def close(self) -> None:
         self.conn.close()
 
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        self.conn.execute(sql, params or None)
-
-    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         with self.conn.cursor() as cur:
-            cur.executemany(sql, rows)
+            cur.execute(sql, params or None)
+            return max(cur.rowcount, 0)
 
-    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def fetchall(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return self.conn.execute(sql, params or None).fetchall()
 
     @contextmanager
@@ -213,14 +220,39 @@ class PostgresWarehouse(UpsertSqlWarehouse):
             yield
 
     @contextmanager
-    def lock(self, schema: str) -> Iterator[None]:
-        key = zlib.crc32(f"sluice:{schema}".encode())
+    def stage(self, schema: str, table: str, columns: Sequence[str], rows: Rows) -> Iterator[str]:
+        with self._copied(schema, table, columns, _rows(rows)) as staged:
+            yield staged
+
+    @contextmanager
+    def _copied(
+        self,
+        schema: str,
+        table: str,
+        columns: Sequence[str],
+        write: Callable[[psycopg.Copy], None],
+        options: str = "",
+    ) -> Iterator[str]:
+        """A temporary table shaped like the target, filled by one COPY."""
+        stage = quote(f"_stage_{table}")
+        cols = ", ".join(quote(c) for c in columns)
+        self.execute(f"CREATE TEMP TABLE {stage} (LIKE {qualified(schema, table)}) ON COMMIT DROP")
+        with self.conn.cursor() as cur:
+            with cur.copy(f"COPY {stage} ({cols}) FROM STDIN {options}") as copy:
+                write(copy)
+        try:
+            yield stage
+        finally:
+            self.execute(f"DROP TABLE IF EXISTS {stage}")
+
+    @contextmanager
+    def hold(self, name: str, busy: str) -> Iterator[None]:
+        # The keys earlier versions took, so an older loader and this one exclude each other.
+        kind, _, what = name.partition(":")
+        key = zlib.crc32((f"sluice:{what}" if kind == "sync" else f"sluice-retl:{what}").encode())
         got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
         if not got:
-            raise LockBusy(
-                f"another sync is loading schema '{schema}' into target '{self.target_name}'; "
-                "wait for it to finish"
-            )
+            raise LockBusy(busy)
         try:
             yield
         finally:
@@ -231,40 +263,35 @@ class PostgresWarehouse(UpsertSqlWarehouse):
         would otherwise race inside CREATE SCHEMA/TABLE IF NOT EXISTS (a unique violation
         in the catalog) instead of one waiting a moment and the other going ahead."""
         with self.transaction():
-            self._execute("SELECT pg_advisory_xact_lock(%s)", (_BOOKKEEPING_LOCK,))
+            self.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": _BOOKKEEPING_LOCK})
             super().ensure_bookkeeping()
             # Each reject recorded first looks for its (file, line).
-            self._execute(
+            self.execute(
                 "CREATE INDEX IF NOT EXISTS rejected_events_file_line ON "
                 f"{quote(BOOKKEEPING_SCHEMA)}.rejected_events (schema_name, file, line)"
             )
 
     def retl_ensure_bookkeeping(self) -> None:
         with self.transaction():
-            self._execute("SELECT pg_advisory_xact_lock(%s)", (_BOOKKEEPING_LOCK,))
+            self.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": _BOOKKEEPING_LOCK})
             super().retl_ensure_bookkeeping()
-
-    def _type_aliases(self) -> dict[str, ColumnType]:
-        return {"jsonb": ColumnType.TEXT}
 
     # schema -> tables with a column of a type binary COPY does not write (read_schema).
     _foreign_typed: dict[str, set[str]] | None = None
 
     def read_schema(self, schema: str) -> dict[str, dict[str, ColumnType]]:
-        tables = super().read_schema(schema)
+        columns = self._columns(schema)
+        tables: dict[str, dict[str, ColumnType]] = {}
+        for table, column, data_type in columns:
+            tables.setdefault(table, {})[column] = self.dialect.read_type(data_type)
         if self.capabilities.row_encoder is None:  # rows come as tuples: no COPY types to check
             return tables
         if self._foreign_typed is None:
             self._foreign_typed = {}
         written = set(self.capabilities.type_names.values())
-        rows = self._fetchall(
-            "SELECT table_name, column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = %s",
-            (schema,),
-        )
         self._foreign_typed[schema] = {
             table
-            for table, column, data_type in rows
+            for table, column, data_type in columns
             if data_type not in written and not (column == RESCUED_COLUMN and data_type == "jsonb")
         }
         return tables
@@ -274,12 +301,13 @@ class PostgresWarehouse(UpsertSqlWarehouse):
         someone altered (numeric, varchar, json...) takes text COPY instead."""
         return set((self._foreign_typed or {}).get(schema, ()))
 
-    def _after_create(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
+    def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
+        super().create_table(schema, table, columns)
         if "received_at" in columns:
-            self._execute(f"CREATE INDEX ON {qualified(schema, table)} USING brin (received_at)")
+            self.execute(f"CREATE INDEX ON {qualified(schema, table)} USING brin (received_at)")
         if table in ("identifies", "groups"):
             key = "user_id" if table == "identifies" else "group_id"
-            self._execute(f"CREATE INDEX ON {qualified(schema, table)} ({quote(key)})")
+            self.execute(f"CREATE INDEX ON {qualified(schema, table)} ({quote(key)})")
 
     def insert_new_rows(
         self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
@@ -322,8 +350,15 @@ class PostgresWarehouse(UpsertSqlWarehouse):
         inserted = 0
         for columns, group in by_columns.items():
             if fill_nulls:
-                conflict = self._conflict_clause(quote(table), columns, fill_nulls)
-                inserted += self._staged(schema, table, columns, _payloads(group), conflict, BINARY)
+                target = qualified(schema, table)
+                d = self.dialect
+                with (
+                    self.transaction(),
+                    self._copied(schema, table, columns, _payloads(group), BINARY) as staged,
+                ):
+                    if statements.fillable(columns):
+                        inserted += self.execute(statements.fill_nulls(d, target, staged, columns))
+                    inserted += self.execute(statements.insert_new(d, target, staged, columns))
                 continue
             try:
                 inserted += self._copy_direct(schema, table, columns, _payloads(group), BINARY)
@@ -355,63 +390,3 @@ class PostgresWarehouse(UpsertSqlWarehouse):
             f"SELECT id FROM {qualified(schema, table)} WHERE id = ANY(%s)", (ids,)
         ).fetchall()
         return {row_id for (row_id,) in found}
-
-    def _stage_insert(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        conflict: str,
-    ) -> int:
-        if not rows:
-            return 0
-        return self._staged(schema, table, columns, _rows(rows), conflict)
-
-    def _staged(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        write: Callable[[psycopg.Copy], None],
-        conflict: str,
-        options: str = "",
-    ) -> int:
-        stage = quote(f"_stage_{table}")
-        cols = ", ".join(quote(c) for c in columns)
-        self._execute(f"CREATE TEMP TABLE {stage} (LIKE {qualified(schema, table)}) ON COMMIT DROP")
-        with self.conn.cursor() as cur:
-            with cur.copy(f"COPY {stage} ({cols}) FROM STDIN {options}") as copy:
-                write(copy)
-            target = qualified(schema, table)
-            cur.execute(
-                f"INSERT INTO {target} AS {quote(table)} ({cols}) SELECT {cols} FROM {stage} "
-                + conflict
-            )
-            inserted = cur.rowcount
-        self._execute(f"DROP TABLE {stage}")
-        return inserted
-
-    # --- reverse ETL ---
-    def _retype_stage_rows(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
-        # COPY: a retype stages up to every row of the table.
-        with self.conn.cursor() as cur:
-            with cur.copy(f"COPY {stage} (id, value, changed, _rescued_data) FROM STDIN") as copy:
-                _rows(rows)(copy)
-
-    def _retl_row_hash(self, alias: str) -> str:
-        return f"md5(row_to_json({alias})::text)"
-
-    @contextmanager
-    def retl_lock(self, model: str) -> Iterator[None]:
-        key = zlib.crc32(f"sluice-retl:{model}".encode())
-        got = self.conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
-        if not got:
-            raise LockBusy(
-                f"another reverse-ETL run of model '{model}' on target '{self.target_name}' "
-                "holds the lock; wait for it to finish"
-            )
-        try:
-            yield
-        finally:
-            self.conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
