@@ -120,7 +120,9 @@ class ClickHouseTarget(_Target):
     (clickhouse-connect over HTTP: `host`...); exactly one of the two."""
 
     type: Literal["clickhouse"]
-    path: str | None = Field(default=None, description="embedded: data folder, relative to profiles.yml")
+    path: str | None = Field(
+        default=None, description="embedded: data folder, relative to profiles.yml"
+    )
     host: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     user: str = "default"

@@ -349,8 +349,10 @@ def profile_extend(d: SqlDialect, target: str, rows: str, traits: Sequence[str])
     sets.append(f"{i('uuid_ts')} = {d.now}")
     changed = " OR ".join(
         [
-            *(f"({s}.{i(c)} IS NOT NULL AND {d.distinct(f'{t}.{i(c)}', f'{s}.{i(c)}')})"
-              for c in traits),  # fmt: skip
+            *(
+                f"({s}.{i(c)} IS NOT NULL AND {d.distinct(f'{t}.{i(c)}', f'{s}.{i(c)}')})"
+                for c in traits
+            ),  # fmt: skip
             d.distinct(f"{t}.{i('received_at')}", f"COALESCE({received}, {s}.{i('received_at')})"),
         ]
     )
