@@ -107,7 +107,7 @@ def test_recorded_type_types_a_new_column_of_that_name(open_wh: Any, tmp_path: P
     with wh.lock("s"):
         wh.retype_column("s", "order_completed", "sku", ColumnType.TEXT, apply=True)
     with wh.transaction():
-        wh._execute(f"ALTER TABLE {wh.table_ref('s', 'order_completed')} DROP COLUMN sku")
+        wh.execute(f"ALTER TABLE {wh.table_ref('s', 'order_completed')} DROP COLUMN sku")
     write_ndjson(tmp_path / "a" / "1.json.gz", [track("m2", sku=5)])
     _load(wh, tmp_path / "a", readers=1)  # typed in a reader process, laid out again
     assert wh.read_schema("s")["order_completed"]["sku"] is ColumnType.TEXT

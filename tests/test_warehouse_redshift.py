@@ -44,7 +44,8 @@ from loader.messages import Reject
 from loader.pipeline import Loader
 from loader.schema import ColumnType, coerce, coerce_column, fits
 from loader.warehouses import redshift
-from loader.warehouses.base import LockBusy, ProfileSpec, WarehouseError
+from loader.warehouses.base import LockBusy, WarehouseError
+from loader.warehouses.dialect import positional
 from loader.warehouses.redshift import (
     RedshiftTarget,
     RedshiftWarehouse,
@@ -53,11 +54,6 @@ from loader.warehouses.redshift import (
     copy_statement,
     create_table_statement,
     csv_gzip,
-    expand_lists,
-    fill_nulls_statement,
-    insert_new_statement,
-    merge_statement,
-    profile_statement,
 )
 from loader.warehouses.registry import open_warehouse
 from tests.contract import CONTRACT
@@ -300,39 +296,34 @@ def test_create_table_statement_text() -> None:
     )
 
 
-def test_write_statements_text() -> None:
-    assert merge_statement('"s"."t"', '"st"', ["id", "name"]) == (
-        'MERGE INTO "s"."t" USING "st" AS _sluice_s ON "s"."t".id = _sluice_s.id '
-        'WHEN MATCHED THEN UPDATE SET "name" = _sluice_s."name" '
-        'WHEN NOT MATCHED THEN INSERT ("id", "name") VALUES (_sluice_s."id", _sluice_s."name")'
+def test_write_statements_in_redshift_dialect() -> None:
+    """The shared statements, written for Redshift: no alias on an UPDATE's target, no
+    IS DISTINCT FROM, lists as IN (...), getdate() for the time."""
+    from loader.warehouses import statements
+
+    d = redshift.RedshiftDialect(redshift.capabilities().type_names, redshift.WIDE)
+    fill = statements.fill_nulls(d, '"s"."t"', '"st"', ["id", "a"])
+    assert fill == (
+        'UPDATE "s"."t" SET "a" = COALESCE("s"."t"."a", _sluice_s."a") FROM "st" AS _sluice_s '
+        'WHERE "s"."t"."id" = _sluice_s."id" AND (("s"."t"."a" IS NULL AND _sluice_s."a" IS '
+        "NOT NULL))"
     )
-    assert insert_new_statement('"s"."t"', '"st"', ["id", "a"]) == (
-        'INSERT INTO "s"."t" ("id", "a") SELECT _sluice_s."id", _sluice_s."a" FROM "st" AS '
-        '_sluice_s LEFT JOIN "s"."t" AS _sluice_t ON _sluice_t.id = _sluice_s.id '
-        "WHERE _sluice_t.id IS NULL"
-    )
-    assert fill_nulls_statement('"s"."t"', "t", '"st"', ["a"]) == (
-        'UPDATE "s"."t" SET "a" = COALESCE("t"."a", _sluice_s."a") FROM "st" AS _sluice_s '
-        'WHERE "t".id = _sluice_s.id AND (("t"."a" IS NULL AND _sluice_s."a" IS NOT NULL))'
-    )
-    profile = profile_statement(
-        '"s"."users"',
-        '"s"."identifies"',
-        '"k"',
-        ProfileSpec("users", "identifies", "user_id", ["plan"]),
-    )
-    assert "FILTER" not in profile and "array_agg" not in profile
-    assert "current_timestamp" not in profile and "getdate()" in profile
-    assert 'FIRST_VALUE(_sluice_src."plan") OVER (PARTITION BY _sluice_src."user_id"' in profile
+    upsert = statements.update_changed(d, '"s"."t"', '"st"', ["id", "name"])
+    assert "DISTINCT" not in upsert and '"s"."t"."name" = _sluice_s."name"' in upsert
+    rows = statements.profile_rows(d, '"s"."identifies"', "user_id", ["plan"], "TRUE")
+    assert "FILTER" not in rows and "array_agg" not in rows
+    update = statements.profile_update(d, '"s"."users"', rows, ["plan"])
+    assert "current_timestamp" not in update and "getdate()" in update
+    assert d.in_list('"k"', "keys") == '"k" IN (%(keys)s)'
 
 
-def test_expand_lists() -> None:
-    assert expand_lists("a = %s AND b IN (%s)", ("x", ["p", "q"])) == (
+def test_list_parameters_expand() -> None:
+    assert positional("a = %(a)s AND b IN (%(b)s)", {"a": "x", "b": ["p", "q"]}) == (
         "a = %s AND b IN (%s, %s)",
         ["x", "p", "q"],
     )
-    assert expand_lists("b IN (%s)", ([],)) == ("b IN (NULL)", [])
-    assert expand_lists("a = %s", ("x",)) == ("a = %s", ["x"])
+    assert positional("b IN (%(b)s)", {"b": []}) == ("b IN (NULL)", [])
+    assert positional("a = %(a)s", {"a": "x", "unused": 1}) == ("a = %s", ["x"])
 
 
 def test_csv_keeps_null_and_empty_apart() -> None:
@@ -673,8 +664,9 @@ def test_a_rejected_line_longer_than_a_varchar_is_kept_cut_short(open_wh, tmp_pa
 
 
 def test_mark_deleted_splits_long_id_lists(open_wh, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redshift, "MAX_IN_LIST", 2)
     wh = open_wh()
+    monkeypatch.setattr(wh.dialect, "max_list", 2)
+    sent = len(wh.sent)
     columns = {
         "id": ColumnType.TEXT,
         "received_at": ColumnType.TIMESTAMP,
@@ -687,6 +679,8 @@ def test_mark_deleted_splits_long_id_lists(open_wh, monkeypatch: pytest.MonkeyPa
     assert list(wh.query('SELECT count(*) FROM "obj"."things" WHERE _deleted_at IS NOT NULL')) == [
         (5,)
     ]
+    marks = [q for q in wh.sent[sent:] if q.startswith("UPDATE") and "_deleted_at" in q]
+    assert len(marks) == 3  # 5 ids, 2 per statement
 
 
 _PG_ONLY = re.compile(
@@ -738,7 +732,8 @@ def test_every_statement_sent_is_redshift_sql(open_wh, tmp_path: Path) -> None:
     wh.retl_write_table("out", "m", "id", kinds, [("k1", False)], ["k1"])
     assert list(wh.query('SELECT id, flag FROM "out"."m"')) == [("k1", False)]
     statements = [*wh.sent, *wh.copies, *wh.ddl]
-    assert any(s.startswith("MERGE INTO") for s in statements)
+    # Upserts (profiles, objects) are an UPDATE ... FROM and an anti-join INSERT.
+    assert any(s.startswith("UPDATE") and " FROM " in s for s in statements)
     _check_redshift_sql(statements)
 
 

@@ -240,10 +240,9 @@ class PostgresWarehouse(SqlWarehouse):
         with self.conn.cursor() as cur:
             with cur.copy(f"COPY {stage} ({cols}) FROM STDIN {options}") as copy:
                 write(copy)
-        try:
-            yield stage
-        finally:
-            self.execute(f"DROP TABLE IF EXISTS {stage}")
+        yield stage
+        # Not after a failure: the transaction is aborted, and its rollback drops the table.
+        self.execute(f"DROP TABLE IF EXISTS {stage}")
 
     @contextmanager
     def hold(self, name: str, busy: str) -> Iterator[None]:

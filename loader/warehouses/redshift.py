@@ -56,9 +56,9 @@ import gzip
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -74,20 +74,10 @@ from pydantic import (
 )
 
 from loader.config import ConfigError
-from loader.messages import Reject
 from loader.schema import ColumnType
-from loader.warehouses.base import (
-    BLOCKED_KEYS,
-    BOOKKEEPING_SCHEMA,
-    VIOLATION_KEYS,
-    Capabilities,
-    LockBusy,
-    ProfileSpec,
-    Rows,
-    WarehouseError,
-    rescued_profile_rows,
-)
-from loader.warehouses.sql_family import SqlFamilyWarehouse, qualified, quote
+from loader.warehouses.base import Capabilities, Rows, WarehouseError
+from loader.warehouses.dialect import SqlDialect, positional
+from loader.warehouses.sql_warehouse import SqlWarehouse
 
 T = TypeVar("T")
 MAX_VARCHAR = 65535
@@ -275,7 +265,7 @@ def copy_statement(
 ) -> str:
     """Redshift's COPY of one staged gzip CSV object into the stage table. The object's
     key is unique (a uuid folder), so COPY's prefix match reads exactly that object."""
-    cols = ", ".join(quote(c) for c in columns)
+    cols = ", ".join(SqlDialect({}, WIDE).ident(c) for c in columns)
     where = f" REGION {sql_literal(region)}" if region else ""
     return (
         f"COPY {stage} ({cols}) FROM {sql_literal(url)} {authorization}{where} FORMAT AS CSV "
@@ -285,98 +275,10 @@ def copy_statement(
 
 def create_table_statement(schema: str, table: str, columns: dict[str, str]) -> str:
     """Columns (name -> type SQL); sorted by received_at when the table has it."""
-    cols = ", ".join(f"{quote(n)} {t}" for n, t in columns.items())
+    d = SqlDialect({}, WIDE)
+    cols = ", ".join(f"{d.ident(n)} {t}" for n, t in columns.items())
     sortkey = " SORTKEY (received_at)" if "received_at" in columns else ""
-    return f"CREATE TABLE {qualified(schema, table)} ({cols}, PRIMARY KEY (id)){sortkey}"
-
-
-def insert_new_statement(target: str, stage: str, columns: Sequence[str]) -> str:
-    """New ids only: an anti-join (the key is not enforced on Redshift)."""
-    cols = ", ".join(quote(c) for c in columns)
-    s_cols = ", ".join(f"_sluice_s.{quote(c)}" for c in columns)
-    return (
-        f"INSERT INTO {target} ({cols}) SELECT {s_cols} FROM {stage} AS _sluice_s "
-        f"LEFT JOIN {target} AS _sluice_t ON _sluice_t.id = _sluice_s.id "
-        "WHERE _sluice_t.id IS NULL"
-    )
-
-
-def fill_nulls_statement(target: str, table: str, stage: str, fillable: Sequence[str]) -> str:
-    """Replay: NULL columns of existing rows filled from the staged row, nothing else."""
-    t = quote(table)
-    sets = ", ".join(
-        f"{quote(c)} = COALESCE({t}.{quote(c)}, _sluice_s.{quote(c)})" for c in fillable
-    )
-    changed = " OR ".join(
-        f"({t}.{quote(c)} IS NULL AND _sluice_s.{quote(c)} IS NOT NULL)" for c in fillable
-    )
-    return (
-        f"UPDATE {target} SET {sets} FROM {stage} AS _sluice_s "
-        f"WHERE {t}.id = _sluice_s.id AND ({changed})"
-    )
-
-
-def merge_statement(target: str, stage: str, columns: Sequence[str]) -> str:
-    """Upsert: existing ids get the staged columns, new ids are inserted."""
-    cols = ", ".join(quote(c) for c in columns)
-    vals = ", ".join(f"_sluice_s.{quote(c)}" for c in columns)
-    sets = ", ".join(f"{quote(c)} = _sluice_s.{quote(c)}" for c in columns if c != "id")
-    return (
-        f"MERGE INTO {target} USING {stage} AS _sluice_s ON {target}.id = _sluice_s.id "
-        f"WHEN MATCHED THEN UPDATE SET {sets} "
-        f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({vals})"
-    )
-
-
-def profile_statement(target: str, source: str, keys: str, spec: ProfileSpec) -> str:
-    """Latest non-NULL value per trait and key, with window functions only (Redshift has
-    neither `FILTER (WHERE ...)` nor `array_agg`); also valid PostgreSQL."""
-    key = f"_sluice_src.{quote(spec.key_column)}"
-    order = '"timestamp" DESC NULLS LAST, _sluice_src.received_at DESC NULLS LAST'
-    frame = "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING"
-    traits = [
-        f"FIRST_VALUE(_sluice_src.{quote(c)}) OVER (PARTITION BY {key} ORDER BY CASE WHEN "
-        f"_sluice_src.{quote(c)} IS NULL THEN 1 ELSE 0 END, _sluice_src.{order} {frame}) "
-        f"AS {quote(c)}"
-        for c in spec.trait_columns
-    ]
-    inner = ", ".join(
-        [
-            f"{key} AS _sluice_key",
-            *traits,
-            f"MAX(_sluice_src.received_at) OVER (PARTITION BY {key}) AS _sluice_received_at",
-            f"ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY _sluice_src.received_at) "
-            "AS _sluice_rn",
-        ]
-    )
-    cols = ["id", *spec.trait_columns, "received_at", "uuid_ts"]
-    outer = ", ".join(
-        ["_sluice_key", *(quote(c) for c in spec.trait_columns), "_sluice_received_at", NOW]
-    )
-    return (
-        f"INSERT INTO {target} ({', '.join(quote(c) for c in cols)}) SELECT {outer} FROM "
-        f"(SELECT {inner} FROM {source} AS _sluice_src JOIN {keys} AS _sluice_k "
-        f"ON {key} = _sluice_k.k) AS _sluice_p WHERE _sluice_rn = 1"
-    )
-
-
-def expand_lists(sql: str, params: Sequence[Any]) -> tuple[str, list[Any]]:
-    """`IN (%s)` with a list parameter -> `IN (%s, %s, ...)` (an empty list: `IN (NULL)`)."""
-    if not any(isinstance(p, (list, tuple)) for p in params):
-        return sql, list(params)
-    parts = sql.split("%s")
-    if len(parts) != len(params) + 1:
-        raise ValueError("placeholders and parameters do not match")
-    out, flat = [parts[0]], []
-    for param, tail in zip(params, parts[1:], strict=True):
-        if isinstance(param, (list, tuple)):
-            out.append(", ".join(["%s"] * len(param)) if param else "NULL")
-            flat.extend(param)
-        else:
-            out.append("%s")
-            flat.append(param)
-        out.append(tail)
-    return "".join(out), flat
+    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}, PRIMARY KEY (id)){sortkey}"
 
 
 class TooWide(ValueError):
@@ -448,14 +350,55 @@ _PERMANENT_WORDS = ("password", "authentication", "does not exist", "pg_hba", "p
 MAX_IN_LIST = 10_000
 
 
-class RedshiftWarehouse(SqlFamilyWarehouse):
+class RedshiftDialect(SqlDialect):
+    sqlglot_name = "redshift"
+    text_type = WIDE
+    now = NOW
+    max_list = MAX_IN_LIST
+    # Redshift cannot ALTER a column to another type: a retype rebuilds the column.
+    alters_column_type = False
+
+    def in_list(self, expr: str, name: str) -> str:
+        return f"{expr} IN ({self.param(name)})"  # expanded by the driver: no arrays
+
+    def update_target(self, target: str, alias: str) -> tuple[str, str]:
+        return target, target  # no alias on an UPDATE's target
+
+    def distinct(self, a: str, b: str) -> str:
+        return f"NOT {self.same(a, b)}"
+
+    def same(self, a: str, b: str) -> str:
+        return f"({a} = {b} OR ({a} IS NULL AND {b} IS NULL))"
+
+    def lock_table(self, table: str) -> str | None:
+        return f"LOCK {table}"
+
+    def whole_row_hash(self, alias: str) -> str | None:
+        return None  # no row_to_json: rows are hashed from their typed columns
+
+    def as_text(self, expr: str, kind: ColumnType) -> str:
+        if kind is ColumnType.BOOLEAN:  # Redshift cannot CAST a boolean to text
+            return f"CASE WHEN {expr} THEN 'true' ELSE 'false' END"
+        return self.cast(expr, WIDE)
+
+    def clip_text(self, text: str) -> str:
+        """A rejected line longer than a VARCHAR can hold is kept cut short: the whole
+        line stays in its archive file, which `file` and `line` name."""
+        return clip_bytes(text)
+
+    def read_type(self, data_type: str) -> ColumnType:
+        return super().read_type("text" if "char" in data_type.lower() else data_type)
+
+
+class RedshiftWarehouse(SqlWarehouse):
     def __init__(self, target_name: str, target: RedshiftTarget) -> None:
         self.target_name = target_name
         self.target = target
         self.capabilities = capabilities(target.varchar_bytes)
+        self.dialect = RedshiftDialect(self.capabilities.type_names, WIDE)
+        self.lease_minutes = int(target.lock_lease_minutes)
         self._depth = 0
         self._closed = False
-        self._holder = uuid.uuid4().hex
         self._secrets = target.secrets()
         try:
             self.conn = self._retry(self._connect)
@@ -552,12 +495,8 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
                 "uncommitted work was rolled back, so a rerun resumes where this one stopped"
             ) from None
 
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        sql, flat = expand_lists(sql, params)
-        self._run(lambda: self.conn.execute(sql, flat or None))
-
-    def _rowcount(self, sql: str, params: Sequence[Any] = ()) -> int:
-        sql, flat = expand_lists(sql, params)
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
+        sql, flat = positional(sql, params or {})
 
         def once() -> int:
             with self.conn.cursor() as cur:
@@ -566,19 +505,9 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
 
         return self._run(once)
 
-    def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        sql, flat = expand_lists(sql, params)
+    def fetchall(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        sql, flat = positional(sql, params or {})
         return self._run(lambda: self.conn.execute(sql, flat or None).fetchall())
-
-    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        def once() -> None:
-            with self.conn.cursor() as cur:
-                cur.executemany(sql, rows)
-
-        self._run(once)
-
-    def _in_list(self) -> str:
-        return f"IN ({self.placeholder})"
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -597,196 +526,18 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
             finally:
                 self._depth = 0
 
-    # --- locks ------------------------------------------------------------------------
-    def _ensure_locks_table(self) -> None:
-        b = quote(BOOKKEEPING_SCHEMA)
-        self._execute(f"CREATE SCHEMA IF NOT EXISTS {b}")
-        self._execute(
-            f"CREATE TABLE IF NOT EXISTS {b}.locks (name {WIDE} NOT NULL, holder varchar(64) "
-            f"NOT NULL, expires_at {TS} NOT NULL, PRIMARY KEY (name))"
-        )
-
-    @contextmanager
-    def _lock_row(self, name: str, busy: str) -> Iterator[None]:
-        """Leases are timed by the cluster's clock (getdate()), not this machine's, so
-        two loaders with skewed clocks agree on when a lease has run out."""
-        locks = f"{quote(BOOKKEEPING_SCHEMA)}.locks"
-        lease = f"interval '{int(self.target.lock_lease_minutes)} minutes'"
-        self._ensure_locks_table()
-        with self.transaction():
-            self._execute(f"LOCK {locks}")
-            self._execute(f"DELETE FROM {locks} WHERE name = %s AND expires_at < {NOW}", (name,))
-            got = self._rowcount(
-                f"INSERT INTO {locks} (name, holder, expires_at) SELECT %s, %s, {NOW} + {lease} "
-                f"WHERE NOT EXISTS (SELECT 1 FROM {locks} WHERE name = %s)",
-                (name, self._holder, name),
-            )
-        if not got:
-            raise LockBusy(busy)
-        try:
-            yield
-        finally:
-            self._execute(
-                f"DELETE FROM {locks} WHERE name = %s AND holder = %s", (name, self._holder)
-            )
-
-    def lock(self, schema: str) -> Any:
-        return self._lock_row(
-            f"sync:{schema}",
-            f"another sync is loading schema '{schema}' into target '{self.target_name}'; "
-            "wait for it to finish",
-        )
-
-    def retl_lock(self, model: str) -> Any:
-        return self._lock_row(
-            f"retl:{model}",
-            f"another reverse-ETL run of model '{model}' on target '{self.target_name}' holds "
-            "the lock; wait for it to finish",
-        )
-
-    # --- schema -------------------------------------------------------------------------
-    def ensure_bookkeeping(self) -> None:
-        b = quote(BOOKKEEPING_SCHEMA)
-        with self.transaction():
-            self._execute(f"CREATE SCHEMA IF NOT EXISTS {b}")
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.loaded_files (schema_name {WIDE} NOT NULL, "
-                f"file {WIDE} NOT NULL, lines bigint, loaded_at {TS} DEFAULT {NOW}, "
-                "PRIMARY KEY (schema_name, file))"
-            )
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.rejected_events (schema_name {WIDE} NOT NULL, "
-                f'file {WIDE} NOT NULL, line bigint, "raw" {WIDE}, reason {WIDE} NOT NULL, '
-                f"rejected_at {TS} DEFAULT {NOW})"
-            )
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.sync_runs (run_id {WIDE} NOT NULL, "
-                f"schema_name {WIDE}, target {WIDE}, status {WIDE}, started_at {TS}, "
-                f"finished_at {TS}, report {WIDE}, PRIMARY KEY (run_id))"
-            )
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.cursors (schema_name {WIDE} NOT NULL, "
-                f"collection {WIDE} NOT NULL, cursor {WIDE} NOT NULL, "
-                f"updated_at {TS} DEFAULT {NOW}, PRIMARY KEY (schema_name, collection))"
-            )
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.turned_off_names (schema_name {WIDE} NOT NULL, "
-                f"table_name {WIDE} NOT NULL, column_name {WIDE} NOT NULL, "
-                f"first_seen {TS} DEFAULT {NOW}, "
-                "PRIMARY KEY (schema_name, table_name, column_name))"
-            )
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.violations (schema_name {WIDE} NOT NULL, "
-                f"file {WIDE} NOT NULL, event {WIDE} NOT NULL, property {WIDE} NOT NULL, "
-                f"kind {WIDE} NOT NULL, example {WIDE}, occurrences bigint, "
-                f"first_seen {WIDE}, last_seen {WIDE}, recorded_at {TS} DEFAULT {NOW})"
-            )
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.blocked_events (schema_name {WIDE} NOT NULL, "
-                f'file {WIDE} NOT NULL, line bigint, event {WIDE}, "raw" {WIDE}, '
-                f"violations {WIDE}, blocked_at {TS} DEFAULT {NOW})"
-            )
-        self._ensure_locks_table()
-
-    # --- retype: Redshift cannot ALTER a column to another type, so the column is
-    # rebuilt (add new, fill, drop old, rename), all in the one transaction.
-    _retype_text = WIDE
-    _now_sql = NOW
-
-    def _retype_begin(self, schema: str, table: str, column: str, new_type: ColumnType) -> str:
-        existing = set(self.read_schema(schema).get(table, {}))
-        filled = f"{column[:100]}__retype"
-        while filled in existing:
-            filled += "_"
-        self.add_columns(schema, table, {filled: new_type})
-        return filled
-
-    def _retype_stage_rows(self, stage: str, rows: Sequence[Sequence[Any]]) -> None:
-        # The bulk path (gzip CSV on S3, COPY): a retype stages up to every row.
-        if rows:
-            columns = ("id", "value", "changed", "_rescued_data")
-            self._bulk_copy(stage, columns, rows, "retype")
-
-    def _type_aliases(self) -> dict[str, ColumnType]:
-        return {"character varying": ColumnType.TEXT, "varchar": ColumnType.TEXT}
-
     def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
         caps = self.capabilities
         types = {
             n: caps.json_type if n == "_rescued_data" else caps.type_names[k]
             for n, k in columns.items()
         }
-        self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
-        self._execute(self._create_table_sql(schema, table, types))
+        self.execute(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.schema_ref(schema)}")
+        self.execute(self._create_table_sql(schema, table, types))
 
     def _create_table_sql(self, schema: str, table: str, columns: dict[str, str]) -> str:
         """The hook the PostgreSQL-backed tests replace (PostgreSQL has no SORTKEY)."""
         return create_table_statement(schema, table, columns)
-
-    # --- bookkeeping writes: no ON CONFLICT ------------------------------------------------
-    _KEYS = {
-        "loaded_files": ("schema_name", "file"),
-        # A reject is known by its file and line: re-reading a file never records it twice.
-        "rejected_events": ("schema_name", "file", "line"),
-        "violations": VIOLATION_KEYS,
-        "blocked_events": BLOCKED_KEYS,
-    }
-
-    def insert_plain(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        rows: Sequence[Sequence[Any]],
-        skip_existing: bool = False,
-    ) -> None:
-        if not rows:
-            return
-        target = qualified(schema, table)
-        cols = ", ".join(quote(c) for c in columns)
-        values = ", ".join(["%s"] * len(columns))
-        if not skip_existing:
-            self._executemany(f"INSERT INTO {target} ({cols}) VALUES ({values})", rows)
-            return
-        keys = self._KEYS.get(table, tuple(columns))
-        where = " AND ".join(f"{quote(k)} = %s" for k in keys)
-        at = [list(columns).index(k) for k in keys]
-        self._executemany(
-            f"INSERT INTO {target} ({cols}) SELECT {values} "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {target} WHERE {where})",
-            [(*row, *(row[i] for i in at)) for row in rows],
-        )
-
-    def record_rejects(self, schema: str, rejects: Sequence[Reject]) -> None:
-        """A rejected line longer than a VARCHAR can hold is kept cut short: the whole line
-        stays in its archive file, which `file` and `line` name."""
-        self.insert_plain(
-            BOOKKEEPING_SCHEMA,
-            "rejected_events",
-            ("schema_name", "file", "line", "raw", "reason"),
-            [
-                (schema, clip_bytes(r.file), r.line, clip_bytes(r.raw), clip_bytes(r.reason))
-                for r in rejects
-            ],
-            skip_existing=True,
-        )
-
-    def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
-        """As the shared version, with the ids in bounded IN lists: one statement takes at
-        most 65535 parameters."""
-        if not ids:
-            return 0
-        ts = self.capabilities.type_names[ColumnType.TIMESTAMP]
-        columns = ("id", "received_at", "uuid_ts", "_deleted_at")
-        with self.transaction():
-            self.insert_new_rows(schema, table, columns, [(i, at, at, at) for i in ids])
-            for start in range(0, len(ids), MAX_IN_LIST):
-                self._execute(
-                    f"UPDATE {qualified(schema, table)} SET _deleted_at = CAST(%s AS {ts}) "
-                    "WHERE _deleted_at IS NULL AND id IN (%s)",
-                    (at, list(ids[start : start + MAX_IN_LIST])),
-                )
-        return len(ids)
 
     # --- the bulk path -------------------------------------------------------------------
     def _staging_url(self, label: str) -> str:
@@ -819,7 +570,7 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
     def _copy_from_s3(self, copy_sql: str) -> None:
         """Runs the COPY text exactly as built; the one hook the PostgreSQL-backed tests
         replace (they read the object this very text names back from S3)."""
-        self._execute(copy_sql)
+        self.execute(copy_sql)
 
     def _widths(self, columns: Sequence[str]) -> list[int]:
         return [
@@ -869,249 +620,12 @@ class RedshiftWarehouse(SqlFamilyWarehouse):
             f"{column} value is {exc.size} bytes, over its varchar({width}) column; {fix}"
         )
 
-    def _stage(
-        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> str:
-        stage = quote(f"_sluice_stage_{uuid.uuid4().hex[:12]}")
-        self._execute(f"CREATE TEMP TABLE {stage} (LIKE {qualified(schema, table)})")
+    @contextmanager
+    def stage(self, schema: str, table: str, columns: Sequence[str], rows: Rows) -> Iterator[str]:
+        stage = self.dialect.ident(f"_sluice_stage_{uuid.uuid4().hex[:12]}")
+        target = self.table_ref(schema, table)
+        self.execute(f"CREATE TEMP TABLE {stage} (LIKE {target})")
         self._bulk_copy(stage, columns, rows, f"{schema}.{table}")
-        return stage
-
-    def insert_new_rows(
-        self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
-    ) -> int:
-        if not rows:
-            return 0
-        target = qualified(schema, table)
-        with self.transaction():
-            stage = self._stage(schema, table, columns, rows)
-            filled = 0
-            fillable = [c for c in columns if c not in ("id", "uuid_ts", "_rescued_data")]
-            if fill_nulls and fillable:
-                filled = self._rowcount(fill_nulls_statement(target, table, stage, fillable))
-            inserted = self._rowcount(insert_new_statement(target, stage, columns))
-            self._execute(f"DROP TABLE {stage}")
-        return filled + inserted
-
-    def upsert_rows(
-        self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
-    ) -> int:
-        if not rows:
-            return 0
-        with self.transaction():
-            stage = self._stage(schema, table, columns, rows)
-            n = self._rowcount(merge_statement(qualified(schema, table), stage, columns))
-            self._execute(f"DROP TABLE {stage}")
-        return n
-
-    # --- profiles -------------------------------------------------------------------------
-    def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
-        """Latest non-NULL value per trait in SQL; the keys whose history holds a rescued
-        value are rebuilt in Python (base.rescued_profile_rows). A profile whose rebuilt
-        values equal its current ones is left as it is, uuid_ts included."""
-        if not keys:
-            return 0
-        target = qualified(schema, spec.table)
-        source = qualified(schema, spec.source_table)
-        rescued = self._keys_with_rescued(source, spec, keys)
-        plain = [k for k in keys if k not in rescued] if rescued else list(keys)
-        suffix = uuid.uuid4().hex[:12]
-        stage = quote(f"_sluice_keys_{suffix}")
-        profiles = quote(f"_sluice_profiles_{suffix}")
-        columns = ["id", *spec.trait_columns, "received_at", "uuid_ts"]
-        same = " AND ".join(
-            f"({profiles}.{quote(c)} = _sluice_t.{quote(c)} OR ({profiles}.{quote(c)} IS NULL "
-            f"AND _sluice_t.{quote(c)} IS NULL))"
-            for c in [*spec.trait_columns, "received_at"]
-        )
-        with self.transaction():
-            if plain:
-                self._execute(f"CREATE TEMP TABLE {stage} (k {WIDE})")
-                self._bulk_copy(stage, ["k"], [(k,) for k in plain], f"{schema}.{spec.table}.keys")
-                # The rebuilt rows go to a temporary table shaped like the profile table
-                # (a Redshift MERGE reads a table, not a subquery); those equal to the
-                # profile there are dropped (a replay changes nothing), then the MERGE sets
-                # only the synced traits, received_at and uuid_ts, so a column not in
-                # spec.trait_columns (a trait turned off by selective sync) keeps its value.
-                self._execute(f"CREATE TEMP TABLE {profiles} (LIKE {target})")
-                self._execute(profile_statement(profiles, source, stage, spec))
-                self._execute(
-                    f"DELETE FROM {profiles} USING {target} AS _sluice_t "
-                    f"WHERE {profiles}.id = _sluice_t.id AND {same}"
-                )
-                self._execute(merge_statement(target, profiles, columns))
-                self._execute(f"DROP TABLE {profiles}")
-                self._execute(f"DROP TABLE {stage}")
-            if rescued:
-                self._rescued_profiles(schema, spec, sorted(rescued))
-        return len(keys)
-
-    def _keys_with_rescued(self, source: str, spec: ProfileSpec, keys: Sequence[str]) -> set[str]:
-        if spec.rescued_column is None:
-            return set()
-        key = quote(spec.key_column)
-        found: set[str] = set()
-        for start in range(0, len(keys), CHUNK_KEYS):
-            found.update(
-                k
-                for (k,) in self._fetchall(
-                    f"SELECT DISTINCT {key} FROM {source} WHERE {key} IN (%s) "
-                    f"AND {quote(spec.rescued_column)} IS NOT NULL",
-                    (list(keys[start : start + CHUNK_KEYS]),),
-                )
-            )
-        return found
-
-    def _rescued_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> None:
-        assert spec.rescued_column is not None
-        traits = "".join(f", {quote(c)}" for c in spec.trait_columns)
-        r = quote(spec.rescued_column)
-        history: list[tuple[Any, ...]] = []
-        current: list[tuple[Any, ...]] = []
-        for start in range(0, len(keys), CHUNK_KEYS):
-            chunk = list(keys[start : start + CHUNK_KEYS])
-            history += self._fetchall(
-                f'SELECT {quote(spec.key_column)}, "timestamp", received_at{traits}, {r} '
-                f"FROM {qualified(schema, spec.source_table)} "
-                f"WHERE {quote(spec.key_column)} IN (%s)",
-                (chunk,),
-            )
-            current += self._fetchall(
-                f"SELECT id{traits}, received_at, {r} FROM {qualified(schema, spec.table)} "
-                "WHERE id IN (%s)",
-                (chunk,),
-            )
-        now = datetime.now(timezone.utc).isoformat()
-        rows = rescued_profile_rows(history, current, spec.trait_columns, now)
-        if rows:
-            names = ["id", *spec.trait_columns, "received_at", "uuid_ts", spec.rescued_column]
-            self.upsert_rows(schema, spec.table, names, rows)
-
-    # --- reverse ETL ------------------------------------------------------------------------
-    def retl_ensure_bookkeeping(self) -> None:
-        b = quote(BOOKKEEPING_SCHEMA)
-        with self.transaction():
-            self._execute(f"CREATE SCHEMA IF NOT EXISTS {b}")
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.retl_snapshots (model {WIDE} NOT NULL, "
-                f"key {WIDE} NOT NULL, row_hash varchar(64) NOT NULL, synced_at {TS}, "
-                "PRIMARY KEY (model, key))"
-            )
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.retl_sent (model {WIDE} NOT NULL, "
-                f"key {WIDE} NOT NULL, op varchar(16) NOT NULL, row_hash varchar(64) NOT NULL, "
-                f"record_id varchar(64) NOT NULL, run_id varchar(64) NOT NULL, sent_at {TS}, "
-                "PRIMARY KEY (model, key))"
-            )
-            self._execute(
-                f"CREATE TABLE IF NOT EXISTS {b}.retl_runs (run_id {WIDE} NOT NULL, "
-                f"model {WIDE}, target {WIDE}, status {WIDE}, started_at {TS}, "
-                f"finished_at {TS}, report {WIDE}, PRIMARY KEY (run_id))"
-            )
-
-    def retl_write_table(
-        self,
-        schema: str,
-        table: str,
-        key: str,
-        columns: dict[str, ColumnType],
-        rows: Sequence[Sequence[Any]],
-        keys: Sequence[str],
-    ) -> None:
-        """As the shared version, but keys are compared as VARCHAR(65535): Redshift's TEXT
-        is VARCHAR(256), which would cut longer keys short; keys go in bounded IN lists."""
-        existing = self.read_schema(schema).get(table)
-        target = qualified(schema, table)
-        types = self.capabilities.type_names
-        with self.transaction():
-            if existing is None:
-                self._execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
-                cols = ", ".join(f"{quote(n)} {types[k]}" for n, k in columns.items())
-                self._execute(f"CREATE TABLE {target} ({cols}, PRIMARY KEY ({quote(key)}))")
-            else:
-                missing = {n: k for n, k in columns.items() if n not in existing}
-                if missing:
-                    self.add_columns(schema, table, missing)
-            for start in range(0, len(keys), MAX_IN_LIST):
-                self._execute(
-                    f"DELETE FROM {target} WHERE CAST({quote(key)} AS {WIDE}) IN (%s)",
-                    (list(keys[start : start + MAX_IN_LIST]),),
-                )
-            if rows:
-                self.insert_plain(schema, table, list(columns), rows)
-
-    def _hash_part(self, column: str, kind: ColumnType) -> str:
-        c = quote(column)
-        # Redshift cannot CAST a boolean to text.
-        text = (
-            f"CASE WHEN {c} THEN 'true' ELSE 'false' END"
-            if kind is ColumnType.BOOLEAN
-            else f"CAST({c} AS {WIDE})"
-        )
-        return f"COALESCE('v' || CAST(length({text}) AS {WIDE}) || ':' || {text}, 'n')"
-
-    # Keys compared as VARCHAR(65535): Redshift's TEXT is VARCHAR(256).
-    _retl_key_type = WIDE
-
-    def _retl_row_hash(self, alias: str) -> str:
-        """No row_to_json on Redshift: staged empty, hashed by _retl_hash_staged."""
-        return "CAST(NULL AS varchar(64))"
-
-    def _retl_hash_staged(self, stage: str, model: str, columns: Sequence[str]) -> None:
-        """Hashed from the typed columns: each value length-prefixed, NULL distinct
-        from ''."""
-        kinds = self._retl_columns_of(f"retl_stage__{model}")
-        parts = " || '|' || ".join(self._hash_part(c, kinds[c]) for c in columns) or "''"
-        self._execute(f"UPDATE {stage} SET _sluice_hash = md5({parts})")
-
-    def retl_diff(self, model: str, columns: Sequence[str]) -> dict[str, int]:
-        stage = self._retl_table("stage", model)
-        changes = self._retl_table("changes", model)
-        cols = ", ".join(quote(c) for c in columns)
-        s_cols = ", ".join(f"s.{quote(c)}" for c in columns)
-        with self.transaction():
-            self._execute(f"DROP TABLE IF EXISTS {changes}")
-            self._execute(
-                f"CREATE TABLE {changes} AS SELECT CAST(0 AS bigint) AS _sluice_seq, "
-                f"CAST('' AS varchar(16)) AS _sluice_kind, s.* FROM {stage} AS s WHERE 1 = 0"
-            )
-            self._execute(
-                f"INSERT INTO {changes} (_sluice_seq, _sluice_kind, _sluice_key, _sluice_hash"
-                f"{', ' + cols if cols else ''}) SELECT row_number() OVER (ORDER BY "
-                "d._sluice_kind, d._sluice_key), d._sluice_kind, d._sluice_key, d._sluice_hash"
-                f"{', ' + cols if cols else ''} FROM ("
-                "SELECT CASE WHEN p.key IS NULL THEN 'added' WHEN s._sluice_key IS NULL "
-                "THEN 'removed' ELSE 'changed' END AS _sluice_kind, "
-                "COALESCE(s._sluice_key, p.key) AS _sluice_key, "
-                "COALESCE(s._sluice_hash, p.row_hash) AS _sluice_hash"
-                f"{', ' + s_cols if s_cols else ''} FROM {stage} AS s FULL OUTER JOIN "
-                f"(SELECT key, row_hash FROM {quote(BOOKKEEPING_SCHEMA)}.retl_snapshots "
-                "WHERE model = %s) AS p ON p.key = s._sluice_key "
-                "WHERE p.key IS NULL OR s._sluice_key IS NULL OR p.row_hash <> s._sluice_hash"
-                ") AS d",
-                (model,),
-            )
-        counts = {"added": 0, "changed": 0, "removed": 0}
-        for kind, n in self._fetchall(
-            f"SELECT _sluice_kind, count(*) FROM {changes} GROUP BY _sluice_kind"
-        ):
-            counts[str(kind)] = int(n)
-        staged = int(self._fetchall(f"SELECT count(*) FROM {stage}")[0][0])
-        counts["unchanged"] = staged - counts["added"] - counts["changed"]
-        return counts
-
-    def _retl_apply(self, model: str, where: str, param: list[Any]) -> None:
-        changes = self._retl_table("changes", model)
-        snapshots = f"{quote(BOOKKEEPING_SCHEMA)}.retl_snapshots"
-        with self.transaction():
-            self._execute(
-                f"DELETE FROM {snapshots} WHERE model = %s AND key IN "
-                f"(SELECT _sluice_key FROM {changes} WHERE {where})",
-                (model, param),
-            )
-            self._execute(
-                f"INSERT INTO {snapshots} (model, key, row_hash, synced_at) "
-                f"SELECT CAST(%s AS {WIDE}), _sluice_key, _sluice_hash, {NOW} FROM {changes} "
-                f"WHERE {where} AND _sluice_kind <> 'removed'",
-                (model, param),
-            )
+        yield stage
+        # Not after a failure: the transaction is aborted, and its rollback drops the table.
+        self.execute(f"DROP TABLE IF EXISTS {stage}")

@@ -582,7 +582,7 @@ class SqlWarehouse(Warehouse):
         self, kinds: dict[str, ColumnType], rows: Sequence[Sequence[Any]]
     ) -> Iterator[str]:
         d = self.dialect
-        name = f"work_{uuid.uuid4().hex[:12]}"
+        name = f"retype_stage_{uuid.uuid4().hex[:12]}"
         cols = ", ".join(
             f"{d.ident(c)} {d.text_type if k is ColumnType.TEXT else d.type_names[k]}"
             for c, k in kinds.items()
