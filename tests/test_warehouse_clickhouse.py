@@ -209,8 +209,10 @@ def test_a_reverse_etl_mirror_into_a_table(clickhouse_factory, tmp_path: Path) -
         "CREATE TABLE src.customers (id String NOT NULL, name String, plan String, score Int64) "
         "ENGINE = ReplacingMergeTree ORDER BY id"
     )
-    wh.execute("INSERT INTO src.customers SELECT concat('c', toString(number)), "
-               "concat('Customer ', toString(number)), 'free', number FROM numbers(1, 6)")  # fmt: skip
+    wh.execute(
+        "INSERT INTO src.customers SELECT concat('c', toString(number)), "
+        "concat('Customer ', toString(number)), 'free', number FROM numbers(1, 6)"
+    )
     destination = {"type": "table", "schema": "crm", "table": "out", "batch_size": 4}
     mapping = {"customer_id": "id", "name": "full_name", "score": "score"}
     models = write_model(tmp_path / "models", destination, mode="mirror", mapping=mapping)
