@@ -1,7 +1,24 @@
-"""The one interface every warehouse adapter implements.
+"""The one interface the pipeline speaks (Warehouse), and what a new adapter implements.
 
-The pipeline speaks only this interface; dialects, type names, bulk paths and
-locking live in the adapters.
+Every operation (bookkeeping, new-row anti-joins, replay fills, profile rebuilds,
+deletion marks, reverse-ETL stage/diff/advance) is written once: statements.py over a
+SqlDialect, run by sql_warehouse.SqlWarehouse. An adapter is a driver on SqlWarehouse.
+To add a warehouse, write a module in this folder with:
+
+- a SqlDialect subclass (dialect.py): only what the warehouse writes differently from
+  PostgreSQL (identifier quoting and case, table references, parameter style, list
+  parameters, a few functions), and its `Capabilities` (types, identifier and column
+  limits);
+- a SqlWarehouse subclass implementing the driver primitives: `execute(sql, params)`
+  (rows changed), `fetchall(sql, params)`, `transaction()` (nestable), `close()`, and
+  `stage(schema, table, columns, rows)`: the rows loaded by the warehouse's own bulk path
+  (COPY, Arrow scan, PUT + COPY INTO, a load job, S3 COPY...) into a relation the shared
+  DML reads;
+- optionally: `hold(name, busy)` (a lock; the default is a lease row in _sluice.locks),
+  `create_table`/`add_columns` (DDL with the warehouse's own clauses), `insert_encoded`
+  (rows the reader processes encoded in the warehouse's bulk format), `columns_sql`;
+- an entry in registry.py (its `type:` and pip extra) and in the contract suite
+  (tests/contract.py), which every warehouse passes.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The Warehouse interface implemented once, over statements.py and a driver's primitives.
 
 A new adapter subclasses SqlWarehouse and implements the driver primitives (execute,
-fetchall, transaction, close, stage) plus a SqlDialect; see DRIVER below.
+fetchall, transaction, close, stage) plus a SqlDialect: see base.py.
 """
 
 from __future__ import annotations
@@ -37,20 +37,6 @@ from loader.warehouses.dialect import SqlDialect
 
 B = st.BOOKKEEPING_SCHEMA
 Params = Mapping[str, Any]
-
-DRIVER = """What an adapter implements:
-    dialect                      a SqlDialect (names, types, parameters, a few functions)
-    capabilities                 base.Capabilities
-    execute(sql, params) -> int  one statement; rows changed
-    fetchall(sql, params)        one statement; its rows as tuples
-    transaction()                nestable; the inner block joins the outer one
-    close()
-    stage(schema, table, columns, rows)  bulk-load rows by the warehouse's own path into
-                                 a relation the DML reads; yields its SQL; dropped after
-and may override: hold(name, busy) (default: a lease row in _sluice.locks),
-columns_sql, create_table / add_columns (DDL quirks), insert_encoded (rows encoded by
-reader processes), tables_taking_tuples, lease_minutes."""
-
 
 class SqlWarehouse(Warehouse):
     dialect: SqlDialect
