@@ -259,3 +259,20 @@ def test_every_statement_sent_parses_as_clickhouse_sql(clickhouse_factory, tmp_p
             sqlglot.parse_one(sql, read="clickhouse")
         except sqlglot.errors.ParseError as exc:  # pragma: no cover - the failure shown
             raise AssertionError(f"{exc}\n{sql}") from None
+
+
+def test_sluice_load_into_an_embedded_clickhouse_target(tmp_path: Path) -> None:
+    """As a user runs it: a `type: clickhouse` target with a folder beside profiles.yml;
+    `runs` reads the run back."""
+    from tests.helpers import sluice
+
+    (tmp_path / "profiles.yml").write_text(
+        "default_target: ch\ntargets:\n  ch:\n    type: clickhouse\n    path: ch_data\n"
+    )
+    archive = _archive(tmp_path / "archive")
+    first = sluice("load", str(archive), "--schema", "web", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "success" in first.stdout and "order_completed" in first.stdout
+    assert (tmp_path / "ch_data").is_dir()
+    runs = sluice("runs", cwd=tmp_path)
+    assert runs.returncode == 0 and runs.stdout.count("success") == 1

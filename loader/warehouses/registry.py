@@ -78,6 +78,8 @@ def holds_nothing_yet(target: Any) -> bool:
     written): a command that only reads can answer "nothing loaded" without creating it."""
     if target.type == "duckdb":
         return target.path != ":memory:" and not Path(target.path).exists()
+    if target.type == "clickhouse":
+        return target.path is not None and not Path(target.path).exists()
     return False
 
 
@@ -90,6 +92,8 @@ def check_target(name: str, target: Any) -> str:
         from loader.warehouses.duckdb import probe
 
         return probe(name, target.path)
+    if holds_nothing_yet(target):
+        return f"{target.path} does not exist yet (the first sync creates it)"
     warehouse = open_warehouse(name, target)
     try:
         list(warehouse.query("SELECT 1"))

@@ -38,6 +38,7 @@ from loader.warehouses.dialect import SqlDialect
 B = st.BOOKKEEPING_SCHEMA
 Params = Mapping[str, Any]
 
+
 class SqlWarehouse(Warehouse):
     dialect: SqlDialect
     lease_minutes = 60
