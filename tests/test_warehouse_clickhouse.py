@@ -276,3 +276,17 @@ def test_sluice_load_into_an_embedded_clickhouse_target(tmp_path: Path) -> None:
     assert (tmp_path / "ch_data").is_dir()
     runs = sluice("runs", cwd=tmp_path)
     assert runs.returncode == 0 and runs.stdout.count("success") == 1
+
+
+def test_a_server_that_cannot_be_reached_is_one_sentence_without_the_password() -> None:
+    from loader.config import ClickHouseTarget
+
+    target = ClickHouseTarget(
+        type="clickhouse", host="127.0.0.1", port=1, password="hunter2xyz", connect_timeout=2
+    )
+    with pytest.raises(WarehouseError) as err:
+        ClickHouseWarehouse("srv", target)
+    text = str(err.value)
+    assert text.startswith("cannot open ClickHouse target 'srv' (server 127.0.0.1): ")
+    assert "refused" in text.lower() and "check host, port, user and password" in text
+    assert "hunter2xyz" not in text and "\n" not in text

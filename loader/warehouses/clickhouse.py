@@ -19,6 +19,7 @@ exactly-once means there"):
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
 import time
@@ -45,7 +46,8 @@ Result = tuple[list[tuple[Any, ...]], int]  # (rows, rows written)
 def short_error(exc: BaseException, secret: str | None = None) -> str:
     """ClickHouse's message without its code, exception class or secret: one clause."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^.*?DB::Exception: ", "", text)
+    refused = re.search(r"\[Errno -?\d+\] ([^\"')]+)", text)  # the socket's own words
+    text = refused.group(1) if refused else re.sub(r"^.*?DB::Exception: ", "", text)
     text = re.sub(r"\s*\(version [^)]*\)|\. \([A-Z_]+\)$", "", text).rstrip(". ")
     return text.replace(secret, "***") if secret else text
 
@@ -94,6 +96,8 @@ class _Server:
     def __init__(self, t: ClickHouseTarget) -> None:
         import clickhouse_connect
 
+        # The driver also logs a failed connection; the one sentence raised says it.
+        logging.getLogger("clickhouse_connect").setLevel(logging.CRITICAL)
         self.client = clickhouse_connect.get_client(
             host=t.host,
             port=t.port or (8443 if t.secure else 8123),
@@ -165,9 +169,10 @@ class ClickHouseWarehouse(SqlWarehouse):
                     "in another process; let it finish, then rerun"
                 ) from None
             where = f"folder {target.path}" if target.path else f"server {target.host}"
+            hint = "" if target.path else "; check host, port, user and password in profiles.yml"
             raise Error(
                 f"cannot open ClickHouse target '{target_name}' ({where}): "
-                f"{short_error(exc, self._secret)}"
+                f"{short_error(exc, self._secret)}{hint}"
             ) from None
 
     # --- driver primitives ------------------------------------------------------------
