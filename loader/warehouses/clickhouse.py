@@ -158,6 +158,7 @@ class ClickHouseWarehouse(SqlWarehouse):
         self._secret = target.password.get_secret_value() if target.password else None
         self._depth = 0
         self._last: list[Callable[[], None]] = []  # a block's ledger writes, run last
+        self._known: dict[tuple[str, str], dict[str, str]] = {}
         try:
             self.client = _Embedded(target.path) if target.path else _Server(target)
         except ImportError:
@@ -218,9 +219,28 @@ class ClickHouseWarehouse(SqlWarehouse):
         else:
             write()
 
+    def columns_sql(self, schema: str, table: str | None = None) -> tuple[str, Any]:
+        # system.columns directly: information_schema's view over it reads every table.
+        where = "" if table is None else " AND table = %(table)s"
+        return (
+            "SELECT table, name, type FROM system.columns WHERE database = %(schema)s"
+            f"{where} ORDER BY table, position",
+            {"schema": schema, "table": table},
+        )
+
     def _every(self, schema: str, table: str) -> dict[str, str]:
-        """The table's columns in order, with their types (Nullable unwrapped)."""
-        return {c: ch.unwrap(t) for _, c, t in self._columns(schema, table)}
+        """The table's columns in order, with their types (Nullable unwrapped); kept
+        until Sluice changes the table."""
+        if (schema, table) not in self._known:
+            found = {c: ch.unwrap(t) for _, c, t in self._columns(schema, table)}
+            if not found:
+                return found
+            self._known[(schema, table)] = found
+        return self._known[(schema, table)]
+
+    def add_columns(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
+        self._known.pop((schema, table), None)
+        super().add_columns(schema, table, columns)
 
     @contextmanager
     def stage(self, schema: str, table: str, columns: Sequence[str], rows: Rows) -> Iterator[str]:
@@ -284,6 +304,7 @@ class ClickHouseWarehouse(SqlWarehouse):
 
     def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
         d = self.dialect
+        self._known.pop((schema, table), None)
         self.execute(f"CREATE DATABASE IF NOT EXISTS {d.schema_ref(schema)}")
         self.execute(st.create_table(d, schema, table, columns) + ch.engine(d, ["id"]))
 

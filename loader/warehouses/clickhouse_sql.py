@@ -141,8 +141,11 @@ def versions(
 
 
 def insert_new(d: SqlDialect, target: str, stage: str, columns: Sequence[str]) -> str:
-    """The staged rows whose id is not in the target (a hash anti-join)."""
-    tail = f"FROM {stage} AS s WHERE s.id NOT IN (SELECT id FROM {target})"
+    """The staged rows whose id is not in the target: a hash anti-join over the target's
+    ids among the staged ones (the primary key skips the rest), any version counting
+    (no FINAL needed to know an id is there)."""
+    there = f"SELECT id FROM {target} WHERE id IN (SELECT id FROM {stage})"
+    tail = f"FROM {stage} AS s WHERE s.id NOT IN ({there}) SETTINGS final = 0"
     return versions(d, target, columns, [f"s.{d.ident(c)}" for c in columns], tail)
 
 
