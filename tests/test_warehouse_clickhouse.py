@@ -16,6 +16,7 @@ import sqlglot
 from loader.config import ConfigError, load_profiles
 from loader.pipeline import Loader
 from loader.schema import ColumnType
+from loader.warehouses import clickhouse_sql as ch
 from loader.warehouses.base import LockBusy, WarehouseError
 from loader.warehouses.clickhouse import ClickHouseWarehouse, short_error
 from loader.warehouses.clickhouse_sql import bind
@@ -253,6 +254,17 @@ def test_every_statement_sent_parses_as_clickhouse_sql(clickhouse_factory, tmp_p
     wh.save_cursor("crm", "customers", "{}")
     wh.recent_runs()
     wh.recent_rejects(SCHEMA)
+    wh.target = wh.target.model_copy(update={"path": None, "lock_settle_seconds": 0})
+    with wh.lock(SCHEMA):  # a server's lease
+        pass
+    d, changes, snaps = wh.dialect, '"_sluice"."retl_changes__m"', '"_sluice"."retl_snapshots"'
+    sent += [
+        bind(sql, {"model": "m", "kinds": ["added"]})
+        for sql in (
+            ch.snapshot_versions(d, snaps, changes, d.in_list("_sluice_kind", "kinds")),
+            ch.snapshot_removals(snaps, changes, d.in_list("_sluice_kind", "kinds")),
+        )
+    ]
     assert len(sent) > 50
     for sql in sent:
         try:
