@@ -6,7 +6,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -169,7 +169,6 @@ class DuckDBWarehouse(SqlWarehouse):
             ) from None
         self.conn.execute("SET TimeZone = 'UTC'")
         self.dialect = DuckDBDialect(self.conn.execute("SELECT current_database()").fetchone()[0])
-        self._depth = 0
 
     def ensure_bookkeeping(self) -> None:
         if not self.read_only:  # a read-only command reads what is there
@@ -187,24 +186,17 @@ class DuckDBWarehouse(SqlWarehouse):
     def fetchall(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
         return self.conn.execute(*_bind(sql, params)).fetchall()
 
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._joined(self._begin)  # DuckDB has no savepoints
+
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        if self._depth:  # DuckDB has no savepoints: a nested block joins the outer one
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
+    def _begin(self) -> Iterator[None]:
         self.conn.execute("BEGIN TRANSACTION")
-        self._depth = 1
         try:
             yield
         except BaseException:
-            self._depth = 0
             self.conn.execute("ROLLBACK")
             raise
-        self._depth = 0
         self.conn.execute("COMMIT")
 
     @contextmanager

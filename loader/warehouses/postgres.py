@@ -155,7 +155,10 @@ def _payloads(chunks: Sequence[EncodedChunk]) -> Callable[[psycopg.Copy], None]:
     return write
 
 
-def _rows(rows: Rows) -> Callable[[psycopg.Copy], None]:
+_Write = Callable[[psycopg.Copy], None]
+
+
+def _rows(rows: Rows) -> _Write:
     def write(copy: psycopg.Copy) -> None:
         for row in rows:
             copy.write_row(row)
@@ -226,23 +229,22 @@ class PostgresWarehouse(SqlWarehouse):
 
     @contextmanager
     def _copied(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        write: Callable[[psycopg.Copy], None],
-        options: str = "",
+        self, schema: str, table: str, columns: Sequence[str], write: _Write, options: str = ""
     ) -> Iterator[str]:
         """A temporary table shaped like the target, filled by one COPY."""
         stage = quote(f"_stage_{table}")
-        cols = ", ".join(quote(c) for c in columns)
         self.execute(f"CREATE TEMP TABLE {stage} (LIKE {qualified(schema, table)}) ON COMMIT DROP")
-        with self.conn.cursor() as cur:
-            with cur.copy(f"COPY {stage} ({cols}) FROM STDIN {options}") as copy:
-                write(copy)
+        self._copy(stage, columns, write, options)
         yield stage
         # Not after a failure: the transaction is aborted, and its rollback drops the table.
         self.execute(f"DROP TABLE IF EXISTS {stage}")
+
+    def _copy(self, table: str, columns: Sequence[str], write: _Write, options: str = "") -> int:
+        cols = ", ".join(quote(c) for c in columns)
+        with self.conn.cursor() as cur:
+            with cur.copy(f"COPY {table} ({cols}) FROM STDIN {options}") as copy:
+                write(copy)
+            return cur.rowcount
 
     @contextmanager
     def hold(self, name: str, busy: str) -> Iterator[None]:
@@ -369,20 +371,11 @@ class PostgresWarehouse(SqlWarehouse):
         return inserted
 
     def _copy_direct(
-        self,
-        schema: str,
-        table: str,
-        columns: Sequence[str],
-        write: Callable[[psycopg.Copy], None],
-        options: str = "",
+        self, schema: str, table: str, columns: Sequence[str], write: _Write, options: str = ""
     ) -> int:
         """One COPY into the table under a savepoint; its row count."""
-        cols = ", ".join(quote(c) for c in columns)
-        statement = f"COPY {qualified(schema, table)} ({cols}) FROM STDIN {options}"
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            with cur.copy(statement) as copy:
-                write(copy)
-            return cur.rowcount
+        with self.conn.transaction():
+            return self._copy(qualified(schema, table), columns, write, options)
 
     def _present_ids(self, schema: str, table: str, ids: list[str]) -> set[str]:
         found = self.conn.execute(

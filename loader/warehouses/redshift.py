@@ -57,7 +57,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import date, datetime
 from typing import Any, Literal, TypeVar
 
@@ -509,22 +509,8 @@ class RedshiftWarehouse(SqlWarehouse):
         sql, flat = positional(sql, params or {})
         return self._run(lambda: self.conn.execute(sql, flat or None).fetchall())
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        # Redshift has no SAVEPOINT: a nested block joins the outer transaction.
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        with self.conn.transaction():
-            self._depth = 1
-            try:
-                yield
-            finally:
-                self._depth = 0
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._joined(self.conn.transaction)  # Redshift has no SAVEPOINT
 
     def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
         caps = self.capabilities

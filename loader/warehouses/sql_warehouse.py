@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from abc import abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -42,6 +42,25 @@ Params = Mapping[str, Any]
 class SqlWarehouse(Warehouse):
     dialect: SqlDialect
     lease_minutes = 60
+    _depth = 0
+
+    @contextmanager
+    def _joined(self, begin: Callable[[], AbstractContextManager[Any]]) -> Iterator[None]:
+        """A transaction for warehouses without savepoints: a nested block joins the
+        outer one, whose end commits (or rolls back) everything."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        with begin():
+            self._depth = 1
+            try:
+                yield
+            finally:
+                self._depth = 0
 
     # --- driver primitives -----------------------------------------------------------
     @abstractmethod
