@@ -1,19 +1,10 @@
 """ClickHouse, a driver on SqlWarehouse: embedded (chdb, a folder) or a server
-(clickhouse-connect over HTTP). Its SQL is in clickhouse_sql.py.
+(clickhouse-connect over HTTP); its SQL is in clickhouse_sql.py.
 
-ClickHouse has no multi-statement transactions and no UPDATE ... FROM, so every write
-is an INSERT and exactly-once rests on three things (README: "ClickHouse: what
-exactly-once means there"):
-
-- every table is a ReplacingMergeTree on its key (`id`, or a bookkeeping table's key
-  columns): a changed row (a replay filling NULLs, an upserted object, a rebuilt profile)
-  is a new version of the row, and the last inserted version wins;
-- every statement of a Sluice connection runs with `final = 1` (FINAL on every table),
-  so it reads one row per key, the latest, whether or not ClickHouse merged them yet;
-- inserts are idempotent by themselves (new ids only, anti-joined against the table;
-  versions only where something differs), and the file ledger and cursors of a block are
-  written last, once everything before them succeeded: a crash between two statements
-  leaves rows the rerun recognises and never repeats.
+No transactions and no UPDATE ... FROM: every write is an INSERT (a changed row is a new
+version in a ReplacingMergeTree on the key), every read runs with FINAL, inserts are
+idempotent anti-joins, and a block's ledger writes (files, cursors) run last, once the
+rest succeeded. What that guarantees: README, "ClickHouse: what exactly-once means there".
 """
 
 from __future__ import annotations
@@ -295,6 +286,9 @@ class ClickHouseWarehouse(SqlWarehouse):
     # --- tables: a database per schema, ReplacingMergeTree on the key ----------------
     def _ensure_tables(self, names: Sequence[str]) -> None:
         self.execute(f"CREATE DATABASE IF NOT EXISTS {self.dialect.schema_ref(B)}")
+        if self.target.path:  # one process: a stage still there is a crashed run's
+            for (left,) in self.fetchall(ch.LEFT_STAGES):
+                self.execute(f"DROP TABLE IF EXISTS {self._b(str(left))}")
         for name in names:
             table = st.BOOKKEEPING[name]
             keys = table.keys or table.required

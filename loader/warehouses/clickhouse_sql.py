@@ -49,6 +49,10 @@ SETTINGS: dict[str, Any] = {
     "max_query_size": 256 * 1024 * 1024,
 }
 # A retried INSERT carrying the same deduplication token is dropped if the first landed.
+# Stages (Memory tables in _sluice) a crashed run left.
+LEFT_STAGES = (
+    "SELECT name FROM system.tables WHERE database = '_sluice' AND startsWith(name, '_stage_')"
+)
 TABLE_SETTINGS = "SETTINGS non_replicated_deduplication_window = 1000, allow_nullable_key = 1"
 _PARAM = re.compile(r"%\((\w+)\)s")
 
