@@ -1,6 +1,8 @@
-"""Benchmark: events/s, peak RSS and no-op rerun time, for DuckDB and PostgreSQL.
+"""Benchmark: events/s, peak RSS and no-op rerun time, for DuckDB and PostgreSQL (and
+ClickHouse, embedded through chdb, with --warehouse clickhouse).
 
     python bench/load_bench.py --events 1000000 --warehouse both
+    python bench/load_bench.py --events 200000 --warehouse clickhouse
     python bench/load_bench.py --events 200000 --tracking-plan   # plan's cost, both
 
 Each load runs in its own process so its peak RSS is its own. The archive is made
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -37,6 +40,10 @@ from loader.tracking_plan import load_file as load_plan
 plan = load_plan(Path(plan_path)) if plan_path else None
 if kind == "postgres":
     from loader.warehouses.postgres import PostgresWarehouse as W
+elif kind == "clickhouse":
+    from loader.config import ClickHouseTarget
+    from loader.warehouses.clickhouse import ClickHouseWarehouse as W
+    where = ClickHouseTarget(type="clickhouse", path=where)
 else:
     from loader.warehouses.duckdb import DuckDBWarehouse as W
 import os
@@ -149,6 +156,9 @@ def bench(
             conn.execute(f'CREATE DATABASE "{name}"')
         info = psycopg.conninfo.conninfo_to_dict(admin_dsn) | {"dbname": name}
         where = psycopg.conninfo.make_conninfo(**info)
+    elif kind == "clickhouse":
+        db = ROOT / ".cache" / f"bench-{uuid.uuid4().hex[:8]}.clickhouse"
+        where = str(db)
     else:
         db = ROOT / ".cache" / f"bench-{uuid.uuid4().hex[:8]}.duckdb"
         where = str(db)
@@ -159,6 +169,8 @@ def bench(
         if kind == "postgres":
             with psycopg.connect(admin_dsn, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        elif kind == "clickhouse":
+            shutil.rmtree(db, ignore_errors=True)
         else:
             for p in (db, Path(str(db) + ".wal")):
                 p.unlink(missing_ok=True)
@@ -178,7 +190,9 @@ def bench(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--warehouse", choices=["duckdb", "postgres", "both"], default="both")
+    parser.add_argument(
+        "--warehouse", choices=["duckdb", "postgres", "clickhouse", "both"], default="both"
+    )
     parser.add_argument(
         "--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres"
     )

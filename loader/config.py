@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from loader.suggest import did_you_mean
 
@@ -107,6 +115,33 @@ def _check_dsn(value: SecretStr | None) -> SecretStr | None:
     return value
 
 
+class ClickHouseTarget(_Target):
+    """Embedded (chdb: `path`, a folder one process uses at a time) or a server
+    (clickhouse-connect over HTTP: `host`...); exactly one of the two."""
+
+    type: Literal["clickhouse"]
+    path: str | None = Field(
+        default=None, description="embedded: data folder, relative to profiles.yml"
+    )
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    user: str = "default"
+    password: SecretStr | None = None
+    database: str = Field(default="default", description="the connection's default database")
+    secure: bool = False
+    connect_timeout: int = Field(default=10, ge=1)
+    # A server has no lock primitive: a claim row living this long (longer than any sync),
+    # read back after lock_settle_seconds (longer than an insert takes to be visible).
+    lock_lease_minutes: int = Field(default=360, ge=1)
+    lock_settle_seconds: float = Field(default=1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _embedded_or_server(self) -> ClickHouseTarget:
+        if (self.path is None) == (self.host is None):
+            raise ValueError("give either path (embedded ClickHouse) or host (a server), not both")
+        return self
+
+
 class _OtherTarget(_Target):
     """A target whose adapter module is not importable here; its fields are kept as given
     (opening it says which extra to install)."""
@@ -115,7 +150,7 @@ class _OtherTarget(_Target):
     type: Literal["redshift", "bigquery", "snowflake"]
 
 
-TARGET_TYPES = ("duckdb", "postgres", "redshift", "bigquery", "snowflake")
+TARGET_TYPES = ("duckdb", "postgres", "redshift", "bigquery", "snowflake", "clickhouse")
 # Fields without which a connection silently goes to the driver's defaults.
 REQUIRED_UNLESS_DSN: dict[str, tuple[str, ...]] = {
     "postgres": ("host", "user", "dbname"),
@@ -124,6 +159,7 @@ REQUIRED_UNLESS_DSN: dict[str, tuple[str, ...]] = {
 # Fields naming local files: relative to the profiles file.
 PATH_FIELDS: dict[str, tuple[str, ...]] = {
     "duckdb": ("path",),
+    "clickhouse": ("path",),
     "bigquery": ("keyfile",),
     "snowflake": ("private_key_path",),
 }
@@ -140,6 +176,8 @@ def target_model(kind: str) -> type[BaseModel]:
         return DuckDBTarget
     if kind == "postgres":
         return PostgresTarget
+    if kind == "clickhouse":
+        return ClickHouseTarget
     module, name = _ADAPTER_MODELS[kind]
     try:
         return getattr(importlib.import_module(module), name)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real PostgreSQL (started here when none is reachable) and real DuckDB."""
+"""Shared fixtures: a real PostgreSQL (started here when none is reachable), real DuckDB,
+and an embedded ClickHouse (chdb, for the tests that ask for it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import psycopg
 import pytest
 
 from loader.sample import write_archive
+from tests.clickhouse_fixture import clickhouse_factory  # noqa: F401 - a fixture
 
 
 def _listening(host: str, port: int) -> bool:
@@ -59,6 +61,9 @@ def warehouse_kind(request: pytest.FixtureRequest) -> str:
 def open_wh(warehouse_kind: str, tmp_path: Path, request: pytest.FixtureRequest):
     """A factory opening (possibly several times) the same fresh target."""
     opened = []
+    if warehouse_kind == "clickhouse":
+        yield request.getfixturevalue("clickhouse_factory")
+        return
     if warehouse_kind == "postgres":
         dsn = request.getfixturevalue("pg_dsn")
 

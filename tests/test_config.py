@@ -178,7 +178,7 @@ def test_errors_point_at_the_right_target_line_and_field(tmp_path: Path) -> None
         (
             "  local:\n    type: duckdbb\n",
             "line 4: field 'targets.local.type' must be one of duckdb, postgres, redshift, "
-            "bigquery, snowflake, not 'duckdbb'; did you mean 'duckdb'?",
+            "bigquery, snowflake, clickhouse, not 'duckdbb'; did you mean 'duckdb'?",
         ),
         (
             "  local:\n    type: duckdb\n    pth: x.duckdb\n",

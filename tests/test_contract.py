@@ -1,4 +1,4 @@
-"""The adapter contract (tests/contract.py) on DuckDB and PostgreSQL."""
+"""The adapter contract (tests/contract.py) on DuckDB, PostgreSQL and ClickHouse."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.contract import CONTRACT
+
+
+@pytest.fixture(params=["duckdb", "postgres", "clickhouse"])
+def warehouse_kind(request: pytest.FixtureRequest) -> str:
+    return request.param
 
 
 @pytest.mark.parametrize("scenario", CONTRACT, ids=lambda s: s.__name__)

@@ -14,6 +14,7 @@ DRIVER_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "redshift": ("redshift", ("psycopg", "psycopg_binary")),
     "snowflake": ("snowflake", ("snowflake",)),
     "bigquery": ("bigquery", ("google",)),
+    "clickhouse": ("clickhouse", ("chdb", "clickhouse_connect")),
 }
 
 
@@ -65,6 +66,10 @@ def _open(name: str, target: Any, read_only: bool) -> Warehouse:
         from loader.warehouses.bigquery import BigQueryTarget, BigQueryWarehouse
 
         return BigQueryWarehouse(name, BigQueryTarget.from_target(name, target))
+    if target.type == "clickhouse":
+        from loader.warehouses.clickhouse import ClickHouseWarehouse
+
+        return ClickHouseWarehouse(name, target)
     raise WarehouseError(f"target '{name}': the {target.type} adapter is not available yet")
 
 
@@ -73,6 +78,8 @@ def holds_nothing_yet(target: Any) -> bool:
     written): a command that only reads can answer "nothing loaded" without creating it."""
     if target.type == "duckdb":
         return target.path != ":memory:" and not Path(target.path).exists()
+    if target.type == "clickhouse":
+        return target.path is not None and not Path(target.path).exists()
     return False
 
 
@@ -85,6 +92,8 @@ def check_target(name: str, target: Any) -> str:
         from loader.warehouses.duckdb import probe
 
         return probe(name, target.path)
+    if holds_nothing_yet(target):
+        return f"{target.path} does not exist yet (the first sync creates it)"
     warehouse = open_warehouse(name, target)
     try:
         list(warehouse.query("SELECT 1"))
