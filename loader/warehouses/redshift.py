@@ -58,10 +58,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import date, datetime
 from typing import Any, Literal, TypeVar
 
-import orjson
 import psycopg
 from pydantic import (
     BaseModel,
@@ -75,7 +73,7 @@ from pydantic import (
 
 from loader.config import ConfigError
 from loader.schema import ColumnType
-from loader.warehouses.base import Capabilities, Rows, WarehouseError
+from loader.warehouses.base import Capabilities, Rows, WarehouseError, staged_text
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.sql_warehouse import SqlWarehouse
 
@@ -290,16 +288,6 @@ class TooWide(ValueError):
         self.row, self.column, self.size = row, column, size
 
 
-def _csv_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
-    return str(value)
-
-
 def csv_gzip(rows: Sequence[Sequence[Any]], widths: Sequence[int] | None = None) -> bytes:
     """Rows as gzip CSV: every value quoted, NULL as an unquoted \\N (so '' stays '').
 
@@ -312,7 +300,7 @@ def csv_gzip(rows: Sequence[Sequence[Any]], widths: Sequence[int] | None = None)
             if value is None:
                 fields.append(NULL_MARK)
                 continue
-            text = _csv_text(value)
+            text = staged_text(value)
             if widths is not None and len(text) * 4 > widths[c]:
                 size = len(text.encode())
                 if size > widths[c]:
