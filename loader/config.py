@@ -196,9 +196,10 @@ def adapter_target(model: type[M], name: str, target: Any) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "target"
+        field = ".".join(str(p) for p in err["loc"])
+        where = f"field '{field}': " if field else ""  # a rule over several fields
         msg = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"profiles.yml: target '{name}': field '{field}': {msg}") from None
+        raise ConfigError(f"profiles.yml: target '{name}': {where}{msg}") from None
 
 
 def check_cron(value: str | None) -> str | None:

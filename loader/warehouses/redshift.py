@@ -66,12 +66,11 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from loader.config import ConfigError
+from loader.config import adapter_target
 from loader.schema import ColumnType
 from loader.warehouses.base import Capabilities, Rows, WarehouseError, staged_text
 from loader.warehouses.dialect import SqlDialect, positional
@@ -152,18 +151,7 @@ class RedshiftTarget(BaseModel):
 
     @classmethod
     def from_target(cls, name: str, target: Any) -> RedshiftTarget:
-        data = target.model_dump() if isinstance(target, BaseModel) else dict(target)
-        for key, value in list(data.items()):
-            if isinstance(value, SecretStr):
-                data[key] = value.get_secret_value()
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            where = f"field '{field}': " if field else ""
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            raise ConfigError(f"profiles.yml: target '{name}': {where}{msg}") from None
+        return adapter_target(cls, name, target)
 
     def conninfo(self) -> str:
         if self.dsn is not None:
