@@ -19,11 +19,11 @@ from setuptools.command.build_ext import build_ext
 
 # Pure logic only (no I/O): what mypyc compiles must also run as plain Python.
 COMPILED = [
-    "loader/messages.py",
-    "loader/normalize.py",
-    "loader/row_layout.py",
-    "loader/schema.py",
-    "loader/encoded.py",
+    "loader/rules/messages.py",
+    "loader/rules/normalize.py",
+    "loader/encode/row_layout.py",
+    "loader/rules/schema.py",
+    "loader/encode/encoded.py",
 ]
 
 
@@ -46,7 +46,7 @@ class OptionalBuildExt(build_ext):
         a wheel's installer writes the .py after the .so."""
         built = {}
         for source in COMPILED:
-            name = Path(source).stem
+            name = ".".join(Path(source).with_suffix("").parts[1:])  # "rules.messages"
             if Path(self.get_ext_fullpath(f"loader.{name}")).exists():
                 built[name] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
         target = Path(self.get_ext_fullpath("loader._native__mypyc")).parent

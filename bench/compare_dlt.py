@@ -54,7 +54,7 @@ import orjson
 import psycopg
 from load_bench import ROOT, archive_for
 
-from loader.normalize import event_table_name
+from loader.rules.normalize import event_table_name
 
 DEFAULT_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 RESULTS = ROOT / "compare_results.json"
@@ -85,7 +85,7 @@ def _peak_rss_mb() -> tuple[float, float]:
 def child_sluice(dsn: str, archive: str, schema: str, batch: int) -> dict[str, Any]:
     """Exactly what load_bench.py's CHILD does, but into a named schema, so that several
     loads can share one database."""
-    from loader.pipeline import Loader
+    from loader.sync.pipeline import Loader
     from loader.warehouses.postgres import PostgresWarehouse
 
     wh = PostgresWarehouse("bench", dsn)

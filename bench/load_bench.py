@@ -6,7 +6,7 @@ ClickHouse, embedded through chdb, with --warehouse clickhouse).
     python bench/load_bench.py --events 200000 --tracking-plan   # plan's cost, both
 
 Each load runs in its own process so its peak RSS is its own. The archive is made
-once by loader.sample (mixed call types, ~30 event names, nested properties, ~2%
+once by loader.sources.sample (mixed call types, ~30 event names, nested properties, ~2%
 duplicates, some type conflicts) and cached under bench/.cache/. `--tracking-plan`
 generates a plan of 50 events and 500 properties (the archive's events with their
 properties and types, padded with planned events and properties it never sends) and
@@ -29,19 +29,19 @@ import psycopg
 ROOT = Path(__file__).resolve().parent
 CHILD = """
 import json, resource, sys, time
-from loader.pipeline import Loader
-from loader.selective_sync import SyncFilter, load_file
+from loader.sync.pipeline import Loader
+from loader.rules.selective_sync import SyncFilter, load_file
 from pathlib import Path
 kind, where, archive, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 rules = sys.argv[5] if len(sys.argv) > 5 else ""
 plan_path = sys.argv[6] if len(sys.argv) > 6 else ""
 f = load_file(Path(rules)).filter_for("bench", "bench") if rules else SyncFilter(None)
-from loader.tracking_plan import load_file as load_plan
+from loader.rules.tracking_plan import load_file as load_plan
 plan = load_plan(Path(plan_path)) if plan_path else None
 if kind == "postgres":
     from loader.warehouses.postgres import PostgresWarehouse as W
 elif kind == "clickhouse":
-    from loader.config import ClickHouseTarget
+    from loader.config.profiles import ClickHouseTarget
     from loader.warehouses.clickhouse import ClickHouseWarehouse as W
     where = ClickHouseTarget(type="clickhouse", path=where)
 else:
@@ -67,7 +67,7 @@ print(json.dumps({"seconds": seconds, "lines": report.lines_read,
 def archive_for(events: int) -> Path:
     path = ROOT / ".cache" / f"archive-{events}"
     if not (path / ".done").exists():
-        from loader.sample import write_archive
+        from loader.sources.sample import write_archive
 
         write_archive(path, events, events_per_file=10_000, malformed=False)
         (path / ".done").touch()

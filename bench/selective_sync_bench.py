@@ -19,8 +19,8 @@ import orjson
 import yaml
 from load_bench import ROOT, archive_for, bench
 
-from loader.normalize import rows_for
-from loader.selective_sync import PROTECTED_COLUMNS
+from loader.rules.normalize import rows_for
+from loader.rules.selective_sync import PROTECTED_COLUMNS
 
 
 def property_columns(archive: Path, sample_lines: int = 20_000) -> dict[str, list[str]]:

@@ -15,13 +15,14 @@ from pydantic import Field
 
 from dagster_project.resources import WarehouseResource, resource_key
 from dagster_project.translator import REJECTS_TABLE, SluiceTranslator, TableInfo, column_schema
-from loader.catalog import tables_of, update_catalog
-from loader.config import ConfigError
-from loader.naming import snake_case
-from loader.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
-from loader.project import Project
-from loader.selective_sync import SelectiveSync
-from loader.warehouses.base import LockBusy, Warehouse
+from loader.config.profiles import ConfigError
+from loader.rules.naming import snake_case
+from loader.rules.selective_sync import SelectiveSync
+from loader.sync.catalog import tables_of, update_catalog
+from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
+from loader.sync.project import Project
+from loader.warehouses.base import LockBusy
+from loader.warehouses.warehouse import Warehouse
 
 # Tables every event source has (users/accounts follow identifies/groups).
 CORE_TABLES = ("tracks", "pages", "screens", "identifies", "users", "groups", "accounts", "aliases")

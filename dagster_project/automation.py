@@ -13,10 +13,11 @@ import dagster as dg
 
 from dagster_project.assets import op_name
 from dagster_project.resources import WarehouseResource, resource_key
-from loader.pipeline import ledger_exists, loaded_files_of, pending_files
-from loader.project import Project
 from loader.sources.archive import ArchiveFile, list_files, received_day
-from loader.warehouses.base import LockBusy, Warehouse
+from loader.sync.pipeline import ledger_exists, loaded_files_of, pending_files
+from loader.sync.project import Project
+from loader.warehouses.base import LockBusy
+from loader.warehouses.warehouse import Warehouse
 
 T = TypeVar("T")
 

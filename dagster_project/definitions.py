@@ -21,7 +21,7 @@ from dagster_project.object_assets import build_object_source_assets, object_tab
 from dagster_project.resources import target_problem, warehouse_resources
 from dagster_project.retl_assets import build_retl_assets
 from dagster_project.translator import REJECTS_TABLE, SluiceTranslator
-from loader.project import Project, find_project, load_project
+from loader.sync.project import Project, find_project, load_project
 
 
 def build_definitions(

@@ -20,12 +20,12 @@ from dagster_project.assets import (
 )
 from dagster_project.resources import WarehouseResource, resource_key
 from dagster_project.translator import SluiceTranslator, TableInfo
-from loader.catalog import tables_of, update_catalog
-from loader.naming import snake_case
-from loader.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
-from loader.project import Project
-from loader.selective_sync import SelectiveSync
+from loader.rules.naming import snake_case
+from loader.rules.selective_sync import SelectiveSync
 from loader.sources.cloud.registry import collections_of, connector_for
+from loader.sync.catalog import tables_of, update_catalog
+from loader.sync.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
+from loader.sync.project import Project
 from loader.warehouses.base import LockBusy
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import dagster as dg
 
-from loader.config import ConfigError, Profiles, load_profiles
-from loader.naming import snake_case
-from loader.warehouses.base import Warehouse
+from loader.config.profiles import ConfigError, Profiles, load_profiles
+from loader.rules.naming import snake_case
 from loader.warehouses.registry import open_warehouse
+from loader.warehouses.warehouse import Warehouse
 
 
 class WarehouseResource(dg.ConfigurableResource):

@@ -7,11 +7,11 @@ import dagster as dg
 
 from dagster_project.resources import WarehouseResource, resource_key
 from dagster_project.translator import SluiceTranslator, TableInfo
-from loader.naming import snake_case
-from loader.project import Project
 from loader.reverse_etl.lineage import tables_read
 from loader.reverse_etl.model import list_models, load_model
 from loader.reverse_etl.runner import run_model
+from loader.rules.naming import snake_case
+from loader.sync.project import Project
 from loader.warehouses.base import LockBusy
 
 CHECK_DELIVERED = "all_records_delivered"

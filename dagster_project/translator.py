@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from loader.naming import snake_case
-from loader.normalize import FIXED_TABLES, RESCUED_COLUMN
+from loader.rules.naming import snake_case
+from loader.rules.normalize import FIXED_TABLES, RESCUED_COLUMN
 
 REJECTS_TABLE = "rejected_events"
 

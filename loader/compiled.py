@@ -21,7 +21,13 @@ import warnings
 from pathlib import Path
 
 # In import order (each imports only those before it); setup.py compiles these.
-COMPILED_MODULES = ("messages", "schema", "normalize", "row_layout", "encoded")
+COMPILED_MODULES = (
+    "rules.messages",
+    "rules.schema",
+    "rules.normalize",
+    "encode.row_layout",
+    "encode.encoded",
+)
 # The one library holding their code (setup.py's group_name), beside them in the package.
 SHARED_LIBRARY = "_native__mypyc"
 # Written by setup.py beside the builds: module -> SHA-256 of the source it was built from.
@@ -30,12 +36,19 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def compiled_path(name: str, package: Path = _PACKAGE) -> Path | None:
-    """The compiled build of loader.<name>, if there is one beside its source."""
+    """The compiled build of loader.<name> (dotted: "rules.messages"), if there is one
+    beside its source."""
+    *folders, leaf = name.split(".")
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = package / f"{name}{suffix}"
+        path = package.joinpath(*folders, f"{leaf}{suffix}")
         if path.exists():
             return path
     return None
+
+
+def source_path(name: str, package: Path = _PACKAGE) -> Path:
+    """The plain Python of loader.<name> (dotted: "rules.messages")."""
+    return package.joinpath(*name.split(".")).with_suffix(".py")
 
 
 def stale_modules(package: Path = _PACKAGE) -> list[str]:
@@ -53,7 +66,7 @@ def stale_modules(package: Path = _PACKAGE) -> list[str]:
         recorded = {}
     stale = []
     for name, path in built.items():
-        source = (package / f"{name}.py").read_bytes()
+        source = source_path(name, package).read_bytes()
         if (
             path is None
             or library is None
@@ -65,7 +78,7 @@ def stale_modules(package: Path = _PACKAGE) -> list[str]:
 
 def running_compiled() -> bool:
     """Whether the hot path runs as mypyc's C (for benchmarks to say what they measured)."""
-    module = sys.modules.get("loader.normalize")
+    module = sys.modules.get("loader.rules.normalize")
     return module is not None and not str(getattr(module, "__file__", "")).endswith(".py")
 
 
@@ -86,9 +99,11 @@ def use_source_when_needed() -> None:
         qualified = f"loader.{name}"
         if qualified in sys.modules:
             continue
-        spec = importlib.util.spec_from_file_location(qualified, _PACKAGE / f"{name}.py")
+        parent, _, leaf = qualified.rpartition(".")
+        importlib.import_module(parent)  # its package first (an __init__ with no imports)
+        spec = importlib.util.spec_from_file_location(qualified, source_path(name))
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[qualified] = module
         spec.loader.exec_module(module)
-        setattr(sys.modules["loader"], name, module)  # as an import would: loader.<name>
+        setattr(sys.modules[parent], leaf, module)  # as an import would: loader.rules.<leaf>

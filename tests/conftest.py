@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from loader.sample import write_archive
+from loader.sources.sample import write_archive
 from tests.clickhouse_fixture import clickhouse_factory  # noqa: F401 - a fixture
 
 

@@ -14,9 +14,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from loader.pipeline import Loader
-from loader.selective_sync import parse
-from loader.warehouses.base import Warehouse
+from loader.rules.selective_sync import parse
+from loader.sync.pipeline import Loader
+from loader.warehouses.warehouse import Warehouse
 from tests.helpers import identify, track, write_ndjson
 
 OpenWarehouse = Callable[[], Warehouse]

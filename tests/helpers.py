@@ -29,7 +29,7 @@ def sluice(
     """The `sluice` command in a fresh interpreter, as a user runs it; `columns` is the
     terminal width rich wraps its output to (wide, so assertions meet whole sentences)."""
     return subprocess.run(
-        [sys.executable, "-m", "loader.cli", *args],
+        [sys.executable, "-m", "loader.cli.app", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loader.messages import Reject
+from loader.rules.messages import Reject
 
 
 def recent_runs_scenario(wh: Any) -> None:

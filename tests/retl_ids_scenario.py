@@ -12,7 +12,7 @@ import yaml
 
 from loader.reverse_etl.model import load_model
 from loader.reverse_etl.runner import run_model
-from loader.schema import ColumnType
+from loader.rules.schema import ColumnType
 
 TS = "2026-11-01T10:00:00+00:00"
 

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from loader.pipeline import Loader
+from loader.sync.pipeline import Loader
 from tests.helpers import snapshot
 
 
@@ -67,7 +67,7 @@ def test_cli_reads_s3_with_the_standard_endpoint_variable(
         f"default_target: t\ntargets:\n  t:\n    type: duckdb\n    path: {tmp_path / 'x.duckdb'}\n"
     )
     result = subprocess.run(
-        [sys.executable, "-m", "loader.cli", "load", s3_archive, "--schema", "web"],
+        [sys.executable, "-m", "loader.cli.app", "load", s3_archive, "--schema", "web"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -20,8 +20,8 @@ import pytest
 import tomllib
 from click.testing import CliRunner, Result
 
-from loader.cli import cli
-from loader.sample import write_archive
+from loader.cli.app import cli
+from loader.sources.sample import write_archive
 from tests.helpers import profiles_for, sluice
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,7 +273,7 @@ def test_progress_shows_on_a_terminal(tmp_path: Path) -> None:
     profiles = _duck_profiles(tmp_path)
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loader.cli", "load", str(archive), "--schema", "s",
+        [sys.executable, "-m", "loader.cli.app", "load", str(archive), "--schema", "s",
          "--profiles", str(profiles), "--batch-lines", "300"],
         stdout=subprocess.PIPE, stderr=slave, env=_env({"TERM": "xterm"}), cwd=tmp_path,
     )  # fmt: skip
@@ -305,7 +305,7 @@ def test_progress_shows_on_a_terminal(tmp_path: Path) -> None:
 
 def _start_load(archive: Path, profiles: Path, cwd: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "loader.cli", "load", str(archive), "--schema", "src",
+        [sys.executable, "-m", "loader.cli.app", "load", str(archive), "--schema", "src",
          "--profiles", str(profiles), "--batch-lines", "100", "--verbose", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=cwd,
         start_new_session=True,  # its own process group, as a terminal's job is
@@ -425,7 +425,7 @@ def test_missing_driver_names_the_extra_to_install(tmp_path: Path) -> None:
     # Nothing of the CLI itself needs a driver: help and a DuckDB load work without any.
     assert sluice("--help", cwd=tmp_path, env=env).returncode == 0
     check = subprocess.run(
-        [sys.executable, "-c", "import loader.cli, sys; "
+        [sys.executable, "-c", "import loader.cli.app, sys; "
          "print([m for m in ('psycopg', 'snowflake.connector', 'google.cloud.bigquery') "
          "if sys.modules.get(m) is not None])"],
         capture_output=True, text=True, env=_env(), cwd=tmp_path,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from loader.sample import default_first_day
+from loader.sources.sample import default_first_day
 from tests.test_cli import sluice
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -12,13 +12,13 @@ from pathlib import Path
 import orjson
 import pytest
 
-from loader.config import ConfigError
-from loader.object_pipeline import ObjectLoader
-from loader.project import load_project
+from loader.config.profiles import ConfigError
 from loader.sources.cloud.engine import Deadlines, RetryPolicy, SourceError
 from loader.sources.cloud.salesforce import SalesforceConnector
 from loader.sources.cloud.stripe import StripeConnector
 from loader.sources.cloud.zendesk import ZendeskConnector
+from loader.sync.object_pipeline import ObjectLoader
+from loader.sync.project import load_project
 from tests.fake_apis import FakeSalesforce, FakeStripe, FakeZendesk, Fault
 from tests.helpers import rows, sluice, write_duckdb_profiles
 

@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
-from loader.object_pipeline import ObjectLoader
-from loader.selective_sync import parse
+from loader.rules.selective_sync import parse
 from loader.sources.cloud.engine import RetryPolicy, SourceError
 from loader.sources.cloud.salesforce import SalesforceConnector
 from loader.sources.cloud.stripe import StripeConnector
 from loader.sources.cloud.zendesk import ZendeskConnector
 from loader.sources.objects_archive import ObjectArchiveConnector
+from loader.sync.object_pipeline import ObjectLoader
 from tests.fake_apis import FakeSalesforce, FakeStripe, FakeZendesk, Fault
 from tests.helpers import rows, sluice, write_duckdb_profiles, write_ndjson
 
@@ -288,7 +288,7 @@ def test_kill_9_between_pages_then_rerun_has_no_duplicate_or_gap(
     )
     stripe.inject(Fault(200, times=1, path_contains="/v1/charges", after_ok=2, hang_s=60))
     child = subprocess.Popen(
-        [sys.executable, "-m", "loader.cli", "sync", "payments"],
+        [sys.executable, "-m", "loader.cli.app", "sync", "payments"],
         cwd=tmp_path,
         env={**os.environ},
         stdout=subprocess.DEVNULL,
@@ -307,7 +307,7 @@ def test_kill_9_between_pages_then_rerun_has_no_duplicate_or_gap(
     ok_before = len([s for s, p, _, _ in stripe.requests if p == "/v1/charges" and s == 200])
     stripe.heal()
     rerun = subprocess.run(
-        [sys.executable, "-m", "loader.cli", "sync", "payments"],
+        [sys.executable, "-m", "loader.cli.app", "sync", "payments"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -507,7 +507,7 @@ def test_kill_9_between_pages_then_rerun(tmp_path: Path, case: _Case) -> None:
     (tmp_path / "sluice.yml").write_text(case.sluice_yml())
     case.api.inject(Fault(200, times=1, path_contains=case.path, after_ok=2, hang_s=60))
     child = subprocess.Popen(
-        [sys.executable, "-m", "loader.cli", "sync", "crm"],
+        [sys.executable, "-m", "loader.cli.app", "sync", "crm"],
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -18,7 +18,7 @@ from loader.compiled import (
     compiled_path,
     stale_modules,
 )
-from loader.sample import write_archive
+from loader.sources.sample import write_archive
 from tests.helpers import identify, track, write_ndjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,9 +30,9 @@ READ_ALL = r"""
 import hashlib, json, pickle, sys
 from pathlib import Path
 from loader.compiled import running_compiled
-from loader.file_reader import EncodeContext, ReadOptions, read_file
-from loader.schema import ColumnType
-from loader.selective_sync import parse
+from loader.encode.file_reader import EncodeContext, ReadOptions, read_file
+from loader.rules.schema import ColumnType
+from loader.rules.selective_sync import parse
 from loader.sources.archive import list_files
 from loader.warehouses.postgres import CAPABILITIES
 
@@ -195,36 +195,43 @@ def test_compiled_and_plain_python_read_every_file_alike(tmp_path: Path) -> None
 
 def test_a_module_edited_after_compiling_or_left_unbuilt_is_stale(tmp_path: Path) -> None:
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+    def beside(name: str, ending: str) -> Path:  # "rules.schema" -> rules/schema<ending>
+        *folders, leaf = name.split(".")
+        return tmp_path.joinpath(*folders, leaf + ending)
+
     for name in COMPILED_MODULES:
-        (tmp_path / f"{name}.py").write_text(f"# {name}\n")
+        beside(name, ".py").parent.mkdir(exist_ok=True)
+        beside(name, ".py").write_text(f"# {name}\n")
     assert stale_modules(tmp_path) == []  # nothing compiled: nothing stale
     for name in (*COMPILED_MODULES, SHARED_LIBRARY):
-        (tmp_path / f"{name}{suffix}").write_bytes(b"")
+        beside(name, suffix).write_bytes(b"")
     record = {
-        name: hashlib.sha256((tmp_path / f"{name}.py").read_bytes()).hexdigest()
+        name: hashlib.sha256(beside(name, ".py").read_bytes()).hexdigest()
         for name in COMPILED_MODULES
     }
     (tmp_path / SOURCES_RECORD).write_text(json.dumps(record))
     # Built from these sources, whatever the file times (an installer writes .py last).
     for name in COMPILED_MODULES:
-        os.utime(tmp_path / f"{name}{suffix}", (1_000, 1_000))
+        os.utime(beside(name, suffix), (1_000, 1_000))
     assert stale_modules(tmp_path) == []
-    (tmp_path / "normalize.py").write_text("# normalize, edited\n")
-    assert stale_modules(tmp_path) == ["normalize"]
-    (tmp_path / f"schema{suffix}").unlink()  # a build that failed part way
-    assert stale_modules(tmp_path) == ["schema", "normalize"]
-    (tmp_path / f"{SHARED_LIBRARY}{suffix}").unlink()  # shims without their code
+    beside("rules.normalize", ".py").write_text("# normalize, edited\n")
+    assert stale_modules(tmp_path) == ["rules.normalize"]
+    beside("rules.schema", suffix).unlink()  # a build that failed part way
+    assert stale_modules(tmp_path) == ["rules.schema", "rules.normalize"]
+    beside(SHARED_LIBRARY, suffix).unlink()  # shims without their code
     assert stale_modules(tmp_path) == list(COMPILED_MODULES)
     (tmp_path / SOURCES_RECORD).unlink()  # no record of what was compiled
-    (tmp_path / f"{SHARED_LIBRARY}{suffix}").write_bytes(b"")
-    (tmp_path / f"schema{suffix}").write_bytes(b"")
+    beside(SHARED_LIBRARY, suffix).write_bytes(b"")
+    beside("rules.schema", suffix).write_bytes(b"")
     assert stale_modules(tmp_path) == list(COMPILED_MODULES)
 
 
 def test_pure_python_can_be_forced_by_the_environment() -> None:
     code = (
-        "import loader.normalize, loader.encoded; from loader.compiled import running_compiled;"
-        "print(running_compiled(), loader.normalize.__file__.endswith('.py'))"
+        "import loader.rules.normalize, loader.encode.encoded;"
+        "from loader.compiled import running_compiled;"
+        "print(running_compiled(), loader.rules.normalize.__file__.endswith('.py'))"
     )
     env = dict(os.environ, SLUICE_PURE_PYTHON="1")
     done = subprocess.run(
@@ -243,6 +250,8 @@ def test_setup_compiles_exactly_the_modules_the_package_checks() -> None:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "COMPILED"
     ]
     paths = ast.literal_eval(listed)
-    assert sorted(paths) == sorted(f"loader/{name}.py" for name in COMPILED_MODULES)
+    assert sorted(paths) == sorted(
+        "loader/" + name.replace(".", "/") + ".py" for name in COMPILED_MODULES
+    )
     assert 'group_name="loader._native"' in (ROOT / "setup.py").read_text()
     assert SHARED_LIBRARY == "_native__mypyc"  # mypyc names it <group_name>__mypyc

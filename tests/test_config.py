@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader.config import ConfigError, load_profiles, parse_document, substitute
-from loader.project import load_project
-from loader.sample import write_archive
+from loader.config.profiles import ConfigError, load_profiles, parse_document, substitute
+from loader.sources.sample import write_archive
+from loader.sync.project import load_project
 from tests import helpers
 
 # Config errors are long sentences: a wide terminal keeps each on one line.

@@ -15,9 +15,9 @@ import pytest
 
 from dagster_project.assets import SyncConfig
 from dagster_project.definitions import build_definitions
-from loader.catalog import tables_of, update_catalog
-from loader.project import load_project
-from loader.sample import default_first_day, write_archive
+from loader.sources.sample import default_first_day, write_archive
+from loader.sync.catalog import tables_of, update_catalog
+from loader.sync.project import load_project
 from loader.warehouses.registry import open_warehouse
 from tests.fake_apis import FakeStripe
 
@@ -236,7 +236,7 @@ def _cli_load(root: Path, days: tuple[str, str] | None = None) -> None:
     """A load as `sluice sync` does it: the loader, through the project's own profile."""
     from datetime import date
 
-    from loader.pipeline import Loader
+    from loader.sync.pipeline import Loader
 
     project = load_project(root / "sluice.yml")
     wh = open_warehouse(*project.load_profiles().target("local"))
@@ -532,8 +532,8 @@ def test_cloud_source_collections_are_assets(project_dir: Path) -> None:
 
 @pytest.mark.parametrize("warehouse_kind", ["postgres"])
 def test_cloud_syncs_made_by_the_cli_show_in_dagster(project_dir: Path) -> None:
-    from loader.object_pipeline import ObjectLoader
     from loader.sources.cloud.registry import connector_for
+    from loader.sync.object_pipeline import ObjectLoader
 
     with _stripe_payments(project_dir, "    collections: [customers, charges]\n") as stripe:
         defs = _defs(project_dir)

@@ -11,8 +11,8 @@ from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._serdes import serialize_value
 
 from dagster_project.definitions import build_definitions
-from loader.project import load_project
-from loader.sample import write_archive
+from loader.sources.sample import write_archive
+from loader.sync.project import load_project
 
 SECRETS = {
     "SLUICE_T_RS_PASSWORD": "rs-password-0001",

@@ -12,9 +12,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loader.encoded import EncodedChunk
-from loader.pipeline import Loader
-from loader.schema import ColumnEvidence, column_evidence
+from loader.encode.encoded import EncodedChunk
+from loader.rules.schema import ColumnEvidence, column_evidence
+from loader.sync.pipeline import Loader
 from loader.warehouses.postgres import PostgresWarehouse
 from tests.helpers import identify, snapshot, table_rows, track, write_ndjson
 
@@ -302,9 +302,9 @@ def test_postgres_tables_key_ids_in_byte_order_and_index_time_by_block_range(
 def test_text_columns_are_checked_only_when_the_encoder_refuses_a_value() -> None:
     """Text columns go to binary COPY unchecked; a chunk holding a number or a boolean in
     one is laid out again with every value checked, ending exactly as if checked first."""
-    from loader.encoded import encode_table
-    from loader.normalize import TableChunk, fixed_columns
-    from loader.schema import ColumnType
+    from loader.encode.encoded import encode_table
+    from loader.rules.normalize import TableChunk, fixed_columns
+    from loader.rules.schema import ColumnType
     from loader.warehouses.postgres import CopyBinaryEncoder
 
     fixed = fixed_columns("order_completed")
@@ -347,7 +347,7 @@ def test_readers_text_fast_path_writes_the_bytes_psycopg_writes_with_no_connecti
     from psycopg.adapt import Transformer
     from psycopg.pq import Format
 
-    from loader.schema import ColumnType
+    from loader.rules.schema import ColumnType
     from loader.warehouses.postgres import _ADAPTERS, CopyBinaryEncoder
 
     payload, ends = CopyBinaryEncoder().encode(
@@ -368,7 +368,7 @@ def test_readers_text_fast_path_writes_the_bytes_psycopg_writes_with_no_connecti
 def test_rows_of_any_names_line_up_by_name(values: list[dict[str, int]]) -> None:
     """A table's rows laid out as tuples: every name any row has, in first-seen order,
     and each row's value under its own name (None where the row lacks it)."""
-    from loader.normalize import TableChunk
+    from loader.rules.normalize import TableChunk
 
     chunk = TableChunk.of_values(values, [None] * len(values))
     names = list(dict.fromkeys(name for row in values for name in row))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from loader.pipeline import Loader
-from loader.sample import write_archive
+from loader.sources.sample import write_archive
+from loader.sync.pipeline import Loader
 from loader.warehouses.base import LockBusy
 from loader.warehouses.duckdb import DuckDBWarehouse
 from loader.warehouses.postgres import PostgresWarehouse
@@ -22,7 +22,7 @@ def _load_cmd(archive: Path, profiles: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "loader.cli",
+        "loader.cli.app",
         "load",
         str(archive),
         "--schema",

@@ -9,10 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from loader.file_reader import ReadOptions, read_file, read_files
-from loader.pipeline import Loader
+from loader.encode.file_reader import ReadOptions, read_file, read_files
 from loader.sources import archive
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines, list_files
+from loader.sync.pipeline import Loader
 from tests.helpers import ExplodingFilter, identify, snapshot, track, write_ndjson
 
 
@@ -155,7 +155,7 @@ def test_loads_with_and_without_reader_processes_are_identical(open_wh, tmp_path
 def test_a_concurrently_inserted_id_falls_back_to_the_staged_path(pg_dsn: str) -> None:
     """The direct COPY path checks ids first; if another writer inserts one of them in
     between, the unique violation is rolled back and the staged path inserts the rest."""
-    from loader.schema import ColumnType
+    from loader.rules.schema import ColumnType
     from loader.warehouses.postgres import PostgresWarehouse
 
     wh = PostgresWarehouse("pg", pg_dsn)
@@ -184,7 +184,7 @@ def test_requests_and_answers_larger_than_a_pipe_never_deadlock(tmp_path: Path) 
     a selective-sync filter) and every answer larger than a pipe's buffer: the loader
     blocked writing a request while the reader is blocked writing an answer must not
     happen."""
-    from loader.selective_sync import parse
+    from loader.rules.selective_sync import parse
     from loader.warehouses.duckdb import DuckDBWarehouse
 
     wide = {f"property_number_{n}": n for n in range(3000)}
@@ -214,7 +214,7 @@ def test_reader_processes_yield_the_cpu_to_the_loading_process(tmp_path: Path) -
     on are the serial lane, so readers run at a lower CPU priority."""
     import os
 
-    from loader.file_reader import READER_NICENESS, _ReaderProcess
+    from loader.encode.file_reader import READER_NICENESS, _ReaderProcess
 
     path = write_ndjson(tmp_path / "a.gz", [track("m1")])
     reader = _ReaderProcess()

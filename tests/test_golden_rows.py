@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from loader.messages import Reject, parse_line
-from loader.normalize import Row, rows_for
-from loader.schema import ColumnType, coerce, fits, infer_type, plan_columns
+from loader.rules.messages import Reject, parse_line
+from loader.rules.normalize import Row, rows_for
+from loader.rules.schema import ColumnType, coerce, fits, infer_type, plan_columns
 
 CONTEXT = {
     "library": {"name": "analytics.js", "version": "4.1.0"},

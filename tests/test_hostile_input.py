@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader.pipeline import Loader
+from loader.sync.pipeline import Loader
 from tests.helpers import snapshot, table_rows, track, write_ndjson
 
 
@@ -250,7 +250,7 @@ def test_a_partial_load_exits_1_with_one_sentence(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "loader.cli",
+            "loader.cli.app",
             "load",
             "archive",
             "--schema",
@@ -359,7 +359,7 @@ def test_random_bad_lines_never_block_the_valid_ones(
     """Random bytes and random JSON among valid messages: every valid message loads, and
     every other non-blank line is exactly one reject with a reason, on PostgreSQL (the
     strictest about text) and DuckDB."""
-    from loader.messages import parse_line
+    from loader.rules.messages import parse_line
     from loader.warehouses.duckdb import DuckDBWarehouse
     from loader.warehouses.postgres import PostgresWarehouse
 

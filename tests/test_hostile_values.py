@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader.messages import parse_date_time
-from loader.normalize import rows_for
-from loader.pipeline import Loader
-from loader.row_layout import CUT_MARKER, fit_rescued
-from loader.schema import ColumnType, infer_type, json_text
+from loader.encode.row_layout import CUT_MARKER, fit_rescued
+from loader.rules.messages import parse_date_time
+from loader.rules.normalize import rows_for
+from loader.rules.schema import ColumnType, infer_type, json_text
+from loader.sync.pipeline import Loader
 from tests.helpers import identify, snapshot, table_rows, track, write_ndjson
 
 T = "2026-11-01T10:00:00Z"

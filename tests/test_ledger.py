@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 import pytest
 
-from loader.pipeline import Loader
-from loader.sample import write_archive
 from loader.sources.archive import list_files
+from loader.sources.sample import write_archive
+from loader.sync.pipeline import Loader
 from loader.warehouses.base import LockBusy
 from loader.warehouses.postgres import PostgresWarehouse
 from tests.helpers import identify, table_rows, track, write_ndjson
@@ -206,7 +206,7 @@ def test_concurrent_first_syncs_on_a_fresh_postgres_get_the_lock_message(
 
 def _sluice(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "loader.cli", *args],
+        [sys.executable, "-m", "loader.cli.app", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -294,7 +294,7 @@ def test_duckdb_read_only_commands_beside_a_writer(tmp_path: Path) -> None:
     # Readers take no write lock: two at once both read.
     readers = [
         subprocess.Popen(
-            [sys.executable, "-m", "loader.cli", "schema", "show", "src.order_completed"],
+            [sys.executable, "-m", "loader.cli.app", "schema", "show", "src.order_completed"],
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from loader.pipeline import Loader
+from loader.sync.pipeline import Loader
 from tests.helpers import identify, snapshot, table_rows, track, write_ndjson
 
 

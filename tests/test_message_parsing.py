@@ -16,8 +16,8 @@ import orjson
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from loader.messages import CALL_TYPES, Envelope, Reject, parse_line, parse_timestamp
-from loader.normalize import rows_for
+from loader.rules.messages import CALL_TYPES, Envelope, Reject, parse_line, parse_timestamp
+from loader.rules.normalize import rows_for
 
 STRING_FIELDS = ("userId", "anonymousId", "event", "name", "category", "groupId", "previousId")
 TIME_FIELDS = ("receivedAt", "sentAt", "timestamp", "originalTimestamp")

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loader.naming import MAX_IDENTIFIER_BYTES, is_valid_identifier, latin_fold, snake_case
-from loader.normalize import FIXED_TABLES, event_table_name
+from loader.rules.naming import MAX_IDENTIFIER_BYTES, is_valid_identifier, latin_fold, snake_case
+from loader.rules.normalize import FIXED_TABLES, event_table_name
 
 CASES = [
     ("accountType", "account_type"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loader.config import load_profiles
+from loader.config.profiles import load_profiles
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "profiles.example.yml"
 # type -> (adapter module, its settings model)
@@ -21,7 +21,7 @@ ADAPTER_SETTINGS = {
 
 
 # Targets whose settings model is profiles.yml's own (parsed with the file).
-CONFIG_SETTINGS = {"clickhouse": ("loader.config", "ClickHouseTarget")}
+CONFIG_SETTINGS = {"clickhouse": ("loader.config.profiles", "ClickHouseTarget")}
 
 
 def _settings_model(kind: str) -> type:
@@ -61,7 +61,7 @@ def test_every_adapter_setting_is_documented(kind: str) -> None:
 
 
 def test_duckdb_memory_limit_and_threads_reach_duckdb(tmp_path: Path) -> None:
-    from loader.config import DuckDBTarget
+    from loader.config.profiles import DuckDBTarget
     from loader.warehouses.base import WarehouseError
     from loader.warehouses.registry import open_warehouse
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader.pipeline import Loader
-from loader.retype import RetypePlan, plan_retype
-from loader.schema import ColumnType
+from loader.rules.retype import RetypePlan, plan_retype
+from loader.rules.schema import ColumnType
+from loader.sync.pipeline import Loader
 from tests.helpers import snapshot, table_rows, track, write_ndjson
 
 T = "s.order_completed"
@@ -136,7 +136,7 @@ def test_rule_moves_only_what_fits_and_never_loses_a_value() -> None:
 def test_cli_set_type_dry_run_then_apply_and_one_sentence_errors(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from loader.cli import cli
+    from loader.cli.app import cli
 
     def sluice(*args: str, cwd: Path) -> Any:
         """In process (the command as installed is run by tests/test_cli.py)."""
@@ -193,7 +193,7 @@ def test_a_trait_changes_type_with_its_profile_column(tmp_path: Path) -> None:
     identifies rows): set-type on one changes both, and later loads keep working."""
     from click.testing import CliRunner
 
-    from loader.cli import cli
+    from loader.cli.app import cli
     from tests.helpers import identify
 
     (tmp_path / "profiles.yml").write_text(
@@ -235,8 +235,8 @@ def test_a_trait_changes_type_with_its_profile_column(tmp_path: Path) -> None:
 
 
 def test_profile_links_match_the_loaders() -> None:
-    from loader.pipeline import PROFILES
-    from loader.retype import linked_tables
+    from loader.rules.retype import linked_tables
+    from loader.sync.pipeline import PROFILES
 
     for profile, (source, _) in PROFILES.items():
         assert linked_tables(profile) == [source] and linked_tables(source) == [profile]
@@ -245,7 +245,7 @@ def test_profile_links_match_the_loaders() -> None:
 def test_apply_is_refused_while_a_sync_holds_the_lock(tmp_path: Path, pg_dsn: str) -> None:
     from click.testing import CliRunner
 
-    from loader.cli import cli
+    from loader.cli.app import cli
     from loader.warehouses.postgres import PostgresWarehouse
 
     (tmp_path / "profiles.yml").write_text(

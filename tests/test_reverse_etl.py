@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
-from loader.config import ConfigError
-from loader.pipeline import Loader
+from loader.config.profiles import ConfigError
 from loader.reverse_etl.model import ModelError, load_model
 from loader.reverse_etl.runner import RetlReport, plan_model, run_model
+from loader.sync.pipeline import Loader
 
 REPO_MODELS = Path(__file__).resolve().parent.parent / "sql" / "models"
 SECRET = "Bearer s3cr3t-token-do-not-log"

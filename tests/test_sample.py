@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from loader.sample import archive_days, write_archive
 from loader.sources.archive import received_day
+from loader.sources.sample import archive_days, write_archive
 
 
 def _days(files: list[Path]) -> list[date]:

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from loader.pipeline import Loader
-from loader.sample import default_first_day, write_archive
-from loader.selective_sync import PROTECTED_COLUMNS, SyncFilter, parse
+from loader.rules.selective_sync import PROTECTED_COLUMNS, SyncFilter, parse
+from loader.sources.sample import default_first_day, write_archive
+from loader.sync.pipeline import Loader
 
 OFF = """\
 version: 1

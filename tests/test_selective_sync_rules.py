@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from loader.normalize import rows_for
-from loader.selective_sync import check_names, parse
+from loader.rules.normalize import rows_for
+from loader.rules.selective_sync import check_names, parse
 from tests.helpers import track
 
 DENY = """\

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 import sqlglot
 
-from loader.schema import ColumnType
+from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
 from loader.warehouses.dialect import SqlDialect, positional
 

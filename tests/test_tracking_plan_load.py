@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from loader.pipeline import Loader
-from loader.tracking_plan import parse
+from loader.rules.tracking_plan import parse
+from loader.sync.pipeline import Loader
 from tests.helpers import identify, track, write_ndjson
 
 PLAN = """\

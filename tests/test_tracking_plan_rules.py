@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loader.tracking_plan import (
+from loader.rules.tracking_plan import (
     GROUP,
     IDENTIFY,
     MISSING_REQUIRED,

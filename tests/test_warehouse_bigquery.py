@@ -4,7 +4,7 @@ google-cloud-bigquery client (anonymous credentials, custom api_endpoint). Each 
 gets its own fresh project on the one emulator (the emulator keeps projects apart).
 
 Everything the adapter sends runs on the emulator: load jobs (NDJSON) into staging
-tables, SqlWarehouse's statements as BigQueryDialect writes them (INSERT ... SELECT ...
+tables, Warehouse's statements as BigQueryDialect writes them (INSERT ... SELECT ...
 WHERE NOT EXISTS, UPDATE ... FROM with IS DISTINCT FROM, DELETE, window functions with
 FIRST_VALUE(... IGNORE NULLS), `IN UNNEST(@array)` parameters), event tables created
 through the tables API with DAY partitioning on received_at and clustering on id,
@@ -53,11 +53,12 @@ from typing import Any
 import pytest
 import sqlglot
 
-from loader.config import ConfigError, _OtherTarget, load_profiles
-from loader.pipeline import Loader
-from loader.schema import ColumnType
-from loader.warehouses.base import LockBusy, ProfileSpec, Warehouse, WarehouseError
+from loader.config.profiles import ConfigError, _OtherTarget, load_profiles
+from loader.rules.schema import ColumnType
+from loader.sync.pipeline import Loader
+from loader.warehouses.base import LockBusy, ProfileSpec, WarehouseError
 from loader.warehouses.registry import open_warehouse
+from loader.warehouses.warehouse import Warehouse
 from tests.bq_emulator import free_port, running_emulator
 from tests.contract import CONTRACT, SCHEMA, _archive
 from tests.ledger_history_scenario import recent_rejects_scenario, recent_runs_scenario
@@ -297,7 +298,7 @@ def test_bookkeeping_tables_of_an_older_version_keep_their_timestamps(open_wh) -
     when a line was rejected."""
     from google.cloud import bigquery
 
-    from loader.messages import Reject
+    from loader.rules.messages import Reject
 
     wh = open_wh()
     client = _client(wh)
@@ -850,7 +851,7 @@ def test_set_type_rewrites_the_table_in_one_statement(open_wh, tmp_path: Path) -
     REPLACE TABLE ... AS SELECT, the column's new values joined from a staging table."""
     import sqlglot
 
-    from loader.pipeline import Loader
+    from loader.sync.pipeline import Loader
     from tests.helpers import track, write_ndjson
 
     wh = open_wh()

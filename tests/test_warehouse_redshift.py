@@ -39,10 +39,10 @@ from moto.server import ThreadedMotoServer
 from sqlglot import exp
 from sqlglot.dialects.redshift import Redshift
 
-from loader.config import ConfigError, Profiles
-from loader.messages import Reject
-from loader.pipeline import Loader
-from loader.schema import ColumnType, coerce, coerce_column, fits
+from loader.config.profiles import ConfigError, Profiles
+from loader.rules.messages import Reject
+from loader.rules.schema import ColumnType, coerce, coerce_column, fits
+from loader.sync.pipeline import Loader
 from loader.warehouses import redshift
 from loader.warehouses.base import LockBusy, WarehouseError
 from loader.warehouses.dialect import positional

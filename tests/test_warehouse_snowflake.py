@@ -21,8 +21,8 @@ import orjson
 import pytest
 import snowflake.connector as snowflake_connector
 
-from loader.config import ConfigError, _OtherTarget
-from loader.schema import ColumnType
+from loader.config.profiles import ConfigError, _OtherTarget
+from loader.rules.schema import ColumnType
 from loader.warehouses.base import LockBusy, ProfileSpec, WarehouseError
 from loader.warehouses.registry import open_warehouse
 from tests.contract import CONTRACT
@@ -114,7 +114,7 @@ from tests.test_reverse_etl import (  # noqa: E402, F401
 
 
 def test_upper_case_names_queryable_without_quotes(open_wh, tmp_path: Path) -> None:
-    from loader.pipeline import Loader
+    from loader.sync.pipeline import Loader
     from tests.contract import SCHEMA, _archive
 
     wh = open_wh()
@@ -605,8 +605,8 @@ def test_set_type_rebuilds_the_table_and_swaps_it_in(open_wh, tmp_path: Path) ->
     the work table in its place (what the swap leaves)."""
     import sqlglot
 
-    from loader.pipeline import Loader
-    from loader.schema import ColumnType
+    from loader.rules.schema import ColumnType
+    from loader.sync.pipeline import Loader
     from tests.helpers import track, write_ndjson
 
     wh = open_wh()

@@ -14,8 +14,8 @@ from typing import Any
 from loader.reverse_etl.destinations import Record
 from loader.reverse_etl.ids import SentChange, record_id
 from loader.reverse_etl.model import SEND_KINDS, Model, ModelError
-from loader.schema import ColumnType
-from loader.warehouses.base import Warehouse
+from loader.rules.schema import ColumnType
+from loader.warehouses.warehouse import Warehouse
 
 
 @dataclass

@@ -27,7 +27,7 @@ from loader.reverse_etl.destinations import (
 )
 from loader.reverse_etl.diff import ChangeSet, pages, prepare
 from loader.reverse_etl.model import Model
-from loader.warehouses.base import Warehouse
+from loader.warehouses.warehouse import Warehouse
 
 MAX_FAILURES_KEPT = 20
 

@@ -12,7 +12,7 @@ from typing import Any
 import fsspec
 import orjson
 
-from loader.naming import snake_case
+from loader.rules.naming import snake_case
 from loader.sources.archive import iter_lines, list_files, protocol_url
 from loader.sources.cloud.engine import ObjectPage, SourceError
 

@@ -1,4 +1,4 @@
-"""BigQuery: a driver on SqlWarehouse. Load jobs stage the rows; the DML is statements.py's.
+"""BigQuery: a driver on Warehouse. Load jobs stage the rows; the DML is statements.py's.
 
 Datasets: Sluice's "schema" is a BigQuery dataset named `dataset_prefix + schema` in the
 target's project and location; the bookkeeping dataset is `dataset_prefix + "_sluice"`
@@ -17,7 +17,7 @@ the tables API have no defaults).
 
 Bulk path (`stage`): a batch's rows are written as NDJSON into a load job (free, unlike
 streaming inserts) into a fresh staging table in the bookkeeping dataset, typed like the
-target's columns; SqlWarehouse's set-based DML reads it, and it is dropped at once.
+target's columns; Warehouse's set-based DML reads it, and it is dropped at once.
 Parameters: statements carry pyformat `%(name)s`; `execute`/`fetchall` turn them into
 `@name` with typed query parameters (bigquery_api.bind), a list as an ARRAY
 (`IN UNNEST(@name)`).
@@ -27,7 +27,7 @@ client can hold across load jobs and DDL the way PostgreSQL does. The promise of
 core ("a batch's rows and the record of the files it consumed are committed together")
 is kept by statement atomicity, idempotence and ordering instead:
 
-- every statement SqlWarehouse writes is atomic on its own, and each write of a batch is
+- every statement Warehouse writes is atomic on its own, and each write of a batch is
   idempotent: insert-new is an anti-join on `id` (rows there already are skipped),
   fill-NULLs only fills NULLs, an upsert's update only touches rows that differ, and
   bookkeeping rows are anti-joined on their natural keys; so re-running a batch (or any
@@ -46,7 +46,7 @@ ETL's two-statement steps are safe cut short too: new record ids are noted befor
 batch is sent (a half-done note only forgets ids nothing was sent with), and a snapshot
 advance cut short re-offers those keys, which keep their record ids (retl_sent).
 
-Locks: SqlWarehouse's lease row in `_sluice.locks` (name, holder, expiry), timed by
+Locks: Warehouse's lease row in `_sluice.locks` (name, holder, expiry), timed by
 BigQuery's clock; losing a race for it (two takers inserting at once, or BigQuery
 refusing a concurrent DML on the table) raises LockBusy. A crashed sync's lease expires
 after `lock_lease_minutes`.
@@ -74,13 +74,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from loader.retype import RetypePlan
-from loader.schema import ColumnType
+from loader.rules.retype import RetypePlan
+from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
 from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
 from loader.warehouses.bigquery_api import BigQueryApi, BigQueryTarget, bind
 from loader.warehouses.dialect import SqlDialect
-from loader.warehouses.sql_warehouse import SqlWarehouse
+from loader.warehouses.warehouse import Warehouse
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
@@ -182,7 +182,7 @@ class BigQueryDialect(SqlDialect):
         return found if found is not None else super().read_type(data_type)
 
 
-class BigQueryWarehouse(SqlWarehouse):
+class BigQueryWarehouse(Warehouse):
     capabilities = CAPABILITIES
 
     def __init__(

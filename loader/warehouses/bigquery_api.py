@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from loader.config import adapter_target
+from loader.config.profiles import adapter_target
 from loader.warehouses.base import WarehouseError
 from loader.warehouses.dialect import rename_params
 

@@ -1,4 +1,4 @@
-"""ClickHouse, a driver on SqlWarehouse: embedded (chdb, a folder) or a server
+"""ClickHouse, a driver on Warehouse: embedded (chdb, a folder) or a server
 (clickhouse-connect over HTTP); its SQL is in clickhouse_sql.py.
 
 No transactions and no UPDATE ... FROM: every write is an INSERT (a changed row is a new
@@ -22,13 +22,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from loader.config import ClickHouseTarget
-from loader.schema import ColumnType
+from loader.config.profiles import ClickHouseTarget
+from loader.rules.schema import ColumnType
 from loader.warehouses import clickhouse_sql as ch
 from loader.warehouses import statements as st
-from loader.warehouses.base import LockBusy, ProfileSpec, Rows, Warehouse
+from loader.warehouses.base import LockBusy, ProfileSpec, Rows
 from loader.warehouses.base import WarehouseError as Error
-from loader.warehouses.sql_warehouse import B, SqlWarehouse
+from loader.warehouses.warehouse import B, Warehouse
 
 _ARROW = {"Bool": pa.bool_(), "Int64": pa.int64(), "Float64": pa.float64()}
 Result = tuple[list[tuple[Any, ...]], int]  # (rows, rows written)
@@ -136,7 +136,7 @@ def _folder_in_use(path: str) -> bool:
     return False
 
 
-class ClickHouseWarehouse(SqlWarehouse):
+class ClickHouseWarehouse(Warehouse):
     capabilities = ch.CAPABILITIES
     dialect = ch.ClickHouseDialect()
     # A column rebuild is a mutation per row (ALTER ... UPDATE): not offered (base says so).
@@ -338,7 +338,7 @@ class ClickHouseWarehouse(SqlWarehouse):
         return len(ids)
 
     def record_files(self, schema: str, files: Sequence[tuple[str, int]]) -> None:
-        self._at_end(lambda: SqlWarehouse.record_files(self, schema, files))
+        self._at_end(lambda: Warehouse.record_files(self, schema, files))
 
     def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
         """A new version of the (schema, collection) row, written last in its block."""

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from loader.schema import ColumnType
+from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
 from loader.warehouses.base import Capabilities, ProfileSpec
 from loader.warehouses.dialect import SqlDialect

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from loader.schema import ColumnType
+from loader.rules.schema import ColumnType
 
 # Statements carry pyformat parameters (`%(name)s`); drivers whose client takes another
 # style convert them with rename_params.

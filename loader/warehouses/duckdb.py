@@ -14,10 +14,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from loader.schema import ColumnType
+from loader.rules.schema import ColumnType
 from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
 from loader.warehouses.dialect import SqlDialect, rename_params
-from loader.warehouses.sql_warehouse import SqlWarehouse
+from loader.warehouses.warehouse import Warehouse
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=63,
@@ -124,7 +124,7 @@ class DuckDBDialect(SqlDialect):
         return f"CAST({expr} AS JSON)"
 
 
-class DuckDBWarehouse(SqlWarehouse):
+class DuckDBWarehouse(Warehouse):
     capabilities = CAPABILITIES
 
     def __init__(

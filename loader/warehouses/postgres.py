@@ -17,14 +17,14 @@ from psycopg import postgres, pq
 from psycopg.adapt import AdaptersMap, Dumper, Transformer
 from psycopg.pq import Format
 
-from loader.encoded import EncodedChunk
-from loader.messages import parse_timestamp
-from loader.normalize import RESCUED_COLUMN
-from loader.schema import ColumnType
+from loader.encode.encoded import EncodedChunk
+from loader.rules.messages import parse_timestamp
+from loader.rules.normalize import RESCUED_COLUMN
+from loader.rules.schema import ColumnType
 from loader.warehouses import statements
 from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
 from loader.warehouses.dialect import SqlDialect
-from loader.warehouses.sql_warehouse import SqlWarehouse
+from loader.warehouses.warehouse import Warehouse
 
 try:  # psycopg's own COPY row formatter (C with psycopg[binary]); not public API
     from psycopg._copy_base import format_row_binary
@@ -189,7 +189,7 @@ CAPABILITIES = Capabilities(
 )
 
 
-class PostgresWarehouse(SqlWarehouse):
+class PostgresWarehouse(Warehouse):
     capabilities = CAPABILITIES
     dialect = SqlDialect(CAPABILITIES.type_names, CAPABILITIES.json_type, CAPABILITIES.key_type)
 

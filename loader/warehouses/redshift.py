@@ -70,11 +70,11 @@ from pydantic import (
     model_validator,
 )
 
-from loader.config import adapter_target
-from loader.schema import ColumnType
+from loader.config.profiles import adapter_target
+from loader.rules.schema import ColumnType
 from loader.warehouses.base import Capabilities, Rows, WarehouseError, staged_text
 from loader.warehouses.dialect import SqlDialect, positional
-from loader.warehouses.sql_warehouse import SqlWarehouse
+from loader.warehouses.warehouse import Warehouse
 
 T = TypeVar("T")
 MAX_VARCHAR = 65535
@@ -366,7 +366,7 @@ class RedshiftDialect(SqlDialect):
         return super().read_type("text" if "char" in data_type.lower() else data_type)
 
 
-class RedshiftWarehouse(SqlWarehouse):
+class RedshiftWarehouse(Warehouse):
     def __init__(self, target_name: str, target: RedshiftTarget) -> None:
         self.target_name = target_name
         self.target = target

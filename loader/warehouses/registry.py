@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loader.warehouses.base import Warehouse, WarehouseError
+from loader.warehouses.base import WarehouseError
+from loader.warehouses.warehouse import Warehouse
 
 # type -> (the extra to install, top-level modules of its driver). DuckDB is built in.
 DRIVER_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {

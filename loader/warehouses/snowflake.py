@@ -1,4 +1,4 @@
-"""Snowflake (snowflake-connector-python): a driver on SqlWarehouse. Rows are bulk-loaded
+"""Snowflake (snowflake-connector-python): a driver on Warehouse. Rows are bulk-loaded
 through a named internal stage (PUT + COPY INTO a staging table), then written by the
 set-based INSERT/UPDATE of statements.py; no DDL inside a load transaction.
 
@@ -38,7 +38,7 @@ starts with `CREATE TEMP STAGE` (DDL), which fails the same way. A stage made be
 PUT and COPY INTO a permanent table do run, and roll back, in a transaction. On fakesnow
 NUMBER(38,0) is a 64-bit integer and TIMESTAMP_TZ comes back in UTC (instant kept).
 
-Locks: SqlWarehouse's lease row in `_SLUICE.LOCKS` (its DELETE takes the table's lock, so
+Locks: Warehouse's lease row in `_SLUICE.LOCKS` (its DELETE takes the table's lock, so
 two takers run one after the other); a crashed sync's expires after `lock_lease_minutes`.
 """
 
@@ -57,13 +57,13 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from loader.config import adapter_target
-from loader.retype import RetypePlan
-from loader.schema import ColumnType
+from loader.config.profiles import adapter_target
+from loader.rules.retype import RetypePlan
+from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
 from loader.warehouses.base import Capabilities, ProfileSpec, Rows, WarehouseError, staged_text
 from loader.warehouses.dialect import SqlDialect, positional
-from loader.warehouses.sql_warehouse import SqlWarehouse
+from loader.warehouses.warehouse import Warehouse
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=255,
@@ -250,7 +250,7 @@ _AUTH_ERRNOS = {390100, 390101, 390102, 390144, 390190, 394300, 250001}
 _PERMISSION_ERRNOS = {2003, 3001, 3003, 3041, 390189, 390201, 390317}
 
 
-class SnowflakeWarehouse(SqlWarehouse):
+class SnowflakeWarehouse(Warehouse):
     capabilities = CAPABILITIES
     dialect = SnowflakeDialect()
 

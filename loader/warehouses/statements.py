@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from loader.schema import ColumnType
+from loader.rules.schema import ColumnType
 from loader.warehouses.dialect import SqlDialect
 
 BOOKKEEPING_SCHEMA = "_sluice"

@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from loader.config import ConfigError
-from loader.schema import ColumnType
+from loader.config.profiles import ConfigError
+from loader.rules.schema import ColumnType
 from loader.scrub import Scrubber
-from loader.warehouses.base import Warehouse
+from loader.warehouses.warehouse import Warehouse
 
 # type name -> module defining DESTINATION (imported on use: each pulls its own libraries)
 _MODULES = {

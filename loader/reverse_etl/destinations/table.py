@@ -14,14 +14,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from loader.config import ConfigError
+from loader.config.profiles import ConfigError
 from loader.reverse_etl.destinations import (
     Destination,
     DestinationConfig,
     Record,
     SendResult,
 )
-from loader.warehouses.base import Warehouse
+from loader.warehouses.warehouse import Warehouse
 
 
 class TableConfig(DestinationConfig):

@@ -24,9 +24,9 @@ from typing import IO, Any
 
 import orjson
 
-from loader.encoded import EncodedChunk, RowEncoder, encode_table
-from loader.messages import Reject, nesting_depth, parse_line, storable_text, too_deep_reason
-from loader.normalize import (
+from loader.encode.encoded import EncodedChunk, RowEncoder, encode_table
+from loader.rules.messages import Reject, nesting_depth, parse_line, storable_text, too_deep_reason
+from loader.rules.normalize import (
     RowFilter,
     TableChunk,
     TableRows,
@@ -35,9 +35,9 @@ from loader.normalize import (
     id_text,
     rows_into,
 )
-from loader.schema import ColumnType
+from loader.rules.schema import ColumnType
+from loader.rules.tracking_plan import TrackingPlan, Verdict, event_label
 from loader.sources.archive import ArchiveFile, CorruptFile, iter_lines
-from loader.tracking_plan import TrackingPlan, Verdict, event_label
 
 
 @dataclass(slots=True)
@@ -79,7 +79,7 @@ class ReadOptions:
     row_filter: RowFilter | None = None
     users_on: bool = True
     accounts_on: bool = True
-    # The warehouse's bulk format, when readers are to encode rows (loader.encoded).
+    # The warehouse's bulk format, when readers are to encode rows (loader.encode.encoded).
     encoder: RowEncoder | None = None
     text_width: int | None = None
     # The warehouse's row and _rescued_data widths (Capabilities), for row_layout.
@@ -305,14 +305,14 @@ def default_readers() -> int:
 
 
 class _ReaderProcess:
-    """A `python -m loader.file_reader` child fed (file, options) and answering FileReads
+    """A `python -m loader.encode.file_reader` child fed (file, options) and answering FileReads
     over its pipes, length-prefixed pickles. A plain subprocess rather than
     multiprocessing: nothing of the parent (its __main__, threads, connections) is
     re-imported or forked, and the child exits when the parent's end of the pipe closes."""
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "loader.file_reader"],
+            [sys.executable, "-m", "loader.encode.file_reader"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -478,7 +478,7 @@ def _picklable(exc: Exception) -> Exception:
 
 
 if __name__ == "__main__":
-    # Through the importable module, so the FileReads pickle as loader.file_reader's.
-    from loader.file_reader import _serve as serve
+    # Through the importable module, so the FileReads pickle as loader.encode.file_reader's.
+    from loader.encode.file_reader import _serve as serve
 
     serve()

@@ -15,14 +15,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from loader.config import ConfigError, Profiles, find_profiles, load_profiles
-from loader.pipeline import LoadProgress, SyncReport, stop_requested
-from loader.report_view import print_report, report_warnings
+from loader.config.profiles import ConfigError, Profiles, find_profiles, load_profiles
 from loader.sources.cloud.engine import SourceError
-from loader.warehouses.base import LockBusy, Warehouse
+from loader.sync.pipeline import LoadProgress, SyncReport, stop_requested
+from loader.sync.report_view import print_report, report_warnings
+from loader.warehouses.base import LockBusy
+from loader.warehouses.warehouse import Warehouse
 
 if TYPE_CHECKING:
-    from loader.project import Project
+    from loader.sync.project import Project
 
 console = Console()
 # Errors and warnings are one line each, however long (a path, a sentence): never wrapped.
@@ -90,7 +91,7 @@ def project_profiles(project: str | None, profiles: str | None) -> tuple[Any, Pr
     """(project or None, profiles) for commands that can run with or without sluice.yml:
     the project named (--project, $SLUICE_PROJECT) or found here decides where
     profiles.yml is, unless --profiles says."""
-    from loader.project import PROJECT_FILE, find_project, load_project
+    from loader.sync.project import PROJECT_FILE, find_project, load_project
 
     try:
         if project or os.environ.get("SLUICE_PROJECT") or Path(PROJECT_FILE).exists():
@@ -105,7 +106,7 @@ def load_project_and_profiles(
     project: str | None, profiles: str | None
 ) -> tuple[Project, Profiles]:
     """For commands that need sluice.yml: it and its profiles, or exit 2 in one sentence."""
-    from loader.project import find_project, load_project
+    from loader.sync.project import find_project, load_project
 
     try:
         proj = load_project(find_project(project))

@@ -15,7 +15,7 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from loader.envelope import Envelope
+from loader.rules.envelope import Envelope
 
 CALL_TYPES = frozenset({"track", "page", "screen", "identify", "group", "alias"})
 MAX_MESSAGE_ID_CHARS = 100

@@ -12,8 +12,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from loader.catalog import update_catalog
-from loader.cli_common import (
+from loader.cli.common import (
     CliContext,
     console,
     err_console,
@@ -26,13 +25,14 @@ from loader.cli_common import (
     project_option,
     warn,
 )
-from loader.cli_common import run_sync as run_one
-from loader.config import ConfigError, Profiles
-from loader.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
-from loader.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
-from loader.project import Project
-from loader.selective_sync import Issue, SelectiveSync, check_names, parse
+from loader.cli.common import run_sync as run_one
+from loader.config.profiles import ConfigError, Profiles
+from loader.rules.selective_sync import Issue, SelectiveSync, check_names, parse
 from loader.sources.cloud.registry import connector_for
+from loader.sync.catalog import update_catalog
+from loader.sync.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
+from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
+from loader.sync.project import Project
 from loader.warehouses.base import WarehouseError
 from loader.warehouses.registry import holds_nothing_yet
 

@@ -20,9 +20,9 @@ from itertools import compress, count, repeat
 from operator import sub
 from typing import Any, Protocol
 
-from loader.normalize import RESCUED_COLUMN, TableChunk
-from loader.row_layout import lay_out_columns
-from loader.schema import ColumnEvidence, ColumnType, column_evidence
+from loader.encode.row_layout import lay_out_columns
+from loader.rules.normalize import RESCUED_COLUMN, TableChunk
+from loader.rules.schema import ColumnEvidence, ColumnType, column_evidence
 
 
 class RowEncoder(Protocol):
@@ -35,7 +35,7 @@ class RowEncoder(Protocol):
         rows: int,
     ) -> tuple[bytes, list[int]]:
         """The rows of these columns (`values` column by column, as laid out by
-        loader.row_layout) as one payload, and where each row ends in it, so the loader
+        loader.encode.row_layout) as one payload, and where each row ends in it, so the loader
         can drop single rows (duplicates of an earlier file) without decoding.
 
         An encoder whose `refuses_non_text` is true raises TypeError for a value that is

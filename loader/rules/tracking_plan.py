@@ -21,9 +21,9 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from loader.config import ConfigError
-from loader.normalize import event_table_name
-from loader.suggest import did_you_mean
+from loader.config.profiles import ConfigError
+from loader.config.suggest import did_you_mean
+from loader.rules.normalize import event_table_name
 
 ACTIONS = ("report", "omit", "block")
 TYPES = ("string", "integer", "number", "boolean", "timestamp", "object", "array")

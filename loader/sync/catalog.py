@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from loader.schema import ColumnType
+from loader.rules.schema import ColumnType
 
 CATALOG_FILE = Path(".sluice") / "catalog.json"
 

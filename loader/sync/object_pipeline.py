@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-from loader.naming import snake_case
-from loader.normalize import (
+from loader.rules.naming import snake_case
+from loader.rules.normalize import (
     DELETED_COLUMN,
     RESCUED_COLUMN,
     Row,
@@ -18,12 +18,12 @@ from loader.normalize import (
     object_id,
     object_row,
 )
-from loader.pipeline import SyncReport, _now, recorded_run
-from loader.schema import ColumnType
-from loader.selective_sync import SyncFilter
+from loader.rules.schema import ColumnType
+from loader.rules.selective_sync import SyncFilter
 from loader.sources.cloud.engine import Connector, ObjectPage
-from loader.table_writer import TableWriter
-from loader.warehouses.base import Warehouse
+from loader.sync.pipeline import SyncReport, _now, recorded_run
+from loader.sync.table_writer import TableWriter
+from loader.warehouses.warehouse import Warehouse
 
 OBJECT_FIXED: dict[str, ColumnType] = {
     "id": ColumnType.TEXT,

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from loader.config import ConfigError
-from loader.normalize import CORE_COLUMNS
-from loader.suggest import close_names, did_you_mean
+from loader.config.profiles import ConfigError
+from loader.config.suggest import close_names, did_you_mean
+from loader.rules.normalize import CORE_COLUMNS
 
 # Columns a sync cannot do without: identity, dedupe, ordering and bookkeeping.
 PROTECTED_COLUMNS: frozenset[str] = CORE_COLUMNS | {"event", "event_text", "group_id"}

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import timezone
 from typing import Any, Protocol
 
-from loader.messages import Envelope, envelope_of
-from loader.naming import snake_case
-from loader.schema import ColumnType, json_text
+from loader.rules.messages import Envelope, envelope_of
+from loader.rules.naming import snake_case
+from loader.rules.schema import ColumnType, json_text
 
 # Segment's common columns, as one rules table: column -> how it is read from a message.
 COMMON_COLUMNS: tuple[str, ...] = (

@@ -1,6 +1,6 @@
 """The message envelope msgspec decodes each line into.
 
-Apart from loader.messages, which mypyc compiles: a msgspec Struct must stay a class
+Apart from loader.rules.messages, which mypyc compiles: a msgspec Struct must stay a class
 msgspec builds, not one mypyc makes native.
 """
 

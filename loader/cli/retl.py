@@ -16,7 +16,7 @@ import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loader.cli_common import (
+from loader.cli.common import (
     CliContext,
     console,
     err_console,
@@ -24,11 +24,12 @@ from loader.cli_common import (
     open_target,
     project_option,
 )
-from loader.config import ConfigError, find_profiles, load_profiles
-from loader.project import PROJECT_FILE, find_project, load_project
+from loader.config.profiles import ConfigError, find_profiles, load_profiles
 from loader.reverse_etl.model import DEFAULT_MODELS_DIR, MODES, SEND_KINDS, Model, load_model
 from loader.reverse_etl.runner import RetlReport, plan_model, run_model
-from loader.warehouses.base import LockBusy, Warehouse, WarehouseError
+from loader.sync.project import PROJECT_FILE, find_project, load_project
+from loader.warehouses.base import LockBusy, WarehouseError
+from loader.warehouses.warehouse import Warehouse
 
 
 def _options(func: Callable[..., Any]) -> Callable[..., Any]:

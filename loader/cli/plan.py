@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from loader.cli_common import (
+from loader.cli.common import (
     console,
     fail,
     load_project_and_profiles,
@@ -17,10 +17,10 @@ from loader.cli_common import (
     profiles_option,
     project_option,
 )
-from loader.config import ConfigError
-from loader.normalize import CORE_COLUMNS, FIXED_TABLES
-from loader.project import Project
-from loader.tracking_plan import infer_plan
+from loader.config.profiles import ConfigError
+from loader.rules.normalize import CORE_COLUMNS, FIXED_TABLES
+from loader.rules.tracking_plan import infer_plan
+from loader.sync.project import Project
 from loader.warehouses.base import WarehouseError
 from loader.warehouses.registry import holds_nothing_yet
 

@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from loader.suggest import did_you_mean
+from loader.config.suggest import did_you_mean
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[str | int, ...]

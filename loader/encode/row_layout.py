@@ -12,8 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
-from loader.normalize import RESCUED_COLUMN, rescue_value
-from loader.schema import ColumnType, coerce_column, json_text
+from loader.rules.normalize import RESCUED_COLUMN, rescue_value
+from loader.rules.schema import ColumnType, coerce_column, json_text
 
 
 def lay_out_columns(
@@ -37,7 +37,7 @@ def lay_out_columns(
     has that column. Layout columns are typed by normalisation already; only data columns
     are coerced, and a layout text column (but the id) still obeys the text `width`.
     `trust_text` leaves text columns as they are, for an encoder that refuses a non-str
-    in them (loader.encoded.encode_table checks again when it does).
+    in them (loader.encode.encoded.encode_table checks again when it does).
 
     `row_bytes` (Capabilities.max_row_bytes) is what one stored row may take: a row
     estimated wider has its last data columns' values rescued until it fits (only a

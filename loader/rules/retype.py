@@ -1,7 +1,7 @@
 """Changing a column's type after its first value decided it (`sluice schema set-type`).
 Pure: which values move into the retyped column, which leave it. No I/O.
 
-The rule is the loader's own (loader.schema.coerce): after a retype, every value sits
+The rule is the loader's own (loader.rules.schema.coerce): after a retype, every value sits
 where a load with the new type would have put it. A value in `_rescued_data` under the
 column's name (where a misfit is kept) moves into the column when it now fits; a
 value in the column that does not fit the new type moves to `_rescued_data` under the
@@ -17,14 +17,14 @@ from typing import Any
 
 import orjson
 
-from loader.normalize import fixed_columns, rescue_value
-from loader.schema import ColumnType, coerce, fits, json_text
+from loader.rules.normalize import fixed_columns, rescue_value
+from loader.rules.schema import ColumnType, coerce, fits, json_text
 
 # Layout columns Sluice types itself: a retype would break what it writes into them.
 NOT_RETYPABLE = frozenset({"id", "received_at", "uuid_ts", "_rescued_data"})
 
 
-# Profile tables and the event table their traits come from (loader.pipeline.PROFILES):
+# Profile tables and the event table their traits come from (loader.sync.pipeline.PROFILES):
 # a trait column has one type in both, or rebuilding the profile would fail.
 _PROFILE_SOURCES = {"users": "identifies", "accounts": "groups"}
 

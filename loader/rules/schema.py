@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from loader.messages import parse_date_time
+from loader.rules.messages import parse_date_time
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # Integers up to this magnitude are all exact as doubles (53-bit significand).

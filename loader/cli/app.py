@@ -15,7 +15,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from loader.cli_common import (
+from loader.cli.common import (
     INTERRUPTED,
     CliContext,
     busy_message,
@@ -31,16 +31,17 @@ from loader.cli_common import (
     target_option,
     verbose_option,
 )
-from loader.cli_plan import plan
-from loader.cli_project import catalog, replay, selective_sync, sync
-from loader.cli_retl import retl
-from loader.config import ConfigError
-from loader.naming import snake_case
-from loader.pipeline import DEFAULT_BATCH_LINES, Loader, request_stop, stop_requested
-from loader.report_view import print_report
-from loader.selective_sync import SyncFilter
-from loader.selective_sync import load_file as load_selective_sync
-from loader.warehouses.base import BOOKKEEPING_SCHEMA, Warehouse, WarehouseError
+from loader.cli.plan import plan
+from loader.cli.project import catalog, replay, selective_sync, sync
+from loader.cli.retl import retl
+from loader.config.profiles import ConfigError
+from loader.rules.naming import snake_case
+from loader.rules.selective_sync import SyncFilter
+from loader.rules.selective_sync import load_file as load_selective_sync
+from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, request_stop, stop_requested
+from loader.sync.report_view import print_report
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, WarehouseError
+from loader.warehouses.warehouse import Warehouse
 
 
 def _version() -> str:
@@ -131,7 +132,7 @@ def init(directory: str, events: int) -> None:
     .gitignore and a sample archive into DIRECTORY, which must not hold a project yet."""
     from importlib.resources import files as package_files
 
-    from loader.sample import write_archive
+    from loader.sources.sample import write_archive
 
     root = Path(directory)
     taken = [n for n in INIT_FILES if (root / n).exists()]
@@ -154,7 +155,7 @@ def init(directory: str, events: int) -> None:
     if not gitignore.exists():
         gitignore.write_text(GITIGNORE)
         written.append(".gitignore")
-    examples = Path(__file__).resolve().parent.parent / "sql" / "models"
+    examples = Path(__file__).resolve().parents[2] / "sql" / "models"
     if examples.is_dir():
         # The example reverse-ETL models, from a source checkout (pip install -e .).
         shutil.copytree(examples, root / "sql" / "models")
@@ -302,9 +303,9 @@ def schema_set_type(
     """Change a column's type (first value decided it): values that now fit move out of
     _rescued_data into the column, values that no longer fit move to _rescued_data, and
     later loads keep the type. A dry run unless --apply."""
-    from loader.retype import describe, is_layout_column, linked_tables
-    from loader.schema import ColumnType
-    from loader.suggest import did_you_mean
+    from loader.config.suggest import did_you_mean
+    from loader.rules.retype import describe, is_layout_column, linked_tables
+    from loader.rules.schema import ColumnType
 
     allowed = [t.value for t in ColumnType]
     if type_name.lower() not in allowed:

@@ -8,10 +8,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import chain, repeat
 from typing import Any, Protocol
 
-from loader.normalize import RESCUED_COLUMN, TableChunk, rescue_value
-from loader.row_layout import lay_out_columns
-from loader.schema import ColumnEvidence, ColumnType, first_evidence, plan_from_evidence
-from loader.warehouses.base import Warehouse
+from loader.encode.row_layout import lay_out_columns
+from loader.rules.normalize import RESCUED_COLUMN, TableChunk, rescue_value
+from loader.rules.schema import ColumnEvidence, ColumnType, first_evidence, plan_from_evidence
+from loader.warehouses.warehouse import Warehouse
 
 
 class EvolutionReport(Protocol):

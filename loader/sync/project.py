@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
-from loader.config import (
+from loader.config.profiles import (
     ConfigError,
     Document,
     Profiles,
@@ -28,12 +28,12 @@ from loader.config import (
     substitute,
     validate_model,
 )
-from loader.naming import snake_case
-from loader.selective_sync import SelectiveSync
-from loader.selective_sync import load_file as load_selective_sync
-from loader.suggest import did_you_mean
-from loader.tracking_plan import TrackingPlan
-from loader.tracking_plan import load_file as load_tracking_plan
+from loader.config.suggest import did_you_mean
+from loader.rules.naming import snake_case
+from loader.rules.selective_sync import SelectiveSync
+from loader.rules.selective_sync import load_file as load_selective_sync
+from loader.rules.tracking_plan import TrackingPlan
+from loader.rules.tracking_plan import load_file as load_tracking_plan
 
 PROJECT_FILE = "sluice.yml"
 

@@ -21,16 +21,16 @@ from typing import Any
 
 import orjson
 
-from loader.encoded import EncodedChunk
-from loader.file_reader import (
+from loader.encode.encoded import EncodedChunk
+from loader.encode.file_reader import (
     EncodeContext,
     FileRead,
     ReadOptions,
     default_readers,
     read_files,
 )
-from loader.messages import Reject
-from loader.normalize import (
+from loader.rules.messages import Reject
+from loader.rules.normalize import (
     COMMON_COLUMNS,
     PROFILE_FIXED,
     RESCUED_COLUMN,
@@ -38,12 +38,13 @@ from loader.normalize import (
     TableChunk,
     fixed_columns,
 )
-from loader.schema import ColumnType
-from loader.selective_sync import SyncFilter
+from loader.rules.schema import ColumnType
+from loader.rules.selective_sync import SyncFilter
+from loader.rules.tracking_plan import TrackingPlan, plan_table
 from loader.sources.archive import ArchiveFile, list_files, received_day
-from loader.table_writer import TableWriter, count_rescued
-from loader.tracking_plan import TrackingPlan, plan_table
-from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec, Warehouse
+from loader.sync.table_writer import TableWriter, count_rescued
+from loader.warehouses.base import BOOKKEEPING_SCHEMA, ProfileSpec
+from loader.warehouses.warehouse import Warehouse
 
 DEFAULT_BATCH_LINES = 20_000
 # Batch commits, new tables and columns, rejects: one line each, for whoever listens

@@ -1,13 +1,13 @@
-"""The Warehouse interface implemented once, over statements.py and a driver's primitives.
+"""The Warehouse interface, implemented once over statements.py and a driver's primitives.
 
-A new adapter subclasses SqlWarehouse and implements the driver primitives (execute,
+A new adapter subclasses Warehouse and implements the driver primitives (execute,
 fetchall, transaction, close, stage) plus a SqlDialect: see base.py.
 """
 
 from __future__ import annotations
 
 import uuid
-from abc import abstractmethod
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
@@ -15,22 +15,23 @@ from typing import Any
 
 import orjson
 
-from loader.messages import Reject
-from loader.retype import RetypePlan, plan_retype
-from loader.schema import ColumnType
+from loader.encode.encoded import EncodedChunk
+from loader.rules.messages import Reject
+from loader.rules.profiles import rescued_profile_rows
+from loader.rules.retype import RetypePlan, plan_retype
+from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
 from loader.warehouses.base import (
     BLOCKED_COLUMNS,
     VIOLATION_COLUMNS,
     VIOLATION_SUMMARY,
+    Capabilities,
     LockBusy,
     ProfileSpec,
     Rows,
     TableStats,
-    Warehouse,
     WarehouseError,
     reject_rows,
-    rescued_profile_rows,
     violation_rows,
 )
 from loader.warehouses.dialect import SqlDialect
@@ -39,7 +40,12 @@ B = st.BOOKKEEPING_SCHEMA
 Params = Mapping[str, Any]
 
 
-class SqlWarehouse(Warehouse):
+class Warehouse(ABC):
+    """The one interface the pipeline, reverse ETL, the CLI and Dagster speak, written
+    once over the driver primitives below (see base.py for what a driver implements)."""
+
+    capabilities: Capabilities
+    target_name: str
     dialect: SqlDialect
     lease_minutes = 60
     _depth = 0
@@ -64,6 +70,13 @@ class SqlWarehouse(Warehouse):
 
     # --- driver primitives -----------------------------------------------------------
     @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """Nestable: an inner block joins the outer one (see `_joined`)."""
+
+    @abstractmethod
     def execute(self, sql: str, params: Params | None = None) -> int: ...
 
     @abstractmethod
@@ -77,6 +90,7 @@ class SqlWarehouse(Warehouse):
 
     # --- names -------------------------------------------------------------------------
     def table_ref(self, schema: str, table: str) -> str:
+        """The table as this warehouse's SQL names it (quoted), for read-only queries."""
         return self.dialect.table_ref(schema, table)
 
     def _b(self, table: str) -> str:
@@ -138,6 +152,7 @@ class SqlWarehouse(Warehouse):
             self.execute(release, p)
 
     def lock(self, schema: str) -> AbstractContextManager[None]:
+        """Held for a whole sync; raises LockBusy if another sync holds it."""
         return self.hold(
             f"sync:{schema}",
             f"another sync is loading schema '{schema}' into target '{self.target_name}'; "
@@ -145,6 +160,7 @@ class SqlWarehouse(Warehouse):
         )
 
     def retl_lock(self, model: str) -> AbstractContextManager[None]:
+        """Held for a whole plan or run of one model; raises LockBusy if another holds it."""
         return self.hold(
             f"retl:{model}",
             f"another reverse-ETL run of model '{model}' on target '{self.target_name}' holds "
@@ -165,6 +181,7 @@ class SqlWarehouse(Warehouse):
             self._ensure_tables(st.LOAD_TABLES)
 
     def retl_ensure_bookkeeping(self) -> None:
+        """Create _sluice.retl_snapshots, retl_sent and retl_runs if missing."""
         with self.transaction():
             self._ensure_tables(st.RETL_TABLES)
 
@@ -190,6 +207,7 @@ class SqlWarehouse(Warehouse):
         return out
 
     def schema_names(self) -> set[str]:
+        """The warehouse's schemas, for suggesting a mistyped one."""
         return {str(r[0]) for r in self.fetchall(self.dialect.schemas_sql())}
 
     def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
@@ -201,9 +219,27 @@ class SqlWarehouse(Warehouse):
             self.execute(st.add_column(self.dialect, schema, table, name, kind))
 
     # --- rows ----------------------------------------------------------------------------
+    def tables_taking_tuples(self, schema: str) -> set[str]:
+        """Tables of `schema` (as last read) whose rows must not be encoded by
+        `capabilities.row_encoder`, e.g. a column someone changed to a type the encoder
+        does not write; their rows take insert_new_rows."""
+        return set()
+
+    def insert_encoded(
+        self, schema: str, table: str, chunks: Sequence[EncodedChunk], fill_nulls: bool = False
+    ) -> int:
+        """insert_new_rows for rows already encoded by `capabilities.row_encoder` (ids
+        unique across the chunks). Only adapters that declare a row_encoder are asked."""
+        raise TypeError(f"{type(self).__name__} declares no row_encoder")
+
     def insert_new_rows(
         self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
     ) -> int:
+        """Bulk-stage rows (unique ids) and insert those whose id is not there yet.
+
+        With fill_nulls (replay), a row whose id is there already gets its NULL columns
+        filled from the staged row; nothing non-NULL is ever overwritten. Returns the
+        rows inserted or filled."""
         if not rows:
             return 0
         d, target = self.dialect, self.table_ref(schema, table)
@@ -216,6 +252,8 @@ class SqlWarehouse(Warehouse):
     def upsert_rows(
         self, schema: str, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> int:
+        """Bulk-stage rows (unique ids): new ids are inserted, existing rows replaced
+        (a later version of an object)."""
         if not rows:
             return 0
         d, target = self.dialect, self.table_ref(schema, table)
@@ -251,6 +289,7 @@ class SqlWarehouse(Warehouse):
                 self.execute(st.insert_all(d, target, staged, columns, now))
 
     def mark_deleted(self, schema: str, table: str, ids: Sequence[str], at: str) -> int:
+        """Set `_deleted_at` on rows deleted upstream (a row is created if unseen)."""
         if not ids:
             return 0
         columns = ("id", "received_at", "uuid_ts", "_deleted_at")
@@ -264,6 +303,7 @@ class SqlWarehouse(Warehouse):
 
     # --- cursors ---------------------------------------------------------------------------
     def read_cursors(self, schema: str) -> dict[str, str]:
+        """{collection: cursor JSON} committed for an object source."""
         d = self.dialect
         rows = self.fetchall(
             f"SELECT {d.ident('collection')}, {d.ident('cursor')} FROM {self._b('cursors')} "
@@ -273,6 +313,7 @@ class SqlWarehouse(Warehouse):
         return {str(c): str(v) for c, v in rows}
 
     def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
+        """Called inside the transaction that commits the rows the cursor covers."""
         d = self.dialect
         p = {"schema": schema, "collection": collection, "cursor": cursor}
         with self.transaction():
@@ -298,7 +339,7 @@ class SqlWarehouse(Warehouse):
         the profile's (re-reading every key's whole history on every batch made a batch's
         cost grow with the table). Every other key is recomputed from all its rows, and
         the keys whose history holds a rescued value are rebuilt in Python
-        (base.rescued_profile_rows), which follows a trait's newest value into the
+        (rules.profiles.rescued_profile_rows), which follows a trait's newest value into the
         profile's `_rescued_data`. A profile equal to its rebuilt row is left as it is,
         uuid_ts included."""
         if not keys:
@@ -444,16 +485,23 @@ class SqlWarehouse(Warehouse):
         )
 
     def record_violations(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Tracking-plan violations, rows of VIOLATION_COLUMNS (without schema_name's
+        value changed), one per file, event, property and kind: a row already there
+        (a replayed file) is left as it is."""
         self._record("violations", VIOLATION_COLUMNS, rows)
 
     def record_blocked(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Events a tracking plan blocked: (file, line, event, raw, violations JSON),
+        known by file and line (a replay never records one twice)."""
         self._record("blocked_events", BLOCKED_COLUMNS, [(schema, *r) for r in rows])
 
     def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
+        """Remember (table, column) names selective sync kept out; column '' = table."""
         self._record("turned_off_names", ("schema_name", "table_name", "column_name"),
                      [(schema, t, c) for t, c in names])  # fmt: skip
 
     def turned_off_names(self, schema: str) -> dict[str, set[str]]:
+        """What record_turned_off remembered: {table: {column, ...}} ('' = the table)."""
         d = self.dialect
         where, p = self._where_schema(schema)
         rows = self.fetchall(
@@ -467,6 +515,8 @@ class SqlWarehouse(Warehouse):
         return out
 
     def violation_summary(self, schema: str | None) -> list[dict[str, Any]]:
+        """_sluice.violations summed over files: schema, event, property, kind,
+        example, count, first_seen, last_seen (`sluice plan report`, Dagster)."""
         if "violations" not in self.read_schema(B):
             return []
         where, p = self._where_schema(schema)
@@ -508,6 +558,8 @@ class SqlWarehouse(Warehouse):
         return self._reports("sync_runs", "", {}, limit)
 
     def recent_rejects(self, schema: str | None, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest rows of _sluice.rejected_events (of one schema, or all), as dicts
+        with schema, file, line, reason, raw and rejected_at (`sluice rejects`)."""
         d = self.dialect
         where, p = self._where_schema(schema)
         cols = ("schema_name", "file", "line", "reason", "raw", "rejected_at")
@@ -523,6 +575,9 @@ class SqlWarehouse(Warehouse):
     def retype_column(
         self, schema: str, table: str, column: str, new_type: ColumnType, apply: bool
     ) -> RetypePlan:
+        """`sluice schema set-type`: the plan of moving the column to `new_type` (values
+        into it from `_rescued_data`, misfits out to it); with `apply`, done in one
+        transaction under the caller's lock and recorded in `_sluice.column_types`."""
         i = self.dialect.ident
         columns = self.read_schema(schema).get(table, {})
         if column not in columns:
@@ -624,6 +679,8 @@ class SqlWarehouse(Warehouse):
         )
 
     def decided_types(self, schema: str) -> dict[str, dict[str, ColumnType]]:
+        """{table: {column: type}} a user set (`_sluice.column_types`): a new column of
+        that name is created with that type, whatever its first value."""
         if "column_types" not in self.read_schema(B):
             return {}
         d, i = self.dialect, self.dialect.ident
@@ -638,6 +695,7 @@ class SqlWarehouse(Warehouse):
 
     # --- reads ---------------------------------------------------------------------------
     def table_stats(self, schema: str, table: str) -> TableStats:
+        """Row count, ids present more than once, and the newest received_at."""
         i = self.dialect.ident
         rows, duplicates, newest = self.fetchall(
             f"SELECT COUNT(*), COUNT(*) - COUNT(DISTINCT {i('id')}), MAX({i('received_at')}) "
@@ -646,6 +704,7 @@ class SqlWarehouse(Warehouse):
         return TableStats(int(rows), int(duplicates), newest)
 
     def query(self, sql: str) -> Iterator[tuple[Any, ...]]:
+        """Run a read-only statement (tests, analyses, `schema show`)."""
         return iter(self.fetchall(sql))
 
     # --- reverse ETL ---------------------------------------------------------------------
@@ -659,6 +718,7 @@ class SqlWarehouse(Warehouse):
         self.execute(create)
 
     def retl_model_columns(self, model: str, sql: str) -> dict[str, ColumnType]:
+        """The columns (in order) the model's SELECT returns, without running it in full."""
         probe = self._retl_table("probe", model)
         with self.transaction():
             self._replace(probe, f"CREATE TABLE {probe} AS SELECT * FROM (\n{sql}\n) AS m LIMIT 0")
@@ -670,6 +730,8 @@ class SqlWarehouse(Warehouse):
         return {c: self.dialect.model_type(k) for _, c, k in self._columns(B, table)}
 
     def retl_stage(self, model: str, sql: str, key: str, columns: Sequence[str]) -> int:
+        """Materialise these columns of the model with its key as text and a hash of the
+        row computed in SQL (only what is sent counts as a change); returns rows staged."""
         d = self.dialect
         stage = self._retl_table("stage", model)
         with self.transaction():
@@ -681,6 +743,7 @@ class SqlWarehouse(Warehouse):
         return int(self.fetchall(f"SELECT COUNT(*) FROM {stage}")[0][0])
 
     def retl_key_problems(self, model: str) -> tuple[int, int]:
+        """(staged rows whose key is NULL, keys present more than once)."""
         k = self.dialect.ident("_sluice_key")
         nulls, dupes = self.fetchall(
             f"SELECT COUNT(*) - COUNT({k}), COUNT({k}) - COUNT(DISTINCT {k}) FROM "
@@ -689,6 +752,8 @@ class SqlWarehouse(Warehouse):
         return int(nulls), int(dupes)
 
     def retl_diff(self, model: str, columns: Sequence[str]) -> dict[str, int]:
+        """Join the staged model against its snapshot into a change set (added, changed,
+        removed rows, numbered in order); returns those counts and `unchanged`."""
         d = self.dialect
         stage, changes = self._retl_table("stage", model), self._retl_table("changes", model)
         with self.transaction():
@@ -707,6 +772,8 @@ class SqlWarehouse(Warehouse):
     def retl_changes(
         self, model: str, kinds: Sequence[str], columns: Sequence[str], after: int, limit: int
     ) -> list[tuple[Any, ...]]:
+        """One page of the change set: (seq, kind, key, row hash, *columns) rows with
+        seq > after, in seq order. Removed rows have NULL columns and their last hash."""
         if not kinds:
             return []
         d, i = self.dialect, self.dialect.ident
@@ -741,11 +808,14 @@ class SqlWarehouse(Warehouse):
             )
 
     def retl_advance(self, model: str, seqs: Sequence[int]) -> None:
+        """Make the snapshot match these change-set rows, atomically: the destination
+        accepted them."""
         for chunk in self._chunks([int(s) for s in seqs]):
             where = self.dialect.in_list(self.dialect.ident("_sluice_seq"), "seqs")
             self._retl_apply(model, where, {"seqs": chunk})
 
     def retl_baseline(self, model: str, kinds: Sequence[str]) -> int:
+        """Record every change-set row of these kinds in the snapshot without sending."""
         if not kinds:
             return 0
         d = self.dialect
@@ -759,6 +829,8 @@ class SqlWarehouse(Warehouse):
         return int(n)
 
     def retl_sent_ids(self, model: str, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
+        """key -> (op, row hash, record id) of the last change sent for each of these keys
+        that has one (_sluice.retl_sent); see loader/reverse_etl/ids.py."""
         d, i = self.dialect, self.dialect.ident
         out: dict[str, tuple[str, str, str]] = {}
         for chunk in self._chunks(keys):
@@ -774,6 +846,8 @@ class SqlWarehouse(Warehouse):
     def retl_note_sent(
         self, model: str, run_id: str, sent: Sequence[tuple[str, str, str, str]]
     ) -> None:
+        """Record (key, op, row hash, record id) as the last change sent for each key,
+        replacing the previous one, committed before the batch goes out."""
         if not sent:
             return
         d, i = self.dialect, self.dialect.ident
@@ -790,6 +864,7 @@ class SqlWarehouse(Warehouse):
             self.insert_plain(B, "retl_sent", names, rows)
 
     def retl_drop_stage(self, model: str) -> None:
+        """Drop the model's staging and change-set tables."""
         for kind in ("changes", "stage", "probe"):
             self.execute(f"DROP TABLE IF EXISTS {self._retl_table(kind, model)}")
 
@@ -807,6 +882,7 @@ class SqlWarehouse(Warehouse):
         self._run_row("retl_runs", "model", report["model"], report)
 
     def retl_recent_runs(self, model: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+        """Newest first."""
         d = self.dialect
         where, p = ("", {}) if model is None else (
             f" WHERE {d.ident('model')} = {d.param('model')}", {"model": model}
@@ -822,6 +898,9 @@ class SqlWarehouse(Warehouse):
         rows: Sequence[Sequence[Any]],
         keys: Sequence[str],
     ) -> None:
+        """The table destination: create the table (or its missing columns) if needed, then
+        in one transaction delete the rows whose key (compared as text) is in `keys` and
+        insert `rows`. Delete-then-insert needs no unique constraint and is idempotent."""
         d = self.dialect
         existing = self.read_schema(schema).get(table)
         target = self.table_ref(schema, table)

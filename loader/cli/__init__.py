@@ -1,0 +1,1 @@
+"""The `sluice` command (app.py), one module per group of commands."""
