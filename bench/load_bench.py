@@ -41,7 +41,7 @@ plan = load_plan(Path(plan_path)) if plan_path else None
 if kind == "postgres":
     from loader.warehouses.postgres import PostgresWarehouse as W
 elif kind == "clickhouse":
-    from loader.config.profiles import ClickHouseTarget
+    from loader.config.targets import ClickHouseTarget
     from loader.warehouses.clickhouse import ClickHouseWarehouse as W
     where = ClickHouseTarget(type="clickhouse", path=where)
 else:

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from dagster_project.resources import WarehouseResource, resource_key
 from dagster_project.translator import REJECTS_TABLE, SluiceTranslator, TableInfo, column_schema
-from loader.config.profiles import ConfigError
+from loader.config.errors import ConfigError
 from loader.rules.naming import snake_case
 from loader.rules.selective_sync import SelectiveSync
 from loader.sync.catalog import tables_of, update_catalog

@@ -16,7 +16,8 @@ from typing import Any
 
 import dagster as dg
 
-from loader.config.profiles import ConfigError, Profiles, load_profiles
+from loader.config.errors import ConfigError
+from loader.config.profiles import Profiles, load_profiles
 from loader.rules.naming import snake_case
 from loader.warehouses.registry import open_warehouse
 from loader.warehouses.warehouse import Warehouse

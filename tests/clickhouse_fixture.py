@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from loader.config.profiles import ClickHouseTarget
+from loader.config.targets import ClickHouseTarget
 
 
 def clickhouse_target(folder: Path) -> ClickHouseTarget:

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from loader.config.profiles import ConfigError
+from loader.config.errors import ConfigError
 from loader.sources.cloud.engine import Deadlines, RetryPolicy, SourceError
 from loader.sources.cloud.salesforce import SalesforceConnector
 from loader.sources.cloud.stripe import StripeConnector

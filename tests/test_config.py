@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from loader.config.profiles import ConfigError, load_profiles, parse_document, substitute
+from loader.config.errors import ConfigError
+from loader.config.profiles import load_profiles, parse_document, substitute
 from loader.sources.sample import write_archive
 from loader.sync.project import load_project
 from tests import helpers
@@ -449,7 +450,7 @@ def test_a_failed_connection_never_shows_the_password(tmp_path: Path) -> None:
 
 
 def test_redshift_connection_string_quotes_every_value() -> None:
-    from loader.warehouses.redshift import RedshiftTarget
+    from loader.config.targets import RedshiftTarget
 
     target = RedshiftTarget.from_target(
         "rs",

@@ -14,14 +14,14 @@ from loader.config.profiles import load_profiles
 EXAMPLE = Path(__file__).resolve().parent.parent / "profiles.example.yml"
 # type -> (adapter module, its settings model)
 ADAPTER_SETTINGS = {
-    "snowflake": ("loader.warehouses.snowflake", "SnowflakeTarget"),
-    "redshift": ("loader.warehouses.redshift", "RedshiftTarget"),
-    "bigquery": ("loader.warehouses.bigquery", "BigQueryTarget"),
+    "snowflake": ("loader.config.targets", "SnowflakeTarget"),
+    "redshift": ("loader.config.targets", "RedshiftTarget"),
+    "bigquery": ("loader.config.targets", "BigQueryTarget"),
 }
 
 
 # Targets whose settings model is profiles.yml's own (parsed with the file).
-CONFIG_SETTINGS = {"clickhouse": ("loader.config.profiles", "ClickHouseTarget")}
+CONFIG_SETTINGS = {"clickhouse": ("loader.config.targets", "ClickHouseTarget")}
 
 
 def _settings_model(kind: str) -> type:
@@ -61,7 +61,7 @@ def test_every_adapter_setting_is_documented(kind: str) -> None:
 
 
 def test_duckdb_memory_limit_and_threads_reach_duckdb(tmp_path: Path) -> None:
-    from loader.config.profiles import DuckDBTarget
+    from loader.config.targets import DuckDBTarget
     from loader.warehouses.base import WarehouseError
     from loader.warehouses.registry import open_warehouse
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from loader.config.profiles import ConfigError
+from loader.config.errors import ConfigError
 from loader.reverse_etl.model import ModelError, load_model
 from loader.reverse_etl.runner import RetlReport, plan_model, run_model
 from loader.sync.pipeline import Loader

@@ -53,7 +53,9 @@ from typing import Any
 import pytest
 import sqlglot
 
-from loader.config.profiles import ConfigError, _OtherTarget, load_profiles
+from loader.config.errors import ConfigError
+from loader.config.profiles import load_profiles
+from loader.config.targets import _OtherTarget
 from loader.rules.schema import ColumnType
 from loader.sync.pipeline import Loader
 from loader.warehouses.base import LockBusy, ProfileSpec, WarehouseError

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import sqlglot
 
-from loader.config.profiles import ConfigError, load_profiles
+from loader.config.errors import ConfigError
+from loader.config.profiles import load_profiles
 from loader.rules.schema import ColumnType
 from loader.sync.pipeline import Loader
 from loader.warehouses import clickhouse_sql as ch
@@ -291,7 +292,7 @@ def test_sluice_load_into_an_embedded_clickhouse_target(tmp_path: Path) -> None:
 
 
 def test_a_server_that_cannot_be_reached_is_one_sentence_without_the_password() -> None:
-    from loader.config.profiles import ClickHouseTarget
+    from loader.config.targets import ClickHouseTarget
 
     target = ClickHouseTarget(
         type="clickhouse", host="127.0.0.1", port=1, password="hunter2xyz", connect_timeout=2

@@ -39,7 +39,8 @@ from moto.server import ThreadedMotoServer
 from sqlglot import exp
 from sqlglot.dialects.redshift import Redshift
 
-from loader.config.profiles import ConfigError, Profiles
+from loader.config.errors import ConfigError
+from loader.config.profiles import Profiles
 from loader.rules.messages import Reject
 from loader.rules.schema import ColumnType, coerce, coerce_column, fits
 from loader.sync.pipeline import Loader

@@ -21,7 +21,8 @@ import orjson
 import pytest
 import snowflake.connector as snowflake_connector
 
-from loader.config.profiles import ConfigError, _OtherTarget
+from loader.config.errors import ConfigError
+from loader.config.targets import _OtherTarget
 from loader.rules.schema import ColumnType
 from loader.warehouses.base import LockBusy, ProfileSpec, WarehouseError
 from loader.warehouses.registry import open_warehouse
@@ -322,7 +323,8 @@ def test_bad_target_config_names_the_field(fakesnow_server) -> None:
 def test_transient_errors_are_retried(fakesnow_server, database) -> None:
     from snowflake.connector.errors import OperationalError
 
-    from loader.warehouses.snowflake import SnowflakeTarget, SnowflakeWarehouse
+    from loader.config.targets import SnowflakeTarget
+    from loader.warehouses.snowflake import SnowflakeWarehouse
 
     calls = []
 
@@ -350,7 +352,8 @@ def _fail_with(errno: int, msg: str, calls: list[int]):
 
 
 def test_login_and_permission_failures_name_the_fix(fakesnow_server, database) -> None:
-    from loader.warehouses.snowflake import SnowflakeTarget, SnowflakeWarehouse
+    from loader.config.targets import SnowflakeTarget
+    from loader.warehouses.snowflake import SnowflakeWarehouse
 
     target = SnowflakeTarget.from_target("sf", _target(fakesnow_server, database))
     calls: list[int] = []

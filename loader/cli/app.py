@@ -34,7 +34,7 @@ from loader.cli.common import (
 from loader.cli.plan import plan
 from loader.cli.project import catalog, replay, selective_sync, sync
 from loader.cli.retl import retl
-from loader.config.profiles import ConfigError
+from loader.config.errors import ConfigError
 from loader.rules.naming import snake_case
 from loader.rules.selective_sync import SyncFilter
 from loader.rules.selective_sync import load_file as load_selective_sync

@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from loader.config.profiles import ConfigError, Profiles, find_profiles, load_profiles
+from loader.config.errors import ConfigError
+from loader.config.profiles import Profiles, find_profiles, load_profiles
 from loader.sources.cloud.engine import SourceError
 from loader.sync.pipeline import LoadProgress, SyncReport, stop_requested
 from loader.sync.report_view import print_report, report_warnings

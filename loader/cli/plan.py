@@ -17,7 +17,7 @@ from loader.cli.common import (
     profiles_option,
     project_option,
 )
-from loader.config.profiles import ConfigError
+from loader.config.errors import ConfigError
 from loader.rules.normalize import CORE_COLUMNS, FIXED_TABLES
 from loader.rules.tracking_plan import infer_plan
 from loader.sync.project import Project

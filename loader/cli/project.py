@@ -26,7 +26,8 @@ from loader.cli.common import (
     warn,
 )
 from loader.cli.common import run_sync as run_one
-from loader.config.profiles import ConfigError, Profiles
+from loader.config.errors import ConfigError
+from loader.config.profiles import Profiles
 from loader.rules.selective_sync import Issue, SelectiveSync, check_names, parse
 from loader.sources.cloud.registry import connector_for
 from loader.sync.catalog import update_catalog

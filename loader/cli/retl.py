@@ -24,7 +24,8 @@ from loader.cli.common import (
     open_target,
     project_option,
 )
-from loader.config.profiles import ConfigError, find_profiles, load_profiles
+from loader.config.errors import ConfigError
+from loader.config.profiles import find_profiles, load_profiles
 from loader.reverse_etl.model import DEFAULT_MODELS_DIR, MODES, SEND_KINDS, Model, load_model
 from loader.reverse_etl.runner import RetlReport, plan_model, run_model
 from loader.sync.project import PROJECT_FILE, find_project, load_project

@@ -15,191 +15,33 @@ Looked up via --profiles, $SLUICE_PROFILES, then ./profiles.yml.
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
-    Field,
     SecretStr,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 
+from loader.config.errors import ConfigError
 from loader.config.suggest import did_you_mean
+from loader.config.targets import (
+    PATH_FIELDS,
+    REQUIRED_UNLESS_DSN,
+    TARGET_TYPES,
+    _check_dsn,
+    target_model,
+)
 
 M = TypeVar("M", bound=BaseModel)
 Loc = tuple[str | int, ...]
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(Exception):
-    """Bad configuration; the message is one sentence naming file, line and fix."""
-
-
-# --- targets --------------------------------------------------------------------------
-
-
-class _Target(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DuckDBTarget(_Target):
-    type: Literal["duckdb"]
-    path: str = Field(
-        default="sluice.duckdb", description="database file, relative to profiles.yml"
-    )
-    # DuckDB sizes its buffer pool from the machine's RAM (80%); these bound it.
-    memory_limit: str | None = None
-    threads: int | None = Field(default=None, ge=1)
-
-
-class PostgresTarget(_Target):
-    # host, user and dbname are required unless a dsn is given (see REQUIRED_UNLESS_DSN):
-    # libpq's defaults would otherwise load into the server's `postgres` database.
-    type: Literal["postgres"]
-    host: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    user: str | None = None
-    password: SecretStr | None = None
-    dbname: str | None = None
-    sslmode: str | None = None
-    dsn: SecretStr | None = Field(
-        default=None, description="a libpq connection string; fields given beside it win"
-    )
-
-    @field_validator("dsn")
-    @classmethod
-    def _parsable_dsn(cls, value: SecretStr | None) -> SecretStr | None:
-        return _check_dsn(value)
-
-    def conninfo(self) -> str:
-        """The libpq connection string, every value quoted by psycopg (a password holding
-        `'` or `port=` stays a password)."""
-        import psycopg
-
-        params: dict[str, Any] = {
-            key: getattr(self, key)
-            for key in ("host", "port", "user", "dbname", "sslmode")
-            if getattr(self, key) is not None
-        }
-        if self.password is not None:
-            params["password"] = self.password.get_secret_value()
-        dsn = self.dsn.get_secret_value() if self.dsn is not None else ""
-        return psycopg.conninfo.make_conninfo(dsn, **params)
-
-
-def _check_dsn(value: SecretStr | None) -> SecretStr | None:
-    """A dsn libpq cannot parse is named now, without quoting it (it holds the password)."""
-    if value is None:
-        return value
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - the driver's absence is reported at open
-        return value
-    try:
-        psycopg.conninfo.conninfo_to_dict(value.get_secret_value())
-    except psycopg.Error:
-        raise ValueError(
-            "not a libpq connection string (key=value pairs or a postgresql:// URL; "
-            "quote values with spaces or quotes as 'it''s', or give the fields instead)"
-        ) from None
-    return value
-
-
-class ClickHouseTarget(_Target):
-    """Embedded (chdb: `path`, a folder one process uses at a time) or a server
-    (clickhouse-connect over HTTP: `host`...); exactly one of the two."""
-
-    type: Literal["clickhouse"]
-    path: str | None = Field(
-        default=None, description="embedded: data folder, relative to profiles.yml"
-    )
-    host: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    user: str = "default"
-    password: SecretStr | None = None
-    database: str = Field(default="default", description="the connection's default database")
-    secure: bool = False
-    connect_timeout: int = Field(default=10, ge=1)
-    # A server has no lock primitive: a claim row living this long (longer than any sync),
-    # read back after lock_settle_seconds (longer than an insert takes to be visible).
-    lock_lease_minutes: int = Field(default=360, ge=1)
-    lock_settle_seconds: float = Field(default=1.0, ge=0)
-
-    @model_validator(mode="after")
-    def _embedded_or_server(self) -> ClickHouseTarget:
-        if (self.path is None) == (self.host is None):
-            raise ValueError("give either path (embedded ClickHouse) or host (a server), not both")
-        return self
-
-
-class _OtherTarget(_Target):
-    """A target whose adapter module is not importable here; its fields are kept as given
-    (opening it says which extra to install)."""
-
-    model_config = ConfigDict(extra="allow")
-    type: Literal["redshift", "bigquery", "snowflake"]
-
-
-TARGET_TYPES = ("duckdb", "postgres", "redshift", "bigquery", "snowflake", "clickhouse")
-# Fields without which a connection silently goes to the driver's defaults.
-REQUIRED_UNLESS_DSN: dict[str, tuple[str, ...]] = {
-    "postgres": ("host", "user", "dbname"),
-    "redshift": ("host", "user", "dbname"),
-}
-# Fields naming local files: relative to the profiles file.
-PATH_FIELDS: dict[str, tuple[str, ...]] = {
-    "duckdb": ("path",),
-    "clickhouse": ("path",),
-    "bigquery": ("keyfile",),
-    "snowflake": ("private_key_path",),
-}
-_ADAPTER_MODELS = {
-    "redshift": ("loader.warehouses.redshift", "RedshiftTarget"),
-    "bigquery": ("loader.warehouses.bigquery", "BigQueryTarget"),
-    "snowflake": ("loader.warehouses.snowflake", "SnowflakeTarget"),
-}
-
-
-def target_model(kind: str) -> type[BaseModel]:
-    """The settings model of a target type (the adapter's own, imported on first use)."""
-    if kind == "duckdb":
-        return DuckDBTarget
-    if kind == "postgres":
-        return PostgresTarget
-    if kind == "clickhouse":
-        return ClickHouseTarget
-    module, name = _ADAPTER_MODELS[kind]
-    try:
-        return getattr(importlib.import_module(module), name)
-    except ImportError:
-        return _OtherTarget
-
-
-def adapter_target(model: type[M], name: str, target: Any) -> M:
-    """A loosely typed profiles.yml target (secrets unwrapped) validated by its adapter's
-    own settings model; the first problem as one ConfigError naming the field."""
-    data = target.model_dump() if isinstance(target, BaseModel) else dict(target)
-    for key, value in list(data.items()):
-        if isinstance(value, SecretStr):
-            data[key] = value.get_secret_value()
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        where = f"field '{field}': " if field else ""  # a rule over several fields
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"profiles.yml: target '{name}': {where}{msg}") from None
 
 
 def check_cron(value: str | None) -> str | None:

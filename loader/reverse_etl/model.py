@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from loader.config.profiles import ConfigError, check_cron, line_of, parse_document, substitute
+from loader.config.errors import ConfigError
+from loader.config.profiles import check_cron, line_of, parse_document, substitute
 from loader.reverse_etl.destinations import (
     KNOWN_TYPES,
     Destination,

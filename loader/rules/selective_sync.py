@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from loader.config.profiles import ConfigError
+from loader.config.errors import ConfigError
 from loader.config.suggest import close_names, did_you_mean
 from loader.rules.normalize import CORE_COLUMNS
 

@@ -21,7 +21,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from loader.config.profiles import ConfigError
+from loader.config.errors import ConfigError
 from loader.config.suggest import did_you_mean
 from loader.rules.normalize import event_table_name
 

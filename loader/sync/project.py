@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
+from loader.config.errors import ConfigError
 from loader.config.profiles import (
-    ConfigError,
     Document,
     Profiles,
     check_cron,

@@ -74,18 +74,19 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from loader.config.targets import BigQueryTarget
 from loader.rules.retype import RetypePlan
 from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
 from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
-from loader.warehouses.bigquery_api import BigQueryApi, BigQueryTarget, bind
+from loader.warehouses.bigquery_api import BigQueryApi, bind
 from loader.warehouses.dialect import SqlDialect
 from loader.warehouses.warehouse import Warehouse
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
 
-__all__ = ["BigQueryDialect", "BigQueryTarget", "BigQueryWarehouse"]
+__all__ = ["BigQueryDialect", "BigQueryWarehouse"]
 
 CAPABILITIES = Capabilities(
     # Column names: 300 characters (table names may have 1,024 bytes; columns bind first).

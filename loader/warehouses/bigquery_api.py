@@ -17,18 +17,9 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
-
-from loader.config.profiles import adapter_target
+from loader.config.targets import BigQueryTarget
 from loader.warehouses.base import WarehouseError
 from loader.warehouses.dialect import rename_params
 
@@ -45,8 +36,6 @@ _TRANSIENT_REASONS = {
     "jobInternalError",
     "badGateway",
 }
-_PROJECT_ID = re.compile(r"^[a-z][a-z0-9\-.:]{4,61}[a-z0-9]$")
-_DATASET_NAME = re.compile(r"^[A-Za-z0-9_]*$")
 T = TypeVar("T")
 # Python value -> query parameter type (bool before int: a bool is an int).
 _PARAM_TYPES: tuple[tuple[type, str], ...] = (
@@ -56,58 +45,6 @@ _PARAM_TYPES: tuple[tuple[type, str], ...] = (
     (datetime, "TIMESTAMP"),
     (date, "DATE"),
 )
-
-
-class BigQueryTarget(BaseModel):
-    """The typed fields of a `type: bigquery` target in profiles.yml."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["bigquery"]
-    project: str = Field(description="GCP project id that holds the datasets and runs jobs")
-    location: str = Field(default="US", description="dataset and job location, e.g. US, EU")
-    dataset_prefix: str = Field(default="", description="prepended to every dataset name")
-    keyfile: str | None = Field(default=None, description="service-account JSON key file")
-    keyfile_json: SecretStr | None = Field(
-        default=None, description="the service-account JSON itself (e.g. ${GCP_SA_JSON})"
-    )
-    api_endpoint: str | None = Field(default=None, description="only for an emulator/proxy")
-    anonymous: bool = Field(default=False, description="no credentials (emulators only)")
-    retries: int = Field(default=5, ge=1, le=20, description="attempts for transient errors")
-    job_timeout_seconds: int = Field(default=600, ge=1)
-    lock_lease_minutes: int = Field(default=360, ge=0)
-
-    @field_validator("project")
-    @classmethod
-    def _project_id(cls, value: str) -> str:
-        if not _PROJECT_ID.match(value):
-            raise ValueError(
-                f"'{value}' is not a GCP project id (lower-case letters, digits and "
-                "hyphens, 6 to 63 characters)"
-            )
-        return value
-
-    @field_validator("dataset_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not _DATASET_NAME.match(value):
-            raise ValueError("dataset_prefix may hold only letters, digits and underscores")
-        return value
-
-    @model_validator(mode="after")
-    def _check(self) -> BigQueryTarget:
-        if self.keyfile is not None and self.keyfile_json is not None:
-            raise ValueError("give keyfile or keyfile_json, not both")
-        if self.anonymous and self.api_endpoint is None:
-            raise ValueError("anonymous: true is for an emulator; set api_endpoint too")
-        return self
-
-    @classmethod
-    def from_target(cls, name: str, target: Any) -> BigQueryTarget:
-        """Validate the loosely typed profiles.yml target; errors name the field."""
-        return adapter_target(cls, name, target)
-
-    def dataset(self, schema: str) -> str:
-        return f"{self.dataset_prefix}{schema}"
 
 
 def _status(exc: BaseException) -> int | None:

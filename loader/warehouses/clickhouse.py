@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from loader.config.profiles import ClickHouseTarget
+from loader.config.targets import ClickHouseTarget
 from loader.rules.schema import ColumnType
 from loader.warehouses import clickhouse_sql as ch
 from loader.warehouses import statements as st

@@ -58,19 +58,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
 
-from loader.config.profiles import adapter_target
+from loader.config.targets import RedshiftTarget
 from loader.rules.schema import ColumnType
 from loader.warehouses.base import Capabilities, Rows, WarehouseError, staged_text
 from loader.warehouses.dialect import SqlDialect, positional
@@ -105,123 +97,6 @@ def capabilities(varchar_bytes: int = MAX_VARCHAR) -> Capabilities:
     )
 
 
-class RedshiftTarget(BaseModel):
-    """The typed fields of a `type: redshift` target in profiles.yml."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["redshift"]
-    host: str = "127.0.0.1"
-    port: int = 5439
-    user: str = "sluice"
-    password: SecretStr | None = None
-    dbname: str = "dev"
-    sslmode: str | None = Field(default="prefer", description="libpq sslmode")
-    dsn: SecretStr | None = Field(default=None, description="overrides host..sslmode")
-    iam_role: str | None = Field(default=None, description="role ARN the COPY assumes")
-    access_key_id: str | None = Field(default=None, description="COPY credentials, not a role")
-    secret_access_key: SecretStr | None = None
-    session_token: SecretStr | None = None
-    s3_staging: str = Field(description="s3://bucket/prefix for staged gzip CSV files")
-    region: str | None = Field(default=None, description="the staging bucket's region")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="for fsspec")
-    # At least 64: a timestamp, number or boolean as text always fits any column then, so
-    # the width check before an upload only ever concerns text.
-    varchar_bytes: int = Field(default=MAX_VARCHAR, ge=64, le=MAX_VARCHAR)
-    connect_timeout: int = 15
-    retries: int = Field(default=4, ge=1)
-    lock_lease_minutes: int = Field(default=360, ge=1)
-
-    @field_validator("s3_staging")
-    @classmethod
-    def _s3_url(cls, value: str) -> str:
-        # COPY reads only from S3; a local path would fail at the first batch instead.
-        if not value.startswith("s3://") or len(value.rstrip("/")) <= len("s3://"):
-            raise ValueError("must be an s3://bucket/prefix URL")
-        return value
-
-    @model_validator(mode="after")
-    def _one_copy_authorisation(self) -> RedshiftTarget:
-        # Half a key pair, or a key pair and a role, is a profile mistake better named
-        # now than as an S3 access error after the first batch was staged.
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError("access_key_id and secret_access_key go together")
-        if self.access_key_id is not None and self.iam_role:
-            raise ValueError("give iam_role or access_key_id/secret_access_key, not both")
-        return self
-
-    @classmethod
-    def from_target(cls, name: str, target: Any) -> RedshiftTarget:
-        return adapter_target(cls, name, target)
-
-    def conninfo(self) -> str:
-        if self.dsn is not None:
-            return self.dsn.get_secret_value()
-        parts: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
-            "user": self.user,
-            "dbname": self.dbname,
-            "connect_timeout": self.connect_timeout,
-        }
-        if self.password is not None:
-            parts["password"] = self.password.get_secret_value()
-        if self.sslmode:
-            parts["sslmode"] = self.sslmode
-        return psycopg.conninfo.make_conninfo(**parts)
-
-    def _dsn_info(self) -> dict[str, Any]:
-        """The dsn's parts, or none when it does not parse (libpq says why at connect)."""
-        if self.dsn is None:
-            return {}
-        try:
-            return psycopg.conninfo.conninfo_to_dict(self.dsn.get_secret_value())
-        except psycopg.Error:
-            return {}
-
-    def where(self) -> str:
-        if self.dsn is not None:
-            info = self._dsn_info()
-            return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}"
-        return f"{self.host}:{self.port}"
-
-    def login(self) -> tuple[str, str]:
-        """(user, dbname) actually used, for messages that tell what to grant."""
-        info = self._dsn_info()
-        return str(info.get("user", self.user)), str(info.get("dbname", self.dbname))
-
-    def secrets(self) -> list[str]:
-        """Every configured value that must never appear in a message."""
-        values = [
-            s.get_secret_value()
-            for s in (self.password, self.dsn, self.secret_access_key, self.session_token)
-            if s is not None
-        ]
-        values.append(str(self._dsn_info().get("password", "")))
-        for key in ("secret", "token", "password"):
-            values.append(str(self.storage_options.get(key) or ""))
-        return [v for v in values if len(v) >= 4]
-
-    def copy_authorization(self) -> str:
-        secret = self.secret_access_key.get_secret_value() if self.secret_access_key else None
-        token = self.session_token.get_secret_value() if self.session_token else None
-        return copy_authorization(self.iam_role, self.access_key_id, secret, token)
-
-    def fs_options(self) -> dict[str, Any]:
-        """fsspec options for the staging bucket: storage_options win; the COPY key pair
-        and region fill what they leave out, so one set of credentials can serve both."""
-        options = dict(self.storage_options)
-        if self.access_key_id and "key" not in options and self.secret_access_key:
-            options["key"] = self.access_key_id
-            options["secret"] = self.secret_access_key.get_secret_value()
-            if self.session_token and "token" not in options:
-                options["token"] = self.session_token.get_secret_value()
-        if self.region:
-            client = dict(options.get("client_kwargs") or {})
-            client.setdefault("region_name", self.region)
-            options["client_kwargs"] = client
-        return options
-
-
 # --- pure SQL builders (unit-tested for their exact text) ------------------------------
 
 
@@ -244,6 +119,13 @@ def copy_authorization(
         )
         return keys + (f" SESSION_TOKEN {sql_literal(session_token)}" if session_token else "")
     return f"IAM_ROLE {sql_literal(iam_role)}" if iam_role else "IAM_ROLE default"
+
+
+def target_authorization(target: RedshiftTarget) -> str:
+    """copy_authorization for a target's configured role or key pair."""
+    secret = target.secret_access_key.get_secret_value() if target.secret_access_key else None
+    token = target.session_token.get_secret_value() if target.session_token else None
+    return copy_authorization(target.iam_role, target.access_key_id, secret, token)
 
 
 def copy_statement(
@@ -550,7 +432,7 @@ class RedshiftWarehouse(Warehouse):
         url = self._staging_url(label)
         self._upload(url, data)
         copy_sql = copy_statement(
-            stage, columns, url, self.target.copy_authorization(), self.target.region
+            stage, columns, url, target_authorization(self.target), self.target.region
         )
         try:
             self._copy_from_s3(copy_sql)

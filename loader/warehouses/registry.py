@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from loader.config.targets import BigQueryTarget, RedshiftTarget, SnowflakeTarget
 from loader.warehouses.base import WarehouseError
 from loader.warehouses.warehouse import Warehouse
 
@@ -56,15 +57,15 @@ def _open(name: str, target: Any, read_only: bool) -> Warehouse:
 
         return PostgresWarehouse(name, target.conninfo())
     if target.type == "snowflake":
-        from loader.warehouses.snowflake import SnowflakeTarget, SnowflakeWarehouse
+        from loader.warehouses.snowflake import SnowflakeWarehouse
 
         return SnowflakeWarehouse(name, SnowflakeTarget.from_target(name, target))
     if target.type == "redshift":
-        from loader.warehouses.redshift import RedshiftTarget, RedshiftWarehouse
+        from loader.warehouses.redshift import RedshiftWarehouse
 
         return RedshiftWarehouse(name, RedshiftTarget.from_target(name, target))
     if target.type == "bigquery":
-        from loader.warehouses.bigquery import BigQueryTarget, BigQueryWarehouse
+        from loader.warehouses.bigquery import BigQueryWarehouse
 
         return BigQueryWarehouse(name, BigQueryTarget.from_target(name, target))
     if target.type == "clickhouse":

@@ -53,11 +53,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-
-from loader.config.profiles import adapter_target
+from loader.config.targets import SnowflakeTarget
 from loader.rules.retype import RetypePlan
 from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
@@ -98,82 +96,53 @@ _DDL = re.compile(r"\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
 T = TypeVar("T")
 
 
-class SnowflakeTarget(BaseModel):
-    """The typed fields of a `type: snowflake` target in profiles.yml."""
+def connect_kwargs(target: SnowflakeTarget) -> dict[str, Any]:
+    """The connector's arguments for a target (secrets unwrapped: never logged)."""
+    kw: dict[str, Any] = {
+        "account": target.account,
+        "user": target.user,
+        "database": target.database.upper(),
+        "login_timeout": target.login_timeout,
+        # Timestamps without an offset in an archive are UTC, as Segment treats them.
+        "session_parameters": {
+            "TIMEZONE": "UTC",
+            "CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False,
+        },
+        "application": "sluice",
+    }
+    if target.password is not None:
+        kw["password"] = target.password.get_secret_value()
+    if target.private_key_path is not None:
+        kw["private_key"] = _private_key_der(target)
+        kw["authenticator"] = "SNOWFLAKE_JWT"
+    for key in ("role", "warehouse", "host", "port", "protocol", "network_timeout"):
+        value = getattr(target, key)
+        if value is not None:
+            kw[key] = value
+    return kw
 
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["snowflake"]
-    account: str = Field(description="account identifier, e.g. myorg-myaccount")
-    user: str
-    password: SecretStr | None = None
-    private_key_path: str | None = Field(default=None, description="PEM key for key-pair auth")
-    private_key_passphrase: SecretStr | None = None
-    role: str | None = None
-    warehouse: str | None = None
-    database: str
-    host: str | None = Field(default=None, description="only for a fake or proxied endpoint")
-    port: int | None = None
-    protocol: Literal["https", "http"] | None = None
-    login_timeout: int = 30
-    network_timeout: int | None = Field(default=None, description="connector default if unset")
-    lock_lease_minutes: int = 360
-    retries: int = 4
 
-    @model_validator(mode="after")
-    def _one_auth(self) -> SnowflakeTarget:
-        if self.password is None and self.private_key_path is None:
-            raise ValueError("give either password or private_key_path")
-        return self
+def _private_key_der(target: SnowflakeTarget) -> bytes:
+    from cryptography.hazmat.primitives import serialization
 
-    @classmethod
-    def from_target(cls, name: str, target: Any) -> SnowflakeTarget:
-        return adapter_target(cls, name, target)
-
-    def connect_kwargs(self) -> dict[str, Any]:
-        kw: dict[str, Any] = {
-            "account": self.account,
-            "user": self.user,
-            "database": self.database.upper(),
-            "login_timeout": self.login_timeout,
-            # Timestamps without an offset in an archive are UTC, as Segment treats them.
-            "session_parameters": {
-                "TIMEZONE": "UTC",
-                "CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False,
-            },
-            "application": "sluice",
-        }
-        if self.password is not None:
-            kw["password"] = self.password.get_secret_value()
-        if self.private_key_path is not None:
-            kw["private_key"] = self._private_key_der()
-            kw["authenticator"] = "SNOWFLAKE_JWT"
-        for key in ("role", "warehouse", "host", "port", "protocol", "network_timeout"):
-            value = getattr(self, key)
-            if value is not None:
-                kw[key] = value
-        return kw
-
-    def _private_key_der(self) -> bytes:
-        from cryptography.hazmat.primitives import serialization
-
-        try:
-            with open(self.private_key_path or "", "rb") as f:
-                pem = f.read()
-            passphrase = self.private_key_passphrase
-            key = serialization.load_pem_private_key(
-                pem, passphrase.get_secret_value().encode() if passphrase else None
-            )
-        except (OSError, ValueError, TypeError) as exc:
-            reason = type(exc).__name__ if isinstance(exc, (ValueError, TypeError)) else exc
-            raise WarehouseError(
-                f"cannot read the private key '{self.private_key_path}' ({reason}); check "
-                "private_key_path and private_key_passphrase in profiles.yml"
-            ) from None
-        return key.private_bytes(
-            serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+    try:
+        with open(target.private_key_path or "", "rb") as f:
+            pem = f.read()
+        passphrase = target.private_key_passphrase
+        key = serialization.load_pem_private_key(
+            pem, passphrase.get_secret_value().encode() if passphrase else None
         )
+    except (OSError, ValueError, TypeError) as exc:
+        reason = type(exc).__name__ if isinstance(exc, (ValueError, TypeError)) else exc
+        raise WarehouseError(
+            f"cannot read the private key '{target.private_key_path}' ({reason}); check "
+            "private_key_path and private_key_passphrase in profiles.yml"
+        ) from None
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 class SnowflakeDialect(SqlDialect):
@@ -274,7 +243,7 @@ class SnowflakeWarehouse(Warehouse):
             import snowflake.connector
 
             connect = snowflake.connector.connect
-        kwargs = target.connect_kwargs()
+        kwargs = connect_kwargs(target)
         try:
             self.conn = self._retry(lambda: connect(**kwargs))
         except Exception as exc:  # noqa: BLE001 - every connect failure becomes one sentence

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from loader.config.profiles import ConfigError
+from loader.config.errors import ConfigError
 from loader.rules.schema import ColumnType
 from loader.scrub import Scrubber
 from loader.warehouses.warehouse import Warehouse

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from loader.config.profiles import ConfigError
+from loader.config.errors import ConfigError
 from loader.reverse_etl.destinations import (
     Destination,
     DestinationConfig,
