@@ -60,8 +60,11 @@ def _statements(d: SqlDialect) -> dict[str, str]:
         profile_update=st.profile_update(d, users, rows, TRAITS),
         profile_insert=st.profile_insert(d, users, rows, TRAITS),
         profile_extend=st.profile_extend(d, users, rows, TRAITS),
-        extendable_keys=st.extendable_keys(d, src, users, marks, "user_id", "_rescued_data"),
-        key_marks="SELECT * FROM " + st.key_marks(d, src, "user_id"),
+        new_row_evidence=st.new_row_evidence(d, src, "user_id", "_rescued_data"),
+        profile_marks=st.profile_marks(d, marks),
+        profiles_present=st.profiles_present(d, users, "_rescued_data"),
+        key_marks="SELECT * FROM "
+        + st.key_marks(d, src, "user_id", d.in_list(d.ident("user_id"), "keys")),
         retl_stage=st.retl_stage(d, s, "SELECT 1 AS k, 'a' AS v", "k", ["k", "v"]),
         retl_diff=st.retl_diff(d, s, s, s, "model's", ["k", "v"]),
         row_hash=f"SELECT {d.row_hash([('k', ColumnType.BIGINT), ('b', ColumnType.BOOLEAN)])}",

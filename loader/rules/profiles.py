@@ -8,7 +8,7 @@ hold one are rebuilt here, where the rule can follow a trait into the rescued JS
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -72,4 +72,33 @@ def rescued_profile_rows(
             continue
         text = orjson.dumps(rescued).decode() if rescued else None
         out.append((key, *values, received, uuid_ts, text))
+    return out
+
+
+def extendable_keys(
+    evidence: Iterable[Sequence[Any]],
+    marks: Mapping[str, Any],
+    profiles: Mapping[str, bool],
+) -> list[str]:
+    """The keys whose profile their new rows alone may update: the profile exists and
+    holds nothing rescued, every new row has an event time, none holds a rescued value,
+    and the first of them follows the key's mark (the newest event time the profile has
+    seen). Any other key is rebuilt from all its rows.
+
+    `evidence`: (key, first event time, last, rows without one, rows with a rescued
+    value) over each key's new rows; `marks`: key -> mark; `profiles`: key -> whether
+    the profile holds a rescued value."""
+    out = []
+    for key, first, _last, untimed, rescued in evidence:
+        mark = marks.get(key)
+        if (
+            not untimed
+            and not rescued
+            and key in profiles
+            and not profiles[key]
+            and mark is not None
+            and first is not None
+            and mark < first
+        ):
+            out.append(key)
     return out

@@ -140,6 +140,12 @@ class SqlDialect:
             "ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)"
         )
 
+    def latest_non_null(self, value: str, order: str) -> str | None:
+        """An aggregate: `value` of the first row in `order` where it is not NULL; None
+        where the dialect has none (profile_rows then takes first_non_null, a window per
+        trait, which sorts each key's rows once per trait)."""
+        return None
+
     def greatest(self, a: str, b: str) -> str:
         return f"GREATEST({a}, {b})"
 

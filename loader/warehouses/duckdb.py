@@ -123,6 +123,9 @@ class DuckDBDialect(SqlDialect):
     def json_text(self, expr: str) -> str:
         return f"CAST({expr} AS JSON)"
 
+    def latest_non_null(self, value: str, order: str) -> str | None:
+        return f"(array_agg({value} ORDER BY {order}) FILTER (WHERE {value} IS NOT NULL))[1]"
+
 
 class DuckDBWarehouse(Warehouse):
     capabilities = CAPABILITIES

@@ -189,9 +189,18 @@ CAPABILITIES = Capabilities(
 )
 
 
+class PostgresDialect(SqlDialect):
+    """SqlDialect's defaults are PostgreSQL's; and an aggregate for a trait's latest value."""
+
+    def latest_non_null(self, value: str, order: str) -> str | None:
+        return f"(array_agg({value} ORDER BY {order}) FILTER (WHERE {value} IS NOT NULL))[1]"
+
+
 class PostgresWarehouse(Warehouse):
     capabilities = CAPABILITIES
-    dialect = SqlDialect(CAPABILITIES.type_names, CAPABILITIES.json_type, CAPABILITIES.key_type)
+    dialect = PostgresDialect(
+        CAPABILITIES.type_names, CAPABILITIES.json_type, CAPABILITIES.key_type
+    )
 
     def __init__(self, target_name: str, dsn: str) -> None:
         self.target_name = target_name

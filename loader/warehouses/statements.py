@@ -304,6 +304,14 @@ def profile_rows(d: SqlDialect, source: str, key: str, traits: Sequence[str], wh
     i = d.ident
     k = i(key)
     order = f"{i('timestamp')} DESC NULLS LAST, {i('received_at')} DESC NULLS LAST"
+    latest = [d.latest_non_null(i(c), order) for c in traits]
+    if all(x is not None for x in latest):  # one GROUP BY, no sort per trait
+        cols = [
+            f"{k} AS {i('id')}",
+            *(f"{x} AS {i(c)}" for x, c in zip(latest, traits, strict=True)),
+            f"MAX({i('received_at')}) AS {i('received_at')}",
+        ]
+        return f"(SELECT {', '.join(cols)} FROM {source} WHERE {where} GROUP BY {k})"
     inner = [
         f"{k} AS {i('id')}",
         *(f"{d.first_non_null(i(c), k, order)} AS {i(c)}" for c in traits),
@@ -366,34 +374,43 @@ def profile_extend(d: SqlDialect, target: str, rows: str, traits: Sequence[str])
     )
 
 
-def extendable_keys(
-    d: SqlDialect, source: str, target: str, marks: str, key: str, rescued: str | None
-) -> str:
-    """The keys (among %(keys)s, from the rows %(ids)s) whose new rows all carry an event
-    time later than the key's mark, with nothing rescued in them or in the profile."""
+def new_row_evidence(d: SqlDialect, source: str, key: str, rescued: str | None) -> str:
+    """Per key among %(keys)s, over its new rows %(ids)s: the first and last event time,
+    the rows without one and the rows holding a rescued value (rules.profiles decides
+    from these which keys their new rows alone may update)."""
     i = d.ident
-    k = i(key)
+    k, ts = i(key), i("timestamp")
     count_rescued = f"COUNT({i(rescued)})" if rescued else "0"
-    held = f" AND _sluice_t.{i(rescued)} IS NULL" if rescued else ""
     return (
-        f"SELECT _sluice_n.k FROM (SELECT {k} AS k, MIN({i('timestamp')}) AS first_ts, "
-        f"COUNT(*) - COUNT({i('timestamp')}) AS untimed, {count_rescued} AS rescued "
+        f"SELECT {k}, MIN({ts}), MAX({ts}), COUNT(*) - COUNT({ts}), {count_rescued} "
         f"FROM {source} WHERE {d.in_list(i('id'), 'ids')} AND {d.in_list(k, 'keys')} "
-        f"GROUP BY {k}) AS _sluice_n "
-        f"JOIN {marks} AS _sluice_m ON _sluice_m.{i('schema_name')} = {d.param('schema')} "
-        f"AND _sluice_m.{i('profile')} = {d.param('profile')} AND _sluice_m.{i('key')} = "
-        f"_sluice_n.k JOIN {target} AS _sluice_t ON _sluice_t.{i('id')} = _sluice_n.k "
-        f"WHERE _sluice_n.untimed = 0 AND _sluice_n.rescued = 0 "
-        f"AND _sluice_m.{i('mark_ts')} < _sluice_n.first_ts{held}"
+        f"GROUP BY {k}"
     )
 
 
-def key_marks(d: SqlDialect, source: str, key: str) -> str:
-    """(key, newest event time) of the keys in %(keys)s."""
+def profile_marks(d: SqlDialect, marks: str) -> str:
+    """(key, mark) of the keys %(keys)s of one profile table."""
+    i = d.ident
+    return (
+        f"SELECT {i('key')}, {i('mark_ts')} FROM {marks} WHERE {i('schema_name')} = "
+        f"{d.param('schema')} AND {i('profile')} = {d.param('profile')} AND "
+        f"{d.in_list(i('key'), 'keys')}"
+    )
+
+
+def profiles_present(d: SqlDialect, target: str, rescued: str | None) -> str:
+    """(id, whether it holds a rescued value) of the profiles %(keys)s."""
+    i = d.ident
+    held = f"CASE WHEN {i(rescued)} IS NULL THEN 0 ELSE 1 END" if rescued else "0"
+    return f"SELECT {i('id')}, {held} FROM {target} WHERE {d.in_list(i('id'), 'keys')}"
+
+
+def key_marks(d: SqlDialect, source: str, key: str, where: str) -> str:
+    """(key, newest event time) of the keys, over the source rows matching `where`."""
     k = d.ident(key)
     return (
         f"(SELECT {k} AS {d.ident('key')}, MAX({d.ident('timestamp')}) AS "
-        f"{d.ident('mark_ts')} FROM {source} WHERE {d.in_list(k, 'keys')} GROUP BY {k})"
+        f"{d.ident('mark_ts')} FROM {source} WHERE {where} GROUP BY {k})"
     )
 
 

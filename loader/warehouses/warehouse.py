@@ -17,7 +17,7 @@ import orjson
 
 from loader.encode.encoded import EncodedChunk
 from loader.rules.messages import Reject
-from loader.rules.profiles import rescued_profile_rows
+from loader.rules.profiles import extendable_keys, rescued_profile_rows
 from loader.rules.retype import RetypePlan, plan_retype
 from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
@@ -368,16 +368,33 @@ class Warehouse(ABC):
         return len(keys)
 
     def _extend_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> set[str]:
+        """Update the keys whose new rows alone may update their profile (rules.profiles.
+        extendable_keys, from three single-table reads: a join of them let PostgreSQL
+        plan on the statistics of tables a load is still growing); returns those keys."""
         d = self.dialect
         source = self.table_ref(schema, spec.source_table)
         target = self.table_ref(schema, spec.table)
+        rescued = spec.rescued_column
         done: set[str] = set()
         for chunk in self._chunks(keys):
             p = {"ids": list(spec.new_ids), "keys": chunk, "schema": schema, "profile": spec.table}
-            sql = st.extendable_keys(
-                d, source, target, self._b("profile_marks"), spec.key_column, spec.rescued_column
-            )
-            found = [str(k) for (k,) in self.fetchall(sql, p)]
+            evidence = [
+                (str(k), *rest)
+                for k, *rest in self.fetchall(
+                    st.new_row_evidence(d, source, spec.key_column, rescued), p
+                )
+            ]
+            if not evidence:
+                continue
+            marks = {
+                str(k): m
+                for k, m in self.fetchall(st.profile_marks(d, self._b("profile_marks")), p)
+            }
+            present = {
+                str(k): bool(h)
+                for k, h in self.fetchall(st.profiles_present(d, target, rescued), {"keys": chunk})
+            }
+            found = extendable_keys(evidence, marks, present)
             if not found:
                 continue
             where = (
@@ -389,18 +406,27 @@ class Warehouse(ABC):
                 st.profile_extend(d, target, rows, spec.trait_columns),
                 {"ids": list(spec.new_ids), "keys": found},
             )
-            self._mark_profiles(schema, spec, found)
+            self._mark_profiles(schema, spec, found, new_rows_only=True)
             done.update(found)
         return done
 
-    def _mark_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> None:
-        """Each key's newest event time, for the next batch's _extend_profiles."""
+    def _mark_profiles(
+        self, schema: str, spec: ProfileSpec, keys: Sequence[str], new_rows_only: bool = False
+    ) -> None:
+        """Each key's newest event time, for the next batch's _extend_profiles. An
+        extended key's new rows all follow its mark: their newest is the new mark, read
+        without its history (`new_rows_only`)."""
         d, marks = self.dialect, self._b("profile_marks")
         source = self.table_ref(schema, spec.source_table)
         i = d.ident
+        where = d.in_list(i(spec.key_column), "keys")
+        ids: dict[str, Any] = {}
+        if new_rows_only:
+            where += f" AND {d.in_list(i('id'), 'ids')}"
+            ids["ids"] = list(spec.new_ids)
         for chunk in self._chunks(keys):
-            p = {"schema": schema, "profile": spec.table, "keys": chunk}
-            new = st.key_marks(d, source, spec.key_column)
+            p = {"schema": schema, "profile": spec.table, "keys": chunk, **ids}
+            new = st.key_marks(d, source, spec.key_column, where)
             self.execute(
                 f"DELETE FROM {marks} WHERE {i('schema_name')} = {d.param('schema')} AND "
                 f"{i('profile')} = {d.param('profile')} AND {d.in_list(i('key'), 'keys')}",
