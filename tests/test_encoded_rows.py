@@ -302,10 +302,10 @@ def test_postgres_tables_key_ids_in_byte_order_and_index_time_by_block_range(
 def test_text_columns_are_checked_only_when_the_encoder_refuses_a_value() -> None:
     """Text columns go to binary COPY unchecked; a chunk holding a number or a boolean in
     one is laid out again with every value checked, ending exactly as if checked first."""
+    from loader.encode.copy_binary import CopyBinaryEncoder
     from loader.encode.encoded import encode_table
     from loader.rules.normalize import TableChunk, fixed_columns
     from loader.rules.schema import ColumnType
-    from loader.warehouses.postgres import CopyBinaryEncoder
 
     fixed = fixed_columns("order_completed")
     known = {"note": ColumnType.TEXT, "count": ColumnType.BIGINT}
@@ -347,8 +347,8 @@ def test_readers_text_fast_path_writes_the_bytes_psycopg_writes_with_no_connecti
     from psycopg.adapt import Transformer
     from psycopg.pq import Format
 
+    from loader.encode.copy_binary import _ADAPTERS, CopyBinaryEncoder
     from loader.rules.schema import ColumnType
-    from loader.warehouses.postgres import _ADAPTERS, CopyBinaryEncoder
 
     payload, ends = CopyBinaryEncoder().encode(
         [("note", ColumnType.TEXT), ("other", ColumnType.TEXT)], [texts, texts[::-1]], len(texts)
