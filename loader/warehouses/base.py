@@ -24,16 +24,17 @@ adapter is a driver: a module in this folder with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from loader.encode.encoded import RowEncoder
 from loader.rules.schema import ColumnType
 
+T = TypeVar("T")
 BOOKKEEPING_SCHEMA = "_sluice"
 # Row tuples for a bulk path, in the order of the accompanying column names.
 Rows = Sequence[Sequence[Any]]
@@ -146,3 +147,31 @@ def staged_text(value: Any) -> str | None:
     if isinstance(value, (dict, list)):
         return orjson.dumps(value).decode()
     return str(value)
+
+
+def retried(
+    fn: Callable[[], T],
+    attempts: int,
+    transient: Callable[[BaseException], bool],
+    first_wait: float = 0.5,
+) -> T:
+    """`fn`, called again while it fails with an error `transient` accepts, `attempts`
+    times at most in all: the pause doubles from `first_wait` up to 8 s, plus jitter so
+    clients failing together do not retry together. The last error is raised as it was.
+    Only for work that is safe to repeat (a statement outside a transaction, a load job
+    into a table it truncates)."""
+    from tenacity import (
+        Retrying,
+        retry_if_exception,
+        stop_after_attempt,
+        wait_exponential,
+        wait_random,
+    )
+
+    retrying = Retrying(
+        stop=stop_after_attempt(max(1, attempts)),
+        wait=wait_exponential(multiplier=first_wait, max=8) + wait_random(0, first_wait),
+        retry=retry_if_exception(transient),
+        reraise=True,
+    )
+    return retrying(fn)

@@ -20,7 +20,7 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from loader.config.targets import BigQueryTarget
-from loader.warehouses.base import WarehouseError
+from loader.warehouses.base import WarehouseError, retried
 from loader.warehouses.dialect import rename_params
 
 if TYPE_CHECKING:
@@ -321,17 +321,7 @@ class BigQueryApi:
     def attempts(self, fn: Callable[[], T]) -> T:
         """Re-run a whole idempotent job (a load into a truncated staging table) when the
         job itself failed for a transient reason; HTTP calls have their own policy."""
-        import random
-        import time
-
-        for attempt in range(self.target.retries):
-            try:
-                return fn()
-            except Exception as exc:
-                if attempt == self.target.retries - 1 or not is_transient(exc):
-                    raise
-                time.sleep(min(8.0, 0.2 * 2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+        return retried(fn, self.target.retries, is_transient, first_wait=0.2)
 
 
 def _kind(value: Any) -> str:

@@ -53,8 +53,6 @@ first; inside one, the batch is rolled back and the next run loads it again.
 from __future__ import annotations
 
 import gzip
-import random
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -64,7 +62,7 @@ import psycopg
 
 from loader.config.targets import RedshiftTarget
 from loader.rules.schema import ColumnType
-from loader.warehouses.base import Capabilities, Rows, WarehouseError, staged_text
+from loader.warehouses.base import Capabilities, Rows, WarehouseError, retried, staged_text
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
 
@@ -319,18 +317,17 @@ class RedshiftWarehouse(Warehouse):
         """fn, retried with exponential backoff and jitter on transient errors; a dropped
         connection is reopened first (only ever outside a transaction, so nothing that
         was in flight is silently lost)."""
-        attempts = self.target.retries
-        for attempt in range(attempts):
-            try:
-                conn = getattr(self, "conn", None)
-                if conn is not None and conn.closed and not self._closed:
-                    self.conn = self._connect()
-                return fn()
-            except psycopg.Error as exc:
-                if attempt == attempts - 1 or not self._transient(exc):
-                    raise
-                time.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+
+        def once() -> T:
+            conn = getattr(self, "conn", None)
+            if conn is not None and conn.closed and not self._closed:
+                self.conn = self._connect()
+            return fn()
+
+        def transient(exc: BaseException) -> bool:
+            return isinstance(exc, psycopg.Error) and self._transient(exc)
+
+        return retried(once, self.target.retries, transient)
 
     def _run(self, fn: Callable[[], T]) -> T:
         """One statement; retried outside a transaction (inside one, the transaction is

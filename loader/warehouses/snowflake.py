@@ -44,10 +44,8 @@ two takers run one after the other); a crashed sync's expires after `lock_lease_
 
 from __future__ import annotations
 
-import random
 import re
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -59,7 +57,14 @@ from loader.config.targets import SnowflakeTarget
 from loader.rules.retype import RetypePlan
 from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
-from loader.warehouses.base import Capabilities, ProfileSpec, Rows, WarehouseError, staged_text
+from loader.warehouses.base import (
+    Capabilities,
+    ProfileSpec,
+    Rows,
+    WarehouseError,
+    retried,
+    staged_text,
+)
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
 
@@ -274,17 +279,14 @@ class SnowflakeWarehouse(Warehouse):
         return f"cannot connect to {where}: {self._first_line(exc)}; {fix}"
 
     def _retry(self, fn: Callable[[], T]) -> T:
-        transient = _transient_errors()
-        attempts = max(1, self.target.retries)
-        for attempt in range(attempts):
-            try:
-                return fn()
-            except transient as exc:
-                errno = getattr(exc, "errno", None)
-                if attempt == attempts - 1 or errno in _AUTH_ERRNOS - {250001}:
-                    raise
-                time.sleep(min(8.0, 0.5 * 2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")
+        errors = _transient_errors()
+
+        def transient(exc: BaseException) -> bool:  # a refused login does not heal
+            return isinstance(exc, errors) and getattr(exc, "errno", None) not in (
+                _AUTH_ERRNOS - {250001}
+            )
+
+        return retried(fn, self.target.retries, transient)
 
     def _run(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         """One statement on the connection; transient errors are retried outside a
