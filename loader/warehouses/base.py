@@ -175,3 +175,11 @@ def retried(
         reraise=True,
     )
     return retrying(fn)
+
+
+def first_line(text: str, scrub: Callable[[str], str] | None = None) -> str:
+    """An error's first non-blank line, its final period dropped and its secrets masked
+    (a driver's message goes into one sentence of Sluice's); "" when it has none."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    line = lines[0].rstrip(".") if lines else ""
+    return scrub(line) if scrub is not None else line

@@ -20,7 +20,8 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from loader.config.targets import BigQueryTarget
-from loader.warehouses.base import WarehouseError, retried
+from loader.scrub import Scrubber
+from loader.warehouses.base import WarehouseError, first_line, retried
 from loader.warehouses.dialect import rename_params
 
 if TYPE_CHECKING:
@@ -75,11 +76,6 @@ def is_transient(exc: BaseException) -> bool:
     return _reason(exc) in _TRANSIENT_REASONS
 
 
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[0].rstrip(".") if lines else ""
-
-
 class BigQueryApi:
     """A google-cloud-bigquery client for one target, and how its failures read."""
 
@@ -88,7 +84,7 @@ class BigQueryApi:
     ) -> None:
         self.target_name = target_name
         self.target = target
-        self._secrets: list[str] = []
+        self._scrub = Scrubber()
         self.client = client if client is not None else self._make_client()
         try:
             # A cheap call that proves endpoint, credentials and project before any work.
@@ -129,14 +125,14 @@ class BigQueryApi:
             return AnonymousCredentials()
         if t.keyfile_json is not None:
             raw = t.keyfile_json.get_secret_value()
-            self._secrets.append(raw)
+            self._scrub.add(raw)
             try:
                 info = json.loads(raw)
                 if isinstance(info, dict) and info.get("private_key"):
-                    self._secrets.append(str(info["private_key"]))
-                    self._secrets.extend(
-                        ln for ln in str(info["private_key"]).splitlines() if len(ln) > 16
-                    )
+                    self._scrub.add(str(info["private_key"]))
+                    for line in str(info["private_key"]).splitlines():
+                        if len(line) > 16:
+                            self._scrub.add(line)
                 return service_account.Credentials.from_service_account_info(info, scopes=scopes)
             except (ValueError, KeyError, TypeError) as exc:
                 reason = type(exc).__name__
@@ -165,12 +161,6 @@ class BigQueryApi:
             ) from None
         return credentials
 
-    def _scrub(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
-
     def _detail(self, exc: BaseException) -> str:
         """The server's own message (not the request URL or job id), first line only."""
         msg = getattr(exc, "message", None)
@@ -187,7 +177,7 @@ class BigQueryApi:
         text = text.split("; reason: ")[0]  # the client repeats the error's fields after it
         text = re.sub(r"\s*\(job ID: [^)]*\)", "", text)
         text = re.sub(r"(POST|GET|PATCH|PUT|DELETE) https?://\S+:?\s*", "", text)
-        return self._scrub(_first_line(text)) or type(exc).__name__
+        return first_line(text, self._scrub) or type(exc).__name__
 
     def _message(self, exc: BaseException, connecting: bool = False) -> str:
         """One sentence: what failed, on which target, and what to change."""

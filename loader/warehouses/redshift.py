@@ -62,7 +62,15 @@ import psycopg
 
 from loader.config.targets import RedshiftTarget
 from loader.rules.schema import ColumnType
-from loader.warehouses.base import Capabilities, Rows, WarehouseError, retried, staged_text
+from loader.scrub import Scrubber
+from loader.warehouses.base import (
+    Capabilities,
+    Rows,
+    WarehouseError,
+    first_line,
+    retried,
+    staged_text,
+)
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
 
@@ -255,7 +263,7 @@ class RedshiftWarehouse(Warehouse):
         self.lease_minutes = int(target.lock_lease_minutes)
         self._depth = 0
         self._closed = False
-        self._secrets = target.secrets()
+        self._scrub = Scrubber(*target.secrets())
         try:
             self.conn = self._retry(self._connect)
         except psycopg.Error as exc:
@@ -272,14 +280,8 @@ class RedshiftWarehouse(Warehouse):
         self.conn.close()
 
     # --- errors and retries ---------------------------------------------------------
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
     def _first_line(self, exc: BaseException) -> str:
-        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-        return self._scrub(lines[0].rstrip(".")) if lines else type(exc).__name__
+        return first_line(str(exc), self._scrub) or type(exc).__name__
 
     def _where(self) -> str:
         return f"Redshift target '{self.target_name}' ({self.target.where()})"

@@ -56,12 +56,14 @@ from typing import Any, TypeVar
 from loader.config.targets import SnowflakeTarget
 from loader.rules.retype import RetypePlan
 from loader.rules.schema import ColumnType
+from loader.scrub import Scrubber
 from loader.warehouses import statements as st
 from loader.warehouses.base import (
     Capabilities,
     ProfileSpec,
     Rows,
     WarehouseError,
+    first_line,
     retried,
     staged_text,
 )
@@ -234,11 +236,9 @@ class SnowflakeWarehouse(Warehouse):
         self.target_name = target_name
         self.target = target
         self.lease_minutes = target.lock_lease_minutes
-        self._secrets = [
-            s.get_secret_value()
-            for s in (target.password, target.private_key_passphrase)
-            if s is not None and s.get_secret_value()
-        ]
+        self._scrub = Scrubber(
+            *(s.get_secret_value() for s in (target.password, target.private_key_passphrase) if s)
+        )
         self._open = False  # a transaction begun on the server (see _send)
         # (schema, table) -> its column types, and the columns its staging table has.
         self._types: dict[tuple[str, str], dict[str, ColumnType]] = {}
@@ -255,15 +255,9 @@ class SnowflakeWarehouse(Warehouse):
             raise WarehouseError(self._connect_message(exc)) from None
 
     # --- errors and retries ----------------------------------------------------------
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
     def _first_line(self, exc: BaseException) -> str:
         msg = getattr(exc, "raw_msg", None) or str(exc)
-        lines = [ln.strip() for ln in str(msg).strip().splitlines() if ln.strip()]
-        return self._scrub(lines[0].rstrip(".")) if lines else type(exc).__name__
+        return first_line(str(msg), self._scrub) or type(exc).__name__
 
     def _connect_message(self, exc: BaseException) -> str:
         errno = getattr(exc, "errno", None)
