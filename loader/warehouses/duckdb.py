@@ -146,6 +146,8 @@ class DuckDBWarehouse(Warehouse):
         write lock a sync needs."""
         self.target_name = target_name
         self.read_only = read_only
+        # (schema, table) -> its columns' DuckDB types, for stage (cleared by any DDL).
+        self._types: dict[tuple[str, str], dict[str, str]] = {}
         missing = path != ":memory:" and not Path(path).exists()
         if read_only and missing:
             path = ":memory:"
@@ -182,11 +184,13 @@ class DuckDBWarehouse(Warehouse):
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> int:
         # DuckDB keeps a statement's result open until it is fetched; DML returns its count.
-        rows = self.conn.execute(*_bind(sql, params)).fetchall()
+        rows = self.fetchall(sql, params)
         dml = sql.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE")
         return int(rows[0][0]) if dml and rows else 0
 
     def fetchall(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        if sql.lstrip()[:6].upper() in ("CREATE", "ALTER ", "DROP T"):
+            self._types.clear()  # a table or its columns change: stage reads them again
         return self.conn.execute(*_bind(sql, params)).fetchall()
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -210,7 +214,11 @@ class DuckDBWarehouse(Warehouse):
     @contextmanager
     def stage(self, schema: str, table: str, columns: Sequence[str], rows: Rows) -> Iterator[str]:
         """The rows as an Arrow table DuckDB scans in place, cast to the target's types."""
-        types = {c: str(t).lower() for _, c, t in self._columns(schema, table)}
+        types = self._types.get((schema, table))
+        if types is None or not set(columns) <= set(types):
+            # Read once per table, not per batch: information_schema is slow in DuckDB.
+            types = {c: str(t).lower() for _, c, t in self._columns(schema, table)}
+            self._types[(schema, table)] = types
         arrays = [
             pa.array(
                 [v.isoformat() if isinstance(v, datetime) else v for v in values]
