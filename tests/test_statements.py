@@ -60,9 +60,7 @@ def _statements(d: SqlDialect) -> dict[str, str]:
         profile_update=st.profile_update(d, users, rows, TRAITS),
         profile_insert=st.profile_insert(d, users, rows, TRAITS),
         profile_extend=st.profile_extend(d, users, rows, TRAITS),
-        new_row_evidence=st.new_row_evidence(d, src, "user_id", "_rescued_data"),
-        profile_marks=st.profile_marks(d, marks),
-        profiles_present=st.profiles_present(d, users, "_rescued_data"),
+        profile_evidence=st.profile_evidence(d, src, marks, users, "user_id", "_rescued_data"),
         key_marks="SELECT * FROM "
         + st.key_marks(d, src, "user_id", d.in_list(d.ident("user_id"), "keys")),
         retl_stage=st.retl_stage(d, s, "SELECT 1 AS k, 'a' AS v", "k", ["k", "v"]),

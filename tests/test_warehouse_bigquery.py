@@ -501,10 +501,10 @@ def test_generated_sql_parses_as_bigquery(open_wh) -> None:
             st.profile_update(d, target, rows, spec.trait_columns),
             st.profile_extend(d, target, rows, spec.trait_columns),
         ],
-        sqlglot.exp.Select: [
-            st.new_row_evidence(d, target, "user_id", "_rescued_data"),
-            st.profile_marks(d, marks),
-            st.profiles_present(d, d.table_ref("s", "users"), "_rescued_data"),
+        sqlglot.exp.Union: [
+            st.profile_evidence(
+                d, target, marks, d.table_ref("s", "users"), "user_id", "_rescued_data"
+            ),
         ],
         sqlglot.exp.Create: [
             *(st.create_bookkeeping(d, t) for t in st.BOOKKEEPING.values()),

@@ -374,35 +374,33 @@ def profile_extend(d: SqlDialect, target: str, rows: str, traits: Sequence[str])
     )
 
 
-def new_row_evidence(d: SqlDialect, source: str, key: str, rescued: str | None) -> str:
-    """Per key among %(keys)s, over its new rows %(ids)s: the first and last event time,
-    the rows without one and the rows holding a rescued value (rules.profiles decides
-    from these which keys their new rows alone may update)."""
+def profile_evidence(
+    d: SqlDialect, source: str, marks: str, target: str, key: str, rescued: str | None
+) -> str:
+    """What rules.profiles.extendable_keys decides from, for the keys %(keys)s, in one
+    read of three single-table parts (no join for a planner to get wrong on tables a
+    load is still growing; one round trip, one job where a query is a job):
+    ('n', key, first and last event time of its new rows %(ids)s, of them the rows
+    without one, the rows with a rescued value); ('m', key, its mark); ('p', key, whether
+    its profile holds a rescued value)."""
     i = d.ident
-    k, ts = i(key), i("timestamp")
+    k, ts, mark = i(key), i("timestamp"), i("mark_ts")
+    no_time = d.cast("NULL", d.type_names[ColumnType.TIMESTAMP])
+    no_count = d.cast("NULL", d.type_names[ColumnType.BIGINT])
     count_rescued = f"COUNT({i(rescued)})" if rescued else "0"
-    return (
-        f"SELECT {k}, MIN({ts}), MAX({ts}), COUNT(*) - COUNT({ts}), {count_rescued} "
-        f"FROM {source} WHERE {d.in_list(i('id'), 'ids')} AND {d.in_list(k, 'keys')} "
-        f"GROUP BY {k}"
-    )
-
-
-def profile_marks(d: SqlDialect, marks: str) -> str:
-    """(key, mark) of the keys %(keys)s of one profile table."""
-    i = d.ident
-    return (
-        f"SELECT {i('key')}, {i('mark_ts')} FROM {marks} WHERE {i('schema_name')} = "
-        f"{d.param('schema')} AND {i('profile')} = {d.param('profile')} AND "
-        f"{d.in_list(i('key'), 'keys')}"
-    )
-
-
-def profiles_present(d: SqlDialect, target: str, rescued: str | None) -> str:
-    """(id, whether it holds a rescued value) of the profiles %(keys)s."""
-    i = d.ident
     held = f"CASE WHEN {i(rescued)} IS NULL THEN 0 ELSE 1 END" if rescued else "0"
-    return f"SELECT {i('id')}, {held} FROM {target} WHERE {d.in_list(i('id'), 'keys')}"
+    text = d.text_type
+    return (
+        f"SELECT 'n' AS {i('part')}, {d.cast(k, text)} AS {i('k')}, MIN({ts}) AS {i('t1')}, "
+        f"MAX({ts}) AS {i('t2')}, COUNT(*) - COUNT({ts}) AS {i('n1')}, {count_rescued} AS "
+        f"{i('n2')} FROM {source} WHERE {d.in_list(i('id'), 'ids')} AND {d.in_list(k, 'keys')} "
+        f"GROUP BY {k} UNION ALL "
+        f"SELECT 'm', {d.cast(i('key'), text)}, {mark}, {no_time}, {no_count}, {no_count} FROM "
+        f"{marks} WHERE {i('schema_name')} = {d.param('schema')} AND {i('profile')} = "
+        f"{d.param('profile')} AND {d.in_list(i('key'), 'keys')} UNION ALL "
+        f"SELECT 'p', {d.cast(i('id'), text)}, {no_time}, {no_time}, {held}, {no_count} FROM "
+        f"{target} WHERE {d.in_list(i('id'), 'keys')}"
+    )
 
 
 def key_marks(d: SqlDialect, source: str, key: str, where: str) -> str:

@@ -368,9 +368,8 @@ class Warehouse(ABC):
         return len(keys)
 
     def _extend_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> set[str]:
-        """Update the keys whose new rows alone may update their profile (rules.profiles.
-        extendable_keys, from three single-table reads: a join of them let PostgreSQL
-        plan on the statistics of tables a load is still growing); returns those keys."""
+        """Update the keys whose new rows alone may update their profile
+        (rules.profiles.extendable_keys, from statements.profile_evidence); returns them."""
         d = self.dialect
         source = self.table_ref(schema, spec.source_table)
         target = self.table_ref(schema, spec.table)
@@ -378,22 +377,17 @@ class Warehouse(ABC):
         done: set[str] = set()
         for chunk in self._chunks(keys):
             p = {"ids": list(spec.new_ids), "keys": chunk, "schema": schema, "profile": spec.table}
-            evidence = [
-                (str(k), *rest)
-                for k, *rest in self.fetchall(
-                    st.new_row_evidence(d, source, spec.key_column, rescued), p
-                )
-            ]
-            if not evidence:
-                continue
-            marks = {
-                str(k): m
-                for k, m in self.fetchall(st.profile_marks(d, self._b("profile_marks")), p)
-            }
-            present = {
-                str(k): bool(h)
-                for k, h in self.fetchall(st.profiles_present(d, target, rescued), {"keys": chunk})
-            }
+            sql = st.profile_evidence(
+                d, source, self._b("profile_marks"), target, spec.key_column, rescued
+            )
+            evidence, marks, present = [], {}, {}
+            for part, k, t1, t2, n1, n2 in self.fetchall(sql, p):
+                if part == "n":
+                    evidence.append((str(k), t1, t2, n1, n2))
+                elif part == "m":
+                    marks[str(k)] = t1
+                else:
+                    present[str(k)] = bool(n1)
             found = extendable_keys(evidence, marks, present)
             if not found:
                 continue
