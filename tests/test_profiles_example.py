@@ -76,6 +76,13 @@ def test_duckdb_memory_limit_and_threads_reach_duckdb(tmp_path: Path) -> None:
         assert (memory, int(threads)) == ("244.1 MiB", 1)
     finally:
         wh.close()
+    # Without a setting, a load is bounded all the same (DuckDB's own default: 80% of RAM).
+    wh = open_warehouse("local", DuckDBTarget(type="duckdb", path=str(tmp_path / "d.duckdb")))
+    try:
+        ((memory,),) = wh.query("SELECT current_setting('memory_limit')")
+        assert memory == "953.6 MiB"  # 1GB, as DuckDB prints it
+    finally:
+        wh.close()
     bad = DuckDBTarget(type="duckdb", path=str(tmp_path / "x.duckdb"), memory_limit="lots")
     with pytest.raises(WarehouseError, match="target 'local'.*memory_limit"):
         open_warehouse("local", bad)

@@ -25,6 +25,7 @@ from pydantic import (
 from loader.config.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+DEFAULT_DUCKDB_MEMORY_LIMIT = "1GB"
 # Redshift's widest varchar, in bytes.
 REDSHIFT_MAX_VARCHAR = 65535
 _PROJECT_ID = re.compile(r"^[a-z][a-z0-9\-.:]{4,61}[a-z0-9]$")
@@ -43,8 +44,12 @@ class DuckDBTarget(_Target):
     path: str = Field(
         default="sluice.duckdb", description="database file, relative to profiles.yml"
     )
-    # DuckDB sizes its buffer pool from the machine's RAM (80%); these bound it.
-    memory_limit: str | None = None
+    # DuckDB would size its buffer pool from the machine's RAM (80%) and let its cache of
+    # table blocks grow with the archive; a load needs far less (DuckDB spills to disk
+    # past the limit). null gives DuckDB's own default back.
+    memory_limit: str | None = Field(
+        default=DEFAULT_DUCKDB_MEMORY_LIMIT, description="DuckDB's buffer pool, e.g. 512MB, 4GB"
+    )
     threads: int | None = Field(default=None, ge=1)
 
 
