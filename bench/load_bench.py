@@ -47,8 +47,9 @@ elif kind == "clickhouse":
 else:
     from loader.warehouses.duckdb import DuckDBWarehouse as W
 import os
-limit = os.environ.get("SLUICE_BENCH_DUCKDB_MEMORY_LIMIT")
-wh = W("bench", where, limit) if kind == "duckdb" and limit else W("bench", where)
+from loader.config.targets import DEFAULT_DUCKDB_MEMORY_LIMIT
+limit = os.environ.get("SLUICE_BENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_DUCKDB_MEMORY_LIMIT)
+wh = W("bench", where, limit) if kind == "duckdb" else W("bench", where)
 loader = Loader(wh, batch_lines=batch, sync_filter=f, tracking_plan=plan)
 t = time.perf_counter()
 report = loader.load(archive, "bench")
@@ -199,7 +200,7 @@ def main() -> None:
     parser.add_argument("--batch-lines", type=int, default=20_000)
     parser.add_argument(
         "--duckdb-memory-limit",
-        help="DuckDB's memory_limit for the DuckDB loads (e.g. 256MB; default: DuckDB's own)",
+        help="DuckDB's memory_limit for the DuckDB loads (e.g. 256MB; default: a target's, 1GB)",
     )
     parser.add_argument(
         "--tracking-plan",
