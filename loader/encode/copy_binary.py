@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from datetime import datetime
 from functools import cache
 from itertools import repeat
-from operator import attrgetter
 from typing import Any
 
 from psycopg import postgres, pq
 from psycopg.adapt import AdaptersMap, Dumper, Transformer
 from psycopg.pq import Format
 
+from loader.encode.timestamps import aware_datetimes
 from loader.rules.messages import parse_timestamp
 from loader.rules.normalize import RESCUED_COLUMN
 from loader.rules.schema import ColumnType
@@ -48,7 +47,6 @@ class _JsonTextBinaryDumper(Dumper):
         return b"\x01" + obj.encode()
 
 
-_PARSED = frozenset({datetime, type(None)})
 _ADAPTERS = AdaptersMap(postgres.adapters)
 _ADAPTERS.register_dumper(None, _JsonTextBinaryDumper)
 
@@ -72,24 +70,6 @@ class _Utf8Context:
 @cache
 def _reader_context() -> _Utf8Context:
     return _Utf8Context()
-
-
-def _datetimes(values: Iterable[Any]) -> Sequence[datetime | None]:
-    """ISO-8601 text (validated or coerced already) as aware datetimes, column-wise;
-    a column the reader parsed already (common times: aware datetimes) as it is."""
-    values = values if isinstance(values, (list, tuple)) else list(values)
-    kinds = set(map(type, values))
-    if kinds <= _PARSED:
-        return values
-    if datetime in kinds:  # parsed and text together: only a re-laid-out chunk
-        return [v if v is None or type(v) is datetime else parse_timestamp(v) for v in values]
-    try:
-        parsed: list[datetime | None] = list(map(datetime.fromisoformat, values))
-    except (TypeError, ValueError):  # NULLs, or a form only parse_timestamp reads
-        return [None if v is None else parse_timestamp(v) for v in values]
-    if None in set(map(attrgetter("tzinfo"), parsed)):
-        return [parse_timestamp(v) for v in values]  # offset-less text is UTC
-    return parsed
 
 
 class CopyBinaryEncoder:
@@ -119,7 +99,7 @@ class CopyBinaryEncoder:
                 if isinstance(column, repeat):  # uuid_ts: one value for every row
                     column = repeat(parse_timestamp(next(column, None)), rows)
                 else:
-                    column = _datetimes(column)
+                    column = aware_datetimes(column)
             data.append(column)
         out = bytearray()
         ends: list[int] = []

@@ -26,7 +26,10 @@ from loader.rules.schema import ColumnEvidence, ColumnType, column_evidence
 
 
 class RowEncoder(Protocol):
-    """A warehouse's bulk row format (picklable: it travels to reader processes)."""
+    """A warehouse's bulk row format (picklable: it travels to reader processes).
+
+    An encoder whose `sliceable` attribute is false (Arrow IPC) writes payloads that
+    cannot be cut at row ends; its chunks are cut by decoding and filtering instead."""
 
     def encode(
         self,
@@ -62,6 +65,8 @@ class EncodedChunk:
     raw: TableChunk | None = None
     # Rescued values cut to the warehouse's width for `_rescued_data` (row_layout).
     rescued_cut: int = 0
+    # An Arrow IPC payload (encode/arrow_batches.py): cut by filtering rows, not bytes.
+    arrow: bool = False
 
     @property
     def rows(self) -> int:
@@ -76,6 +81,8 @@ class EncodedChunk:
         if drop.isdisjoint(ids):
             return self
         dropped = list(compress(count(), map(drop.__contains__, ids)))
+        if self.arrow:
+            return self._arrow_without(drop, dropped)
         payload, ends = self.payload, self.row_ends
         pieces: list[bytes] = []
         kept_ends: list[int] = []
@@ -103,6 +110,26 @@ class EncodedChunk:
             [i - bisect_left(dropped, i) for i in self.rescued_at if i not in gone],
             self.raw.without_ids(drop) if self.raw is not None else None,
             self.rescued_cut,
+        )
+
+    def _arrow_without(self, drop: set[str], dropped: list[int]) -> EncodedChunk:
+        from loader.encode.arrow_batches import without_rows
+
+        gone = set(dropped)
+        keep = [i not in gone for i in range(len(self.ids))]
+        kept = len(self.ids) - len(gone)
+        return EncodedChunk(
+            self.url,
+            self.columns,
+            without_rows(self.payload, keep),
+            list(range(1, kept + 1)),
+            list(compress(self.ids, keep)),
+            self.types,
+            self.evidence,
+            [i - bisect_left(dropped, i) for i in self.rescued_at if i not in gone],
+            self.raw.without_ids(drop) if self.raw is not None else None,
+            self.rescued_cut,
+            arrow=True,
         )
 
 
@@ -176,4 +203,5 @@ def encode_table(
         rescued_at,
         chunk if evidence else None,
         cut,
+        arrow=not getattr(encoder, "sliceable", True),
     )

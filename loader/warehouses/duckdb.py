@@ -1,4 +1,5 @@
-"""DuckDB, the embedded default: Arrow tables appended with INSERT ... ON CONFLICT."""
+"""DuckDB, the embedded default: the readers' Arrow batches scanned in place by DuckDB
+and appended with an anti-join on id."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from loader.encode.arrow_batches import ArrowEncoder, read_table
+from loader.encode.encoded import EncodedChunk
 from loader.rules.schema import ColumnType
+from loader.warehouses import statements as st
 from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
 from loader.warehouses.dialect import SqlDialect, rename_params
 from loader.warehouses.warehouse import Warehouse
@@ -32,6 +36,7 @@ CAPABILITIES = Capabilities(
     # DuckDB has no documented limit, but a table of 16,000 columns already kills the
     # process (SIGFPE) on insert, 8,000 take seconds per batch: 2,000 is far from both.
     max_columns=2_000,
+    row_encoder=ArrowEncoder(),
 )
 
 
@@ -211,14 +216,31 @@ class DuckDBWarehouse(Warehouse):
         # DuckDB holds an OS-level write lock on the file for the whole connection.
         yield
 
-    @contextmanager
-    def stage(self, schema: str, table: str, columns: Sequence[str], rows: Rows) -> Iterator[str]:
-        """The rows as an Arrow table DuckDB scans in place, cast to the target's types."""
-        types = self._types.get((schema, table))
-        if types is None or not set(columns) <= set(types):
-            # Read once per table, not per batch: information_schema is slow in DuckDB.
-            types = {c: str(t).lower() for _, c, t in self._columns(schema, table)}
-            self._types[(schema, table)] = types
+    def insert_encoded(
+        self, schema: str, table: str, chunks: Sequence[EncodedChunk], fill_nulls: bool = False
+    ) -> int:
+        """The readers' Arrow batches, one scan and one anti-join insert per column set;
+        a replay (fill_nulls) fills the NULLs of rows already there first."""
+        by_columns: dict[tuple[str, ...], list[EncodedChunk]] = {}
+        for chunk in chunks:
+            if chunk.ids:
+                by_columns.setdefault(chunk.columns, []).append(chunk)
+        d, target = self.dialect, self.table_ref(schema, table)
+        inserted = 0
+        for columns, group in by_columns.items():
+            arrow = read_table(c.payload for c in group)
+            with self.transaction(), self._scan(schema, table, columns, arrow) as staged:
+                if fill_nulls and st.fillable(columns):
+                    inserted += self.execute(st.fill_nulls(d, target, staged, columns))
+                inserted += self.execute(st.insert_new(d, target, staged, columns))
+        return inserted
+
+    def stage(
+        self, schema: str, table: str, columns: Sequence[str], rows: Rows
+    ) -> AbstractContextManager[str]:
+        """Rows as tuples (bookkeeping, profiles, a table the readers did not encode)
+        as an Arrow table; timestamps as ISO text, cast by the scan."""
+        types = self._types_of(schema, table, columns)
         arrays = [
             pa.array(
                 [v.isoformat() if isinstance(v, datetime) else v for v in values]
@@ -229,11 +251,32 @@ class DuckDBWarehouse(Warehouse):
             for name, values in zip(columns, zip(*rows, strict=True), strict=True)
             for kind in [types.get(name, "varchar")]
         ]
+        return self._scan(schema, table, columns, pa.Table.from_arrays(arrays, names=list(columns)))
+
+    def _types_of(self, schema: str, table: str, columns: Sequence[str]) -> dict[str, str]:
+        types = self._types.get((schema, table))
+        if types is None or not set(columns) <= set(types):
+            # Read once per table, not per batch: information_schema is slow in DuckDB.
+            types = {c: str(t).lower() for _, c, t in self._columns(schema, table)}
+            self._types[(schema, table)] = types
+        return types
+
+    @contextmanager
+    def _scan(
+        self, schema: str, table: str, columns: Sequence[str], arrow: pa.Table
+    ) -> Iterator[str]:
+        """An Arrow table DuckDB scans in place, each column cast to the table's type
+        where the Arrow type is not already it."""
+        types = self._types_of(schema, table, columns)
         name = f"_sluice_stage_{uuid.uuid4().hex[:12]}"
-        self.conn.register(name, pa.Table.from_arrays(arrays, names=list(columns)))
+        self.conn.register(name, arrow)
         d = self.dialect
         select = ", ".join(
-            f"CAST({d.ident(c)} AS {types.get(c, 'varchar')}) AS {d.ident(c)}" for c in columns
+            d.ident(c)
+            if _NATIVE.get(kind) == arrow.schema.field(c).type
+            else f"CAST({d.ident(c)} AS {kind}) AS {d.ident(c)}"
+            for c in columns
+            for kind in [types.get(c, "varchar")]
         )
         try:
             yield f"(SELECT {select} FROM {name})"
@@ -262,4 +305,12 @@ _ARROW: dict[str, pa.DataType] = {
     "timestamp with time zone": pa.string(),
     "varchar": pa.string(),
     "json": pa.string(),
+}
+# Arrow types DuckDB reads as the column's own type (no CAST in the scan).
+_NATIVE: dict[str, pa.DataType] = {
+    "boolean": pa.bool_(),
+    "bigint": pa.int64(),
+    "double": pa.float64(),
+    "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+    "varchar": pa.string(),
 }
