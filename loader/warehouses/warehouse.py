@@ -22,22 +22,22 @@ from loader.rules.retype import RetypePlan, plan_retype
 from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
 from loader.warehouses.base import (
-    BLOCKED_COLUMNS,
-    VIOLATION_COLUMNS,
-    VIOLATION_SUMMARY,
     Capabilities,
     LockBusy,
     ProfileSpec,
     Rows,
     TableStats,
     WarehouseError,
-    reject_rows,
-    violation_rows,
 )
 from loader.warehouses.dialect import SqlDialect
 
 B = st.BOOKKEEPING_SCHEMA
 Params = Mapping[str, Any]
+
+
+def _written(table: str) -> tuple[str, ...]:
+    """A bookkeeping table's columns a write gives values (not the time-of-insert ones)."""
+    return tuple(c for c, k in st.BOOKKEEPING[table].columns if k != "now")
 
 
 class Warehouse(ABC):
@@ -314,20 +314,19 @@ class Warehouse(ABC):
 
     def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
         """Called inside the transaction that commits the rows the cursor covers."""
-        d = self.dialect
-        p = {"schema": schema, "collection": collection, "cursor": cursor}
+        row = {"schema_name": schema, "collection": collection, "cursor": cursor}
         with self.transaction():
-            self.execute(
-                f"DELETE FROM {self._b('cursors')} WHERE {d.ident('schema_name')} = "
-                f"{d.param('schema')} AND {d.ident('collection')} = {d.param('collection')}",
-                p,
-            )
-            self.execute(
-                f"INSERT INTO {self._b('cursors')} ({d.ident('schema_name')}, "
-                f"{d.ident('collection')}, {d.ident('cursor')}, {d.ident('updated_at')}) VALUES "
-                f"({d.param('schema')}, {d.param('collection')}, {d.param('cursor')}, {d.now})",
-                p,
-            )
+            self._put("cursors", row, 2, "updated_at")
+
+    def _put(self, table: str, row: dict[str, Any], keys: int, stamped: str) -> None:
+        """The bookkeeping row whose first `keys` values match replaced by `row`, its
+        `stamped` column taking the time of the write."""
+        d, names = self.dialect, list(row)
+        where = " AND ".join(f"{d.ident(c)} = {d.param(c)}" for c in names[:keys])
+        self.execute(f"DELETE FROM {self._b(table)} WHERE {where}", row)
+        cols = ", ".join(d.ident(c) for c in [*names, stamped])
+        values = ", ".join([*(d.param(c) for c in names), d.now])
+        self.execute(f"INSERT INTO {self._b(table)} ({cols}) VALUES ({values})", row)
 
     # --- profiles (users, accounts) ------------------------------------------------------
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
@@ -505,15 +504,15 @@ class Warehouse(ABC):
         )
 
     def record_violations(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Tracking-plan violations, rows of VIOLATION_COLUMNS (without schema_name's
-        value changed), one per file, event, property and kind: a row already there
-        (a replayed file) is left as it is."""
-        self._record("violations", VIOLATION_COLUMNS, rows)
+        """Tracking-plan violations, rows of the violations table's columns (schema_name
+        included), one per file, event, property and kind: a row already there (a
+        replayed file) is left as it is."""
+        self._record("violations", _written("violations"), rows)
 
     def record_blocked(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Events a tracking plan blocked: (file, line, event, raw, violations JSON),
         known by file and line (a replay never records one twice)."""
-        self._record("blocked_events", BLOCKED_COLUMNS, [(schema, *r) for r in rows])
+        self._record("blocked_events", _written("blocked_events"), [(schema, *r) for r in rows])
 
     def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
         """Remember (table, column) names selective sync kept out; column '' = table."""
@@ -540,8 +539,17 @@ class Warehouse(ABC):
         if "violations" not in self.read_schema(B):
             return []
         where, p = self._where_schema(schema)
-        sql = VIOLATION_SUMMARY.format(table=self._b("violations"), where=where)
-        return violation_rows(self.fetchall(sql, p))
+        cols = "schema_name, event, property, kind"
+        rows = self.fetchall(
+            f"SELECT {cols}, MIN(example), SUM(occurrences), MIN(first_seen), MAX(last_seen) "
+            f"FROM {self._b('violations')}{where} GROUP BY {cols} ORDER BY {cols}",
+            p,
+        )
+        keys = ("schema", "event", "property", "kind", "example", "count", "first_seen")
+        return [
+            {**dict(zip(keys, r[:-1], strict=True)), "count": int(r[5] or 0), "last_seen": r[-1]}
+            for r in rows
+        ]
 
     def _run_row(self, table: str, first: str, key: str, report: dict[str, Any]) -> None:
         d = self.dialect
@@ -589,7 +597,8 @@ class Warehouse(ABC):
             f"{d.ident('line')}{d.limit(limit)}",
             p,
         )
-        return reject_rows(rows)
+        keys = ("schema", "file", "line", "reason", "raw", "rejected_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     # --- retype (sluice schema set-type) ---------------------------------------------------
     def retype_column(
@@ -683,20 +692,9 @@ class Warehouse(ABC):
             self.execute(f"DROP TABLE IF EXISTS {self._b(name)}")
 
     def _record_column_type(self, schema: str, table: str, column: str, kind: ColumnType) -> None:
-        d, i = self.dialect, self.dialect.ident
         self._ensure_tables(("column_types",))
-        p = {"s": schema, "t": table, "c": column, "k": kind.value}
-        self.execute(
-            f"DELETE FROM {self._b('column_types')} WHERE {i('schema_name')} = {d.param('s')} "
-            f"AND {i('table_name')} = {d.param('t')} AND {i('column_name')} = {d.param('c')}",
-            p,
-        )
-        self.execute(
-            f"INSERT INTO {self._b('column_types')} ({i('schema_name')}, {i('table_name')}, "
-            f"{i('column_name')}, {i('column_type')}, {i('decided_at')}) VALUES ({d.param('s')}, "
-            f"{d.param('t')}, {d.param('c')}, {d.param('k')}, {d.now})",
-            p,
-        )
+        row = {"schema_name": schema, "table_name": table, "column_name": column}
+        self._put("column_types", {**row, "column_type": kind.value}, 3, "decided_at")
 
     def decided_types(self, schema: str) -> dict[str, dict[str, ColumnType]]:
         """{table: {column: type}} a user set (`_sluice.column_types`): a new column of
