@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import date, datetime
 from functools import partial
@@ -162,7 +162,6 @@ class BigQueryWarehouse(Warehouse):
         self.client = self.api.client
         self.dialect = BigQueryDialect(target.project, target.dataset_prefix)
         self.lease_minutes = target.lock_lease_minutes
-        self._pending: list[tuple[int, Callable[[], None]]] = []
         # (schema, table) -> {column: BigQuery type}, for typing staged rows.
         self._types: dict[tuple[str, str], dict[str, str]] = {}
         self._datasets: set[str] = set()
@@ -182,31 +181,13 @@ class BigQueryWarehouse(Warehouse):
         """Data writes run at once; bookkeeping writes issued inside the block are written
         when the outermost block exits normally, ledger and cursors last (see the module
         docstring for why that is exactly once). A failure drops them."""
-        return self._joined(self._bookkeeping_last)
-
-    @contextmanager
-    def _bookkeeping_last(self) -> Iterator[None]:
-        self._pending = []
-        try:
-            yield
-        except BaseException:
-            self._pending.clear()
-            raise
-        pending, self._pending = sorted(self._pending, key=lambda p: p[0]), []
-        for _, write in pending:  # the block has ended: each is written at once
-            write()
-
-    def _later(self, last: bool, write: Callable[[], None]) -> None:
-        if self._depth:
-            self._pending.append((int(last), write))
-        else:
-            write()
+        return self._joined(self._deferring)
 
     def _record(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        self._later(table == "loaded_files", partial(super()._record, table, columns, rows))
+        self._defer(partial(super()._record, table, columns, rows), table == "loaded_files")
 
     def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
-        self._later(True, partial(super().save_cursor, schema, collection, cursor))
+        self._defer(partial(super().save_cursor, schema, collection, cursor), last=True)
 
     @contextmanager
     def hold(self, name: str, busy: str) -> Iterator[None]:

@@ -115,6 +115,9 @@ class ClickHouseDialect(SqlDialect):
     def whole_row_hash(self, alias: str) -> str | None:
         return f"lower(hex(MD5(formatRow('JSONEachRow', {alias}.*))))"
 
+    def table_options(self, keys: Sequence[str], bookkeeping: str = "") -> str:
+        return engine(self, keys, bookkeeping)
+
     def lease_expiry(self, minutes: int) -> str:
         return f"{self.now} + INTERVAL {int(minutes)} MINUTE"
 

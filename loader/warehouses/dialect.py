@@ -89,6 +89,11 @@ class SqlDialect:
         PRIMARY KEY: every write is an anti-join on the key anyway)."""
         return f", PRIMARY KEY ({', '.join(self.ident(c) for c in columns)})"
 
+    def table_options(self, keys: Sequence[str], bookkeeping: str = "") -> str:
+        """What follows a CREATE TABLE's column list (a table engine and its order);
+        `bookkeeping` names the _sluice table being made, if it is one."""
+        return ""
+
     def distinct(self, a: str, b: str) -> str:
         return f"{a} IS DISTINCT FROM {b}"
 

@@ -113,14 +113,15 @@ def create_bookkeeping(d: SqlDialect, table: Table) -> str:
         keys = d.primary_key(table.keys)
     return (
         f"CREATE TABLE IF NOT EXISTS {d.table_ref(BOOKKEEPING_SCHEMA, table.name)} "
-        f"({', '.join(cols)}{keys})"
+        f"({', '.join(cols)}{keys}){d.table_options(table.keys or table.required, table.name)}"
     )
 
 
 # --- event and object tables -------------------------------------------------------------
 def create_table(d: SqlDialect, schema: str, table: str, columns: dict[str, ColumnType]) -> str:
     cols = ", ".join(f"{d.ident(n)} {d.column_type(n, k)}" for n, k in columns.items())
-    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}{d.primary_key(['id'])})"
+    options = d.table_options(["id"])
+    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}{d.primary_key(['id'])}){options}"
 
 
 def add_column(d: SqlDialect, schema: str, table: str, name: str, kind: ColumnType) -> str:

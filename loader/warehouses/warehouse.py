@@ -68,6 +68,26 @@ class Warehouse(ABC):
             finally:
                 self._depth = 0
 
+    @contextmanager
+    def _deferring(self) -> Iterator[None]:
+        """`_joined`'s block for warehouses without transactions: the writes `_defer`red
+        in it run once it ends normally, the ledger's last; a failure drops them."""
+        self._deferred: list[tuple[bool, Callable[[], None]]] = []
+        try:
+            yield
+        except BaseException:
+            self._deferred = []
+            raise
+        pending, self._deferred = sorted(self._deferred, key=lambda p: p[0]), []
+        for _, write in pending:  # the block has ended: each is written at once
+            write()
+
+    def _defer(self, write: Callable[[], None], last: bool = False) -> None:
+        if self._depth:
+            self._deferred.append((last, write))
+        else:
+            write()
+
     # --- driver primitives -----------------------------------------------------------
     @abstractmethod
     def close(self) -> None: ...
