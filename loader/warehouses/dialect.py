@@ -75,6 +75,10 @@ class SqlDialect:
     def param(self, name: str) -> str:
         return f"%({name})s"
 
+    def equals(self, *columns: str) -> str:
+        """Each column equal to the parameter of its name."""
+        return " AND ".join(f"{self.ident(c)} = {self.param(c)}" for c in columns)
+
     def in_list(self, expr: str, name: str) -> str:
         """`expr` matched against the list-valued parameter `name`."""
         return f"{expr} = ANY({self.param(name)})"

@@ -116,6 +116,12 @@ class Warehouse(ABC):
     def _b(self, table: str) -> str:
         return self.dialect.table_ref(B, table)
 
+    def _names(self, *columns: str) -> str:
+        return ", ".join(map(self.dialect.ident, columns))
+
+    def _count(self, sql: str, params: Params | None = None) -> int:
+        return int(self.fetchall(sql, params)[0][0])
+
     def _chunks(self, values: Sequence[Any]) -> Iterator[list[Any]]:
         step = self.dialect.max_list
         for start in range(0, len(values), step):
@@ -135,30 +141,22 @@ class Warehouse(ABC):
         locks = self._b("locks")
         p = {"name": name, "holder": holder}
         expires = d.lease_expiry(int(self.lease_minutes))
+        named = d.equals("name")
         with self.transaction():
             serialise = d.lock_table(locks)
             if serialise is not None:
                 self.execute(serialise)
             self.execute(
-                f"DELETE FROM {locks} WHERE {d.ident('name')} = {d.param('name')} AND "
-                f"{d.ident('expires_at')} < {d.now}",
-                p,
+                f"DELETE FROM {locks} WHERE {named} AND {d.ident('expires_at')} < {d.now}", p
             )
             self.execute(
-                f"INSERT INTO {locks} ({d.ident('name')}, {d.ident('holder')}, "
-                f"{d.ident('acquired_at')}, {d.ident('expires_at')}) SELECT {d.param('name')}, "
-                f"{d.param('holder')}, {d.now}, {expires} WHERE NOT EXISTS (SELECT 1 FROM "
-                f"{locks} WHERE {d.ident('name')} = {d.param('name')})",
+                f"INSERT INTO {locks} ({self._names(*_written('locks'))}) SELECT "
+                f"{d.param('name')}, {d.param('holder')}, {d.now}, {expires} WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {locks} WHERE {named})",
                 p,
             )
-        held = self.fetchall(
-            f"SELECT {d.ident('holder')} FROM {locks} WHERE {d.ident('name')} = {d.param('name')}",
-            p,
-        )
-        release = (
-            f"DELETE FROM {locks} WHERE {d.ident('name')} = {d.param('name')} AND "
-            f"{d.ident('holder')} = {d.param('holder')}"
-        )
+        held = self.fetchall(f"SELECT {d.ident('holder')} FROM {locks} WHERE {named}", p)
+        release = f"DELETE FROM {locks} WHERE {d.equals('name', 'holder')}"
         if [str(h) for (h,) in held] != [holder]:
             # Without a table lock two takers may both insert: each loser drops its row.
             self.execute(release, p)
@@ -324,11 +322,9 @@ class Warehouse(ABC):
     # --- cursors ---------------------------------------------------------------------------
     def read_cursors(self, schema: str) -> dict[str, str]:
         """{collection: cursor JSON} committed for an object source."""
-        d = self.dialect
+        where, p = self._where_schema(schema)
         rows = self.fetchall(
-            f"SELECT {d.ident('collection')}, {d.ident('cursor')} FROM {self._b('cursors')} "
-            f"WHERE {d.ident('schema_name')} = {d.param('schema')}",
-            {"schema": schema},
+            f"SELECT {self._names('collection', 'cursor')} FROM {self._b('cursors')}{where}", p
         )
         return {str(c): str(v) for c, v in rows}
 
@@ -342,9 +338,8 @@ class Warehouse(ABC):
         """The bookkeeping row whose first `keys` values match replaced by `row`, its
         `stamped` column taking the time of the write."""
         d, names = self.dialect, list(row)
-        where = " AND ".join(f"{d.ident(c)} = {d.param(c)}" for c in names[:keys])
-        self.execute(f"DELETE FROM {self._b(table)} WHERE {where}", row)
-        cols = ", ".join(d.ident(c) for c in [*names, stamped])
+        self.execute(f"DELETE FROM {self._b(table)} WHERE {d.equals(*names[:keys])}", row)
+        cols = self._names(*names, stamped)
         values = ", ".join([*(d.param(c) for c in names), d.now])
         self.execute(f"INSERT INTO {self._b(table)} ({cols}) VALUES ({values})", row)
 
@@ -496,10 +491,9 @@ class Warehouse(ABC):
 
     # --- bookkeeping -----------------------------------------------------------------------
     def _where_schema(self, schema: str | None) -> tuple[str, Params]:
-        d = self.dialect
         if schema is None:
             return "", {}
-        return f" WHERE {d.ident('schema_name')} = {d.param('schema')}", {"schema": schema}
+        return f" WHERE {self.dialect.equals('schema_name')}", {"schema_name": schema}
 
     def loaded_files(self, schema: str) -> set[str]:
         where, p = self._where_schema(schema)
@@ -721,12 +715,12 @@ class Warehouse(ABC):
         that name is created with that type, whatever its first value."""
         if "column_types" not in self.read_schema(B):
             return {}
-        d, i = self.dialect, self.dialect.ident
+        where, p = self._where_schema(schema)
         out: dict[str, dict[str, ColumnType]] = {}
         for table, column, kind in self.fetchall(
-            f"SELECT {i('table_name')}, {i('column_name')}, {i('column_type')} FROM "
-            f"{self._b('column_types')} WHERE {i('schema_name')} = {d.param('s')}",
-            {"s": schema},
+            f"SELECT {self._names('table_name', 'column_name', 'column_type')} FROM "
+            f"{self._b('column_types')}{where}",
+            p,
         ):
             out.setdefault(str(table), {})[str(column)] = ColumnType(str(kind))
         return out
@@ -778,7 +772,7 @@ class Warehouse(ABC):
                 kinds = self._model_columns(f"retl_stage__{model}")
                 hashed = d.row_hash([(c, kinds[c]) for c in columns])
                 self.execute(f"UPDATE {stage} SET {d.ident('_sluice_hash')} = {hashed}")
-        return int(self.fetchall(f"SELECT COUNT(*) FROM {stage}")[0][0])
+        return self._count(f"SELECT COUNT(*) FROM {stage}")
 
     def retl_key_problems(self, model: str) -> tuple[int, int]:
         """(staged rows whose key is NULL, keys present more than once)."""
@@ -803,7 +797,7 @@ class Warehouse(ABC):
         kind = d.ident("_sluice_kind")
         for k, n in self.fetchall(f"SELECT {kind}, COUNT(*) FROM {changes} GROUP BY {kind}"):
             counts[str(k)] = int(n)
-        staged = int(self.fetchall(f"SELECT COUNT(*) FROM {stage}")[0][0])
+        staged = self._count(f"SELECT COUNT(*) FROM {stage}")
         counts["unchanged"] = staged - counts["added"] - counts["changed"]
         return counts
 
@@ -858,13 +852,13 @@ class Warehouse(ABC):
             return 0
         d = self.dialect
         where = d.in_list(d.ident("_sluice_kind"), "kinds")
-        n = self.fetchall(
-            f"SELECT COUNT(*) FROM {self._retl_table('changes', model)} WHERE {where}",
-            {"kinds": list(kinds)},
-        )[0][0]
+        p = {"kinds": list(kinds)}
+        n = self._count(
+            f"SELECT COUNT(*) FROM {self._retl_table('changes', model)} WHERE {where}", p
+        )
         if n:
-            self._retl_apply(model, where, {"kinds": list(kinds)})
-        return int(n)
+            self._retl_apply(model, where, p)
+        return n
 
     def retl_sent_ids(self, model: str, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
         """key -> (op, row hash, record id) of the last change sent for each of these keys
@@ -907,13 +901,9 @@ class Warehouse(ABC):
             self.execute(f"DROP TABLE IF EXISTS {self._retl_table(kind, model)}")
 
     def retl_snapshot_count(self, model: str) -> int:
-        d = self.dialect
-        return int(
-            self.fetchall(
-                f"SELECT COUNT(*) FROM {self._b('retl_snapshots')} WHERE {d.ident('model')} = "
-                f"{d.param('model')}",
-                {"model": model},
-            )[0][0]
+        where = self.dialect.equals("model")
+        return self._count(
+            f"SELECT COUNT(*) FROM {self._b('retl_snapshots')} WHERE {where}", {"model": model}
         )
 
     def retl_record_run(self, report: dict[str, Any]) -> None:
@@ -921,9 +911,8 @@ class Warehouse(ABC):
 
     def retl_recent_runs(self, model: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
         """Newest first."""
-        d = self.dialect
         where, p = ("", {}) if model is None else (
-            f" WHERE {d.ident('model')} = {d.param('model')}", {"model": model}
+            f" WHERE {self.dialect.equals('model')}", {"model": model}
         )  # fmt: skip
         return self._reports("retl_runs", where, p, limit)
 
