@@ -379,10 +379,7 @@ class BigQueryWarehouse(Warehouse):
         is rewritten by one CREATE OR REPLACE TABLE ... AS SELECT (atomic: readers see the
         old table or the new one), the column's new values joined from a staged table."""
         columns = self.read_schema(schema)[table]
-        kinds = {"id": ColumnType.TEXT, "value": new_type,
-                 "changed": ColumnType.BOOLEAN, RESCUED: ColumnType.TEXT}  # fmt: skip
-        rows = [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in plan.changes]
-        with self.stage_typed(kinds, rows) as staged:
+        with self._staged_changes(plan, new_type) as staged:
             self.execute(self.retype_sql(schema, table, column, new_type, columns, staged))
         self._types.pop((schema, table), None)
 

@@ -17,11 +17,11 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from loader.config.targets import BigQueryTarget
 from loader.scrub import Scrubber
-from loader.warehouses.base import WarehouseError, first_line, retried
+from loader.warehouses.base import T, WarehouseError, first_line, retried
 from loader.warehouses.dialect import rename_params
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ _TRANSIENT_REASONS = set(
     "backendError internalError rateLimitExceeded jobRateLimitExceeded jobBackendError "
     "jobInternalError badGateway".split()
 )
-T = TypeVar("T")
 # Python value -> query parameter type (bool before int: a bool is an int).
 _PARAM_TYPES: tuple[tuple[type, str], ...] = (
     (bool, "BOOL"),

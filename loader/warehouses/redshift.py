@@ -30,7 +30,7 @@ import gzip
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
@@ -40,6 +40,7 @@ from loader.scrub import Scrubber
 from loader.warehouses.base import (
     Capabilities,
     Rows,
+    T,
     WarehouseError,
     first_line,
     retried,
@@ -48,7 +49,6 @@ from loader.warehouses.base import (
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
 
-T = TypeVar("T")
 MAX_VARCHAR = 65535
 WIDE = f"varchar({MAX_VARCHAR})"
 TS = "timestamp with time zone"
@@ -221,7 +221,6 @@ class RedshiftWarehouse(Warehouse):
         self.capabilities = capabilities(target.varchar_bytes)
         self.dialect = RedshiftDialect(self.capabilities.type_names, WIDE)
         self.lease_minutes = int(target.lock_lease_minutes)
-        self._depth = 0
         self._closed = False
         self._scrub = Scrubber(*target.secrets())
         try:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from loader.config.targets import SnowflakeTarget
 from loader.rules.retype import RetypePlan
@@ -47,6 +47,7 @@ from loader.warehouses.base import (
     Capabilities,
     ProfileSpec,
     Rows,
+    T,
     WarehouseError,
     first_line,
     retried,
@@ -85,7 +86,6 @@ _STAGED_BOOKKEEPING = ("loaded_files", "rejected_events", "turned_off_names", "v
 # past 16,384 expressions and statements past 1 MB).
 _MAX_NEW_IDS = 10_000
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
-T = TypeVar("T")
 
 
 def connect_kwargs(target: SnowflakeTarget) -> dict[str, Any]:
@@ -530,9 +530,6 @@ class SnowflakeWarehouse(Warehouse):
         work = self.table_ref(B, name)
         self.execute(f"DROP TABLE IF EXISTS {work}")
         self.execute(st.create_table(self.dialect, B, name, columns))
-        kinds = {"id": ColumnType.TEXT, "value": new_type, "changed": ColumnType.BOOLEAN,
-                 RESCUED: ColumnType.TEXT}  # fmt: skip
-        rows = [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in plan.changes]
         r = i(RESCUED)
         select = ", ".join(
             f"s.{i('value')}" if c == column
@@ -540,7 +537,7 @@ class SnowflakeWarehouse(Warehouse):
             else f"t.{i(c)}"
             for c in columns
         )  # fmt: skip
-        with self.stage_typed(kinds, rows) as staged:
+        with self._staged_changes(plan, new_type) as staged:
             self.execute(
                 f"INSERT INTO {work} ({', '.join(i(c) for c in columns)}) SELECT {select} "
                 f"FROM {self.table_ref(schema, table)} AS t LEFT JOIN {staged} AS s "

@@ -664,12 +664,9 @@ class Warehouse(ABC):
             while work in existing:
                 work += "_"
             self.add_columns(schema, table, {work: new_type})
-        stage_rows = [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in plan.changes]
-        if stage_rows:
-            kinds = {"id": ColumnType.TEXT, "value": new_type,
-                     "changed": ColumnType.BOOLEAN, st.RESCUED: ColumnType.TEXT}  # fmt: skip
+        if plan.changes:
             head, t = d.update_target(target, "_sluice_t")
-            with self.stage_typed(kinds, stage_rows) as staged:
+            with self._staged_changes(plan, new_type) as staged:
                 r = i(st.RESCUED)
                 self.execute(
                     f"UPDATE {head} SET {i(work)} = _sluice_s.{i('value')}, "
@@ -680,6 +677,15 @@ class Warehouse(ABC):
         if work != column:
             self.execute(f"ALTER TABLE {target} DROP COLUMN {i(column)}")
             self.execute(f"ALTER TABLE {target} RENAME COLUMN {i(work)} TO {i(column)}")
+
+    def _staged_changes(
+        self, plan: RetypePlan, new_type: ColumnType
+    ) -> AbstractContextManager[str]:
+        """A retype plan's changes as staged (id, value, changed, _rescued_data) rows."""
+        kinds = {"id": ColumnType.TEXT, "value": new_type, "changed": ColumnType.BOOLEAN,
+                 st.RESCUED: ColumnType.TEXT}  # fmt: skip
+        rows = [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in plan.changes]
+        return self.stage_typed(kinds, rows)
 
     def stage_typed(
         self, kinds: dict[str, ColumnType], rows: Sequence[Sequence[Any]]
