@@ -48,6 +48,12 @@ class LockBusy(WarehouseError):
     """Another load of the same schema into the same target is running."""
 
 
+def type_names(*sql: str) -> dict[ColumnType, str]:
+    """Capabilities.type_names from one SQL type per ColumnType, in its order (boolean,
+    bigint, double, timestamp, text)."""
+    return dict(zip(ColumnType, sql, strict=True))
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What differs between warehouses, declared in one place."""

@@ -45,7 +45,14 @@ from loader.config.targets import BigQueryTarget
 from loader.rules.retype import RetypePlan
 from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
-from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
+from loader.warehouses.base import (
+    BOOKKEEPING_SCHEMA,
+    Capabilities,
+    LockBusy,
+    Rows,
+    WarehouseError,
+    type_names,
+)
 from loader.warehouses.bigquery_api import BigQueryApi, bind
 from loader.warehouses.dialect import SqlDialect
 from loader.warehouses.warehouse import Warehouse
@@ -58,13 +65,7 @@ __all__ = ["BigQueryDialect", "BigQueryWarehouse"]
 CAPABILITIES = Capabilities(
     # Column names: 300 characters (table names may have 1,024 bytes; columns bind first).
     max_identifier_bytes=300,
-    type_names={
-        ColumnType.BOOLEAN: "BOOL",
-        ColumnType.BIGINT: "INT64",
-        ColumnType.DOUBLE: "FLOAT64",
-        ColumnType.TIMESTAMP: "TIMESTAMP",
-        ColumnType.TEXT: "STRING",
-    },
+    type_names=type_names("BOOL", "INT64", "FLOAT64", "TIMESTAMP", "STRING"),
     json_type="STRING",
     max_text_chars=None,
     # 10,000 columns per table at most: headroom below it.

@@ -218,17 +218,10 @@ class SqlDialect:
 
 # Type names seen in information_schema beyond the ones Sluice creates.
 _READ_TYPES: dict[str, ColumnType] = {
-    "boolean": ColumnType.BOOLEAN,
-    "bool": ColumnType.BOOLEAN,
-    "bigint": ColumnType.BIGINT,
-    "integer": ColumnType.BIGINT,
-    "int64": ColumnType.BIGINT,
-    "number": ColumnType.BIGINT,
-    "double precision": ColumnType.DOUBLE,
-    "double": ColumnType.DOUBLE,
-    "float": ColumnType.DOUBLE,
-    "float64": ColumnType.DOUBLE,
-    "timestamp with time zone": ColumnType.TIMESTAMP,
-    "timestamp_tz": ColumnType.TIMESTAMP,
-    "timestamp": ColumnType.TIMESTAMP,
+    **dict.fromkeys(("boolean", "bool"), ColumnType.BOOLEAN),
+    **dict.fromkeys(("bigint", "integer", "int64", "number"), ColumnType.BIGINT),
+    **dict.fromkeys(("double precision", "double", "float", "float64"), ColumnType.DOUBLE),
+    **dict.fromkeys(
+        ("timestamp with time zone", "timestamp_tz", "timestamp"), ColumnType.TIMESTAMP
+    ),
 }

@@ -45,6 +45,7 @@ from loader.warehouses.base import (
     first_line,
     retried,
     staged_text,
+    type_names,
 )
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
@@ -59,13 +60,9 @@ NULL_MARK = "\\N"
 def capabilities(varchar_bytes: int = MAX_VARCHAR) -> Capabilities:
     return Capabilities(
         max_identifier_bytes=127,
-        type_names={
-            ColumnType.BOOLEAN: "boolean",
-            ColumnType.BIGINT: "bigint",
-            ColumnType.DOUBLE: "double precision",
-            ColumnType.TIMESTAMP: TS,
-            ColumnType.TEXT: f"varchar({varchar_bytes})",
-        },
+        type_names=type_names(
+            "boolean", "bigint", "double precision", TS, f"varchar({varchar_bytes})"
+        ),
         json_type=WIDE,
         max_text_chars=varchar_bytes // 4,
         # 1,600 columns per table at most: headroom below it.

@@ -52,19 +52,14 @@ from loader.warehouses.base import (
     first_line,
     retried,
     staged_text,
+    type_names,
 )
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=255,
-    type_names={
-        ColumnType.BOOLEAN: "BOOLEAN",
-        ColumnType.BIGINT: "NUMBER(38,0)",
-        ColumnType.DOUBLE: "FLOAT",
-        ColumnType.TIMESTAMP: "TIMESTAMP_TZ",
-        ColumnType.TEXT: "VARCHAR",
-    },
+    type_names=type_names("BOOLEAN", "NUMBER(38,0)", "FLOAT", "TIMESTAMP_TZ", "VARCHAR"),
     json_type="VARIANT",
     max_text_chars=16_777_216,
     # No documented column limit, but every statement names every column and a row is
