@@ -48,6 +48,12 @@ class LockBusy(WarehouseError):
     """Another load of the same schema into the same target is running."""
 
 
+def type_names(*sql: str) -> dict[ColumnType, str]:
+    """Capabilities.type_names from one SQL type per ColumnType, in its order (boolean,
+    bigint, double, timestamp, text)."""
+    return dict(zip(ColumnType, sql, strict=True))
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What differs between warehouses, declared in one place."""
@@ -96,43 +102,6 @@ class ProfileSpec:
     # The JSON column (in both tables) holding values that did not fit their column:
     # a trait whose newest value was rescued is NULL in the profile and kept there.
     rescued_column: str | None = None
-
-
-VIOLATION_COLUMNS = (
-    "schema_name",
-    "file",
-    "event",
-    "property",
-    "kind",
-    "example",
-    "occurrences",
-    "first_seen",
-    "last_seen",
-)
-VIOLATION_KEYS = ("schema_name", "file", "event", "property", "kind")
-BLOCKED_COLUMNS = ("schema_name", "file", "line", "event", "raw", "violations")
-BLOCKED_KEYS = ("schema_name", "file", "line")
-# violation_summary's query, on every warehouse (plain SQL; the adapter names the table).
-VIOLATION_SUMMARY = (
-    "SELECT schema_name, event, property, kind, MIN(example), SUM(occurrences), "
-    "MIN(first_seen), MAX(last_seen) FROM {table}{where} "
-    "GROUP BY schema_name, event, property, kind "
-    "ORDER BY schema_name, event, property, kind"
-)
-
-
-def violation_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    keys = ("schema", "event", "property", "kind", "example", "count", "first_seen", "last_seen")
-    out = [dict(zip(keys, row, strict=True)) for row in rows]
-    for row in out:
-        row["count"] = int(row["count"] or 0)
-    return out
-
-
-def reject_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    """Rows of (schema_name, file, line, reason, raw, rejected_at) as recent_rejects gives them."""
-    keys = ("schema", "file", "line", "reason", "raw", "rejected_at")
-    return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def staged_text(value: Any) -> str | None:

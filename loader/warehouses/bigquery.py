@@ -1,72 +1,39 @@
 """BigQuery: a driver on Warehouse. Load jobs stage the rows; the DML is statements.py's.
 
-Datasets: Sluice's "schema" is a BigQuery dataset named `dataset_prefix + schema` in the
-target's project and location; the bookkeeping dataset is `dataset_prefix + "_sluice"`
-(a leading underscore is allowed and makes it a *hidden* dataset: the console's
-explorer does not list it, queries still read it). `table_ref` gives the backticked
-`project.dataset.table`.
+A schema is the dataset `dataset_prefix + schema`; the bookkeeping dataset
+`dataset_prefix + "_sluice"` is hidden (a leading underscore) from the console's explorer.
+`_rescued_data` is STRING holding JSON. Event tables are made through the tables API,
+partitioned by day on `received_at` and clustered on `id` (what the writes' joins and
+analysts' date filters prune on). Bookkeeping tables have no PRIMARY KEY (BigQuery's are
+NOT ENFORCED only; the writes anti-join anyway), and their time-of-insert columns are
+written by the inserts (tables made through the API by an older version have no
+defaults).
 
-Types: BOOL, INT64, FLOAT64, TIMESTAMP, STRING; `_rescued_data` and JSON-ish values are
-STRING holding JSON (`JSON_VALUE(_rescued_data, '$.revenue')` reads a rescued value).
-Event tables are created through the tables API, partitioned by DAY on `received_at` and
-clustered on `id` (what the writes' joins on `id` and analysts' date filters prune on).
-Bookkeeping tables are created by statements.py's DDL, without PRIMARY KEY (BigQuery
-declares keys NOT ENFORCED only; every write anti-joins on its keys anyway); their
-time-of-insert columns are written by the inserts (tables an older version made through
-the tables API have no defaults).
+Bulk path: NDJSON in a load job (free, unlike streaming inserts) into a fresh staging
+table typed like the target's columns, dropped after the DML read it. Parameters become
+typed query parameters (bigquery_api.bind), a list an ARRAY (`IN UNNEST(@name)`).
 
-Bulk path (`stage`): a batch's rows are written as NDJSON into a load job (free, unlike
-streaming inserts) into a fresh staging table in the bookkeeping dataset, typed like the
-target's columns; Warehouse's set-based DML reads it, and it is dropped at once.
-Parameters: statements carry pyformat `%(name)s`; `execute`/`fetchall` turn them into
-`@name` with typed query parameters (bigquery_api.bind), a list as an ARRAY
-(`IN UNNEST(@name)`).
+Exactly once without transactions a client can hold across load jobs and DDL: every
+statement is atomic and every write of a batch idempotent (anti-joins on `id` and on
+bookkeeping keys, fills of NULLs only, updates of rows that differ only), and
+`transaction()` defers the batch's bookkeeping writes to the end of the outermost block,
+ledger and cursors last; a failure drops them. A crash before the ledger write leaves the
+files pending and the rerun inserts only the missing ids; one after it lost nothing.
+Reverse ETL notes record ids before a batch is sent, and an advance cut short re-offers
+those keys with their record ids.
 
-Exactly once without long transactions: BigQuery has no open-ended transaction a
-client can hold across load jobs and DDL the way PostgreSQL does. The promise of the
-core ("a batch's rows and the record of the files it consumed are committed together")
-is kept by statement atomicity, idempotence and ordering instead:
+Locks: Warehouse's lease row; BigQuery refusing a concurrent DML on it is LockBusy too.
 
-- every statement Warehouse writes is atomic on its own, and each write of a batch is
-  idempotent: insert-new is an anti-join on `id` (rows there already are skipped),
-  fill-NULLs only fills NULLs, an upsert's update only touches rows that differ, and
-  bookkeeping rows are anti-joined on their natural keys; so re-running a batch (or any
-  prefix of its statements) changes nothing it committed before;
-- `transaction()` defers the batch's bookkeeping writes (rejects, violations, blocked
-  events, turned-off names, then file ledger and object cursors) and writes them only
-  when the outermost block exits normally, after every data write of the batch, ledger
-  and cursors last. A failure drops them.
-
-So a crash (or a failure) anywhere before the ledger write leaves the files pending:
-the rerun writes them again, inserting only the ids that are missing (no duplicate),
-and then records them (no gap). A crash after the ledger write lost nothing. Profiles
-(users, accounts) are rebuilt from their source table; running that again gives the
-same result (a key whose mark was written is recomputed from all its rows). Reverse
-ETL's two-statement steps are safe cut short too: new record ids are noted before a
-batch is sent (a half-done note only forgets ids nothing was sent with), and a snapshot
-advance cut short re-offers those keys, which keep their record ids (retl_sent).
-
-Locks: Warehouse's lease row in `_sluice.locks` (name, holder, expiry), timed by
-BigQuery's clock; losing a race for it (two takers inserting at once, or BigQuery
-refusing a concurrent DML on the table) raises LockBusy. A crashed sync's lease expires
-after `lock_lease_minutes`.
-
-Emulator notes (bqemulator 1.4, used by the tests): it rejects several `ADD COLUMN`
-clauses in one `ALTER TABLE`, and its table metadata does not see columns added by
-DDL. `add_columns` therefore falls back to one clause per statement on that exact
-error, and patches the table metadata when it lacks a column; on BigQuery both steps
-are no-ops (one ALTER statement, metadata already current). It ignores column
-defaults set through the tables API and refuses `NOT ENFORCED` keys (see above: neither
-is relied on); it runs `UPDATE ... FROM`, `IS [NOT] DISTINCT FROM`, `IN UNNEST` and
-`FIRST_VALUE(... IGNORE NULLS)` as BigQuery does, and every DELETE has a WHERE clause
-(BigQuery requires one).
+Emulator (bqemulator 1.4, the tests'): it rejects several ADD COLUMN clauses in one ALTER
+and its table metadata does not see columns added by DDL, so `add_columns` falls back to
+one clause a statement on that error and patches the metadata (no-ops on BigQuery).
 """
 
 from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from datetime import date, datetime
 from functools import partial
@@ -78,7 +45,14 @@ from loader.config.targets import BigQueryTarget
 from loader.rules.retype import RetypePlan
 from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
-from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
+from loader.warehouses.base import (
+    BOOKKEEPING_SCHEMA,
+    Capabilities,
+    LockBusy,
+    Rows,
+    WarehouseError,
+    type_names,
+)
 from loader.warehouses.bigquery_api import BigQueryApi, bind
 from loader.warehouses.dialect import SqlDialect
 from loader.warehouses.warehouse import Warehouse
@@ -91,13 +65,7 @@ __all__ = ["BigQueryDialect", "BigQueryWarehouse"]
 CAPABILITIES = Capabilities(
     # Column names: 300 characters (table names may have 1,024 bytes; columns bind first).
     max_identifier_bytes=300,
-    type_names={
-        ColumnType.BOOLEAN: "BOOL",
-        ColumnType.BIGINT: "INT64",
-        ColumnType.DOUBLE: "FLOAT64",
-        ColumnType.TIMESTAMP: "TIMESTAMP",
-        ColumnType.TEXT: "STRING",
-    },
+    type_names=type_names("BOOL", "INT64", "FLOAT64", "TIMESTAMP", "STRING"),
     json_type="STRING",
     max_text_chars=None,
     # 10,000 columns per table at most: headroom below it.
@@ -112,7 +80,7 @@ _READ_TYPES = {
     "DATETIME": ColumnType.TIMESTAMP,
     "JSON": ColumnType.TEXT,
 }
-_EMULATOR_ONE_ALTER = "Only one ALTER command per statement"
+_EMULATOR_ONE_ALTER = "Only one ALTER command per statement"  # bqemulator's words
 
 
 def quote(name: str) -> str:
@@ -195,7 +163,6 @@ class BigQueryWarehouse(Warehouse):
         self.client = self.api.client
         self.dialect = BigQueryDialect(target.project, target.dataset_prefix)
         self.lease_minutes = target.lock_lease_minutes
-        self._pending: list[tuple[int, Callable[[], None]]] = []
         # (schema, table) -> {column: BigQuery type}, for typing staged rows.
         self._types: dict[tuple[str, str], dict[str, str]] = {}
         self._datasets: set[str] = set()
@@ -215,31 +182,13 @@ class BigQueryWarehouse(Warehouse):
         """Data writes run at once; bookkeeping writes issued inside the block are written
         when the outermost block exits normally, ledger and cursors last (see the module
         docstring for why that is exactly once). A failure drops them."""
-        return self._joined(self._bookkeeping_last)
-
-    @contextmanager
-    def _bookkeeping_last(self) -> Iterator[None]:
-        self._pending = []
-        try:
-            yield
-        except BaseException:
-            self._pending.clear()
-            raise
-        pending, self._pending = sorted(self._pending, key=lambda p: p[0]), []
-        for _, write in pending:  # the block has ended: each is written at once
-            write()
-
-    def _later(self, last: bool, write: Callable[[], None]) -> None:
-        if self._depth:
-            self._pending.append((int(last), write))
-        else:
-            write()
+        return self._joined(self._deferring)
 
     def _record(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        self._later(table == "loaded_files", partial(super()._record, table, columns, rows))
+        self._defer(partial(super()._record, table, columns, rows), table == "loaded_files")
 
     def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
-        self._later(True, partial(super().save_cursor, schema, collection, cursor))
+        self._defer(partial(super().save_cursor, schema, collection, cursor), last=True)
 
     @contextmanager
     def hold(self, name: str, busy: str) -> Iterator[None]:
@@ -431,10 +380,7 @@ class BigQueryWarehouse(Warehouse):
         is rewritten by one CREATE OR REPLACE TABLE ... AS SELECT (atomic: readers see the
         old table or the new one), the column's new values joined from a staged table."""
         columns = self.read_schema(schema)[table]
-        kinds = {"id": ColumnType.TEXT, "value": new_type,
-                 "changed": ColumnType.BOOLEAN, RESCUED: ColumnType.TEXT}  # fmt: skip
-        rows = [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in plan.changes]
-        with self.stage_typed(kinds, rows) as staged:
+        with self._staged_changes(plan, new_type) as staged:
             self.execute(self.retype_sql(schema, table, column, new_type, columns, staged))
         self._types.pop((schema, table), None)
 
@@ -476,9 +422,8 @@ class BigQueryWarehouse(Warehouse):
                 f"SELECT * FROM (\n{sql}\n) AS m",
                 job_config=config,
                 location=self.target.location,
-                retry=self.api.policy(),
                 job_retry=None,
-                timeout=float(self.target.job_timeout_seconds),
+                **self.api.kw(),
             )  # fmt: skip
         )
         return {f.name.lower(): self.dialect.read_type(str(f.field_type)) for f in job.schema}

@@ -17,27 +17,21 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from loader.config.targets import BigQueryTarget
 from loader.scrub import Scrubber
-from loader.warehouses.base import WarehouseError, first_line, retried
+from loader.warehouses.base import T, WarehouseError, first_line, retried
 from loader.warehouses.dialect import rename_params
 
 if TYPE_CHECKING:
     from google.cloud import bigquery
 
 # Job-level failure reasons worth re-running a job for; HTTP-level ones are by status.
-_TRANSIENT_REASONS = {
-    "backendError",
-    "internalError",
-    "rateLimitExceeded",
-    "jobRateLimitExceeded",
-    "jobBackendError",
-    "jobInternalError",
-    "badGateway",
-}
-T = TypeVar("T")
+_TRANSIENT_REASONS = set(
+    "backendError internalError rateLimitExceeded jobRateLimitExceeded jobBackendError "
+    "jobInternalError badGateway".split()
+)
 # Python value -> query parameter type (bool before int: a bool is an int).
 _PARAM_TYPES: tuple[tuple[type, str], ...] = (
     (bool, "BOOL"),
@@ -65,11 +59,8 @@ def is_transient(exc: BaseException) -> bool:
     import requests
     from google.auth import exceptions as auth_exceptions
 
-    if isinstance(exc, (ConnectionError, requests.ConnectionError, requests.Timeout)):
-        return True
-    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
-        return True
-    if isinstance(exc, auth_exceptions.TransportError):
+    network = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    if isinstance(exc, (ConnectionError, *network, auth_exceptions.TransportError)):
         return True
     if _status(exc) in (429, 500, 502, 503, 504):
         return True
@@ -257,24 +248,15 @@ class BigQueryApi:
         except WarehouseError:
             raise
         except Exception as exc:
+            import requests
             from google.auth import exceptions as auth_exceptions
 
-            if isinstance(exc, api_exceptions.GoogleAPIError) or isinstance(
-                exc, (auth_exceptions.GoogleAuthError, OSError)
-            ):
-                raise WarehouseError(self._message(exc)) from None
-            import requests
-
-            if isinstance(exc, requests.RequestException):
+            failures = (api_exceptions.GoogleAPIError, auth_exceptions.GoogleAuthError, OSError)
+            if isinstance(exc, (*failures, requests.RequestException)):
                 raise WarehouseError(self._message(exc)) from None
             raise
 
-    def job(
-        self,
-        sql: str,
-        params: Sequence[Any] = (),
-        not_found_ok: bool = False,
-    ) -> Any:
+    def job(self, sql: str, params: Sequence[Any] = (), not_found_ok: bool = False) -> Any:
         """Run one query job to completion; returns the finished job (rows via result)."""
         from google.api_core import exceptions as api_exceptions
         from google.cloud import bigquery
@@ -283,19 +265,10 @@ class BigQueryApi:
 
         def run() -> Any:
             job = self.client.query(
-                sql,
-                job_config=config,
-                job_id_prefix="sluice_",
-                location=self.target.location,
-                retry=self.policy(),
-                job_retry=self.policy(),
-                timeout=float(self.target.job_timeout_seconds),
-            )
-            job.result(
-                retry=self.policy(),
-                job_retry=self.policy(),
-                timeout=float(self.target.job_timeout_seconds),
-            )
+                sql, job_config=config, job_id_prefix="sluice_", location=self.target.location,
+                job_retry=self.policy(), **self.kw(),
+            )  # fmt: skip
+            job.result(job_retry=self.policy(), **self.kw())
             return job
 
         try:

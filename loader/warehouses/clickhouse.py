@@ -15,8 +15,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -139,16 +139,12 @@ def _folder_in_use(path: str) -> bool:
 class ClickHouseWarehouse(Warehouse):
     capabilities = ch.CAPABILITIES
     dialect = ch.ClickHouseDialect()
-    # A column rebuild is a mutation per row (ALTER ... UPDATE): not offered (base says so).
-    retype_column = Warehouse.retype_column
 
     def __init__(self, target_name: str, target: ClickHouseTarget) -> None:
         self.target_name = target_name
         self.target = target
         self.lease_minutes = target.lock_lease_minutes
         self._secret = target.password.get_secret_value() if target.password else None
-        self._depth = 0
-        self._last: list[Callable[[], None]] = []  # a block's ledger writes, run last
         self._known: dict[tuple[str, str], dict[str, str]] = {}
         try:
             self.client = _Embedded(target.path) if target.path else _Server(target)
@@ -186,29 +182,10 @@ class ClickHouseWarehouse(Warehouse):
     def close(self) -> None:
         self.client.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """No transactions in ClickHouse: a block whose ledger writes (files, cursors)
+    def transaction(self) -> AbstractContextManager[None]:
+        """No transactions in ClickHouse: the ledger writes (files, cursors) of a block
         are held back and written once everything in it succeeded."""
-        self._depth += 1
-        try:
-            yield
-        except BaseException:
-            if self._depth == 1:
-                self._last.clear()
-            raise
-        finally:
-            self._depth -= 1
-        if self._depth == 0:
-            last, self._last = self._last, []
-            for write in last:
-                write()
-
-    def _at_end(self, write: Callable[[], None]) -> None:
-        if self._depth:
-            self._last.append(write)
-        else:
-            write()
+        return self._joined(self._deferring)
 
     def columns_sql(self, schema: str, table: str | None = None) -> tuple[str, Any]:
         # system.columns directly: information_schema's view over it reads every table.
@@ -284,23 +261,18 @@ class ClickHouseWarehouse(Warehouse):
             self.execute(f"DELETE FROM {locks} WHERE name = %(name)s AND holder = %(me)s", p)
 
     # --- tables: a database per schema, ReplacingMergeTree on the key ----------------
+    def ensure_schema(self, schema: str) -> None:
+        self.execute(f"CREATE DATABASE IF NOT EXISTS {self.dialect.schema_ref(schema)}")
+
     def _ensure_tables(self, names: Sequence[str]) -> None:
-        self.execute(f"CREATE DATABASE IF NOT EXISTS {self.dialect.schema_ref(B)}")
         if self.target.path:  # one process: a stage still there is a crashed run's
             for (left,) in self.fetchall(ch.LEFT_STAGES):
                 self.execute(f"DROP TABLE IF EXISTS {self._b(str(left))}")
-        for name in names:
-            table = st.BOOKKEEPING[name]
-            keys = table.keys or table.required
-            self.execute(
-                st.create_bookkeeping(self.dialect, table) + ch.engine(self.dialect, keys, name)
-            )
+        super()._ensure_tables(names)
 
     def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
-        d = self.dialect
         self._known.pop((schema, table), None)
-        self.execute(f"CREATE DATABASE IF NOT EXISTS {d.schema_ref(schema)}")
-        self.execute(st.create_table(d, schema, table, columns) + ch.engine(d, ["id"]))
+        super().create_table(schema, table, columns)
 
     # --- writes: inserts only -----------------------------------------------------------
     def insert_new_rows(
@@ -338,16 +310,17 @@ class ClickHouseWarehouse(Warehouse):
         return len(ids)
 
     def record_files(self, schema: str, files: Sequence[tuple[str, int]]) -> None:
-        self._at_end(lambda: Warehouse.record_files(self, schema, files))
+        self._defer(lambda: Warehouse.record_files(self, schema, files), last=True)
 
     def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
         """A new version of the (schema, collection) row, written last in its block."""
-        self._at_end(
+        self._defer(
             lambda: self.execute(
                 f"INSERT INTO {self._b('cursors')} (schema_name, collection, cursor) "
                 "VALUES (%(s)s, %(c)s, %(v)s)",
                 {"s": schema, "c": collection, "v": cursor},
-            )
+            ),
+            last=True,
         )
 
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
@@ -379,19 +352,12 @@ class ClickHouseWarehouse(Warehouse):
         self.insert_plain(B, "retl_sent", names, rows)
 
     def retl_write_table(
-        self,
-        schema: str,
-        table: str,
-        key: str,
-        columns: dict[str, ColumnType],
-        rows: Sequence[Sequence[Any]],
-        keys: Sequence[str],
+        self, schema: str, table: str, key: str, columns: dict[str, Any], rows: Any, keys: Any
     ) -> None:
         d = self.dialect
         if table not in self.read_schema(schema):
-            self.execute(f"CREATE DATABASE IF NOT EXISTS {d.schema_ref(schema)}")
+            self.ensure_schema(schema)
             cols = ", ".join(f"{d.ident(n)} {d.column_type(n, k)}" for n, k in columns.items())
-            self.execute(
-                f"CREATE TABLE {self.table_ref(schema, table)} ({cols})" + ch.engine(d, [key])
-            )
+            target, options = self.table_ref(schema, table), d.table_options([key])
+            self.execute(f"CREATE TABLE {target} ({cols}){options}")
         super().retl_write_table(schema, table, key, columns, rows, keys)

@@ -13,7 +13,7 @@ from typing import Any
 
 from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
-from loader.warehouses.base import Capabilities, ProfileSpec
+from loader.warehouses.base import Capabilities, ProfileSpec, type_names
 from loader.warehouses.dialect import SqlDialect
 
 TS = "DateTime64(6, 'UTC')"
@@ -21,13 +21,7 @@ TS = "DateTime64(6, 'UTC')"
 # unless declared NOT NULL (the keys), as in SQL.
 CAPABILITIES = Capabilities(
     max_identifier_bytes=63,
-    type_names={
-        ColumnType.BOOLEAN: "Bool",
-        ColumnType.BIGINT: "Int64",
-        ColumnType.DOUBLE: "Float64",
-        ColumnType.TIMESTAMP: TS,
-        ColumnType.TEXT: "String",
-    },
+    type_names=type_names("Bool", "Int64", "Float64", TS, "String"),
     json_type="String",  # JSON text, as written (ClickHouse's JSON type reorders keys)
     key_type="String NOT NULL",
     max_columns=2_000,
@@ -114,6 +108,9 @@ class ClickHouseDialect(SqlDialect):
 
     def whole_row_hash(self, alias: str) -> str | None:
         return f"lower(hex(MD5(formatRow('JSONEachRow', {alias}.*))))"
+
+    def table_options(self, keys: Sequence[str], bookkeeping: str = "") -> str:
+        return engine(self, keys, bookkeeping)
 
     def lease_expiry(self, minutes: int) -> str:
         return f"{self.now} + INTERVAL {int(minutes)} MINUTE"

@@ -75,6 +75,10 @@ class SqlDialect:
     def param(self, name: str) -> str:
         return f"%({name})s"
 
+    def equals(self, *columns: str) -> str:
+        """Each column equal to the parameter of its name."""
+        return " AND ".join(f"{self.ident(c)} = {self.param(c)}" for c in columns)
+
     def in_list(self, expr: str, name: str) -> str:
         """`expr` matched against the list-valued parameter `name`."""
         return f"{expr} = ANY({self.param(name)})"
@@ -88,6 +92,11 @@ class SqlDialect:
         """A CREATE TABLE's key clause (empty where keys cannot be declared as plain
         PRIMARY KEY: every write is an anti-join on the key anyway)."""
         return f", PRIMARY KEY ({', '.join(self.ident(c) for c in columns)})"
+
+    def table_options(self, keys: Sequence[str], bookkeeping: str = "") -> str:
+        """What follows a CREATE TABLE's column list (a table engine and its order);
+        `bookkeeping` names the _sluice table being made, if it is one."""
+        return ""
 
     def distinct(self, a: str, b: str) -> str:
         return f"{a} IS DISTINCT FROM {b}"
@@ -209,17 +218,10 @@ class SqlDialect:
 
 # Type names seen in information_schema beyond the ones Sluice creates.
 _READ_TYPES: dict[str, ColumnType] = {
-    "boolean": ColumnType.BOOLEAN,
-    "bool": ColumnType.BOOLEAN,
-    "bigint": ColumnType.BIGINT,
-    "integer": ColumnType.BIGINT,
-    "int64": ColumnType.BIGINT,
-    "number": ColumnType.BIGINT,
-    "double precision": ColumnType.DOUBLE,
-    "double": ColumnType.DOUBLE,
-    "float": ColumnType.DOUBLE,
-    "float64": ColumnType.DOUBLE,
-    "timestamp with time zone": ColumnType.TIMESTAMP,
-    "timestamp_tz": ColumnType.TIMESTAMP,
-    "timestamp": ColumnType.TIMESTAMP,
+    **dict.fromkeys(("boolean", "bool"), ColumnType.BOOLEAN),
+    **dict.fromkeys(("bigint", "integer", "int64", "number"), ColumnType.BIGINT),
+    **dict.fromkeys(("double precision", "double", "float", "float64"), ColumnType.DOUBLE),
+    **dict.fromkeys(
+        ("timestamp with time zone", "timestamp_tz", "timestamp"), ColumnType.TIMESTAMP
+    ),
 }

@@ -1,53 +1,27 @@
-"""Amazon Redshift over its PostgreSQL wire protocol (psycopg).
+"""Amazon Redshift over its PostgreSQL wire protocol (psycopg): a driver on Warehouse.
 
-What differs from PostgreSQL, and how this adapter handles it:
+Types: Redshift's TEXT is VARCHAR(256), so text columns are VARCHAR(`varchar_bytes`) and
+`_rescued_data` VARCHAR(65535), the widest. Widths count UTF-8 bytes and the rescue rule
+counts characters, so `max_text_chars = varchar_bytes // 4`; what the rule cannot cover
+(an id, a rescued document over 65535 bytes) is named in one sentence before upload,
+since COPY would reject the whole batch with only a pointer to stl_load_errors.
 
-Types: BOOLEAN, BIGINT, DOUBLE PRECISION, TIMESTAMPTZ and VARCHAR(n). Redshift's TEXT is
-VARCHAR(256), so every text column is created with an explicit width: data columns
-VARCHAR(`varchar_bytes`, default 65535) and `_rescued_data` (JSON text) VARCHAR(65535).
-Redshift counts VARCHAR widths in UTF-8 *bytes*; the pipeline's rescue rule counts
-characters (`Capabilities.max_text_chars`), so the adapter declares
-`max_text_chars = varchar_bytes // 4` (a UTF-8 character is at most 4 bytes): a longer
-string never reaches its column, it goes to the row's `_rescued_data` (rescue rule).
-What the rule cannot cover (an id, or a `_rescued_data` over 65535 bytes: Redshift's
-widest VARCHAR) is found before upload and named in one sentence, since COPY would
-reject the whole batch with only a pointer to stl_load_errors. Identifiers Redshift
-reserves (`raw`, `timestamp`, ...) are always quoted.
+Tables get `SORTKEY (received_at)`; their PRIMARY KEY is informational only, so every
+write anti-joins on `id` (statements.py).
 
-Tables: `CREATE TABLE ... (..., PRIMARY KEY (id)) SORTKEY (received_at)`, no indexes. A
-primary key is informational on Redshift (not enforced), so every write that must skip
-existing rows joins on `id`.
+Bulk path: one gzip CSV object under `s3_staging` (fsspec), `COPY ... IAM_ROLE` (or a key
+pair) into a temporary table LIKE the target, read by the shared DML; the object is
+deleted after the COPY. `_copy_from_s3` is the one hook the tests replace (they feed
+PostgreSQL the object the COPY text names).
 
-Bulk path: rows are written as one gzip CSV object under the target's `s3_staging` prefix
-(fsspec/s3fs, with `storage_options`), copied into a temporary stage table with
-`COPY ... FROM 's3://...' IAM_ROLE '...' FORMAT AS CSV GZIP` (or `ACCESS_KEY_ID ...
-SECRET_ACCESS_KEY ...` when a key pair is configured instead of a role), then written with
-one set-based statement per table: `INSERT ... SELECT ... LEFT JOIN ... WHERE t.id IS
-NULL` (new ids), `MERGE` (upserts: a later version replaces the row; profile rebuilds,
-from a temporary table of the rebuilt rows), and, for a replay, `UPDATE ... FROM` filling
-NULL columns first. There is no `ON CONFLICT` on Redshift. The
-staged object is deleted after the COPY. The COPY text is built by `copy_statement`
-(pure) and run by `_copy_from_s3` (the one hook the tests replace, to feed PostgreSQL the
-object that very text names, downloaded from S3).
+Time: `current_timestamp` runs on the leader node only and cannot appear in statements
+reading tables: `getdate()` (UTC) throughout. Locks: no advisory locks, so Warehouse's
+lease row, taken after `LOCK _sluice.locks`. Lists: no arrays, so a list parameter is
+expanded into `IN (%s, ...)` (dialect.positional), in bounded chunks.
 
-Time: `current_timestamp` and `now()` run on the leader node only and cannot be used in
-statements reading tables, so `getdate()` (UTC) is used throughout.
-
-Locks: Redshift has no advisory locks. A sync holds a row in `_sluice.locks` (name, holder
-token, lease expiry by the cluster's clock), taken in a transaction that first runs
-`LOCK _sluice.locks`, so two syncs cannot both see the name free. A held, unexpired row
-raises LockBusy; a crashed sync's row is taken over once its lease (`lock_lease_minutes`,
-longer than any sync) has expired.
-
-Lists: Redshift has no arrays, so `= ANY(%s)` becomes `IN (%s, %s, ...)` expanded from a
-list parameter (`expand_lists`); long key lists (profile rebuilds) are staged instead,
-and deletion marks go in bounded chunks.
-
-Errors: a failed connection, a permission error, an unwritable staging prefix or a failed
-COPY becomes one WarehouseError sentence naming the target and what to fix (passwords,
-dsn and keys scrubbed); transient failures (dropped connections, serialization
-conflicts) are retried with exponential backoff outside a transaction, reconnecting
-first; inside one, the batch is rolled back and the next run loads it again.
+Errors: transient failures (dropped connections, serialization conflicts) are retried
+outside a transaction, reconnecting first; inside one the batch rolls back and the next
+run loads it again. Anything else is one sentence naming the target and the fix.
 """
 
 from __future__ import annotations
@@ -56,7 +30,7 @@ import gzip
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 
@@ -66,34 +40,29 @@ from loader.scrub import Scrubber
 from loader.warehouses.base import (
     Capabilities,
     Rows,
+    T,
     WarehouseError,
     first_line,
     retried,
     staged_text,
+    type_names,
 )
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
 
-T = TypeVar("T")
 MAX_VARCHAR = 65535
 WIDE = f"varchar({MAX_VARCHAR})"
 TS = "timestamp with time zone"
 NOW = "getdate()"
 NULL_MARK = "\\N"
-# Keys per IN list (one statement takes at most 65535 parameters).
-CHUNK_KEYS = 10_000
 
 
 def capabilities(varchar_bytes: int = MAX_VARCHAR) -> Capabilities:
     return Capabilities(
         max_identifier_bytes=127,
-        type_names={
-            ColumnType.BOOLEAN: "boolean",
-            ColumnType.BIGINT: "bigint",
-            ColumnType.DOUBLE: "double precision",
-            ColumnType.TIMESTAMP: TS,
-            ColumnType.TEXT: f"varchar({varchar_bytes})",
-        },
+        type_names=type_names(
+            "boolean", "bigint", "double precision", TS, f"varchar({varchar_bytes})"
+        ),
         json_type=WIDE,
         max_text_chars=varchar_bytes // 4,
         # 1,600 columns per table at most: headroom below it.
@@ -197,28 +166,16 @@ def clip_bytes(text: str, limit: int = MAX_VARCHAR) -> str:
 
 # Retried: serialization conflicts, a node restarting, too many connections. Not retried:
 # bad credentials (28...), an unknown database (3D000), anything about the statement.
-_TRANSIENT_SQLSTATES = {
-    "40001",
-    "40P01",
-    "57P01",
-    "57P02",
-    "57P03",
-    "08000",
-    "08001",
-    "08003",
-    "08006",
-    "53300",
-}
+_TRANSIENT_SQLSTATES = set("40001 40P01 57P01 57P02 57P03 08000 08001 08003 08006 53300".split())
 _AUTH_SQLSTATES = {"28P01", "28000"}
 _PERMANENT_WORDS = ("password", "authentication", "does not exist", "pg_hba", "permission")
-MAX_IN_LIST = 10_000
 
 
 class RedshiftDialect(SqlDialect):
     sqlglot_name = "redshift"
     text_type = WIDE
     now = NOW
-    max_list = MAX_IN_LIST
+    max_list = 10_000  # one statement takes at most 65535 parameters
     # Redshift cannot ALTER a column to another type: a retype rebuilds the column.
     alters_column_type = False
 
@@ -261,7 +218,6 @@ class RedshiftWarehouse(Warehouse):
         self.capabilities = capabilities(target.varchar_bytes)
         self.dialect = RedshiftDialect(self.capabilities.type_names, WIDE)
         self.lease_minutes = int(target.lock_lease_minutes)
-        self._depth = 0
         self._closed = False
         self._scrub = Scrubber(*target.secrets())
         try:
@@ -370,11 +326,7 @@ class RedshiftWarehouse(Warehouse):
         return self._joined(self.conn.transaction)  # Redshift has no SAVEPOINT
 
     def create_table(self, schema: str, table: str, columns: dict[str, ColumnType]) -> None:
-        caps = self.capabilities
-        types = {
-            n: caps.json_type if n == "_rescued_data" else caps.type_names[k]
-            for n, k in columns.items()
-        }
+        types = {n: self.dialect.column_type(n, k) for n, k in columns.items()}
         self.execute(f"CREATE SCHEMA IF NOT EXISTS {self.dialect.schema_ref(schema)}")
         self.execute(self._create_table_sql(schema, table, types))
 

@@ -1,45 +1,30 @@
-"""Snowflake (snowflake-connector-python): a driver on Warehouse. Rows are bulk-loaded
-through a named internal stage (PUT + COPY INTO a staging table), then written by the
-set-based INSERT/UPDATE of statements.py; no DDL inside a load transaction.
+"""Snowflake (snowflake-connector-python): a driver on Warehouse.
 
-Names: Sluice's are lower snake_case and Snowflake folds unquoted identifiers to upper
-case, so every schema, table and column is created as its upper-case quoted name
-("ORDER_COMPLETED"."REVENUE"): what the unquoted lower-case name resolves to, so analysts
-(and dbt's Segment packages) write `SELECT revenue FROM javascript_production.order_completed`.
-`read_schema` reports the lower-case names; the bookkeeping schema is `_SLUICE`.
+Names: Snowflake folds unquoted identifiers to upper case, so every name is created as
+its upper-case quoted form ("ORDER_COMPLETED"."REVENUE"): what the unquoted lower-case
+name resolves to, so analysts and dbt's Segment packages write `SELECT revenue FROM
+javascript_production.order_completed`. `read_schema` reports lower-case names.
+`_rescued_data` is VARIANT (`_rescued_data:revenue`); run reports stay JSON text.
 
-Types: BOOLEAN, NUMBER(38,0), FLOAT, TIMESTAMP_TZ, VARCHAR; `_rescued_data` is VARIANT
-(`_rescued_data:revenue` reads a rescued value); run reports stay JSON text (VARCHAR).
+Bulk path. Snowflake commits the open transaction on any DDL (even CREATE TEMPORARY), so
+what a load needs besides DML exists before the batch transaction: the stage
+`_SLUICE.SLUICE_STAGE` and, per target table, a permanent all-VARCHAR staging table
+`_SLUICE."STAGE__<SCHEMA>__<TABLE>"`, made with the table, by `ensure_bookkeeping` and at
+the start of every sync (`lock`). In the batch, `stage` empties the staging table, PUTs
+the rows as one Parquet file of text columns (NULL stays NULL, no CSV quoting), COPY
+INTOs it (PURGE removes the file; rows loaded are checked against rows sent), and the DML
+reads it cast to the target's types. A rollback undoes the COPY with the rest, so rows
+and the file ledger commit together. DDL issued inside a transaction commits it first,
+as Snowflake would anyway (`_send`).
 
-Bulk path. Snowflake commits the open transaction on any DDL (CREATE TABLE or CREATE
-STAGE, even temporary ones), so all a load needs besides DML exists before the batch
-transaction: the stage `_SLUICE.SLUICE_STAGE` and, per target table, a permanent staging
-table `_SLUICE."STAGE__<SCHEMA>__<TABLE>"` with its columns, all VARCHAR, made with the
-table (`create_table`, `add_columns`), by `ensure_bookkeeping` for the bookkeeping tables
-a batch writes, and at the start of every sync (`lock`) for older tables. In the batch,
-`stage` runs DML and file commands only: `DELETE FROM` the staging table; the rows as text
-columns in one Parquet file (NULL stays NULL, "" stays "", no CSV quoting to get right)
-`PUT` to `@_SLUICE.SLUICE_STAGE/load/<uuid>.parquet` and `COPY INTO` the staging table
-(`MATCH_BY_COLUMN_NAME`, `PURGE = TRUE`: the file is removed once loaded; the rows loaded
-are checked against the rows sent); the DML reads `(SELECT CAST(s."N" AS NUMBER(38,0)) AS
-"N", PARSE_JSON(s."_RESCUED_DATA") ... FROM <staging> AS s)`; `DELETE FROM` again. A
-rollback undoes the COPY with the rest, so rows and the file ledger commit together. DDL
-issued inside a transaction (a new table or column) commits it first, as Snowflake does
-anyway (see `_send`). A file PUT by a process that died before its COPY is never loaded
-(each COPY names its file); `REMOVE @_sluice.sluice_stage/load/` clears such leftovers.
+Why not MERGE (or `write_pandas`): the tests run on fakesnow 0.12.1, which rewrites MERGE
+into a temporary table plus UPDATE/INSERT; inside a transaction DuckDB then fails
+("Attempting to write to database ... in a transaction that has already modified
+database"), and with autocommit off fakesnow commits before it, so a row written before it
+survives a ROLLBACK. `write_pandas` starts with CREATE TEMP STAGE (DDL). A stage made
+beforehand, PUT and COPY INTO a permanent table run, and roll back, in a transaction.
 
-Why not one MERGE per table (or `write_pandas`): the tests run on fakesnow 0.12.1 (server
-mode), which rewrites MERGE as `CREATE OR REPLACE TEMPORARY TABLE merge_candidates AS ...`
-plus UPDATE/INSERT; inside a transaction DuckDB then raises `TransactionException:
-Attempting to write to database "_fs_global" in a transaction that has already modified
-database "<database>"` (HTTP 500 to the client), and with `autocommit=False` fakesnow
-commits before it, so a row written before the MERGE survives a ROLLBACK. `write_pandas`
-starts with `CREATE TEMP STAGE` (DDL), which fails the same way. A stage made beforehand,
-PUT and COPY INTO a permanent table do run, and roll back, in a transaction. On fakesnow
-NUMBER(38,0) is a 64-bit integer and TIMESTAMP_TZ comes back in UTC (instant kept).
-
-Locks: Warehouse's lease row in `_SLUICE.LOCKS` (its DELETE takes the table's lock, so
-two takers run one after the other); a crashed sync's expires after `lock_lease_minutes`.
+Locks: Warehouse's lease row in `_SLUICE.LOCKS`.
 """
 
 from __future__ import annotations
@@ -51,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from loader.config.targets import SnowflakeTarget
 from loader.rules.retype import RetypePlan
@@ -62,23 +47,19 @@ from loader.warehouses.base import (
     Capabilities,
     ProfileSpec,
     Rows,
+    T,
     WarehouseError,
     first_line,
     retried,
     staged_text,
+    type_names,
 )
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=255,
-    type_names={
-        ColumnType.BOOLEAN: "BOOLEAN",
-        ColumnType.BIGINT: "NUMBER(38,0)",
-        ColumnType.DOUBLE: "FLOAT",
-        ColumnType.TIMESTAMP: "TIMESTAMP_TZ",
-        ColumnType.TEXT: "VARCHAR",
-    },
+    type_names=type_names("BOOLEAN", "NUMBER(38,0)", "FLOAT", "TIMESTAMP_TZ", "VARCHAR"),
     json_type="VARIANT",
     max_text_chars=16_777_216,
     # No documented column limit, but every statement names every column and a row is
@@ -100,7 +81,6 @@ _STAGED_BOOKKEEPING = ("loaded_files", "rejected_events", "turned_off_names", "v
 # past 16,384 expressions and statements past 1 MB).
 _MAX_NEW_IDS = 10_000
 _DDL = re.compile(r"\s*(CREATE|ALTER|DROP)\b", re.IGNORECASE)
-T = TypeVar("T")
 
 
 def connect_kwargs(target: SnowflakeTarget) -> dict[str, Any]:
@@ -545,9 +525,6 @@ class SnowflakeWarehouse(Warehouse):
         work = self.table_ref(B, name)
         self.execute(f"DROP TABLE IF EXISTS {work}")
         self.execute(st.create_table(self.dialect, B, name, columns))
-        kinds = {"id": ColumnType.TEXT, "value": new_type, "changed": ColumnType.BOOLEAN,
-                 RESCUED: ColumnType.TEXT}  # fmt: skip
-        rows = [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in plan.changes]
         r = i(RESCUED)
         select = ", ".join(
             f"s.{i('value')}" if c == column
@@ -555,7 +532,7 @@ class SnowflakeWarehouse(Warehouse):
             else f"t.{i(c)}"
             for c in columns
         )  # fmt: skip
-        with self.stage_typed(kinds, rows) as staged:
+        with self._staged_changes(plan, new_type) as staged:
             self.execute(
                 f"INSERT INTO {work} ({', '.join(i(c) for c in columns)}) SELECT {select} "
                 f"FROM {self.table_ref(schema, table)} AS t LEFT JOIN {staged} AS s "

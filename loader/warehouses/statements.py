@@ -31,134 +31,49 @@ class Table:
     required: tuple[str, ...] = ()
 
 
-T, B, TS = ColumnType.TEXT, ColumnType.BIGINT, ColumnType.TIMESTAMP
+_KINDS: dict[str, ColumnType | str] = {
+    "": ColumnType.TEXT, "bigint": ColumnType.BIGINT, "ts": ColumnType.TIMESTAMP,
+    "now": "now", "json": "json",
+}  # fmt: skip
+
+
+def _table(name: str, columns: str) -> Table:
+    """A table from "name[*][!][:kind] ...": text unless a kind is given, `*` a key
+    column, `!` one required (NOT NULL) besides the keys."""
+    cols, keys, required = [], [], []
+    for word in columns.split():
+        col, _, kind = word.partition(":")
+        name_ = col.rstrip("*!")
+        cols.append((name_, _KINDS[kind]))
+        keys += [name_] if "*" in col else []
+        required += [name_] if "!" in col else []
+    return Table(name, tuple(cols), tuple(keys), tuple(required))
+
+
+_RUN = "run_id* {} target status started_at:ts finished_at:ts report:json"
 BOOKKEEPING: dict[str, Table] = {
     t.name: t
     for t in (
-        Table(
-            "loaded_files",
-            (("schema_name", T), ("file", T), ("lines", B), ("loaded_at", "now")),
-            ("schema_name", "file"),
-        ),
-        Table(
-            "rejected_events",
-            (
-                ("schema_name", T),
-                ("file", T),
-                ("line", B),
-                ("raw", T),
-                ("reason", T),
-                ("rejected_at", "now"),
-            ),  # fmt: skip
-            # A reject is known by its file and line: re-reading a file never records it
-            # twice.
-            ("schema_name", "file", "line"),
-            ("schema_name", "file", "reason"),
-        ),
-        Table(
-            "sync_runs",
-            (
-                ("run_id", T),
-                ("schema_name", T),
-                ("target", T),
-                ("status", T),
-                ("started_at", TS),
-                ("finished_at", TS),
-                ("report", "json"),
-            ),  # fmt: skip
-            ("run_id",),
-        ),
-        Table(
-            "cursors",
-            (("schema_name", T), ("collection", T), ("cursor", T), ("updated_at", "now")),
-            ("schema_name", "collection"),
-        ),
-        Table(
-            "profile_marks",
-            (("schema_name", T), ("profile", T), ("key", T), ("mark_ts", TS)),
-            ("schema_name", "profile", "key"),
-        ),
-        Table(
-            "turned_off_names",
-            (("schema_name", T), ("table_name", T), ("column_name", T), ("first_seen", "now")),
-            ("schema_name", "table_name", "column_name"),
-        ),
-        Table(
+        _table("loaded_files", "schema_name* file* lines:bigint loaded_at:now"),
+        # A reject is known by its file and line: re-reading a file never records it twice.
+        _table("rejected_events", "schema_name*! file*! line*:bigint raw reason! rejected_at:now"),
+        _table("sync_runs", _RUN.format("schema_name")),
+        _table("cursors", "schema_name* collection* cursor updated_at:now"),
+        _table("profile_marks", "schema_name* profile* key* mark_ts:ts"),
+        _table("turned_off_names", "schema_name* table_name* column_name* first_seen:now"),
+        _table(
             "violations",
-            (
-                ("schema_name", T),
-                ("file", T),
-                ("event", T),
-                ("property", T),
-                ("kind", T),
-                ("example", T),
-                ("occurrences", B),
-                ("first_seen", T),
-                ("last_seen", T),
-                ("recorded_at", "now"),
-            ),  # fmt: skip
-            ("schema_name", "file", "event", "property", "kind"),
+            "schema_name* file* event* property* kind* example "
+            "occurrences:bigint first_seen last_seen recorded_at:now",
         ),
-        Table(
-            "blocked_events",
-            (
-                ("schema_name", T),
-                ("file", T),
-                ("line", B),
-                ("event", T),
-                ("raw", T),
-                ("violations", T),
-                ("blocked_at", "now"),
-            ),  # fmt: skip
-            ("schema_name", "file", "line"),
+        _table(
+            "blocked_events", "schema_name* file* line*:bigint event raw violations blocked_at:now"
         ),
-        Table(
-            "column_types",
-            (
-                ("schema_name", T),
-                ("table_name", T),
-                ("column_name", T),
-                ("column_type", T),
-                ("decided_at", TS),
-            ),  # fmt: skip
-            ("schema_name", "table_name", "column_name"),
-        ),
-        Table(
-            "locks",
-            (("name", T), ("holder", T), ("acquired_at", TS), ("expires_at", TS)),
-            ("name",),
-        ),
-        Table(
-            "retl_snapshots",
-            (("model", T), ("key", T), ("row_hash", T), ("synced_at", TS)),
-            ("model", "key"),
-        ),
-        Table(
-            "retl_sent",
-            (
-                ("model", T),
-                ("key", T),
-                ("op", T),
-                ("row_hash", T),
-                ("record_id", T),
-                ("run_id", T),
-                ("sent_at", TS),
-            ),  # fmt: skip
-            ("model", "key"),
-        ),
-        Table(
-            "retl_runs",
-            (
-                ("run_id", T),
-                ("model", T),
-                ("target", T),
-                ("status", T),
-                ("started_at", TS),
-                ("finished_at", TS),
-                ("report", "json"),
-            ),  # fmt: skip
-            ("run_id",),
-        ),
+        _table("column_types", "schema_name* table_name* column_name* column_type decided_at:ts"),
+        _table("locks", "name* holder acquired_at:ts expires_at:ts"),
+        _table("retl_snapshots", "model* key* row_hash synced_at:ts"),
+        _table("retl_sent", "model* key* op row_hash record_id run_id sent_at:ts"),
+        _table("retl_runs", _RUN.format("model")),
     )
 }
 LOAD_TABLES = (
@@ -198,14 +113,15 @@ def create_bookkeeping(d: SqlDialect, table: Table) -> str:
         keys = d.primary_key(table.keys)
     return (
         f"CREATE TABLE IF NOT EXISTS {d.table_ref(BOOKKEEPING_SCHEMA, table.name)} "
-        f"({', '.join(cols)}{keys})"
+        f"({', '.join(cols)}{keys}){d.table_options(table.keys or table.required, table.name)}"
     )
 
 
 # --- event and object tables -------------------------------------------------------------
 def create_table(d: SqlDialect, schema: str, table: str, columns: dict[str, ColumnType]) -> str:
     cols = ", ".join(f"{d.ident(n)} {d.column_type(n, k)}" for n, k in columns.items())
-    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}{d.primary_key(['id'])})"
+    options = d.table_options(["id"])
+    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}{d.primary_key(['id'])}){options}"
 
 
 def add_column(d: SqlDialect, schema: str, table: str, name: str, kind: ColumnType) -> str:

@@ -22,22 +22,22 @@ from loader.rules.retype import RetypePlan, plan_retype
 from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
 from loader.warehouses.base import (
-    BLOCKED_COLUMNS,
-    VIOLATION_COLUMNS,
-    VIOLATION_SUMMARY,
     Capabilities,
     LockBusy,
     ProfileSpec,
     Rows,
     TableStats,
     WarehouseError,
-    reject_rows,
-    violation_rows,
 )
 from loader.warehouses.dialect import SqlDialect
 
 B = st.BOOKKEEPING_SCHEMA
 Params = Mapping[str, Any]
+
+
+def _written(table: str) -> tuple[str, ...]:
+    """A bookkeeping table's columns a write gives values (not the time-of-insert ones)."""
+    return tuple(c for c, k in st.BOOKKEEPING[table].columns if k != "now")
 
 
 class Warehouse(ABC):
@@ -68,6 +68,26 @@ class Warehouse(ABC):
             finally:
                 self._depth = 0
 
+    @contextmanager
+    def _deferring(self) -> Iterator[None]:
+        """`_joined`'s block for warehouses without transactions: the writes `_defer`red
+        in it run once it ends normally, the ledger's last; a failure drops them."""
+        self._deferred: list[tuple[bool, Callable[[], None]]] = []
+        try:
+            yield
+        except BaseException:
+            self._deferred = []
+            raise
+        pending, self._deferred = sorted(self._deferred, key=lambda p: p[0]), []
+        for _, write in pending:  # the block has ended: each is written at once
+            write()
+
+    def _defer(self, write: Callable[[], None], last: bool = False) -> None:
+        if self._depth:
+            self._deferred.append((last, write))
+        else:
+            write()
+
     # --- driver primitives -----------------------------------------------------------
     @abstractmethod
     def close(self) -> None: ...
@@ -96,6 +116,12 @@ class Warehouse(ABC):
     def _b(self, table: str) -> str:
         return self.dialect.table_ref(B, table)
 
+    def _names(self, *columns: str) -> str:
+        return ", ".join(map(self.dialect.ident, columns))
+
+    def _count(self, sql: str, params: Params | None = None) -> int:
+        return int(self.fetchall(sql, params)[0][0])
+
     def _chunks(self, values: Sequence[Any]) -> Iterator[list[Any]]:
         step = self.dialect.max_list
         for start in range(0, len(values), step):
@@ -115,30 +141,22 @@ class Warehouse(ABC):
         locks = self._b("locks")
         p = {"name": name, "holder": holder}
         expires = d.lease_expiry(int(self.lease_minutes))
+        named = d.equals("name")
         with self.transaction():
             serialise = d.lock_table(locks)
             if serialise is not None:
                 self.execute(serialise)
             self.execute(
-                f"DELETE FROM {locks} WHERE {d.ident('name')} = {d.param('name')} AND "
-                f"{d.ident('expires_at')} < {d.now}",
-                p,
+                f"DELETE FROM {locks} WHERE {named} AND {d.ident('expires_at')} < {d.now}", p
             )
             self.execute(
-                f"INSERT INTO {locks} ({d.ident('name')}, {d.ident('holder')}, "
-                f"{d.ident('acquired_at')}, {d.ident('expires_at')}) SELECT {d.param('name')}, "
-                f"{d.param('holder')}, {d.now}, {expires} WHERE NOT EXISTS (SELECT 1 FROM "
-                f"{locks} WHERE {d.ident('name')} = {d.param('name')})",
+                f"INSERT INTO {locks} ({self._names(*_written('locks'))}) SELECT "
+                f"{d.param('name')}, {d.param('holder')}, {d.now}, {expires} WHERE NOT EXISTS "
+                f"(SELECT 1 FROM {locks} WHERE {named})",
                 p,
             )
-        held = self.fetchall(
-            f"SELECT {d.ident('holder')} FROM {locks} WHERE {d.ident('name')} = {d.param('name')}",
-            p,
-        )
-        release = (
-            f"DELETE FROM {locks} WHERE {d.ident('name')} = {d.param('name')} AND "
-            f"{d.ident('holder')} = {d.param('holder')}"
-        )
+        held = self.fetchall(f"SELECT {d.ident('holder')} FROM {locks} WHERE {named}", p)
+        release = f"DELETE FROM {locks} WHERE {d.equals('name', 'holder')}"
         if [str(h) for (h,) in held] != [holder]:
             # Without a table lock two takers may both insert: each loser drops its row.
             self.execute(release, p)
@@ -304,30 +322,26 @@ class Warehouse(ABC):
     # --- cursors ---------------------------------------------------------------------------
     def read_cursors(self, schema: str) -> dict[str, str]:
         """{collection: cursor JSON} committed for an object source."""
-        d = self.dialect
+        where, p = self._where_schema(schema)
         rows = self.fetchall(
-            f"SELECT {d.ident('collection')}, {d.ident('cursor')} FROM {self._b('cursors')} "
-            f"WHERE {d.ident('schema_name')} = {d.param('schema')}",
-            {"schema": schema},
+            f"SELECT {self._names('collection', 'cursor')} FROM {self._b('cursors')}{where}", p
         )
         return {str(c): str(v) for c, v in rows}
 
     def save_cursor(self, schema: str, collection: str, cursor: str) -> None:
         """Called inside the transaction that commits the rows the cursor covers."""
-        d = self.dialect
-        p = {"schema": schema, "collection": collection, "cursor": cursor}
+        row = {"schema_name": schema, "collection": collection, "cursor": cursor}
         with self.transaction():
-            self.execute(
-                f"DELETE FROM {self._b('cursors')} WHERE {d.ident('schema_name')} = "
-                f"{d.param('schema')} AND {d.ident('collection')} = {d.param('collection')}",
-                p,
-            )
-            self.execute(
-                f"INSERT INTO {self._b('cursors')} ({d.ident('schema_name')}, "
-                f"{d.ident('collection')}, {d.ident('cursor')}, {d.ident('updated_at')}) VALUES "
-                f"({d.param('schema')}, {d.param('collection')}, {d.param('cursor')}, {d.now})",
-                p,
-            )
+            self._put("cursors", row, 2, "updated_at")
+
+    def _put(self, table: str, row: dict[str, Any], keys: int, stamped: str) -> None:
+        """The bookkeeping row whose first `keys` values match replaced by `row`, its
+        `stamped` column taking the time of the write."""
+        d, names = self.dialect, list(row)
+        self.execute(f"DELETE FROM {self._b(table)} WHERE {d.equals(*names[:keys])}", row)
+        cols = self._names(*names, stamped)
+        values = ", ".join([*(d.param(c) for c in names), d.now])
+        self.execute(f"INSERT INTO {self._b(table)} ({cols}) VALUES ({values})", row)
 
     # --- profiles (users, accounts) ------------------------------------------------------
     def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
@@ -477,10 +491,9 @@ class Warehouse(ABC):
 
     # --- bookkeeping -----------------------------------------------------------------------
     def _where_schema(self, schema: str | None) -> tuple[str, Params]:
-        d = self.dialect
         if schema is None:
             return "", {}
-        return f" WHERE {d.ident('schema_name')} = {d.param('schema')}", {"schema": schema}
+        return f" WHERE {self.dialect.equals('schema_name')}", {"schema_name": schema}
 
     def loaded_files(self, schema: str) -> set[str]:
         where, p = self._where_schema(schema)
@@ -505,15 +518,15 @@ class Warehouse(ABC):
         )
 
     def record_violations(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Tracking-plan violations, rows of VIOLATION_COLUMNS (without schema_name's
-        value changed), one per file, event, property and kind: a row already there
-        (a replayed file) is left as it is."""
-        self._record("violations", VIOLATION_COLUMNS, rows)
+        """Tracking-plan violations, rows of the violations table's columns (schema_name
+        included), one per file, event, property and kind: a row already there (a
+        replayed file) is left as it is."""
+        self._record("violations", _written("violations"), rows)
 
     def record_blocked(self, schema: str, rows: Sequence[tuple[Any, ...]]) -> None:
         """Events a tracking plan blocked: (file, line, event, raw, violations JSON),
         known by file and line (a replay never records one twice)."""
-        self._record("blocked_events", BLOCKED_COLUMNS, [(schema, *r) for r in rows])
+        self._record("blocked_events", _written("blocked_events"), [(schema, *r) for r in rows])
 
     def record_turned_off(self, schema: str, names: Sequence[tuple[str, str]]) -> None:
         """Remember (table, column) names selective sync kept out; column '' = table."""
@@ -540,8 +553,17 @@ class Warehouse(ABC):
         if "violations" not in self.read_schema(B):
             return []
         where, p = self._where_schema(schema)
-        sql = VIOLATION_SUMMARY.format(table=self._b("violations"), where=where)
-        return violation_rows(self.fetchall(sql, p))
+        cols = "schema_name, event, property, kind"
+        rows = self.fetchall(
+            f"SELECT {cols}, MIN(example), SUM(occurrences), MIN(first_seen), MAX(last_seen) "
+            f"FROM {self._b('violations')}{where} GROUP BY {cols} ORDER BY {cols}",
+            p,
+        )
+        keys = ("schema", "event", "property", "kind", "example", "count", "first_seen")
+        return [
+            {**dict(zip(keys, r[:-1], strict=True)), "count": int(r[5] or 0), "last_seen": r[-1]}
+            for r in rows
+        ]
 
     def _run_row(self, table: str, first: str, key: str, report: dict[str, Any]) -> None:
         d = self.dialect
@@ -589,7 +611,8 @@ class Warehouse(ABC):
             f"{d.ident('line')}{d.limit(limit)}",
             p,
         )
-        return reject_rows(rows)
+        keys = ("schema", "file", "line", "reason", "raw", "rejected_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     # --- retype (sluice schema set-type) ---------------------------------------------------
     def retype_column(
@@ -641,12 +664,9 @@ class Warehouse(ABC):
             while work in existing:
                 work += "_"
             self.add_columns(schema, table, {work: new_type})
-        stage_rows = [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in plan.changes]
-        if stage_rows:
-            kinds = {"id": ColumnType.TEXT, "value": new_type,
-                     "changed": ColumnType.BOOLEAN, st.RESCUED: ColumnType.TEXT}  # fmt: skip
+        if plan.changes:
             head, t = d.update_target(target, "_sluice_t")
-            with self.stage_typed(kinds, stage_rows) as staged:
+            with self._staged_changes(plan, new_type) as staged:
                 r = i(st.RESCUED)
                 self.execute(
                     f"UPDATE {head} SET {i(work)} = _sluice_s.{i('value')}, "
@@ -657,6 +677,15 @@ class Warehouse(ABC):
         if work != column:
             self.execute(f"ALTER TABLE {target} DROP COLUMN {i(column)}")
             self.execute(f"ALTER TABLE {target} RENAME COLUMN {i(work)} TO {i(column)}")
+
+    def _staged_changes(
+        self, plan: RetypePlan, new_type: ColumnType
+    ) -> AbstractContextManager[str]:
+        """A retype plan's changes as staged (id, value, changed, _rescued_data) rows."""
+        kinds = {"id": ColumnType.TEXT, "value": new_type, "changed": ColumnType.BOOLEAN,
+                 st.RESCUED: ColumnType.TEXT}  # fmt: skip
+        rows = [(ch.id, ch.value, ch.rescued_changed, ch.rescued) for ch in plan.changes]
+        return self.stage_typed(kinds, rows)
 
     def stage_typed(
         self, kinds: dict[str, ColumnType], rows: Sequence[Sequence[Any]]
@@ -683,32 +712,21 @@ class Warehouse(ABC):
             self.execute(f"DROP TABLE IF EXISTS {self._b(name)}")
 
     def _record_column_type(self, schema: str, table: str, column: str, kind: ColumnType) -> None:
-        d, i = self.dialect, self.dialect.ident
         self._ensure_tables(("column_types",))
-        p = {"s": schema, "t": table, "c": column, "k": kind.value}
-        self.execute(
-            f"DELETE FROM {self._b('column_types')} WHERE {i('schema_name')} = {d.param('s')} "
-            f"AND {i('table_name')} = {d.param('t')} AND {i('column_name')} = {d.param('c')}",
-            p,
-        )
-        self.execute(
-            f"INSERT INTO {self._b('column_types')} ({i('schema_name')}, {i('table_name')}, "
-            f"{i('column_name')}, {i('column_type')}, {i('decided_at')}) VALUES ({d.param('s')}, "
-            f"{d.param('t')}, {d.param('c')}, {d.param('k')}, {d.now})",
-            p,
-        )
+        row = {"schema_name": schema, "table_name": table, "column_name": column}
+        self._put("column_types", {**row, "column_type": kind.value}, 3, "decided_at")
 
     def decided_types(self, schema: str) -> dict[str, dict[str, ColumnType]]:
         """{table: {column: type}} a user set (`_sluice.column_types`): a new column of
         that name is created with that type, whatever its first value."""
         if "column_types" not in self.read_schema(B):
             return {}
-        d, i = self.dialect, self.dialect.ident
+        where, p = self._where_schema(schema)
         out: dict[str, dict[str, ColumnType]] = {}
         for table, column, kind in self.fetchall(
-            f"SELECT {i('table_name')}, {i('column_name')}, {i('column_type')} FROM "
-            f"{self._b('column_types')} WHERE {i('schema_name')} = {d.param('s')}",
-            {"s": schema},
+            f"SELECT {self._names('table_name', 'column_name', 'column_type')} FROM "
+            f"{self._b('column_types')}{where}",
+            p,
         ):
             out.setdefault(str(table), {})[str(column)] = ColumnType(str(kind))
         return out
@@ -760,7 +778,7 @@ class Warehouse(ABC):
                 kinds = self._model_columns(f"retl_stage__{model}")
                 hashed = d.row_hash([(c, kinds[c]) for c in columns])
                 self.execute(f"UPDATE {stage} SET {d.ident('_sluice_hash')} = {hashed}")
-        return int(self.fetchall(f"SELECT COUNT(*) FROM {stage}")[0][0])
+        return self._count(f"SELECT COUNT(*) FROM {stage}")
 
     def retl_key_problems(self, model: str) -> tuple[int, int]:
         """(staged rows whose key is NULL, keys present more than once)."""
@@ -785,7 +803,7 @@ class Warehouse(ABC):
         kind = d.ident("_sluice_kind")
         for k, n in self.fetchall(f"SELECT {kind}, COUNT(*) FROM {changes} GROUP BY {kind}"):
             counts[str(k)] = int(n)
-        staged = int(self.fetchall(f"SELECT COUNT(*) FROM {stage}")[0][0])
+        staged = self._count(f"SELECT COUNT(*) FROM {stage}")
         counts["unchanged"] = staged - counts["added"] - counts["changed"]
         return counts
 
@@ -840,13 +858,13 @@ class Warehouse(ABC):
             return 0
         d = self.dialect
         where = d.in_list(d.ident("_sluice_kind"), "kinds")
-        n = self.fetchall(
-            f"SELECT COUNT(*) FROM {self._retl_table('changes', model)} WHERE {where}",
-            {"kinds": list(kinds)},
-        )[0][0]
+        p = {"kinds": list(kinds)}
+        n = self._count(
+            f"SELECT COUNT(*) FROM {self._retl_table('changes', model)} WHERE {where}", p
+        )
         if n:
-            self._retl_apply(model, where, {"kinds": list(kinds)})
-        return int(n)
+            self._retl_apply(model, where, p)
+        return n
 
     def retl_sent_ids(self, model: str, keys: Sequence[str]) -> dict[str, tuple[str, str, str]]:
         """key -> (op, row hash, record id) of the last change sent for each of these keys
@@ -889,13 +907,9 @@ class Warehouse(ABC):
             self.execute(f"DROP TABLE IF EXISTS {self._retl_table(kind, model)}")
 
     def retl_snapshot_count(self, model: str) -> int:
-        d = self.dialect
-        return int(
-            self.fetchall(
-                f"SELECT COUNT(*) FROM {self._b('retl_snapshots')} WHERE {d.ident('model')} = "
-                f"{d.param('model')}",
-                {"model": model},
-            )[0][0]
+        where = self.dialect.equals("model")
+        return self._count(
+            f"SELECT COUNT(*) FROM {self._b('retl_snapshots')} WHERE {where}", {"model": model}
         )
 
     def retl_record_run(self, report: dict[str, Any]) -> None:
@@ -903,9 +917,8 @@ class Warehouse(ABC):
 
     def retl_recent_runs(self, model: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
         """Newest first."""
-        d = self.dialect
         where, p = ("", {}) if model is None else (
-            f" WHERE {d.ident('model')} = {d.param('model')}", {"model": model}
+            f" WHERE {self.dialect.equals('model')}", {"model": model}
         )  # fmt: skip
         return self._reports("retl_runs", where, p, limit)
 
