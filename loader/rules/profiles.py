@@ -8,10 +8,11 @@ hold one are rebuilt here, where the rule can follow a trait into the rescued JS
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import orjson
+from loader.rules.schema import json_text
 
 
 def _newest_first(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -22,7 +23,8 @@ def _newest_first(row: Sequence[Any]) -> tuple[Any, ...]:
 def _as_object(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
-    parsed = orjson.loads(value) if isinstance(value, (str, bytes)) else value
+    # The standard library keeps integers past 64 bits exact (orjson reads them as floats).
+    parsed = json.loads(value) if isinstance(value, (str, bytes)) else value
     return parsed if isinstance(parsed, dict) else {}
 
 
@@ -70,7 +72,7 @@ def rescued_profile_rows(
             and _as_object(old[2 + n]) == rescued
         ):
             continue
-        text = orjson.dumps(rescued).decode() if rescued else None
+        text = json_text(rescued) if rescued else None
         out.append((key, *values, received, uuid_ts, text))
     return out
 
