@@ -9,13 +9,12 @@ as its JSON text)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from itertools import groupby, repeat
-from typing import Any
+from itertools import groupby
 
 import pyarrow as pa
 
-from loader.encode.timestamps import aware_datetimes
-from loader.rules.messages import parse_timestamp
+from loader.encode.encoded import EncoderColumns, EncoderValues
+from loader.encode.timestamps import timestamp_column
 from loader.rules.schema import ColumnType
 
 ARROW_TYPES: dict[ColumnType, pa.DataType] = {
@@ -40,18 +39,12 @@ class ArrowEncoder:
     sliceable = False
 
     def encode(
-        self,
-        columns: Sequence[tuple[str, ColumnType]],
-        values: Sequence[Iterable[Any]],
-        rows: int,
+        self, columns: EncoderColumns, values: EncoderValues, rows: int
     ) -> tuple[bytes, list[int]]:
         arrays = []
         for (_, kind), column in zip(columns, values, strict=True):
             if kind is ColumnType.TIMESTAMP:
-                if isinstance(column, repeat):  # uuid_ts: one value for every row
-                    column = repeat(parse_timestamp(next(column, None)), rows)
-                else:
-                    column = aware_datetimes(column)
+                column = timestamp_column(column, rows)
             arrays.append(pa.array(column, type=ARROW_TYPES[kind], size=rows))
         batch = pa.RecordBatch.from_arrays(arrays, names=[name for name, _ in columns])
         return _ipc_bytes(pa.Table.from_batches([batch])), list(range(1, rows + 1))

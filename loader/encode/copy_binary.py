@@ -6,17 +6,16 @@ psycopg's own C row formatter writes each row."""
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from functools import cache
-from itertools import repeat
 from typing import Any
 
 from psycopg import postgres, pq
 from psycopg.adapt import AdaptersMap, Dumper, Transformer
 from psycopg.pq import Format
 
-from loader.encode.timestamps import aware_datetimes
-from loader.rules.messages import parse_timestamp
+from loader.encode.encoded import EncoderColumns, EncoderValues
+from loader.encode.timestamps import timestamp_column
 from loader.rules.normalize import RESCUED_COLUMN
 from loader.rules.schema import ColumnType
 
@@ -82,10 +81,7 @@ class CopyBinaryEncoder:
     refuses_non_text = True
 
     def encode(
-        self,
-        columns: Sequence[tuple[str, ColumnType]],
-        values: Sequence[Iterable[Any]],
-        rows: int,
+        self, columns: EncoderColumns, values: EncoderValues, rows: int
     ) -> tuple[bytes, list[int]]:
         transformer = Transformer(_reader_context())
         oids = [
@@ -96,10 +92,7 @@ class CopyBinaryEncoder:
         data: list[Iterable[Any]] = []
         for (_, kind), column in zip(columns, values, strict=True):
             if kind is ColumnType.TIMESTAMP:
-                if isinstance(column, repeat):  # uuid_ts: one value for every row
-                    column = repeat(parse_timestamp(next(column, None)), rows)
-                else:
-                    column = aware_datetimes(column)
+                column = timestamp_column(column, rows)
             data.append(column)
         out = bytearray()
         ends: list[int] = []

@@ -24,6 +24,10 @@ from loader.encode.row_layout import lay_out_columns
 from loader.rules.normalize import RESCUED_COLUMN, TableChunk
 from loader.rules.schema import ColumnEvidence, ColumnType, column_evidence
 
+# What an encoder takes: the (name, type) of each column, and its values column by column.
+EncoderColumns = Sequence[tuple[str, ColumnType]]
+EncoderValues = Sequence[Iterable[Any]]
+
 
 class RowEncoder(Protocol):
     """A warehouse's bulk row format (picklable: it travels to reader processes).
@@ -32,10 +36,7 @@ class RowEncoder(Protocol):
     cannot be cut at row ends; its chunks are cut by decoding and filtering instead."""
 
     def encode(
-        self,
-        columns: Sequence[tuple[str, ColumnType]],
-        values: Sequence[Iterable[Any]],
-        rows: int,
+        self, columns: EncoderColumns, values: EncoderValues, rows: int
     ) -> tuple[bytes, list[int]]:
         """The rows of these columns (`values` column by column, as laid out by
         loader.encode.row_layout) as one payload, and where each row ends in it, so the loader

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from itertools import repeat
 from operator import attrgetter
 from typing import Any
 
@@ -28,3 +29,11 @@ def aware_datetimes(values: Iterable[Any]) -> Sequence[datetime | None]:
     if None in set(map(attrgetter("tzinfo"), parsed)):
         return [parse_timestamp(v) for v in values]  # offset-less text is UTC
     return parsed
+
+
+def timestamp_column(column: Iterable[Any], rows: int) -> Iterable[datetime | None]:
+    """A timestamp column as aware datetimes; `uuid_ts` (one value repeated for every
+    row) parsed once."""
+    if isinstance(column, repeat):
+        return repeat(parse_timestamp(next(column, None)), rows)
+    return aware_datetimes(column)
