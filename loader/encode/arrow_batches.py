@@ -9,7 +9,6 @@ as its JSON text)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from itertools import groupby
 
 import pyarrow as pa
 
@@ -30,8 +29,8 @@ class ArrowEncoder:
     """One table's rows of one file as an Arrow IPC stream of one record batch.
 
     Arrow keeps no row boundaries in its bytes, so the row ends it reports are row
-    numbers (1, 2, ...): EncodedChunk.without_ids cuts an Arrow chunk by filtering
-    its rows (`without_rows`), not by slicing bytes."""
+    numbers (1, 2, ...): EncodedChunk.without_ids cuts an Arrow chunk as slices of
+    its decoded table (`without_rows`), not of its bytes."""
 
     __slots__ = ()
     # pa.array(..., type=pa.string()) raises ArrowTypeError (a TypeError) for a non-str.
@@ -62,11 +61,8 @@ def read_table(payloads: Iterable[bytes]) -> pa.Table:
     return pa.concat_tables(pa.ipc.open_stream(p).read_all() for p in payloads)
 
 
-def without_rows(payload: bytes, keep: Sequence[bool]) -> bytes:
-    """The payload minus the rows whose `keep` is false, cut as slices of the runs of
-    kept rows (a duplicate of an earlier file is rare; Arrow's filter kernel would load
-    pandas into the process for it)."""
+def without_rows(payload: bytes, runs: Sequence[tuple[int, int]]) -> bytes:
+    """The payload's rows of these runs (first, end) only, as slices of its table."""
     table = pa.ipc.open_stream(payload).read_all()
-    runs = [list(group) for kept, group in groupby(range(len(keep)), keep.__getitem__) if kept]
-    pieces = [table.slice(run[0], len(run)) for run in runs]
+    pieces = [table.slice(first, end - first) for first, end in runs]
     return _ipc_bytes(pa.concat_tables(pieces) if pieces else table.slice(0, 0))

@@ -33,7 +33,7 @@ class RowEncoder(Protocol):
     """A warehouse's bulk row format (picklable: it travels to reader processes).
 
     An encoder whose `sliceable` attribute is false (Arrow IPC) writes payloads that
-    cannot be cut at row ends; its chunks are cut by decoding and filtering instead."""
+    cannot be cut at row ends; its chunks are cut as slices of the decoded table."""
 
     def encode(
         self, columns: EncoderColumns, values: EncoderValues, rows: int
@@ -66,7 +66,7 @@ class EncodedChunk:
     raw: TableChunk | None = None
     # Rescued values cut to the warehouse's width for `_rescued_data` (row_layout).
     rescued_cut: int = 0
-    # An Arrow IPC payload (encode/arrow_batches.py): cut by filtering rows, not bytes.
+    # An Arrow IPC payload (encode/arrow_batches.py): cut by table slices, not bytes.
     arrow: bool = False
 
     @property
@@ -82,56 +82,46 @@ class EncodedChunk:
         if drop.isdisjoint(ids):
             return self
         dropped = list(compress(count(), map(drop.__contains__, ids)))
+        # (first, end) of each run of kept rows
+        runs = [
+            (first, end)
+            for first, end in zip([0, *(d + 1 for d in dropped)], [*dropped, len(ids)], strict=True)
+            if end > first
+        ]
+        kept_ids = [i for first, end in runs for i in ids[first:end]]
         if self.arrow:
-            return self._arrow_without(drop, dropped)
-        payload, ends = self.payload, self.row_ends
-        pieces: list[bytes] = []
-        kept_ends: list[int] = []
-        kept_ids: list[str] = []
-        shift = 0  # bytes of dropped rows so far
-        first = 0  # first row of the current run of kept rows
-        for row in [*dropped, len(ids)]:
-            if row > first:
-                start = ends[first - 1] if first else 0
-                pieces.append(payload[start : ends[row - 1]])
-                kept_ends.extend(map(sub, ends[first:row], repeat(shift)))
-                kept_ids.extend(ids[first:row])
-            if row < len(ids):
-                shift += ends[row] - (ends[row - 1] if row else 0)
-            first = row + 1
+            from loader.encode.arrow_batches import without_rows
+
+            payload, ends = without_rows(self.payload, runs), list(range(1, len(kept_ids) + 1))
+        else:
+            payload, ends = self._bytes_of(runs)
         gone = set(dropped)
         return EncodedChunk(
             self.url,
             self.columns,
-            b"".join(pieces),
-            kept_ends,
+            payload,
+            ends,
             kept_ids,
             self.types,
             self.evidence,
             [i - bisect_left(dropped, i) for i in self.rescued_at if i not in gone],
             self.raw.without_ids(drop) if self.raw is not None else None,
             self.rescued_cut,
+            self.arrow,
         )
 
-    def _arrow_without(self, drop: set[str], dropped: list[int]) -> EncodedChunk:
-        from loader.encode.arrow_batches import without_rows
-
-        gone = set(dropped)
-        keep = [i not in gone for i in range(len(self.ids))]
-        kept = len(self.ids) - len(gone)
-        return EncodedChunk(
-            self.url,
-            self.columns,
-            without_rows(self.payload, keep),
-            list(range(1, kept + 1)),
-            list(compress(self.ids, keep)),
-            self.types,
-            self.evidence,
-            [i - bisect_left(dropped, i) for i in self.rescued_at if i not in gone],
-            self.raw.without_ids(drop) if self.raw is not None else None,
-            self.rescued_cut,
-            arrow=True,
-        )
+    def _bytes_of(self, runs: list[tuple[int, int]]) -> tuple[bytes, list[int]]:
+        """The payload's bytes of these runs of rows, and their row ends once joined."""
+        payload, ends = self.payload, self.row_ends
+        pieces: list[bytes] = []
+        kept_ends: list[int] = []
+        kept = 0  # bytes kept so far
+        for first, end in runs:
+            start = ends[first - 1] if first else 0
+            pieces.append(payload[start : ends[end - 1]])
+            kept_ends.extend(map(sub, ends[first:end], repeat(start - kept)))
+            kept += ends[end - 1] - start
+        return b"".join(pieces), kept_ends
 
 
 def encode_table(
