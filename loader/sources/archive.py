@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import IO
 
@@ -34,6 +34,9 @@ class ArchiveFile:
     size: int
     # What `_sluice` knows the file by (see list_files); "" for the URL itself.
     key: str = ""
+    # The store's mark of this content (an object's ETag or generation, a local file's
+    # mtime): a staged file whose mark changed is read again (loader.sync.staging).
+    version: str = field(default="", compare=False)
 
     @property
     def ledger_key(self) -> str:
@@ -90,21 +93,35 @@ def list_files(url: str, storage_options: dict | None = None) -> list[ArchiveFil
     root = paths[0]
     local = _is_local(fs)
 
-    def archive_file(path: str, size: int, base: str) -> ArchiveFile:
+    def archive_file(path: str, info: dict, base: str) -> ArchiveFile:
         full = protocol_url(fs, path)
-        return ArchiveFile(full, size, posixpath.relpath(path, base) if local else full)
+        key = posixpath.relpath(path, base) if local else full
+        return ArchiveFile(full, int(info.get("size") or 0), key, content_version(info))
 
     if fs.isfile(root):
         folder = posixpath.dirname(root)
-        return [archive_file(root, fs.size(root), posixpath.dirname(folder))]
+        return [archive_file(root, fs.info(root), posixpath.dirname(folder))]
     found = fs.find(root, detail=True)
     base = posixpath.dirname(root.rstrip("/")) or "/"
     files = [
-        archive_file(p, int(info.get("size") or 0), base)
+        archive_file(p, info, base)
         for p, info in found.items()
         if info.get("type") != "directory" and p.endswith(ARCHIVE_SUFFIXES)
     ]
     return sorted(files)
+
+
+# What object stores and file systems name a content's version by, best first.
+_VERSION_KEYS = ("generation", "md5Hash", "ETag", "etag", "VersionId", "LastModified", "mtime")
+
+
+def content_version(info: dict) -> str:
+    """A file's version as its store reports it in a listing, "" when it reports none."""
+    for name in _VERSION_KEYS:
+        value = info.get(name)
+        if value not in (None, ""):
+            return f"{name}={value}"
+    return ""
 
 
 _BLOCK_BYTES = 1 << 18

@@ -97,6 +97,8 @@ class SyncReport:
     rejects: int = 0
     deleted_objects: int = 0
     replay: dict[str, Any] | None = None
+    # A staged load's partitions, workers, stage seconds (summed) and lock-held seconds.
+    staged: dict[str, Any] | None = None
     files_undated: int = 0
     turned_off: list[str] = field(default_factory=list)
     source_turned_off: str | None = None
@@ -338,52 +340,84 @@ class Loader:
         record_files: bool,
     ) -> None:
         wh = self.warehouse
-        files = list_files(url, self.storage_options)
+        files = self.files_of_days(url, days, replay, report)
         self._schema = schema
         self._replay = replay
         self._record_files = record_files
-        if days is not None:
-            first, last = days
-            dated = [(f, received_day(f.url)) for f in files]
-            report.files_undated = sum(1 for _, d in dated if d is None)
-            # A replay is of days; a pending-files run takes undated files whenever it runs.
-            files = [
-                f
-                for f, d in dated
-                if (d is None and not replay) or (d is not None and first <= d <= last)
-            ]
         if replay:
             assert days is not None, "a replay is of a range of received days"
             report.replay = {"from": days[0].isoformat(), "to": days[1].isoformat()}
             todo = files
         else:
             todo = pending_files(wh, url, schema, files)
-        self._keys = {f.url: f.ledger_key for f in todo}
         report.files_seen = len(files)
         report.files_skipped = len(files) - len(todo)
-        if not self.sync_filter.source_enabled:
-            decision = self.sync_filter.table_decision("*")
-            # From then on: turning the source back on loads new files; replay backfills.
-            report.source_turned_off = f"line {decision.line}: {decision.reason}"
-            if not replay and record_files and todo:
-                with wh.transaction():
-                    wh.record_files(schema, [(f.ledger_key, 0) for f in todo])
+        if self.turned_off_source(schema, todo, report):
             return
         self.writer.refresh(schema)
+        self._keys = {}
         self._progress = LoadProgress(len(todo), sum(f.size for f in todo))
         self._tell()
+        self.commit_reads(
+            schema,
+            todo,
+            read_files(todo, self.read_options(), self.readers, self._encode_context),
+            report,
+        )
+
+    def files_of_days(
+        self, url: str, days: tuple[date, date] | None, replay: bool, report: SyncReport
+    ) -> list[ArchiveFile]:
+        """The archive's files received on `days` (all when None); a pending-files run
+        also takes files whose path names no day, whenever it runs."""
+        files = list_files(url, self.storage_options)
+        if days is None:
+            return files
+        first, last = days
+        dated = [(f, received_day(f.url)) for f in files]
+        report.files_undated = sum(1 for _, d in dated if d is None)
+        return [
+            f
+            for f, d in dated
+            if (d is None and not replay) or (d is not None and first <= d <= last)
+        ]
+
+    def turned_off_source(self, schema: str, todo: list[ArchiveFile], report: SyncReport) -> bool:
+        """A source turned off by selective sync loads nothing: its pending files are
+        recorded (turning it back on loads new files; replay backfills), and True."""
+        if self.sync_filter.source_enabled:
+            return False
+        decision = self.sync_filter.table_decision("*")
+        report.source_turned_off = f"line {decision.line}: {decision.reason}"
+        if not self._replay and self._record_files and todo:
+            with self.warehouse.transaction():
+                self.warehouse.record_files(schema, [(f.ledger_key, 0) for f in todo])
+        return True
+
+    def commit_reads(
+        self,
+        schema: str,
+        todo: list[ArchiveFile],
+        reads: Iterable[FileRead],
+        report: SyncReport,
+    ) -> None:
+        """The FileReads of `todo` (in its order), committed batch by batch, under the
+        caller's lock: a load's own readers, or a staged partition (loader.sync.staging)."""
+        self._schema = schema
+        self._keys.update({f.url: f.ledger_key for f in todo})
         _stoppable[0] += 1
         try:
-            for batch in self._batches(todo):
+            for batch in self._batches(todo, reads):
                 _check_stop()
                 self._commit(schema, batch, report)
         finally:
             _stoppable[0] -= 1
 
-    def _batches(self, todo: list[ArchiveFile]) -> Iterator[_Batch]:
+    def read_options(self) -> ReadOptions:
+        """What a reader needs to read this loader's files (picklable, for processes)."""
         f = self.sync_filter
         capabilities = self.warehouse.capabilities
-        options = ReadOptions(
+        return ReadOptions(
             storage_options=self.storage_options,
             row_filter=self._row_filter,
             users_on=f.table_synced("identifies") and f.table_synced("users"),
@@ -394,11 +428,13 @@ class Loader:
             rescued_bytes=capabilities.max_rescued_bytes,
             plan=self.tracking_plan,
         )
+
+    def _batches(self, todo: list[ArchiveFile], reads: Iterable[FileRead]) -> Iterator[_Batch]:
         batch = _Batch()
         sizes = {f.url: f.size for f in todo}
         progress = self._progress
         # A file gone since the listing is a failure of that file alone (read_files).
-        for read in read_files(todo, options, self.readers, self._encode_context):
+        for read in reads:
             _check_stop()
             # The readers' copies of the filter decided names; this one reports them.
             self.sync_filter.learn(read.decided)
@@ -413,9 +449,18 @@ class Loader:
         if batch.files or batch.rejects or batch.failed:
             yield batch
 
+    def track(self, progress: LoadProgress) -> None:
+        """Report progress against `progress` (a staged load's files) from now on."""
+        self._progress = progress
+        self._tell()
+
     def _tell(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self._progress)
+
+    def encode_context(self) -> EncodeContext:
+        """What readers encode against now: the tables as this loader knows them."""
+        return self._encode_context()
 
     def _encode_context(self) -> EncodeContext:
         known = {table: dict(columns) for table, columns in self.writer.known.items()}
@@ -524,6 +569,11 @@ class Loader:
         }
         self.warehouse.record_blocked(schema, list(blocked.values()))
         report.blocked_events += len(blocked)
+
+    def begin(self, schema: str, replay: bool, record_files: bool) -> None:
+        """Set up a load that commits FileReads read elsewhere (staged partitions)."""
+        self._schema, self._replay, self._record_files = schema, replay, record_files
+        self.writer.refresh(schema)
 
     def _key(self, url: str) -> str:
         return self._keys.get(url, url)
