@@ -302,3 +302,51 @@ def test_stages_on_s3_hold_no_secret_and_load_like_serial(
     _same(content(wh, "serial"), content(wh, "staged"))
     left = s3.list_objects_v2(Bucket="staged-archive", Prefix="_staging/")
     assert left.get("KeyCount", 0) == 0
+
+
+def test_cli_replay_with_workers_gives_the_tables_of_a_plain_replay(tmp_path: Path) -> None:
+    from loader.sources.archive import list_files, received_day
+    from loader.warehouses.duckdb import DuckDBWarehouse
+    from tests.helpers import sluice
+
+    assert sluice("init", "demo", "--events", "3000", cwd=tmp_path).returncode == 0
+    demo = tmp_path / "demo"
+    days = sorted({received_day(f.url) for f in list_files(str(demo / "archive"))})
+    first, last = days[0].isoformat(), days[-1].isoformat()
+    plain = sluice("replay", "javascript_production", "--from", first, "--to", last, cwd=demo)
+    assert plain.returncode == 0, plain.stderr
+    wh = DuckDBWarehouse("d", str(demo / "sluice.duckdb"))
+    try:
+        before = content(wh, "javascript_production")
+    finally:
+        wh.close()
+    (demo / "sluice.duckdb").unlink()
+    staged = sluice(
+        "replay", "javascript_production", "--from", first, "--to", last, "--workers", "2", cwd=demo
+    )
+    assert staged.returncode == 0, staged.stderr
+    assert f"staged {len(days)} day(s) in 2 worker(s); the lock was held" in staged.stdout
+    wh = DuckDBWarehouse("d", str(demo / "sluice.duckdb"))
+    try:
+        _same(before, content(wh, "javascript_production"))
+    finally:
+        wh.close()
+    assert _staged_files(demo / ".sluice" / "staging") == []
+
+
+def test_a_day_split_into_stages_commits_as_serial(open_wh, archive: str, tmp_path: Path) -> None:
+    """A day too large for one worker is staged in parts of a few files, in order."""
+    wh = open_wh()
+    _serial(wh, archive, "serial")
+    loader = Loader(wh, batch_lines=700, readers=0)
+    area = StagingArea(str(tmp_path / "staging"))
+    orders = plan_stages(loader, archive, "staged", DAYS, replay=True, files_per_stage=2)
+    assert [o.label for o in orders[:2]] == ["2026-11-01.0000", "2026-11-01.0001"]
+    assert [f for o in orders for f in o.files] == sorted(f for o in orders for f in o.files)
+    staged = [stage(o, loader.read_options(), area) for o in reversed(orders)][::-1]
+    report = SyncReport("r", "staged", wh.target_name, archive, "")
+    wh.ensure_bookkeeping()
+    for s in staged:
+        commit_staged(loader, archive, s, area, report, _no_restage)
+    _same(content(wh, "serial"), content(wh, "staged"))
+    assert _staged_files(tmp_path / "staging") == []

@@ -30,10 +30,12 @@ from loader.config.errors import ConfigError
 from loader.config.profiles import Profiles
 from loader.rules.selective_sync import Issue, SelectiveSync, check_names, parse
 from loader.sources.cloud.registry import connector_for
+from loader.sync.backfill import run_backfill
 from loader.sync.catalog import update_catalog
 from loader.sync.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
 from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
 from loader.sync.project import Project
+from loader.sync.staging import StagingArea
 from loader.warehouses.base import WarehouseError
 from loader.warehouses.registry import holds_nothing_yet
 
@@ -64,6 +66,7 @@ def _run_pairs(
     profiles: Profiles,
     pairs: list[tuple[str, str]],
     days: tuple[date, date] | None,
+    workers: int | None = None,
 ) -> None:
     try:
         rules = project.load_selective_sync()
@@ -99,7 +102,11 @@ def _run_pairs(
                     readers=source.readers,
                     tracking_plan=plans.get(source_name),
                 )
-                report = run_one(ctx, loader, what, _runner(url, schema, days), source_name)
+                runner = _runner(url, schema, days)
+                if workers is not None and days is not None:
+                    area = StagingArea(project.staging_url(source_name), source.storage_options)
+                    runner = _backfill_runner(url, schema, days, area, workers)
+                report = run_one(ctx, loader, what, runner, source_name)
             else:
                 objects = ObjectLoader(
                     warehouse,
@@ -160,6 +167,12 @@ def _runner(
     return lambda loader: loader.replay(url, schema, *days)
 
 
+def _backfill_runner(
+    url: str, schema: str, days: tuple[date, date], area: StagingArea, workers: int
+) -> Callable[[Loader], SyncReport]:
+    return lambda loader: run_backfill(loader, url, schema, days, area, workers)
+
+
 def _object_runner(project: Project, source: Any, schema: str) -> Callable[[Any], SyncReport]:
     def run(objects: ObjectLoader) -> SyncReport:
         connector = connector_for(source, project.root)
@@ -207,6 +220,16 @@ def sync(
     help="Last received day (UTC), YYYY-MM-DD, inclusive.",
 )
 @click.option("--target", default=None, help="Only this target (default: the source's).")
+@click.option(
+    "--workers",
+    default=None,
+    type=click.IntRange(min=1),
+    help=(
+        "Stage the days in N processes at once (each day read, normalised and encoded into "
+        "the source's staging folder), committing them in day order; the tables come out "
+        "as without it."
+    ),
+)
 @_project_option
 @_profiles_option
 @click.pass_obj
@@ -216,6 +239,7 @@ def replay(
     first,
     last,
     target: str | None,
+    workers: int | None,
     project: str | None,
     profiles: str | None,
 ) -> None:
@@ -228,7 +252,7 @@ def replay(
         pairs = _pairs(proj, prof, (source,), target)
     except ConfigError as exc:
         fail(str(exc), 2)
-    _run_pairs(obj, proj, prof, pairs, (first.date(), last.date()))
+    _run_pairs(obj, proj, prof, pairs, (first.date(), last.date()), workers)
 
 
 @click.group("selective-sync")

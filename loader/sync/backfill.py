@@ -33,6 +33,7 @@ def run_backfill(
     workers: int,
     replay: bool = True,
     on_committed: Callable[[StageOrder, CommitClock], None] | None = None,
+    files_per_stage: int | None = None,
 ) -> SyncReport:
     """Load the received days `days` through staged partitions: `workers` processes stage
     them (no lock), this process commits them in day order (the lock held per commit
@@ -41,7 +42,7 @@ def run_backfill(
     with recorded_run(loader.warehouse, schema, url) as report:
         if replay:
             report.replay = {"from": days[0].isoformat(), "to": days[1].isoformat()}
-        orders = plan_stages(loader, url, schema, days, replay, report)
+        orders = plan_stages(loader, url, schema, days, replay, report, files_per_stage)
         loader.track(progress_of(orders))
         options = loader.read_options()
 

@@ -77,6 +77,13 @@ class EventSource(_Source):
     conformance_threshold: float = Field(
         default=0.05, ge=0, le=1, description="violating events / events above this warns"
     )
+    staging: str | None = Field(
+        default=None,
+        description=(
+            "where backfills stage partitions: a folder or an s3:// / gs:// prefix "
+            "(default: .sluice/staging beside sluice.yml)"
+        ),
+    )
 
 
 class _ObjectSource(_Source):
@@ -185,6 +192,14 @@ class Project(BaseModel):
                 f"{path.absolute()}, does not exist; fix 'archive:' or create the folder"
             )
         return str(path)
+
+    def staging_url(self, name: str) -> str:
+        """Where the source's backfills stage partitions (sluice.yml `staging:`)."""
+        url = self.source(name).staging or ".sluice/staging"
+        if "://" in url:
+            return url
+        local = Path(url).expanduser()
+        return str(local if local.is_absolute() else self.root / local)
 
     def profiles_path(self, explicit: str | None = None) -> Path:
         if explicit is None and self.profiles is not None:

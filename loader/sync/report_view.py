@@ -42,6 +42,13 @@ def print_report(report: dict[str, Any], console: Console, source: str | None = 
     if report.get("replay"):
         r = report["replay"]
         console.print(f"replay of files received {r['from']} to {r['to']}")
+    staged = report.get("staged")
+    if staged:
+        share = staged["lock_held_s"] / report["duration_s"] if report["duration_s"] else 0.0
+        console.print(
+            f"staged {staged['partitions']} day(s) in {staged['workers']} worker(s); "
+            f"the lock was held {staged['lock_held_s']:.1f}s ({share:.0%} of the run)"
+        )
         if report.get("files_undated"):
             console.print(
                 f"[yellow]{report['files_undated']} file(s) name no received day in their "

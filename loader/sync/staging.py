@@ -58,10 +58,13 @@ class StageOrder:
     replay: bool
     files: tuple[ArchiveFile, ...]
     context: EncodeContext
+    # A day split into several stages (plan_stages' files_per_stage): this one's number.
+    part: int | None = None
 
     @property
     def label(self) -> str:
-        return self.day.isoformat() if self.day is not None else "undated"
+        day = self.day.isoformat() if self.day is not None else "undated"
+        return day if self.part is None else f"{day}.{self.part:04d}"
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,15 @@ def plan_stages(
     days: tuple[date, date],
     replay: bool,
     report: SyncReport | None = None,
+    files_per_stage: int | None = None,
 ) -> list[StageOrder]:
     """The partitions of `days` (one per received day that has files to load), in archive
     order. Reads the ledger and the tables' columns, without the lock; counts the files
-    seen and skipped into `report`."""
+    seen and skipped into `report`. `files_per_stage` splits a day of more files into
+    stages of that many, in archive order (a day too large for one worker).
+
+    This listing is the run's, as a serial load's listing at its start is: a file that
+    arrives later stays pending for the next run."""
     if report is None:
         report = SyncReport("", schema, loader.warehouse.target_name, url, "")
     files = loader.files_of_days(url, days, replay, report)
@@ -120,10 +128,17 @@ def plan_stages(
     for f in todo:
         by_day.setdefault(received_day(f.url), []).append(f)
     target = loader.warehouse.target_name
-    dated = sorted(d for d in by_day if d is not None)
-    orders = [StageOrder(target, schema, d, replay, tuple(by_day[d]), context) for d in dated]
+    days_in_order: list[date | None] = sorted(d for d in by_day if d is not None)
     if None in by_day:  # pending on every day: loaded after the dated ones
-        orders.append(StageOrder(target, schema, None, replay, tuple(by_day[None]), context))
+        days_in_order.append(None)
+    orders = []
+    for day in days_in_order:
+        day_files = by_day[day]
+        size = files_per_stage or len(day_files)
+        parts = [day_files[i : i + size] for i in range(0, len(day_files), size)]
+        for n, part in enumerate(parts):
+            number = n if len(parts) > 1 else None
+            orders.append(StageOrder(target, schema, day, replay, tuple(part), context, number))
     return orders
 
 
@@ -168,21 +183,22 @@ def stage(
 
 
 def refusal(
-    staged: StagedPartition, current: Sequence[ArchiveFile], known: dict[str, dict[str, Any]]
+    staged: StagedPartition,
+    listed: Sequence[ArchiveFile],
+    current: Sequence[ArchiveFile],
+    known: dict[str, dict[str, Any]],
 ) -> str | None:
-    """Why a staged partition may not be committed now, or None: `current` is what the
-    partition would load now (its pending files, listed under the lock), `known` the
-    tables' columns now."""
+    """Why a staged partition may not be committed now, or None: `current` is what of
+    its files it would load now (pending, listed under the lock; `listed` with those
+    already loaded), `known` the tables' columns now."""
     order = staged.order
     planned = {f.url: f for f in order.files}
     for f in current:
-        was = planned.get(f.url)
-        if was is None:
-            return f"{f.url} arrived after the partition was staged"
+        was = planned[f.url]
         if was.size != f.size or was.version != f.version:
             return f"{f.url} changed after the partition was staged"
-    if order.replay and len(current) != len(planned):
-        gone = sorted(set(planned) - {f.url for f in current})
+    gone = sorted(set(planned) - {f.url for f in listed})
+    if gone:
         return f"{gone[0]} is gone from the archive"
     for table, columns in order.context.known.items():
         now = known.get(table)
@@ -256,10 +272,10 @@ def commit_staged(
     try:
         with wh.lock(schema):
             loader.begin(schema, order.replay, record_files=True)
-            _, current = _loadable_now(loader, url, order)
+            listed, current = _loadable_now(loader, url, order)
             # Files another load committed since the plan count as skipped.
             report.files_skipped += len({f.url for f in order.files} - {f.url for f in current})
-            why = refusal(staged, current, loader.writer.known)
+            why = refusal(staged, listed, current, loader.writer.known)
             if why is None:
                 try:
                     _commit_reads(loader, staged, area, current, report)
@@ -277,6 +293,7 @@ def commit_staged(
                     order.replay,
                     tuple(current),
                     loader.encode_context(),
+                    order.part,
                 )
                 _commit_reads(loader, restage(again), area, current, report)
     finally:
@@ -291,9 +308,8 @@ def _loadable_now(
     """The partition's files as listed now, and those of them it would load now."""
     days = (order.day, order.day) if order.day is not None else None
     listed = SyncReport("", order.schema, loader.warehouse.target_name, url, "")
-    files = loader.files_of_days(url, days, order.replay, listed)
-    if order.day is None:
-        files = [f for f in files if received_day(f.url) is None]
+    planned = {f.url for f in order.files}
+    files = [f for f in loader.files_of_days(url, days, order.replay, listed) if f.url in planned]
     if order.replay:
         return files, files
     return files, pending_files(loader.warehouse, url, order.schema, files)
