@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -86,25 +87,15 @@ def run(kind: str, admin_dsn: str, archive: Path, days: int, mode: str, workers:
     staging = ROOT / ".cache" / f"{name}-staging"
     last = FIRST_DAY + timedelta(days=days - 1)
     try:
+        values = (kind, where, archive, FIRST_DAY, last, mode, workers, staging)
         out = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                CHILD,
-                kind,
-                where,
-                str(archive),
-                FIRST_DAY.isoformat(),
-                last.isoformat(),
-                mode,
-                str(workers),
-                str(staging),
-            ],
+            [sys.executable, "-c", CHILD, *(str(v) for v in values)],
             capture_output=True,
             text=True,
             check=True,
         )
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         if kind == "postgres":
             with psycopg.connect(admin_dsn, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

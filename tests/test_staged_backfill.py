@@ -85,6 +85,25 @@ def _serial(wh: Any, url: str, schema: str) -> SyncReport:
     return Loader(wh, batch_lines=700, readers=0).replay(url, schema, *DAYS)
 
 
+def _planned(
+    wh: Any, archive: str, tmp_path: Path, **plan: Any
+) -> tuple[Loader, StagingArea, list]:
+    """A loader, a staging area and the planned partitions of DAYS into schema `staged`."""
+    loader = Loader(wh, batch_lines=700, readers=0)
+    area = StagingArea(str(tmp_path / "staging"))
+    return loader, area, plan_stages(loader, archive, "staged", DAYS, replay=True, **plan)
+
+
+def _commit_all(
+    loader: Loader, archive: str, staged: list, area: StagingArea, restage: Any
+) -> SyncReport:
+    report = SyncReport("r", "staged", loader.warehouse.target_name, archive, "")
+    loader.warehouse.ensure_bookkeeping()
+    for s in staged:
+        commit_staged(loader, archive, s, area, report, restage)
+    return report
+
+
 def _staged_files(area: Path) -> list[Path]:
     return [p for p in area.rglob("*") if p.is_file()] if area.exists() else []
 
@@ -130,17 +149,14 @@ def test_stages_finishing_in_any_order_commit_as_serial(
     """Stages run in `finish_order` (the late partition last), commits in day order."""
     wh = open_wh()
     _serial(wh, archive, "serial")
-    loader = Loader(wh, batch_lines=700, readers=0)
-    area = StagingArea(str(tmp_path / "staging"))
-    orders = plan_stages(loader, archive, "staged", DAYS, replay=True)
+    loader, area, orders = _planned(wh, archive, tmp_path)
     assert [o.day for o in orders] == [FIRST.replace(day=n) for n in range(1, 5)]
     staged: dict[int, Any] = {}
     for i in finish_order:
         staged[i] = stage(orders[i], loader.read_options(), area)
-    report = SyncReport("r", "staged", wh.target_name, archive, "")
-    wh.ensure_bookkeeping()
-    for i in range(len(orders)):
-        commit_staged(loader, archive, staged[i], area, report, _no_restage)
+    report = _commit_all(
+        loader, archive, [staged[i] for i in range(len(orders))], area, _no_restage
+    )
     assert report.warnings == []
     _same(content(wh, "serial"), content(wh, "staged"))
 
@@ -162,30 +178,18 @@ def test_a_commit_killed_between_partitions_then_rerun_gives_the_serial_tables(
         if len(committed) == 2:
             raise KeyboardInterrupt  # the process dies between two partitions
 
+    def pending_run(**hooks: Any) -> SyncReport:
+        staging = StagingArea(str(area))
+        loader = Loader(wh, batch_lines=700)
+        return run_backfill(loader, archive, "staged", DAYS, staging, 2, replay=False, **hooks)
+
     with pytest.raises(KeyboardInterrupt):
-        run_backfill(
-            Loader(wh, batch_lines=700),
-            archive,
-            "staged",
-            DAYS,
-            StagingArea(str(area)),
-            workers=2,
-            replay=False,
-            on_committed=crash_after_two,
-        )
+        pending_run(on_committed=crash_after_two)
     assert committed == [FIRST, FIRST.replace(day=2)]
     # The two committed days' stages are gone; what remains is never committed as is.
     labels = {p.relative_to(area).parts[2] for p in _staged_files(area)}
     assert labels <= {"2026-11-03", "2026-11-04"}
-    report = run_backfill(
-        Loader(wh, batch_lines=700),
-        archive,
-        "staged",
-        DAYS,
-        StagingArea(str(area)),
-        workers=2,
-        replay=False,
-    )
+    report = pending_run()
     assert report.files_skipped > 0 and report.staged["partitions"] == 2
     _same(content(wh, "serial"), content(wh, "staged"))
     assert _staged_files(area) == []
@@ -196,9 +200,7 @@ def test_a_stage_killed_part_way_is_never_committed(open_wh, archive: str, tmp_p
     other stages until its own day commits, which deletes it."""
     wh = open_wh()
     _serial(wh, archive, "serial")
-    loader = Loader(wh, batch_lines=700, readers=0)
-    area = StagingArea(str(tmp_path / "staging"))
-    orders = plan_stages(loader, archive, "staged", DAYS, replay=True)
+    loader, area, orders = _planned(wh, archive, tmp_path)
     cut = stage(orders[1], loader.read_options(), area)
     (Path(cut.folder) / "manifest.json").unlink()
     (Path(cut.folder) / "000001.read").unlink()
@@ -212,9 +214,7 @@ def test_a_file_changed_since_staging_is_refused_and_staged_again(
     open_wh, archive: str, tmp_path: Path
 ) -> None:
     wh = open_wh()
-    loader = Loader(wh, batch_lines=700, readers=0)
-    area = StagingArea(str(tmp_path / "staging"))
-    orders = plan_stages(loader, archive, "staged", DAYS, replay=True)
+    loader, area, orders = _planned(wh, archive, tmp_path)
     staged = [stage(o, loader.read_options(), area) for o in orders]
     changed = _day_folder(Path(archive).parent, FIRST.replace(day=2)) / "zz-order.gz"
     write_ndjson(
@@ -228,10 +228,7 @@ def test_a_file_changed_since_staging_is_refused_and_staged_again(
         restaged.append(order.label)
         return stage(order, loader.read_options(), area)
 
-    report = SyncReport("r", "staged", wh.target_name, archive, "")
-    wh.ensure_bookkeeping()
-    for s in staged:
-        commit_staged(loader, archive, s, area, report, restage)
+    report = _commit_all(loader, archive, staged, area, restage)
     assert restaged == ["2026-11-02"]
     assert any("changed after the partition was staged" in w for w in report.warnings)
     _serial(wh, archive, "serial")  # of the archive as it is now
@@ -243,20 +240,15 @@ def test_a_tampered_staged_file_is_refused_before_it_is_read(
 ) -> None:
     wh = open_wh()
     _serial(wh, archive, "serial")
-    loader = Loader(wh, batch_lines=700, readers=0)
-    area = StagingArea(str(tmp_path / "staging"))
-    orders = plan_stages(loader, archive, "staged", DAYS, replay=True)
+    loader, area, orders = _planned(wh, archive, tmp_path)
     staged = [stage(o, loader.read_options(), area) for o in orders]
     blob = Path(staged[2].folder) / "000000.read"
     blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
     with pytest.raises(Exception, match="does not match its checksum"):
         list(staged_reads(staged[2], area, {f.url for f in staged[2].order.files}))
-    report = SyncReport("r", "staged", wh.target_name, archive, "")
-    wh.ensure_bookkeeping()
-    for s in staged:
-        commit_staged(
-            loader, archive, s, area, report, lambda o: stage(o, loader.read_options(), area)
-        )
+    report = _commit_all(
+        loader, archive, staged, area, lambda o: stage(o, loader.read_options(), area)
+    )
     assert any("checksum" in w for w in report.warnings)
     _same(content(wh, "serial"), content(wh, "staged"))
 
@@ -338,15 +330,10 @@ def test_a_day_split_into_stages_commits_as_serial(open_wh, archive: str, tmp_pa
     """A day too large for one worker is staged in parts of a few files, in order."""
     wh = open_wh()
     _serial(wh, archive, "serial")
-    loader = Loader(wh, batch_lines=700, readers=0)
-    area = StagingArea(str(tmp_path / "staging"))
-    orders = plan_stages(loader, archive, "staged", DAYS, replay=True, files_per_stage=2)
+    loader, area, orders = _planned(wh, archive, tmp_path, files_per_stage=2)
     assert [o.label for o in orders[:2]] == ["2026-11-01.0000", "2026-11-01.0001"]
     assert [f for o in orders for f in o.files] == sorted(f for o in orders for f in o.files)
     staged = [stage(o, loader.read_options(), area) for o in reversed(orders)][::-1]
-    report = SyncReport("r", "staged", wh.target_name, archive, "")
-    wh.ensure_bookkeeping()
-    for s in staged:
-        commit_staged(loader, archive, s, area, report, _no_restage)
+    _commit_all(loader, archive, staged, area, _no_restage)
     _same(content(wh, "serial"), content(wh, "staged"))
     assert _staged_files(tmp_path / "staging") == []
