@@ -1,7 +1,13 @@
 """The asset factory: one multi-asset per (source, target), one spec per table.
 
 All loading is `loader`'s; this module only maps a Dagster run (partition, selection,
-config) onto one `Loader` call and the run's report onto per-table events.
+config) onto the loader and the run's report onto per-table events. The multi-asset is a
+graph: `plan` (checks selective sync, plans one stage per received day), `stage` (mapped
+over the days: read, normalise, encode into the staging area; no pool, no warehouse, so
+a backfill's days stage at once on the run's executor) and `commit` (in the pool of its
+(source, target): commits the staged days in order, the lock held per day, then emits
+the tables' events). A subset run, or a single day's pending files, loads in the commit
+step as one `Loader.load` call (the plan stages nothing).
 """
 
 import dataclasses
