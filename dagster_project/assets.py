@@ -1,9 +1,16 @@
 """The asset factory: one multi-asset per (source, target), one spec per table.
 
 All loading is `loader`'s; this module only maps a Dagster run (partition, selection,
-config) onto one `Loader` call and the run's report onto per-table events.
+config) onto the loader and the run's report onto per-table events. The multi-asset is a
+graph: `plan` (checks selective sync, plans one stage per received day), `stage` (mapped
+over the days: read, normalise, encode into the staging area; no pool, no warehouse, so
+a backfill's days stage at once on the run's executor) and `commit` (in the pool of its
+(source, target): commits the staged days in order, the lock held per day, then emits
+the tables' events). A subset run, or a single day's pending files, loads in the commit
+step as one `Loader.load` call (the plan stages nothing).
 """
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +26,18 @@ from loader.config.errors import ConfigError
 from loader.rules.naming import snake_case
 from loader.rules.selective_sync import SelectiveSync
 from loader.sync.catalog import tables_of, update_catalog
-from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
+from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport, recorded_run
 from loader.sync.project import Project
+from loader.sync.staging import (
+    CommitClock,
+    StagedPartition,
+    StageOrder,
+    StagingArea,
+    commit_staged,
+    plan_stages,
+    progress_of,
+    stage,
+)
 from loader.warehouses.base import LockBusy
 from loader.warehouses.warehouse import Warehouse
 
@@ -182,55 +199,145 @@ def build_source_assets(
         check_spec(CHECK_SELECTIVE_SYNC, rejects_key, blocking=True),
     ]
     res_key = resource_key(target)
+    name = op_name(source, target)
+    schema = project.schema_of(source)
+    url = project.archive_url(source)
+    # Graph outputs: one per table (the spec as declared), one per check (its identifier).
+    out_of = {spec.key: spec.key.to_python_identifier() for spec in specs}
+    check_outs = [c.get_python_identifier() for c in check_specs]
 
-    @dg.multi_asset(
-        name=op_name(source, target),
-        specs=specs,
-        check_specs=check_specs,
-        can_subset=True,
-        partitions_def=daily_partitions(project, source),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=pool_name(source, target),
+    def make_loader(warehouse: Warehouse, sync_filter: Any, plan: Any) -> Loader:
+        return Loader(
+            warehouse,
+            batch_lines=settings.batch_lines or DEFAULT_BATCH_LINES,
+            storage_options=settings.storage_options or None,
+            sync_filter=sync_filter,
+            readers=settings.readers,
+            tracking_plan=plan,
+        )
+
+    @dg.op(
+        name=f"{name}__plan",
+        ins={"archive": dg.In(dg.Nothing)},
+        out={"orders": dg.DynamicOut(Any), "plan": dg.Out(Any)},
         required_resource_keys={res_key},
     )
-    def _sync(context: dg.AssetExecutionContext, config: SyncConfig) -> Iterator[Any]:
-        resource: WarehouseResource = getattr(context.resources, res_key)
-        selected = {table_of[k] for k in context.selected_asset_keys}
+    def _plan(context: dg.OpExecutionContext, config: SyncConfig) -> Iterator[Any]:
+        """The run's mode, and in a staged run one order per received day to stage. The
+        selective sync file is checked here, before anything loads."""
+        selected = {table_of[k] for k in context.selected_asset_keys if k in table_of}
         full = selected >= set(table_of.values())
         window = context.partition_time_window
         days = (window.start.date(), (window.end - timedelta(days=1)).date())
         replay = config.replay or "dagster/backfill" in context.run.tags or not full
-        yield from _selective_sync_check(context, project, rejects_key)
+        info: dict[str, Any] = {
+            "mode": "serial",
+            "days": days,
+            "replay": replay,
+            "full": full,
+            "selected": sorted(selected),
+        }
+        try:
+            project.load_selective_sync()
+        except ConfigError as exc:
+            info.update(mode="invalid", error=str(exc))
+        # A subset (or a day's pending files) loads serially; a full backfill is staged.
+        if info["mode"] == "serial" and full and (replay or days[0] != days[1]):
+            current = current_rules(project)
+            plan = current_plan(project, source)
+            resource: WarehouseResource = getattr(context.resources, res_key)
+            with resource.open() as warehouse:
+                loader = make_loader(warehouse, current.filter_for(target, source), plan)
+                counts = SyncReport("", schema, target, url, "")
+                with loader_logs_to(context):
+                    orders = plan_stages(loader, url, schema, days, replay, counts)
+                # Storage options can be credentials: never in a step output (the IO
+                # manager writes outputs to disk); each stage puts the source's back.
+                options = dataclasses.replace(loader.read_options(), storage_options=None)
+            info.update(
+                mode="staged",
+                partitions=len(orders),
+                files_seen=counts.files_seen,
+                files_skipped=counts.files_skipped,
+                files_undated=counts.files_undated,
+            )
+            context.log.info(
+                f"staging {len(orders)} partition(s) of {days[0]}..{days[1]} of {source} "
+                f"for {target}.{schema}"
+            )
+            for order in orders:
+                yield dg.DynamicOutput(
+                    (order, options),
+                    mapping_key=order.label.replace("-", "_"),
+                    output_name="orders",
+                )
+        yield dg.Output(info, output_name="plan")
+        if info["mode"] != "staged" or not info["partitions"]:
+            # A collect of nothing would skip the commit: one empty order keeps it.
+            yield dg.DynamicOutput(None, mapping_key="none", output_name="orders")
+
+    @dg.op(name=f"{name}__stage")
+    def _stage(context: dg.OpExecutionContext, item: Any) -> Any:
+        """One partition read, normalised and encoded into the staging area: no lock,
+        no warehouse, as many at once as the executor runs."""
+        if item is None:
+            return None
+        order, options = item
+        options = dataclasses.replace(options, storage_options=settings.storage_options or None)
+        with loader_logs_to(context):
+            staged = stage(order, options, staging_area(project, source), readers=0)
+        context.log.info(
+            f"staged {order.label}: {len(order.files)} file(s), {staged.lines} line(s) "
+            f"in {staged.seconds:.1f}s"
+        )
+        return staged
+
+    @dg.op(
+        name=f"{name}__commit",
+        pool=pool_name(source, target),
+        required_resource_keys={res_key},
+        out={o: dg.Out(dg.Nothing, is_required=False) for o in [*out_of.values(), *check_outs]},
+    )
+    def _commit(context: dg.OpExecutionContext, plan: Any, staged: list) -> Iterator[Any]:
+        """The staged partitions committed in archive order under the schema's lock (a
+        subset run loads here, serially), then the tables' events."""
+        if plan["mode"] == "invalid":
+            yield from _selective_sync_check(context, project, rejects_key)
+            raise dg.Failure(
+                f"selective sync file is invalid: {plan['error']}", allow_retries=False
+            )
+        resource: WarehouseResource = getattr(context.resources, res_key)
+        selected = set(plan["selected"])
+        full, replay, days = plan["full"], plan["replay"], tuple(plan["days"])
         current = current_rules(project)
-        plan = current_plan(project, source)
+        tracking = current_plan(project, source)
         sync_filter = current.filter_for(target, source)
         if not full:
             # A subset replays the selected tables only and leaves the files pending.
             sync_filter = sync_filter.restricted_to(selected - {REJECTS_TABLE})
-        schema = project.schema_of(source)
         with resource.open() as warehouse:
-            loader = Loader(
-                warehouse,
-                batch_lines=settings.batch_lines or DEFAULT_BATCH_LINES,
-                storage_options=settings.storage_options or None,
-                sync_filter=sync_filter,
-                readers=settings.readers,
-                tracking_plan=plan,
-            )
+            loader = make_loader(warehouse, sync_filter, tracking)
             context.log.info(
                 f"{'replaying' if replay else 'loading pending files of'} "
                 f"{days[0]}..{days[1]} of {source} into {target}.{schema} "
                 f"({'all tables' if full else ', '.join(sorted(selected))})"
+                + (
+                    f", {plan['partitions']} staged partition(s)"
+                    if plan["mode"] == "staged"
+                    else ""
+                )
             )
             try:
                 with loader_logs_to(context):
-                    report = loader.load(
-                        project.archive_url(source),
-                        schema,
-                        days=days,
-                        replay=replay,
-                        record_files=full,
-                    )
+                    if plan["mode"] == "staged":
+                        parts = [s for s in staged if s is not None]
+                        report = _commit_partitions(
+                            loader, url, schema, plan, parts, area=staging_area(project, source)
+                        )
+                    else:
+                        report = loader.load(
+                            url, schema, days=days, replay=replay, record_files=full
+                        )
             except LockBusy as exc:
                 raise dg.RetryRequested(max_retries=20, seconds_to_wait=30) from exc
             tables = warehouse.read_schema(schema)
@@ -254,7 +361,76 @@ def build_source_assets(
                     metadata=_table_metadata(warehouse, schema, table, report, tables),
                 )
 
-    return _sync
+    def _config(config: dict[str, Any]) -> dict[str, Any]:
+        return {f"{name}__plan": {"config": dict(config)}}
+
+    @dg.graph_multi_asset(
+        name=name,
+        outs={
+            out_of[spec.key]: dg.AssetOut.from_spec(
+                spec.replace_attributes(deps=[]), dagster_type=dg.Nothing
+            )
+            for spec in specs
+        },
+        # An AssetOut takes no deps: every table depends on the archive through the plan.
+        ins={"archive": dg.AssetIn(key=archive_key, dagster_type=dg.Nothing)},
+        check_specs=check_specs,
+        can_subset=True,
+        partitions_def=daily_partitions(project, source),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        # The run config users give today ({ops: {name: {config: {replay: ...}}}}) still works.
+        config=dg.ConfigMapping(config_fn=_config, config_schema=SyncConfig.to_config_schema()),
+    )
+    def _sync(archive):  # type: ignore[no-untyped-def]
+        orders, plan = _plan(archive)
+        outs = _commit(plan, orders.map(_stage).collect())
+        return {o: getattr(outs, o) for o in [*out_of.values(), *check_outs]}
+
+    # A graph asset's outs take the graph's group: each table gets its spec's back.
+    group_of = {spec.key: spec.group_name for spec in specs}
+    return _sync.map_asset_specs(
+        lambda spec: spec.replace_attributes(group_name=group_of[spec.key])
+    )
+
+
+def staging_area(project: Project, source: str) -> StagingArea:
+    """Where a staged run's partitions are written between their stage and commit steps:
+    a folder of the project, reached by every step process (one machine)."""
+    return StagingArea(str(project.root / ".sluice" / "staging"))
+
+
+def _commit_partitions(
+    loader: Loader,
+    url: str,
+    schema: str,
+    plan: dict[str, Any],
+    staged: list[StagedPartition],
+    area: StagingArea,
+) -> SyncReport:
+    """As loader.sync.backfill.run_backfill commits: each partition in order, the lock
+    held per commit; a refused stage is staged again here."""
+    clock = CommitClock()
+    days = plan["days"]
+    with recorded_run(loader.warehouse, schema, url) as report:
+        if plan["replay"]:
+            report.replay = {"from": days[0].isoformat(), "to": days[1].isoformat()}
+        report.files_seen += plan["files_seen"]
+        report.files_skipped += plan["files_skipped"]
+        report.files_undated = plan["files_undated"]
+        loader.track(progress_of([s.order for s in staged]))
+
+        def restage(order: StageOrder) -> StagedPartition:
+            return stage(order, loader.read_options(), area, readers=loader.readers)
+
+        for part in staged:
+            commit_staged(loader, url, part, area, report, restage, clock)
+        report.staged = {
+            "partitions": len(staged),
+            "workers": "dagster",
+            "stage_s": round(sum(s.seconds for s in staged), 3),
+            "lock_held_s": round(clock.locked_s, 3),
+        }
+    return report
 
 
 def current_rules(project: Project) -> SelectiveSync:
