@@ -29,11 +29,9 @@ from loader.sync.catalog import tables_of, update_catalog
 from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport, recorded_run
 from loader.sync.project import Project
 from loader.sync.staging import (
-    CommitClock,
     StagedPartition,
-    StageOrder,
     StagingArea,
-    commit_staged,
+    commit_in_order,
     plan_stages,
     progress_of,
     stage,
@@ -395,8 +393,9 @@ def build_source_assets(
 
 def staging_area(project: Project, source: str) -> StagingArea:
     """Where a staged run's partitions are written between their stage and commit steps:
-    a folder of the project, reached by every step process (one machine)."""
-    return StagingArea(str(project.root / ".sluice" / "staging"))
+    the source's `staging:` (shared storage when steps run on several machines)."""
+    options = project.source(source).storage_options or None
+    return StagingArea(project.staging_url(source), options)
 
 
 def _commit_partitions(
@@ -409,7 +408,6 @@ def _commit_partitions(
 ) -> SyncReport:
     """As loader.sync.backfill.run_backfill commits: each partition in order, the lock
     held per commit; a refused stage is staged again here."""
-    clock = CommitClock()
     days = plan["days"]
     with recorded_run(loader.warehouse, schema, url) as report:
         if plan["replay"]:
@@ -418,18 +416,7 @@ def _commit_partitions(
         report.files_skipped += plan["files_skipped"]
         report.files_undated = plan["files_undated"]
         loader.track(progress_of([s.order for s in staged]))
-
-        def restage(order: StageOrder) -> StagedPartition:
-            return stage(order, loader.read_options(), area, readers=loader.readers)
-
-        for part in staged:
-            commit_staged(loader, url, part, area, report, restage, clock)
-        report.staged = {
-            "partitions": len(staged),
-            "workers": "dagster",
-            "stage_s": round(sum(s.seconds for s in staged), 3),
-            "lock_held_s": round(clock.locked_s, 3),
-        }
+        commit_in_order(loader, url, staged, area, report, "the executor's")
     return report
 
 

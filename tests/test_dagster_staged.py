@@ -46,7 +46,9 @@ def _steps(instance: dg.DagsterInstance, run_id: str) -> dict[str, dict]:
 
 
 def test_a_backfill_stages_days_in_parallel_and_commits_them_once_in_order(
-    project_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    project_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     home = tmp_path / "dagster_home"
     home.mkdir()

@@ -14,13 +14,11 @@ from loader.sync.pipeline import Loader, SyncReport, recorded_run
 from loader.sync.stage_worker import StageWorkers
 from loader.sync.staging import (
     CommitClock,
-    StagedPartition,
     StageOrder,
     StagingArea,
-    commit_staged,
+    commit_in_order,
     plan_stages,
     progress_of,
-    stage,
 )
 
 
@@ -38,33 +36,19 @@ def run_backfill(
     """Load the received days `days` through staged partitions: `workers` processes stage
     them (no lock), this process commits them in day order (the lock held per commit
     only). The tables come out as a serial load of the same days would leave them."""
-    clock = CommitClock()
     with recorded_run(loader.warehouse, schema, url) as report:
         if replay:
             report.replay = {"from": days[0].isoformat(), "to": days[1].isoformat()}
         orders = plan_stages(loader, url, schema, days, replay, report, files_per_stage)
         loader.track(progress_of(orders))
         options = loader.read_options()
-
-        def restage(order: StageOrder) -> StagedPartition:
-            return stage(order, options, area, readers=loader.readers)
-
         pool = StageWorkers(min(workers, len(orders) or 1))
         try:
             futures = [pool.submit(order, options, area) for order in orders]
-            for order, future in zip(orders, futures, strict=True):
-                staged = future.result()
-                commit_staged(loader, url, staged, area, report, restage, clock)
-                if on_committed is not None:
-                    on_committed(order, clock)
+            staged = (future.result() for future in futures)
+            commit_in_order(loader, url, staged, area, report, workers, on_committed)
         except BaseException:
             pool.stop()
             raise
         pool.close()
-        report.staged = {
-            "partitions": len(orders),
-            "workers": workers,
-            "stage_s": round(sum(f.result().seconds for f in futures), 3),
-            "lock_held_s": round(clock.locked_s, 3),
-        }
     return report
