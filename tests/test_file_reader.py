@@ -226,3 +226,24 @@ def test_reader_processes_yield_the_cpu_to_the_loading_process(tmp_path: Path) -
         assert theirs == min(19, mine + READER_NICENESS)
     finally:
         reader.close()
+
+
+def test_reader_processes_build_arrow_batches_without_loading_pandas(tmp_path: Path) -> None:
+    """pyarrow would import pandas into a reader the first time it builds an array
+    (55 MB a reader, never used): the reader refuses it and still encodes."""
+    from loader.encode.arrow_batches import ArrowEncoder, read_table
+    from loader.encode.file_reader import EncodeContext, _ReaderProcess
+
+    path = write_ndjson(tmp_path / "a.gz", [track("m1", n=1), track("m2", n=2)])
+    context = EncodeContext(known={}, uuid_ts="2026-11-01T10:00:00+00:00")
+    reader = _ReaderProcess()
+    try:
+        reader.send(ArchiveFile(str(path), 0), ReadOptions(encoder=ArrowEncoder()), context)
+        read = reader.receive()
+        table = read_table([read.encoded["order_completed"].payload])
+        assert table.column("n").to_pylist() == [1, 2]
+        maps = Path(f"/proc/{reader.process.pid}/maps").read_text()
+        assert "pyarrow" in maps
+        assert "/pandas/" not in maps
+    finally:
+        reader.close()

@@ -93,6 +93,10 @@ class SqlDialect:
         PRIMARY KEY: every write is an anti-join on the key anyway)."""
         return f", PRIMARY KEY ({', '.join(self.ident(c) for c in columns)})"
 
+    def id_key(self) -> str:
+        """An event or object table's key clause on `id`."""
+        return self.primary_key(["id"])
+
     def table_options(self, keys: Sequence[str], bookkeeping: str = "") -> str:
         """What follows a CREATE TABLE's column list (a table engine and its order);
         `bookkeeping` names the _sluice table being made, if it is one."""

@@ -121,7 +121,7 @@ def create_bookkeeping(d: SqlDialect, table: Table) -> str:
 def create_table(d: SqlDialect, schema: str, table: str, columns: dict[str, ColumnType]) -> str:
     cols = ", ".join(f"{d.ident(n)} {d.column_type(n, k)}" for n, k in columns.items())
     options = d.table_options(["id"])
-    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}{d.primary_key(['id'])}){options}"
+    return f"CREATE TABLE {d.table_ref(schema, table)} ({cols}{d.id_key()}){options}"
 
 
 def add_column(d: SqlDialect, schema: str, table: str, name: str, kind: ColumnType) -> str:
