@@ -256,8 +256,8 @@ class DuckDBWarehouse(Warehouse):
         found: dict[int, set[str]] = {i: set() for i in range(len(asked))}
         try:
             lookup = " UNION ALL ".join(
-                f"SELECT {i} AS t, s.id FROM {name} AS s "
-                f"SEMI JOIN {self.table_ref(schema, table)} AS x ON x.id = s.id"
+                f"SELECT {i} AS t, s.id FROM {name} AS s SEMI JOIN "
+                f"{self.table_ref(schema, table)} AS x ON {self._id_text(schema, table)} = s.id"
                 for i, (name, (table, _)) in enumerate(zip(names, asked, strict=True))
             )
             for i, row_id in self.conn.execute(lookup).fetchall():
@@ -266,6 +266,13 @@ class DuckDBWarehouse(Warehouse):
             for name in names:
                 self.conn.unregister(name)
         self._present = {(schema, table): found[i] for i, (table, _) in enumerate(asked)}
+
+    def _id_text(self, schema: str, table: str) -> str:
+        """The table's id as text for the lookup: as it is when varchar (no cast in the
+        scan), cast when someone altered its type."""
+        if self._types_of(schema, table, ["id"]).get("id") == "varchar":
+            return "x.id"
+        return "CAST(x.id AS VARCHAR)"
 
     def insert_encoded(
         self, schema: str, table: str, chunks: Sequence[EncodedChunk], fill_nulls: bool = False
