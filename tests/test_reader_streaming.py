@@ -3,7 +3,8 @@ the tables a load ends with must not depend on where a file's parts begin and en
 
 Each archive here spans many parts of PART_LINES = 7 (a first value in one part
 contradicted in the next, a column first seen in a later part, a messageId repeated
-across parts, a broken line in a middle part, identifies, a gzip cut mid-file), and is
+across parts, a broken line in a middle part, identifies, a gzip cut mid-file, a table
+sent as tuples), and is
 loaded twice into one warehouse: parted, and with PART_LINES larger than any file (one
 part per file, as before parts). Both schemas must hold the same tables: columns in
 order with their types, rows, `_rescued_data`, rejects, and the same report."""
@@ -271,3 +272,31 @@ def test_without_an_encoder_a_file_is_read_whole(tmp_path: Path) -> None:
     read = read_file(ArchiveFile(str(path), 1), ReadOptions(part_lines=PART))
     assert not read.encoded
     assert len(read.tables["order_completed"].rows) == 24
+
+
+def test_a_table_sent_as_tuples_loads_as_one_chunk(
+    tmp_path: Path, pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table with a column someone altered (binary COPY does not write numeric) goes
+    to the loader as tuples, not encoded: its rows from a parted file are the same."""
+    archive = tmp_path / "archive"
+    write_ndjson(archive / DAY / "f00.gz", [_t(f"a{i}", i, v=i, w="x") for i in range(9)])
+    wh = PostgresWarehouse("pg", pg_dsn)
+    try:
+        for schema in ("parted", "whole"):
+            _load(wh, archive, schema, WHOLE, 0, monkeypatch)
+            wh.execute(f'ALTER TABLE "{schema}"."order_completed" ALTER COLUMN v TYPE numeric')
+        rows: list[Any] = [_t(f"b{i}", 20 + i, v=i, w=f"w{i}") for i in range(9)]
+        rows += [_t(f"b{i}", 20 + i, w=i, late=1) for i in range(9, 16)]
+        rows += [_t(f"b{i}", 20 + i, late=2.5, v=2.5, z=None) for i in range(16, 26)]
+        rows[12] = _t("b3", 32, v=-1)
+        write_ndjson(archive / DAY / "f01.gz", rows)
+        write_ndjson(archive / DAY / "f02.gz", [_t(f"c{i}", 50 + i, late="t") for i in range(15)])
+        parted = _load(wh, archive, "parted", PART, 2, monkeypatch)
+        whole = _load(wh, archive, "whole", WHOLE, 2, monkeypatch)
+        assert "order_completed" in wh.tables_taking_tuples("parted")
+    finally:
+        wh.close()
+    _same(parted, whole)
+    columns, loaded = parted["tables"]["order_completed"]
+    assert ("late", "double") in columns and len(loaded) == 9 + 25 + 15
