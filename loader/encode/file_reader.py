@@ -212,8 +212,8 @@ def read_file(
 
 
 class _Parts:
-    """A file's rows encoded part by part into its FileRead (`encoded`; a table sent as
-    tuples is kept whole for `tables`)."""
+    """A file's rows encoded part by part into its FileRead (`encoded`); a table sent
+    as tuples keeps its parts as tuples, joined into one chunk for `tables`."""
 
     __slots__ = ("read", "options", "encoder", "context", "names", "evidence", "tuples")
 
