@@ -65,12 +65,16 @@ print(json.dumps({"seconds": seconds, "lines": report.lines_read,
 """
 
 
-def archive_for(events: int) -> Path:
-    path = ROOT / ".cache" / f"archive-{events}"
+EVENTS_PER_FILE = 10_000
+
+
+def archive_for(events: int, per_file: int = EVENTS_PER_FILE) -> Path:
+    name = f"archive-{events}" if per_file == EVENTS_PER_FILE else f"archive-{events}-{per_file}"
+    path = ROOT / ".cache" / name
     if not (path / ".done").exists():
         from loader.sources.sample import write_archive
 
-        write_archive(path, events, events_per_file=10_000, malformed=False)
+        write_archive(path, events, events_per_file=per_file, malformed=False)
         (path / ".done").touch()
     return path
 
@@ -199,6 +203,12 @@ def main() -> None:
     )
     parser.add_argument("--batch-lines", type=int, default=20_000)
     parser.add_argument(
+        "--events-per-file",
+        type=int,
+        default=EVENTS_PER_FILE,
+        help="lines per archive file (the cached archive's name says it when not the default)",
+    )
+    parser.add_argument(
         "--duckdb-memory-limit",
         help="DuckDB's memory_limit for the DuckDB loads (e.g. 256MB; default: a target's, 1GB)",
     )
@@ -218,7 +228,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.duckdb_memory_limit:
         os.environ["SLUICE_BENCH_DUCKDB_MEMORY_LIMIT"] = args.duckdb_memory_limit
-    archive = archive_for(args.events)
+    archive = archive_for(args.events, args.events_per_file)
     kinds = ["duckdb", "postgres"] if args.warehouse == "both" else [args.warehouse]
     results = []
     plan = write_plan(archive) if args.tracking_plan else None

@@ -76,11 +76,11 @@ def plain(read):
         "users": sorted(read.users), "accounts": sorted(read.accounts),
         "tables": {t: [c.names, [list(map(repr, r)) for r in c.rows], repr(c.rescued)]
                    for t, c in sorted(read.tables.items())},
-        "encoded": {t: [list(e.columns), hashlib.sha256(e.payload).hexdigest(), e.row_ends,
-                        e.ids, {k: v.value for k, v in e.types.items()},
-                        {k: [v.first.value, v.saw_double] for k, v in e.evidence.items()},
-                        e.rescued_at, e.rescued_cut]
-                    for t, e in sorted(read.encoded.items())},
+        "encoded": {t: [[list(e.columns), hashlib.sha256(e.payload).hexdigest(), e.row_ends,
+                         e.ids, {k: v.value for k, v in e.types.items()},
+                         {k: [v.first.value, v.saw_double] for k, v in e.evidence.items()},
+                         e.rescued_at, e.rescued_cut] for e in parts]
+                    for t, parts in sorted(read.encoded.items())},
         "decided": repr(read.decided),
     }
 

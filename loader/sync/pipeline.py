@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from loader.encode import file_reader
 from loader.encode.encoded import EncodedChunk
 from loader.encode.file_reader import (
     EncodeContext,
@@ -427,6 +428,8 @@ class Loader:
             row_bytes=capabilities.max_row_bytes,
             rescued_bytes=capabilities.max_rescued_bytes,
             plan=self.tracking_plan,
+            # This process's, so that readers in processes part files alike.
+            part_lines=file_reader.PART_LINES,
         )
 
     def _batches(self, todo: list[ArchiveFile], reads: Iterable[FileRead]) -> Iterator[_Batch]:
@@ -490,8 +493,12 @@ class Loader:
         batch.seen.update(read.ids)
         for table, chunk in read.tables.items():
             batch.by_table[table].append(chunk.without_ids(repeated) if repeated else chunk)
-        for table, encoded in read.encoded.items():
-            batch.encoded[table].append(encoded.without_ids(repeated) if repeated else encoded)
+        for table, parts in read.encoded.items():
+            into = batch.encoded[table]
+            if repeated:
+                into.extend(part.without_ids(repeated) for part in parts)
+            else:
+                into.extend(parts)
         batch.profile_keys["users"].update(read.users)
         batch.profile_keys["accounts"].update(read.accounts)
         batch.files.append((read.url, read.lines))
@@ -623,8 +630,10 @@ class Loader:
     ) -> None:
         """Readers' encoded rows: the batch's new columns typed from every file's
         evidence in archive order, then one bulk insert. A chunk whose reader typed a new
-        column otherwise is laid out again here from its rows as read."""
-        # Every file's evidence, even of one whose rows were all duplicates: the types
+        column otherwise is laid out again here from its rows as read (a file's later
+        parts as much as a later file: each part was typed from its own rows, the
+        file's first part carries the whole file's evidence)."""
+        # Every chunk's evidence, even of one whose rows were all duplicates: the types
         # must not depend on which files share a batch.
         evidence = [c.evidence for c in chunks]
         chunks = [c for c in chunks if c.rows]

@@ -39,7 +39,8 @@ from loader.encode.file_reader import EncodeContext, FileRead, ReadOptions, read
 from loader.sources.archive import ArchiveFile, received_day
 from loader.sync.pipeline import Loader, LoadProgress, SyncReport, pending_files
 
-STAGE_FORMAT = 1
+# 2: a FileRead's encoded rows are a list of parts per table.
+STAGE_FORMAT = 2
 MANIFEST = "manifest.json"
 
 
@@ -230,6 +231,8 @@ def staged_reads(
         read = pickle.loads(data)
         if not isinstance(read, FileRead) or read.url != f.url:
             raise StageRefused(f"staged file {path} is not the stage of {f.url}")
+        if not all(isinstance(parts, list) for parts in read.encoded.values()):
+            raise StageRefused(f"staged file {path} is of an earlier stage format")
         yield read
 
 
