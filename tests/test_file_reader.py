@@ -240,7 +240,7 @@ def test_reader_processes_build_arrow_batches_without_loading_pandas(tmp_path: P
     try:
         reader.send(ArchiveFile(str(path), 0), ReadOptions(encoder=ArrowEncoder()), context)
         read = reader.receive()
-        table = read_table([read.encoded["order_completed"].payload])
+        table = read_table([part.payload for part in read.encoded["order_completed"]])
         assert table.column("n").to_pylist() == [1, 2]
         maps = Path(f"/proc/{reader.process.pid}/maps").read_text()
         assert "pyarrow" in maps
