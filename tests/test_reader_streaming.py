@@ -5,8 +5,9 @@ Each archive here spans many parts of PART_LINES = 7 (a first value in one part
 contradicted in the next, a column first seen in a later part, a messageId repeated
 across parts, a broken line in a middle part, identifies, a gzip cut mid-file, a table
 sent as tuples), and is loaded twice into one warehouse: parted, and with PART_LINES
-larger than any file (one part per file, as before parts). Both schemas must hold the same tables: columns in
-order with their types, rows, `_rescued_data`, rejects, and the same report."""
+larger than any file (one part per file, as before parts). Both schemas must hold the
+same tables: columns in order with their types, rows, `_rescued_data`, rejects, and the
+same report."""
 
 from __future__ import annotations
 
