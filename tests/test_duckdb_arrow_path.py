@@ -258,22 +258,20 @@ def test_an_id_reaching_the_insert_twice_is_never_loaded_twice(tmp_path: Path) -
         duck.close()
 
 
-def test_ids_looked_up_for_a_batch_serve_that_batch_only(tmp_path: Path) -> None:
-    """The batch's one lookup of ids already there leaves them out of its inserts; a
-    lookup is forgotten when its transaction ends, so a later insert never trusts it."""
+def test_a_failed_insert_reports_its_own_error(tmp_path: Path) -> None:
+    """A failed statement aborts DuckDB's transaction, which then refuses the insert's
+    clean-up too: the error raised is the statement's (here a value too large for a
+    column someone narrowed), and nothing of the batch is loaded."""
+    import duckdb
+
     duck = DuckDBWarehouse("d", str(tmp_path / "w.duckdb"))
-    table = "order_completed"
     try:
         Loader(duck).load(str(_archive(tmp_path / "a", [[track("m1", n=1)]])), "s")
-        with duck.transaction():
-            duck.expect_inserts("s", {table: ["m1", "m2"]})
-            assert duck.insert_encoded("s", table, [_chunk(["m1", "m2"], [5, 2])]) == 1
-        with duck.transaction():
-            duck.expect_inserts("s", {table: ["m3"]})  # m3 is not there yet
-        assert duck.insert_new_rows("s", table, ["id", "n"], [("m3", 3)]) == 1
-        assert duck.insert_encoded("s", table, [_chunk(["m3"], [4])]) == 0
-        rows = duck.fetchall(f"SELECT id, n FROM s.{table} ORDER BY id")
-        assert rows == [("m1", 1), ("m2", 2), ("m3", 3)]
+        duck.execute("ALTER TABLE s.order_completed ALTER n TYPE INTEGER")
+        later = _archive(tmp_path / "b", [[track("m2", n=2**40), track("m3", n=3)]])
+        with pytest.raises(duckdb.ConversionException, match="out of range"):
+            Loader(duck, readers=0).load(str(later), "s")
+        assert duck.fetchall("SELECT id, n FROM s.order_completed") == [("m1", 1)]
     finally:
         duck.close()
 

@@ -514,16 +514,6 @@ class Loader:
         rows_before = dict(report.rows_loaded)
         try:
             with wh.transaction():
-                if not self._replay:
-                    known = self.writer.known
-                    wh.expect_inserts(
-                        schema,
-                        {
-                            table: [i for chunk in chunks for i in chunk.ids]
-                            for table, chunks in batch.encoded.items()
-                            if table in known
-                        },
-                    )
                 for table, rows in by_table.items():
                     self._load_table(schema, table, rows, uuid_ts, report)
                 for table, chunks in batch.encoded.items():

@@ -7,7 +7,7 @@ import os
 import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -166,8 +166,6 @@ class DuckDBWarehouse(Warehouse):
         self.read_only = read_only
         # (schema, table) -> its columns' DuckDB types, for stage (cleared by any DDL).
         self._types: dict[tuple[str, str], dict[str, str]] = {}
-        # (schema, table) -> the ids of the open batch already there (expect_inserts).
-        self._present: dict[tuple[str, str], set[str]] = {}
         missing = path != ":memory:" and not Path(path).exists()
         if read_only and missing:
             path = ":memory:"
@@ -231,8 +229,6 @@ class DuckDBWarehouse(Warehouse):
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        finally:
-            self._present.clear()  # looked up inside this transaction only
         self.conn.execute("COMMIT")
 
     @contextmanager
@@ -240,53 +236,18 @@ class DuckDBWarehouse(Warehouse):
         # DuckDB holds an OS-level write lock on the file for the whole connection.
         yield
 
-    def expect_inserts(self, schema: str, ids: Mapping[str, Sequence[str]]) -> None:
-        """One statement finds which of the batch's ids each table holds already; the
-        inserts then leave those out and append the rest as they are. An anti-join per
-        table costs a join's setup on top of the same scan of the table's ids: on a
-        1M-event database, a batch's 37 inserts took 340-430 ms as anti-joins and
-        230-280 ms after one lookup. In a whole 1M-event load that gain is within the
-        machine's noise (paired runs: 23,374 and 21,902 events/s against 22,687 and
-        23,756 without), while the load's peak is 50-80 MB lower."""
-        self._present.clear()
-        asked = [(table, list(table_ids)) for table, table_ids in ids.items() if table_ids]
-        if not asked:
-            return
-        names = [f"_sluice_ids_{uuid.uuid4().hex[:12]}" for _ in asked]
-        for name, (_, table_ids) in zip(names, asked, strict=True):
-            self.conn.register(name, pa.table({"id": pa.array(table_ids, pa.string())}))
-        found: dict[int, set[str]] = {i: set() for i in range(len(asked))}
-        try:
-            lookup = " UNION ALL ".join(
-                f"SELECT {i} AS t, s.id FROM {name} AS s SEMI JOIN "
-                f"{self.table_ref(schema, table)} AS x ON {self._id_text(schema, table)} = s.id"
-                for i, (name, (table, _)) in enumerate(zip(names, asked, strict=True))
-            )
-            for i, row_id in self.conn.execute(lookup).fetchall():
-                found[i].add(row_id)
-        finally:
-            for name in names:
-                self.conn.unregister(name)
-        self._present = {(schema, table): found[i] for i, (table, _) in enumerate(asked)}
-
-    def _id_text(self, schema: str, table: str) -> str:
-        """The table's id as text for the lookup: as it is when varchar (no cast in the
-        scan), cast when someone altered its type."""
-        if self._types_of(schema, table, ["id"]).get("id") == "varchar":
-            return "x.id"
-        return "CAST(x.id AS VARCHAR)"
-
     def insert_encoded(
         self, schema: str, table: str, chunks: Sequence[EncodedChunk], fill_nulls: bool = False
     ) -> int:
-        """The readers' Arrow batches, one scan and one insert per column set: an
-        append of the rows whose ids expect_inserts did not find, else an anti-join. A
-        replay (fill_nulls) fills the NULLs of rows already there first."""
-        present = None if fill_nulls else self._present.pop((schema, table), None)
+        """The readers' Arrow batches, one scan and one anti-join insert per column set;
+        a replay (fill_nulls) fills the NULLs of rows already there first.
+
+        One lookup of the whole batch's ids already there (a UNION ALL of semi-joins),
+        then plain appends, was tried: 37 inserts took 230-280 ms against 340-430 ms
+        alone, but a whole 1M-event load was no faster, and the lookup ran out of
+        memory at a 256MB memory_limit where the anti-joins load."""
         by_columns: dict[tuple[str, ...], list[EncodedChunk]] = {}
         for chunk in chunks:
-            if present:
-                chunk = chunk.without_ids(present)
             if chunk.ids:
                 by_columns.setdefault(chunk.columns, []).append(chunk)
         d, target = self.dialect, self.table_ref(schema, table)
@@ -295,9 +256,6 @@ class DuckDBWarehouse(Warehouse):
             arrow = read_table(c.payload for c in group)
             _distinct_ids(schema, table, arrow.column("id"))
             with self.transaction(), self._scan(schema, table, columns, arrow) as staged:
-                if present is not None:
-                    inserted += self.execute(st.insert_all(d, target, staged, columns))
-                    continue
                 if fill_nulls and st.fillable(columns):
                     inserted += self.execute(st.fill_nulls(d, target, staged, columns))
                 inserted += self.execute(st.insert_new(d, target, staged, columns))
@@ -356,8 +314,13 @@ class DuckDBWarehouse(Warehouse):
         )
         try:
             yield f"(SELECT {select} FROM {name})"
-        finally:
-            self.conn.unregister(name)
+        except BaseException:
+            # A failed statement aborts DuckDB's transaction, which then refuses even
+            # this: the error to tell is the statement's, not that one.
+            with suppress(duckdb.Error):
+                self.conn.unregister(name)
+            raise
+        self.conn.unregister(name)
 
 
 def _distinct_ids(schema: str, table: str, ids: pa.Array | pa.ChunkedArray) -> None:

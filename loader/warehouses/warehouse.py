@@ -250,13 +250,6 @@ class Warehouse(ABC):
         unique across the chunks). Only adapters that declare a row_encoder are asked."""
         raise TypeError(f"{type(self).__name__} declares no row_encoder")
 
-    def expect_inserts(self, schema: str, ids: Mapping[str, Sequence[str]]) -> None:
-        """The ids a batch is about to insert into each of its existing tables, told
-        inside the batch's transaction before its first insert. A warehouse that finds
-        the ids already there faster in one statement for the whole batch than in one
-        anti-join per table looks them up here; the default does nothing."""
-        return None
-
     def insert_new_rows(
         self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
     ) -> int:
