@@ -140,7 +140,7 @@ class DuckDBDialect(SqlDialect):
         wholly in memory and cannot spill it: 10M ids outgrew a 300 MB memory_limit
         (OutOfMemoryException on the next insert), so a large warehouse would stop
         loading at its default limit. The anti-join on id, distinct ids in each insert
-        (`_distinct_ids`) and DuckDB's single writer per file keep `id` unique, as on
+        (`_refuse_repeats`) and DuckDB's single writer per file keep `id` unique, as on
         Snowflake, BigQuery and Redshift, whose keys are not enforced either."""
         return ""
 
@@ -254,7 +254,8 @@ class DuckDBWarehouse(Warehouse):
         inserted = 0
         for columns, group in by_columns.items():
             arrow = read_table(c.payload for c in group)
-            _distinct_ids(schema, table, arrow.column("id"))
+            ids = arrow.column("id")
+            _refuse_repeats(schema, table, len(ids) - pc.count_distinct(ids, mode="all").as_py())
             with self.transaction(), self._scan(schema, table, columns, arrow) as staged:
                 if fill_nulls and st.fillable(columns):
                     inserted += self.execute(st.fill_nulls(d, target, staged, columns))
@@ -266,7 +267,7 @@ class DuckDBWarehouse(Warehouse):
     ) -> int:
         if rows and "id" in columns:
             at = list(columns).index("id")
-            _distinct_ids(schema, table, pa.array([row[at] for row in rows]))
+            _refuse_repeats(schema, table, len(rows) - len({row[at] for row in rows}))
         return super().insert_new_rows(schema, table, columns, rows, fill_nulls)
 
     def stage(
@@ -323,10 +324,9 @@ class DuckDBWarehouse(Warehouse):
         self.conn.unregister(name)
 
 
-def _distinct_ids(schema: str, table: str, ids: pa.Array | pa.ChunkedArray) -> None:
+def _refuse_repeats(schema: str, table: str, repeated: int) -> None:
     """Refuse an insert whose rows share an id (the batch then fails whole): with no key
     on the table, nothing else would stop both rows going in."""
-    repeated = len(ids) - pc.count_distinct(ids, mode="all").as_py()
     if repeated:
         raise WarehouseError(
             f"{schema}.{table}: {repeated} row(s) of one insert repeat an id already in it; "
