@@ -27,7 +27,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent
 FIRST_DAY = date(2026, 1, 1)
 CHILD = """
-import json, sys, time
+import json, resource, sys, time
 from datetime import date
 from loader.sync.pipeline import Loader
 from loader.sync.backfill import run_backfill
@@ -51,6 +51,7 @@ else:
 seconds = time.perf_counter() - t
 wh.close()
 print(json.dumps({"seconds": seconds, "locked": locked, "lines": report.lines_read,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "stage_s": (report.staged or {}).get("stage_s", 0.0),
                   "partitions": (report.staged or {}).get("partitions", 0)}))
 """
@@ -112,6 +113,8 @@ def run(kind: str, admin_dsn: str, archive: Path, days: int, mode: str, workers:
         "lock_share_pct": round(100 * result["locked"] / result["seconds"], 1),
         "events_per_s": round(result["lines"] / result["seconds"]),
         "stage_cpu_s": round(result["stage_s"], 1),
+        # The committing (or serial loading) process alone; stages run in others.
+        "loader_rss_mb": round(result["rss_mb"]),
     }
 
 
@@ -141,12 +144,13 @@ def main() -> None:
     parser.add_argument(
         "--pg-dsn", default="host=127.0.0.1 port=5432 user=postgres dbname=postgres"
     )
+    parser.add_argument("--modes", default="serial,staged", help="serial, staged or both")
     args = parser.parse_args()
     archive = archive_for(args.days, args.events_per_day) / "segment-logs"
     kinds = ["duckdb", "postgres"] if args.warehouse == "both" else [args.warehouse]
     results = []
     for kind in kinds:
-        for mode in ("serial", "staged"):
+        for mode in args.modes.split(","):
             results.append(run(kind, args.pg_dsn, archive, args.days, mode, args.workers))
             print(json.dumps(results[-1]), flush=True)
     header = list(results[0])

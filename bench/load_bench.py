@@ -5,7 +5,10 @@ ClickHouse, embedded through chdb, with --warehouse clickhouse).
     python bench/load_bench.py --events 200000 --warehouse clickhouse
     python bench/load_bench.py --events 200000 --tracking-plan   # plan's cost, both
 
-Each load runs in its own process so its peak RSS is its own. The archive is made
+Each load runs in its own process so its peak RSS is its own; its CPU seconds per 10^6
+events are counted where they are spent: the loading process (with the embedded
+engine's threads), the reader processes, and PostgreSQL's backend (read from /proc, so
+only for a server on this machine). The archive is made
 once by loader.sources.sample (mixed call types, ~30 event names, nested properties, ~2%
 duplicates, some type conflicts) and cached under bench/.cache/. `--tracking-plan`
 generates a plan of 50 events and 500 properties (the archive's events with their
@@ -51,11 +54,33 @@ from loader.config.targets import DEFAULT_DUCKDB_MEMORY_LIMIT
 limit = os.environ.get("SLUICE_BENCH_DUCKDB_MEMORY_LIMIT", DEFAULT_DUCKDB_MEMORY_LIMIT)
 wh = W("bench", where, limit) if kind == "duckdb" else W("bench", where)
 loader = Loader(wh, batch_lines=batch, sync_filter=f, tracking_plan=plan)
+
+
+def server_cpu():
+    # The PostgreSQL backend serving this load, read from /proc (same machine); None
+    # where it cannot be read. DuckDB's work is the loading process's own CPU.
+    if kind != "postgres":
+        return 0.0
+    try:
+        pid = wh.conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+server_before = server_cpu()
 t = time.perf_counter()
 report = loader.load(archive, "bench")
 seconds = time.perf_counter() - t
+server_after = server_cpu()
+me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 wh.close()
 print(json.dumps({"seconds": seconds, "lines": report.lines_read,
+                  "loader_cpu_s": me.ru_utime + me.ru_stime,
+                  "reader_cpu_s": kids.ru_utime + kids.ru_stime,
+                  "server_cpu_s": None if server_before is None or server_after is None
+                                  else server_after - server_before,
                   "rows": sum(report.rows_loaded.values()),
                   "violations": sum(report.violations.values()),
                   # reader processes counted at the largest one's peak: an upper bound
@@ -144,6 +169,10 @@ def run_child(
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _per_million(seconds: float | None, events: int) -> float | str:
+    return "n/a" if seconds is None else round(seconds * 1_000_000 / events, 1)
+
+
 def bench(
     kind: str,
     events: int,
@@ -185,6 +214,11 @@ def bench(
         "first_load_s": round(first["seconds"], 2),
         "events_per_s": round(events / first["seconds"]),
         "peak_rss_mb": round(first["rss_mb"]),
+        # CPU seconds per 10^6 events: the loading process (with DuckDB's or chdb's
+        # engine inside it), the reader processes, and PostgreSQL's backend.
+        "loader_cpu_per_1m": _per_million(first["loader_cpu_s"], events),
+        "reader_cpu_per_1m": _per_million(first["reader_cpu_s"], events),
+        "server_cpu_per_1m": _per_million(first["server_cpu_s"], events),
         "rerun_s": round(rerun["seconds"], 3),
         "rerun_pct": round(100 * rerun["seconds"] / first["seconds"], 2),
         "plan": "50 events / 500 properties" if plan else "none",

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loader.encode.encoded import EncodedChunk
+from loader.rules.normalize import TableChunk
 from loader.rules.schema import ColumnEvidence, column_evidence
 from loader.sync.pipeline import Loader
 from loader.warehouses.postgres import PostgresWarehouse
@@ -202,6 +203,33 @@ def test_dropping_rows_keeps_the_rest_of_the_payload_aligned() -> None:
     assert (kept.payload, kept.row_ends, kept.ids) == (b"aacccc", [2, 6], ["a", "c"])
     assert kept.rescued_at == [1, 1]
     assert chunk.without_ids(set()) is chunk
+
+
+@given(st.lists(st.sets(st.sampled_from("abcdef")), max_size=3))
+def test_rows_as_read_kept_packed_lose_the_same_rows_as_when_kept_unpacked(
+    drops: list[set[str]],
+) -> None:
+    """A staged chunk keeps its rows as read pickled; dropping duplicates from it (once
+    or batch after batch) then unpacking gives what dropping from the rows did."""
+    ids = list("abcdef")
+    raw = TableChunk(["id", "n"], [(i, n) for n, i in enumerate(ids)], [None] * 6)
+    ends = list(range(1, 7))
+    chunk = EncodedChunk("f", ("id",), b"abcdef", ends, ids, {}, {}, [], raw)
+    packed = chunk.packed()
+    assert packed.raw is None and packed.raw_packed is not None
+    for drop in drops:
+        chunk, packed = chunk.without_ids(drop), packed.without_ids(drop)
+    assert packed.ids == chunk.ids and packed.payload == chunk.payload
+    unpacked, plain = packed.rows_as_read(), chunk.rows_as_read()
+    assert unpacked is not None and plain is not None
+    assert (unpacked.names, unpacked.rows, unpacked.rescued) == (
+        plain.names,
+        plain.rows,
+        plain.rescued,
+    )
+    # Still typed from the file as read, dropped rows and all.
+    as_read = unpacked.as_read or unpacked
+    assert as_read.rows == raw.rows
 
 
 @given(

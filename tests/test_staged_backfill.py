@@ -44,8 +44,8 @@ def _at(day: date, hour: int) -> str:
 def _archive(root: Path) -> Path:
     """Four days of the sample, plus what depends on order: a property typed by its
     first value (an int on day 1, text on day 2 and a new column's first value on day
-    3 that day 4 contradicts), traits whose latest value is on a later day, the same
-    messageId on two days, and a broken line."""
+    3 that day 4 contradicts, twice, the second time after a re-send), traits whose
+    latest value is on a later day, the same messageId on two days, and a broken line."""
     write_archive(root, 4000, files_per_day=2, events_per_file=500, first_day=FIRST)
     d1, d2, d3, d4 = (FIRST.replace(day=n) for n in range(1, 5))
     write_ndjson(
@@ -72,6 +72,15 @@ def _archive(root: Path) -> Path:
         [
             track("o-4", "Plan Changed", _at(d4, 9), level="high", amount=4.5),
             identify("o-i4", "ada", _at(d4, 9), _at(d4, 9), plan="enterprise", seats="ten"),
+        ],
+    )
+    # A later file of day 4 re-sends o-4 (dropped from its staged rows at commit) and
+    # contradicts day 3's type again (its rows laid out anew from the rows as read).
+    write_ndjson(
+        _day_folder(root, d4) / "zzz-again.gz",
+        [
+            track("o-4", "Plan Changed", _at(d4, 9), level="high", amount=4.5),
+            track("o-5", "Plan Changed", _at(d4, 10), level="low", amount=5),
         ],
     )
     return root

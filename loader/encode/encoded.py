@@ -13,6 +13,7 @@ batch; once the table has the column, readers type it as the table does).
 
 from __future__ import annotations
 
+import pickle
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +54,8 @@ class EncodedChunk:
     coerced to (data columns); `evidence` is what the file showed of columns the reader
     did not know; `rescued_at` the row index of each rescued value; `raw` the rows as
     read, kept only while there is evidence (the loader may type those columns
-    otherwise)."""
+    otherwise); `raw_packed` the same rows pickled, in a chunk kept in storage (a
+    staged partition), where they are unpickled only if the loader needs them."""
 
     url: str
     columns: tuple[str, ...]
@@ -68,10 +70,43 @@ class EncodedChunk:
     rescued_cut: int = 0
     # An Arrow IPC payload (encode/arrow_batches.py): cut by table slices, not bytes.
     arrow: bool = False
+    raw_packed: bytes | None = None
+    # Ids dropped from the chunk since `raw` was packed, dropped from it when unpacked.
+    raw_dropped: frozenset[str] | None = None
 
     @property
     def rows(self) -> int:
         return len(self.ids)
+
+    def rows_as_read(self) -> TableChunk | None:
+        if self.raw is None and self.raw_packed is not None:
+            unpacked: TableChunk = pickle.loads(self.raw_packed)
+            dropped = self.raw_dropped
+            return unpacked.without_ids(set(dropped)) if dropped else unpacked
+        return self.raw
+
+    def packed(self) -> EncodedChunk:
+        """The chunk with its rows as read pickled: most chunks of a staged partition
+        fit the types the tables have at commit, and then their rows as read (Python
+        tuples, as much again as the payload, and 95% of the time to unpickle the
+        chunk) are never unpickled."""
+        if self.raw is None:
+            return self
+        raw = pickle.dumps(self.raw, protocol=pickle.HIGHEST_PROTOCOL)
+        return EncodedChunk(
+            self.url,
+            self.columns,
+            self.payload,
+            self.row_ends,
+            self.ids,
+            self.types,
+            self.evidence,
+            self.rescued_at,
+            None,
+            self.rescued_cut,
+            self.arrow,
+            raw,
+        )
 
     def without_ids(self, drop: set[str]) -> EncodedChunk:
         """The chunk minus the rows whose id is in `drop`.
@@ -96,6 +131,10 @@ class EncodedChunk:
         else:
             payload, ends = self._bytes_of(runs)
         gone = set(dropped)
+        raw = self.raw
+        packed_dropped = None
+        if self.raw_packed is not None:
+            packed_dropped = frozenset(drop.intersection(ids)) | (self.raw_dropped or frozenset())
         return EncodedChunk(
             self.url,
             self.columns,
@@ -105,9 +144,11 @@ class EncodedChunk:
             self.types,
             self.evidence,
             [i - bisect_left(dropped, i) for i in self.rescued_at if i not in gone],
-            self.raw.without_ids(drop) if self.raw is not None else None,
+            raw.without_ids(drop) if raw is not None else None,
             self.rescued_cut,
             self.arrow,
+            self.raw_packed,
+            packed_dropped,
         )
 
     def _bytes_of(self, runs: list[tuple[int, int]]) -> tuple[bytes, list[int]]:

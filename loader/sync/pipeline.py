@@ -401,14 +401,16 @@ class Loader:
         todo: list[ArchiveFile],
         reads: Iterable[FileRead],
         report: SyncReport,
+        batch_lines: int | None = None,
     ) -> None:
         """The FileReads of `todo` (in its order), committed batch by batch, under the
-        caller's lock: a load's own readers, or a staged partition (loader.sync.staging)."""
+        caller's lock: a load's own readers, or a staged partition (loader.sync.staging).
+        `batch_lines`: lines per transaction, if not this loader's `batch_lines`."""
         self._schema = schema
         self._keys.update({f.url: f.ledger_key for f in todo})
         _stoppable[0] += 1
         try:
-            for batch in self._batches(todo, reads):
+            for batch in self._batches(todo, reads, batch_lines or self.batch_lines):
                 _check_stop()
                 self._commit(schema, batch, report)
         finally:
@@ -432,7 +434,9 @@ class Loader:
             part_lines=file_reader.PART_LINES,
         )
 
-    def _batches(self, todo: list[ArchiveFile], reads: Iterable[FileRead]) -> Iterator[_Batch]:
+    def _batches(
+        self, todo: list[ArchiveFile], reads: Iterable[FileRead], batch_lines: int
+    ) -> Iterator[_Batch]:
         batch = _Batch()
         sizes = {f.url: f.size for f in todo}
         progress = self._progress
@@ -446,7 +450,7 @@ class Loader:
             progress.bytes_read += sizes.get(read.url, 0)
             progress.lines_read += read.lines
             self._tell()
-            if batch.lines >= self.batch_lines:
+            if batch.lines >= batch_lines:
                 yield batch
                 batch = _Batch(recent=batch.seen)
         if batch.files or batch.rejects or batch.failed:
@@ -644,7 +648,7 @@ class Loader:
         if len(fitting) < len(chunks):
             kept = {id(c) for c in fitting}
             # Only a column new to the reader can be typed otherwise, and then it sent rows.
-            again = [c.raw for c in chunks if id(c) not in kept]
+            again = [c.rows_as_read() for c in chunks if id(c) not in kept]
             if any(raw is None for raw in again):
                 raise RuntimeError(f"{table}: a reader typed a known column otherwise")
             names, rows = self.writer.prepare(schema, table, again, fixed, uuid_ts, report)

@@ -28,7 +28,7 @@ import posixpath
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -39,8 +39,15 @@ from loader.encode.file_reader import EncodeContext, FileRead, ReadOptions, read
 from loader.sources.archive import ArchiveFile, received_day
 from loader.sync.pipeline import Loader, LoadProgress, SyncReport, pending_files
 
-# 2: a FileRead's encoded rows are a list of parts per table.
-STAGE_FORMAT = 2
+# 2: a FileRead's encoded rows are a list of parts per table; 3: their rows as read
+# pickled apart (EncodedChunk.packed).
+STAGE_FORMAT = 3
+# Lines per transaction when committing staged data, larger than a serial load's batch:
+# the commit holds the lock, so each transaction's fixed cost (DuckDB writes whole row
+# groups only for ~122,880 rows or more per commit) delays every partition after it.
+# Staged rows come encoded, so a batch costs their encoded bytes rather than Python
+# rows (bench/backfill_bench.py: the committing process's peak memory).
+STAGED_BATCH_LINES = 250_000
 MANIFEST = "manifest.json"
 
 
@@ -160,7 +167,8 @@ def stage(
     for i, read in enumerate(
         read_files(list(order.files), options, readers, lambda: order.context)
     ):
-        data = pickle.dumps(read, protocol=pickle.HIGHEST_PROTOCOL)
+        packed = {table: [c.packed() for c in parts] for table, parts in read.encoded.items()}
+        data = pickle.dumps(replace(read, encoded=packed), protocol=pickle.HIGHEST_PROTOCOL)
         checksums.append(hashlib.sha256(data).hexdigest())
         lines += read.lines
         with fs.open(posixpath.join(folder, f"{i:06d}.read"), "wb") as out:
@@ -360,7 +368,10 @@ def _commit_reads(
     if loader.turned_off_source(staged.order.schema, todo, report):
         return
     wanted = {f.url for f in todo}
-    loader.commit_reads(staged.order.schema, todo, staged_reads(staged, area, wanted), report)
+    reads = staged_reads(staged, area, wanted)
+    loader.commit_reads(
+        staged.order.schema, todo, reads, report, max(loader.batch_lines, STAGED_BATCH_LINES)
+    )
 
 
 def progress_of(orders: Sequence[StageOrder]) -> LoadProgress:
