@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import IO, Any
 
@@ -80,6 +80,13 @@ class FileRead:
     # Per event (plan label): messages checked, and those with a violation.
     checked: dict[str, int] = field(default_factory=dict)
     violating: dict[str, int] = field(default_factory=dict)
+
+    def packed(self) -> FileRead:
+        """The read to be pickled (to the loader, or into a staging area), with each
+        chunk's rows as read pickled apart: unpickled only if the loader needs them
+        (EncodedChunk.packed)."""
+        encoded = {table: [c.packed() for c in parts] for table, parts in self.encoded.items()}
+        return replace(self, encoded=encoded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,7 +596,7 @@ def _serve() -> None:
             else:
                 archive_file, options, context = request
                 try:
-                    answer = read_file(archive_file, options, context)
+                    answer = read_file(archive_file, options, context).packed()
                 except Exception as exc:  # noqa: BLE001 - re-raised in the loader process
                     answer = _picklable(exc)
             _write_frame(answers, answer)

@@ -28,7 +28,7 @@ import posixpath
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -167,8 +167,7 @@ def stage(
     for i, read in enumerate(
         read_files(list(order.files), options, readers, lambda: order.context)
     ):
-        packed = {table: [c.packed() for c in parts] for table, parts in read.encoded.items()}
-        data = pickle.dumps(replace(read, encoded=packed), protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(read.packed(), protocol=pickle.HIGHEST_PROTOCOL)
         checksums.append(hashlib.sha256(data).hexdigest())
         lines += read.lines
         with fs.open(posixpath.join(folder, f"{i:06d}.read"), "wb") as out:
