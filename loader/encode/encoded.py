@@ -54,8 +54,8 @@ class EncodedChunk:
     coerced to (data columns); `evidence` is what the file showed of columns the reader
     did not know; `rescued_at` the row index of each rescued value; `raw` the rows as
     read, kept only while there is evidence (the loader may type those columns
-    otherwise); `raw_packed` the same rows pickled, in a chunk kept in storage (a
-    staged partition), where they are unpickled only if the loader needs them."""
+    otherwise); `raw_packed` the same rows pickled, in a chunk sent to the loader or
+    kept in a staging area, where they are unpickled only if the loader needs them."""
 
     url: str
     columns: tuple[str, ...]
@@ -86,10 +86,10 @@ class EncodedChunk:
         return self.raw
 
     def packed(self) -> EncodedChunk:
-        """The chunk with its rows as read pickled: most chunks of a staged partition
-        fit the types the tables have at commit, and then their rows as read (Python
-        tuples, as much again as the payload, and 95% of the time to unpickle the
-        chunk) are never unpickled."""
+        """The chunk with its rows as read pickled: most chunks fit the types the
+        tables have when the loader commits them, and then their rows as read (Python
+        tuples, as many bytes again as the payload, and 95% of the time to unpickle a
+        staged file) are never unpickled."""
         if self.raw is None:
             return self
         raw = pickle.dumps(self.raw, protocol=pickle.HIGHEST_PROTOCOL)
@@ -131,7 +131,6 @@ class EncodedChunk:
         else:
             payload, ends = self._bytes_of(runs)
         gone = set(dropped)
-        raw = self.raw
         packed_dropped = None
         if self.raw_packed is not None:
             packed_dropped = frozenset(drop.intersection(ids)) | (self.raw_dropped or frozenset())
@@ -144,7 +143,7 @@ class EncodedChunk:
             self.types,
             self.evidence,
             [i - bisect_left(dropped, i) for i in self.rescued_at if i not in gone],
-            raw.without_ids(drop) if raw is not None else None,
+            self.raw.without_ids(drop) if self.raw is not None else None,
             self.rescued_cut,
             self.arrow,
             self.raw_packed,
