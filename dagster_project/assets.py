@@ -23,6 +23,7 @@ from pydantic import Field
 from dagster_project.resources import WarehouseResource, resource_key
 from dagster_project.translator import REJECTS_TABLE, SluiceTranslator, TableInfo, column_schema
 from loader.config.errors import ConfigError
+from loader.native.loader import loader_class
 from loader.rules.naming import snake_case
 from loader.rules.selective_sync import SelectiveSync
 from loader.sync.catalog import tables_of, update_catalog
@@ -205,7 +206,7 @@ def build_source_assets(
     check_outs = [c.get_python_identifier() for c in check_specs]
 
     def make_loader(warehouse: Warehouse, sync_filter: Any, plan: Any) -> Loader:
-        return Loader(
+        return loader_class(settings.mode)(
             warehouse,
             batch_lines=settings.batch_lines or DEFAULT_BATCH_LINES,
             storage_options=settings.storage_options or None,

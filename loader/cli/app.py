@@ -35,10 +35,11 @@ from loader.cli.plan import plan
 from loader.cli.project import catalog, replay, selective_sync, sync
 from loader.cli.retl import retl
 from loader.config.errors import ConfigError
+from loader.native.loader import loader_class
 from loader.rules.naming import snake_case
 from loader.rules.selective_sync import SyncFilter
 from loader.rules.selective_sync import load_file as load_selective_sync
-from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, request_stop, stop_requested
+from loader.sync.pipeline import DEFAULT_BATCH_LINES, request_stop, stop_requested
 from loader.sync.report_view import print_report
 from loader.warehouses.base import BOOKKEEPING_SCHEMA, WarehouseError
 from loader.warehouses.warehouse import Warehouse
@@ -195,6 +196,13 @@ def init(directory: str, events: int) -> None:
     help="Processes that parse files while this one loads (default: one per core; 0: none).",
 )
 @click.option(
+    "--mode",
+    type=click.Choice(["python", "native"]),
+    default="python",
+    show_default=True,
+    help="native: the warehouse reads the lines and runs the rules as SQL (DuckDB).",
+)
+@click.option(
     "--selective-sync",
     "selective_sync",
     default=None,
@@ -211,6 +219,7 @@ def load(
     project: str | None,
     batch_lines: int,
     readers: int | None,
+    mode: str,
     selective_sync: str | None,
 ) -> None:
     """Load an archive (a file, a folder, or an s3:// / gs:// prefix) into SCHEMA."""
@@ -223,12 +232,16 @@ def load(
     except (ConfigError, WarehouseError) as exc:
         fail(str(exc), 2 if isinstance(exc, ConfigError) else 1)
     sync_filter = rules.filter_for(target_name, schema_name) if rules else SyncFilter(None)
-    loader = Loader(
-        warehouse,
-        batch_lines=batch_lines,
-        sync_filter=sync_filter,
-        readers=readers,
-    )
+    try:
+        loader = loader_class(mode)(
+            warehouse,
+            batch_lines=batch_lines,
+            sync_filter=sync_filter,
+            readers=readers,
+        )
+    except WarehouseError as exc:
+        warehouse.close()
+        fail(str(exc), 2)
     try:
         report = run_sync(
             obj,

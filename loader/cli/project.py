@@ -28,6 +28,7 @@ from loader.cli.common import (
 from loader.cli.common import run_sync as run_one
 from loader.config.errors import ConfigError
 from loader.config.profiles import Profiles
+from loader.native.loader import loader_class
 from loader.rules.selective_sync import Issue, SelectiveSync, check_names, parse
 from loader.sources.cloud.registry import connector_for
 from loader.sync.backfill import run_backfill
@@ -94,7 +95,7 @@ def _run_pairs(
         try:
             if project.is_archive(source_name):
                 url = project.archive_url(source_name)
-                loader = Loader(
+                loader = loader_class(source.mode)(
                     warehouse,
                     batch_lines=source.batch_lines or DEFAULT_BATCH_LINES,
                     storage_options=source.storage_options or None,

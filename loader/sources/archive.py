@@ -185,6 +185,44 @@ def _plain_blocks(raw: IO[bytes]) -> Iterator[bytes]:
         yield block
 
 
+def file_lines(
+    url: str, storage_options: dict | None = None
+) -> tuple[list[bytes], CorruptFile | None]:
+    """A file's text split at each newline, unstripped and with blank lines kept (the
+    n-th item is line n + 1, numbered as iter_lines numbers it; its BOM dropped), for a
+    bulk reader that strips and skips in bulk; and the break, when a gzip stream breaks
+    (the lines before it are all there; the break's own cut-off line is not)."""
+    blocks: list[bytes] = []
+    broken: CorruptFile | None = None
+    with fsspec.open(url, "rb", **(storage_options or {})) as raw:
+        head = raw.read(2)
+        raw.seek(0)
+        gunzip = _Gunzip(raw) if head == _GZIP_MAGIC else None
+        try:
+            for block in gunzip.blocks() if gunzip is not None else _plain_blocks(raw):
+                blocks.append(block)
+        except _BrokenGzip as exc:
+            assert gunzip is not None
+            text = b"".join(blocks)
+            size = len(text) - (len(_BOM) if text.startswith(_BOM) else 0)
+            lines = text.split(b"\n")
+            partial = lines.pop()
+            reason = (
+                f"corrupt gzip data: {exc}, after {size} decompressed bytes "
+                f"({gunzip.compressed} compressed bytes read); the lines before this one "
+                "were read"
+            )
+            broken = CorruptFile(url, len(lines) + 1, reason, partial.strip())
+            return _without_bom(lines), broken
+    return _without_bom(b"".join(blocks).split(b"\n")), None
+
+
+def _without_bom(lines: list[bytes]) -> list[bytes]:
+    if lines and lines[0].startswith(_BOM):
+        lines[0] = lines[0][len(_BOM) :]
+    return lines
+
+
 def iter_lines(url: str, storage_options: dict | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number, raw bytes) for each non-empty line; CorruptFile where a gzip stream
     breaks (after the lines before the break), naming the line and the byte offsets.

@@ -359,6 +359,11 @@ class Loader:
         self._keys = {}
         self._progress = LoadProgress(len(todo), sum(f.size for f in todo))
         self._tell()
+        self.commit_files(schema, todo, report)
+
+    def commit_files(self, schema: str, todo: list[ArchiveFile], report: SyncReport) -> None:
+        """`todo` read and committed batch by batch, under the caller's lock: by this
+        loader's readers here, by the warehouse in native mode (loader.native)."""
         self.commit_reads(
             schema,
             todo,

@@ -12,7 +12,15 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from loader.config.errors import ConfigError
 from loader.config.profiles import (
@@ -84,6 +92,22 @@ class EventSource(_Source):
             "(default: .sluice/staging beside sluice.yml)"
         ),
     )
+    mode: Literal["python", "native"] = Field(
+        default="python",
+        description=(
+            "native: the warehouse reads the archive's lines and runs the rules as SQL "
+            "(DuckDB targets); python: Sluice's readers do"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _native_without_plan(self) -> EventSource:
+        if self.mode == "native" and self.tracking_plan is not None:
+            raise ValueError(
+                "mode: native does not check tracking plans yet; remove `tracking_plan:` "
+                "or use mode: python"
+            )
+        return self
 
 
 class _ObjectSource(_Source):

@@ -262,6 +262,16 @@ class DuckDBWarehouse(Warehouse):
                 inserted += self.execute(st.insert_new(d, target, staged, columns))
         return inserted
 
+    def native_lines(self, name: str, lines: pa.Table) -> None:
+        """Native mode's raw lines as a temporary table the rules' SQL reads."""
+        self.conn.register("_sluice_native_in", lines)
+        try:
+            self.conn.execute(
+                f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _sluice_native_in"
+            )
+        finally:
+            self.conn.unregister("_sluice_native_in")
+
     def insert_new_rows(
         self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False
     ) -> int:

@@ -109,6 +109,22 @@ class Warehouse(ABC):
         """Rows (typed like the target's columns) loaded by the bulk path into a relation."""
 
     # --- names -------------------------------------------------------------------------
+    def native_lines(self, name: str, lines: Any) -> None:
+        """Native mode: an archive batch's raw lines (an Arrow table of file_no, line_no,
+        raw) into a temporary table `name` of the warehouse, by its own bulk path."""
+        self.refuse_native_mode()
+
+    def refuse_native_mode(self) -> None:
+        """Raise unless this adapter loads in native mode (it implements native_lines)."""
+        if type(self).native_lines is Warehouse.native_lines:
+            raise WarehouseError(
+                f"native mode is not available on {self.capabilities_name()} targets yet; "
+                "remove `mode: native` from the source in sluice.yml"
+            )
+
+    def capabilities_name(self) -> str:
+        return type(self).__name__.removesuffix("Warehouse")
+
     def table_ref(self, schema: str, table: str) -> str:
         """The table as this warehouse's SQL names it (quoted), for read-only queries."""
         return self.dialect.table_ref(schema, table)
