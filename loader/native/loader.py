@@ -50,7 +50,6 @@ from loader.sync.pipeline import (
     SyncReport,
     _Batch,
     _check_stop,
-    _log_batch,
     _now,
     _offered_ids,
     _stoppable,
@@ -156,10 +155,12 @@ class NativeLoader(Loader):
                 )
             batch.urls.append(file.url)
             batch.parts.append(lines)
+            # Lines that are not blank, as the reference counts a batch's lines.
+            batch.line_counts.append(sum(map(bool, map(bytes.strip, lines))))
             progress.files_read += 1
             progress.bytes_read += file.size
             self._tell()
-            if sum(map(len, batch.parts)) >= self.batch_lines:
+            if batch.lines >= self.batch_lines:
                 yield batch
                 batch = RawBatch()
         if batch.urls:
@@ -173,8 +174,6 @@ class NativeLoader(Loader):
         wh.native_lines(ns.LINES, raw.arrow())
         raw.parts = []  # the warehouse has them now
         wh.execute(ns.messages())
-        counts = dict(wh.fetchall(f"SELECT file_no, count(*) FROM {ns.MESSAGES} GROUP BY 1"))
-        raw.line_counts = [int(counts.get(n, 0)) for n in range(len(raw.urls))]
         self._progress.lines_read += raw.lines
         plans = self._plan_tables(options)
         self._hand_back(plans)
@@ -186,8 +185,8 @@ class NativeLoader(Loader):
         try:
             with wh.transaction():
                 types = self._evolve(schema, raw, plans, first, options, report)
-                plans = [p for p in plans if p.table in types]
-                self._refuse_misfits(plans, types)
+                written = [p for p in plans if p.table in types]
+                self._refuse_misfits(written, types)
                 second = self._reference(raw, options, after=first)
                 for reads in (first, second):
                     part = _Batch(recent=self._recent_of(reads))
@@ -196,7 +195,7 @@ class NativeLoader(Loader):
                     for table, chunks in part.by_table.items():
                         self._load_table(schema, table, chunks, uuid_ts, report)
                     _absorb(batch, part)
-                native_rows = self._insert_native(schema, plans, types, uuid_ts, report)
+                native_rows = self._insert_native(schema, written, types, uuid_ts, report)
                 self._profiles(schema, batch, native_rows, options, report)
                 files = [
                     (self._key(u), n)
@@ -207,10 +206,7 @@ class NativeLoader(Loader):
                     wh.record_files(schema, files)
                 batch.rejects.extend(raw.breaks)
                 wh.record_rejects(schema, self._keyed_rejects(batch.rejects))
-                turned_off = self.sync_filter.new_turned_off_names()
-                if turned_off:
-                    wh.record_turned_off(schema, turned_off)
-                    report.turned_off.extend(f"{t}.{c}" if c else t for t, c in turned_off)
+                self.record_turned_off(schema, report)
         except Exception:
             self.writer.refresh(schema)
             raise
@@ -220,17 +216,9 @@ class NativeLoader(Loader):
         batch.failed = raw.failed
         batch.duplicates += self._native_duplicates()
         self._remember(first, second)
-        report.files_loaded += len(batch.files)
-        report.rejects += len(batch.rejects)
-        report.lines_read += batch.lines
-        report.duplicates += batch.duplicates
-        report.files_failed.extend(batch.failed)
-        _log_batch(schema, batch, report, tables_before, columns_before, rows_before)
-        self._progress.files_committed = report.files_loaded
-        self._progress.lines_committed = report.lines_read
-        self._tell()
-        if self.on_batch is not None:
-            self.on_batch(report)
+        for name in [p.vals.name for p in plans] + [ns.LINES, ns.MESSAGES, ns.PLAIN]:
+            wh.execute(f"DROP TABLE IF EXISTS {name}")
+        self.committed(schema, batch, report, (tables_before, columns_before, rows_before))
 
     def _plan_tables(self, options: ReadOptions) -> list[TablePlan]:
         """Each table the batch's plain lines write, from their merged structures; the
@@ -278,16 +266,14 @@ class NativeLoader(Loader):
         # Each table's values extracted once; its hard rows handed back.
         for n, plan in enumerate(plans):
             plan.values = ns.Values(f"{ns.VALUES}_{n}", plan.sections)
-            wh.execute(plan.values.create(plan.where))
-            condition = plan.values.hard_rows(plan.sections)
-            if condition != "false":
-                wh.execute(
-                    ns.checked(
-                        f"UPDATE {ns.MESSAGES} AS t SET plain = false FROM (SELECT file_no, "
-                        f"line_no FROM {plan.values.name} AS v WHERE {condition}) AS h "
-                        "WHERE t.file_no = h.file_no AND t.line_no = h.line_no"
-                    )
+            wh.execute(plan.values.create(plan.where, plan.sections))
+        if plans:
+            wh.execute(
+                ns.hand_back(
+                    ns.MESSAGES,
+                    [f"SELECT file_no, line_no FROM {p.vals.name} WHERE hard" for p in plans],
                 )
+            )
         out = plans
         for plan in out:
             if f is not None and not f.table_synced(plan.table):
@@ -371,7 +357,8 @@ class NativeLoader(Loader):
         types: dict[str, dict[str, ColumnType]] = {}
         # A table is made by a file's first copies of messages, as the reference makes
         # it (even when each of them repeats an earlier file's): not by a plan alone.
-        tables = {p.table for p in plans if self._has_rows(p)} | set(seen)
+        counts = self._counts(plans)
+        tables = {p.table for p in plans if counts[p.table][0]} | set(seen)
         for table in sorted(tables, key=lambda t: (t != "tracks", t)):
             fixed = fixed_columns(table)
             existing = self.writer.known.get(table)
@@ -383,10 +370,6 @@ class NativeLoader(Loader):
                 schema, table, [evidence], fixed, report
             )
         return types
-
-    def _has_rows(self, plan: TablePlan) -> bool:
-        found = self.warehouse.fetchall(f"SELECT count(*) {plan.rows('m.nth_in_file = 1')}")
-        return bool(found[0][0])
 
     def _native_seen(self, plan: TablePlan, wanted: list[str]) -> dict[int, dict[str, Seen]]:
         """Per file: the first line naming each wanted column, the first giving it a
@@ -451,6 +434,7 @@ class NativeLoader(Loader):
         """Rows with a value their column would rescue (or a column the table could not
         take) go to the reference path, with every copy of their messageId."""
         wh = self.warehouse
+        rows = []
         for plan in plans:
             columns = types[plan.table]
             terms = []
@@ -462,17 +446,31 @@ class NativeLoader(Loader):
                 else:
                     terms.append(f"NOT {ns.fits(value, kind)}")
             if terms:
-                wh.execute(
-                    ns.checked(
-                        f"UPDATE {ns.PLAIN} AS t SET plain = false FROM (SELECT file_no, "
-                        f"line_no FROM {plan.vals.name} AS v WHERE {' OR '.join(terms)}) AS h "
-                        "WHERE t.file_no = h.file_no AND t.line_no = h.line_no"
-                    )
+                rows.append(
+                    f"SELECT file_no, line_no FROM {plan.vals.name} AS v WHERE {' OR '.join(terms)}"
                 )
+        if rows:
+            wh.execute(ns.hand_back(ns.PLAIN, rows))
         wh.execute(
             f"UPDATE {ns.PLAIN} SET plain = false WHERE plain AND mid IN "
             f"(SELECT mid FROM {ns.PLAIN} WHERE NOT plain)"
         )
+
+    def _counts(self, plans: list[TablePlan]) -> dict[str, tuple[int, int]]:
+        """Per table: the first copies in their files of its plain messages (what makes
+        a table), and the rows it is offered (first copies in the batch, not re-sent
+        from the previous batch)."""
+        if not plans:
+            return {}
+        offered = f"m.plain AND m.nth_in_batch = 1 AND m.mid NOT IN (SELECT mid FROM {ns.RECENT})"
+        found = self.warehouse.fetchall(
+            " UNION ALL ".join(
+                f"SELECT {n}, count(*) FILTER (WHERE m.nth_in_file = 1), "
+                f"count(*) FILTER (WHERE {offered}) {plan.rows('true')}"
+                for n, plan in enumerate(plans)
+            )
+        )
+        return {plans[n].table: (int(a), int(b)) for n, a, b in found}
 
     def _insert_native(
         self,
@@ -485,6 +483,7 @@ class NativeLoader(Loader):
         wh = self.warehouse
         d = wh.dialect
         offered: dict[str, int] = {}
+        counts = self._counts(plans)
         for plan in plans:
             columns = types[plan.table]
             exprs: dict[str, str] = {}
@@ -506,7 +505,7 @@ class NativeLoader(Loader):
             )
             stage = f"(SELECT {select} {rows})"
             names = list(exprs)
-            count = wh.fetchall(f"SELECT count(*) {rows}")[0][0]
+            count = counts[plan.table][1]
             target = wh.table_ref(schema, plan.table)
             inserted = 0
             if self._replay and st.fillable(names):

@@ -146,8 +146,7 @@ def messages() -> str:
         f"AND length(mid) BETWEEN 1 AND {MAX_MESSAGE_ID_CHARS} "
         f"AND {_type('receivedAt')} = 'VARCHAR' AND {_time_ok('receivedAt')} "
         f"AND {optional_times} AND {texts} AND {objects} AND {required} "
-        "AND len(json_keys(CASE WHEN object THEN txt END)) "
-        "= len(list_distinct(json_keys(CASE WHEN object THEN txt END)))"
+        "AND len(keys) = len(list_distinct(keys))"
     )
     fields = "[" + ", ".join(lit(f"$.{name}") for name in FIELDS) + "]"
     body = (
@@ -174,7 +173,8 @@ def messages() -> str:
         f"replace({_text('messageId')}, chr(0), '') END AS mid, "
         f"CASE WHEN {_type('type')} = 'VARCHAR' THEN lower({_text('type')}) END AS kind "
         "FROM parsed), "
-        f"checked AS (SELECT *, coalesce({checks}, false) AS plain FROM objects), "
+        "keyed AS (SELECT *, json_keys(CASE WHEN object THEN txt END) AS keys FROM objects), "
+        f"checked AS (SELECT *, coalesce({checks}, false) AS plain FROM keyed), "
         f"timed AS (SELECT *, CASE WHEN plain THEN {corrected} END AS event_time FROM checked) "
         f"SELECT file_no, line_no, mid, kind, {_text('event')} AS event, "
         "plain AND coalesce(year(event_time) BETWEEN 2 AND 9998, false) AS plain, "
@@ -228,15 +228,17 @@ class Values:
                 if path not in wanted:
                     wanted.append(path)
 
-    def create(self, where: str) -> str:
+    def create(self, where: str, sections: Sequence[Section]) -> str:
+        """The table's plain messages' values, and whether each is a hard row."""
         lists = ", ".join(
             f"json_extract({column}, [{', '.join(jpath(p[1:]) for p in paths)}]) AS v_{column}"
             for column, paths in self.paths.items()
             if paths
         )
         return checked(
-            f"CREATE OR REPLACE TEMP TABLE {self.name} AS SELECT file_no, line_no"
-            f"{', ' + lists if lists else ''} FROM {MESSAGES} WHERE plain AND ({where})"
+            f"CREATE OR REPLACE TEMP TABLE {self.name} AS SELECT *, "
+            f"{self.hard_rows(sections)} AS hard FROM (SELECT file_no, line_no"
+            f"{', ' + lists if lists else ''} FROM {MESSAGES} WHERE plain AND ({where})) AS v"
         )
 
     def of(self, path: Path) -> str:
@@ -277,6 +279,14 @@ class Values:
                 if path != section.root:
                     terms.append(f"coalesce(json_type({self.of(path)}) = 'NULL', false)")
         return " OR ".join(terms) if terms else "false"
+
+
+def hand_back(table: str, rows: Sequence[str]) -> str:
+    """Lines of `table` (MESSAGES or PLAIN) no longer plain: those `rows` select."""
+    return checked(
+        f"UPDATE {table} SET plain = false WHERE plain AND (file_no, line_no) IN "
+        f"({' UNION ALL '.join(rows)})"
+    )
 
 
 def fits(value: str, kind: ColumnType) -> str:

@@ -544,19 +544,34 @@ class Loader:
                 wh.record_rejects(schema, self._keyed_rejects(batch.rejects))
                 if batch.checked:
                     self._record_plan(schema, batch, report)
-                turned_off = self.sync_filter.new_turned_off_names()
-                if turned_off:
-                    wh.record_turned_off(schema, turned_off)
-                    report.turned_off.extend(f"{t}.{c}" if c else t for t, c in turned_off)
+                self.record_turned_off(schema, report)
         except Exception:
             self.writer.refresh(schema)
             raise
+        self.committed(schema, batch, report, (tables_before, columns_before, rows_before))
+
+    def record_turned_off(self, schema: str, report: SyncReport) -> None:
+        """Names selective sync turned off for the first time in this batch."""
+        turned_off = self.sync_filter.new_turned_off_names()
+        if turned_off:
+            self.warehouse.record_turned_off(schema, turned_off)
+            report.turned_off.extend(f"{t}.{c}" if c else t for t, c in turned_off)
+
+    def committed(
+        self,
+        schema: str,
+        batch: _Batch,
+        report: SyncReport,
+        before: tuple[int, int, dict[str, int]],
+    ) -> None:
+        """A committed batch into the report, the log and the progress (`before`: the
+        report's new tables, new columns and rows loaded before the batch)."""
         report.files_loaded += len(batch.files)
         report.rejects += len(batch.rejects)
         report.lines_read += batch.lines
         report.duplicates += batch.duplicates
         report.files_failed.extend(batch.failed)
-        _log_batch(schema, batch, report, tables_before, columns_before, rows_before)
+        _log_batch(schema, batch, report, *before)
         self._progress.files_committed = report.files_loaded
         self._progress.lines_committed = report.lines_read
         self._tell()
