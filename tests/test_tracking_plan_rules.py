@@ -191,3 +191,11 @@ def test_the_fast_precheck_never_passes_what_the_validator_refuses(props: dict) 
         assert compiled.violations(props)
     else:
         assert compiled.violations(props) == []
+
+
+def test_a_null_is_no_violation_of_an_enum() -> None:
+    """Found by the precheck test above: a null currency (enum USD/EUR) passed the fast
+    check but not JSON Schema's enum; a null is no value for either."""
+    props = {"currency": None, "order_id": None}
+    assert _SHARED.validator.is_valid(props)
+    assert _SHARED.violations(props) == []

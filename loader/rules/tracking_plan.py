@@ -72,7 +72,9 @@ class PropertySpec:
             if self.type == "timestamp":
                 schema["pattern"] = _TIMESTAMP
         if self.enum is not None:
-            schema["enum"] = list(self.enum)
+            # A null is no value, for an enum as for a type: JSON Schema's enum would
+            # refuse it where Sluice's own checks (and Segment's Protocols) take it.
+            schema["enum"] = [*self.enum, *([None] if None not in self.enum else [])]
         if self.pattern is not None:
             # Both a timestamp's shape and the user's pattern must hold.
             schema = (
