@@ -384,8 +384,8 @@ class NativeLoader(Loader):
             present = plan.vals.present(leaves)
             selects.append(
                 f"min(line_no) FILTER (WHERE {present}) AS n{at}, "
-                f"min(line_no) FILTER (WHERE json_type({value}) <> 'NULL') AS v{at}, "
-                f"coalesce(bool_or(json_type({value}) = 'DOUBLE'), false) AS d{at}"
+                f"min(line_no) FILTER (WHERE {value.t} <> 'NULL') AS v{at}, "
+                f"coalesce(bool_or({value.t} = 'DOUBLE'), false) AS d{at}"
             )
         rows = self.warehouse.fetchall(
             ns.checked(
@@ -442,7 +442,7 @@ class NativeLoader(Loader):
                 value = plan.vals.value_of(leaves)
                 kind = columns.get(name)
                 if kind is None:
-                    terms.append(f"coalesce(json_type({value}), 'NULL') <> 'NULL'")
+                    terms.append(f"coalesce({value.t}, 'NULL') <> 'NULL'")
                 else:
                     terms.append(f"NOT {ns.fits(value, kind)}")
             if terms:

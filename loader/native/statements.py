@@ -7,6 +7,7 @@ test bed); tests read every statement a load sends with sqlglot.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from loader.native.plan import Leaf, Path, Section, addressable
 from loader.rules.messages import CALL_TYPES, MAX_MESSAGE_ID_CHARS
@@ -85,16 +86,23 @@ FIELDS = (
 SECTION_COLUMN = {"context": "ctx", "properties": "body", "traits": "body"}
 
 
-def _field(name: str) -> str:
-    return f"f[{FIELDS.index(name) + 1}]"
+def _at(name: str) -> int:
+    return FIELDS.index(name) + 1
 
 
 def _text(name: str) -> str:
-    return f"json_extract_string({_field(name)}, '$')"
+    return f"s[{_at(name)}]"
 
 
 def _type(name: str) -> str:
-    return f"json_type({_field(name)})"
+    return f"t[{_at(name)}]"
+
+
+def _object(name: str) -> str:
+    return f"o[{_OBJECTS.index(name) + 1}]"
+
+
+_OBJECTS = ("properties", "traits", "context")
 
 
 def _time_ok(name: str) -> str:
@@ -149,9 +157,10 @@ def messages() -> str:
         "AND len(keys) = len(list_distinct(keys))"
     )
     fields = "[" + ", ".join(lit(f"$.{name}") for name in FIELDS) + "]"
+    objects = "[" + ", ".join(lit(f"$.{name}") for name in _OBJECTS) + "]"
     body = (
-        f"CASE WHEN kind IN ('track', 'page', 'screen') THEN {_field('properties')} "
-        f"WHEN kind IN ('identify', 'group') THEN {_field('traits')} END"
+        f"CASE WHEN kind IN ('track', 'page', 'screen') THEN {_object('properties')} "
+        f"WHEN kind IN ('identify', 'group') THEN {_object('traits')} END"
     )
     return checked(
         f"CREATE OR REPLACE TEMP TABLE {MESSAGES} AS WITH "
@@ -162,10 +171,13 @@ def messages() -> str:
         "WHERE txt IS NULL OR txt <> ''), "
         # (the argument, not the result, is NULL for a line that is not JSON: DuckDB
         # evaluates a CASE's branches for every row)
-        "parsed AS (SELECT *, json_extract(CASE WHEN json_valid(txt) THEN txt END, "
-        f"{fields}) AS f FROM text), "
+        "valid AS (SELECT *, CASE WHEN json_valid(txt) THEN txt END AS json FROM text), "
+        # The envelope's JSON types and texts, and its objects, one parse each.
+        f"parsed AS (SELECT *, json_type(json, {fields}) AS t, "
+        f"json_extract_string(json, {fields}) AS s, json_extract(json, {objects}) AS o "
+        "FROM valid), "
         # A valid JSON text that starts with `{` (lines are stripped) is an object.
-        f"objects AS (SELECT *, f IS NOT NULL AND txt[1] = '{{' "
+        f"objects AS (SELECT *, json IS NOT NULL AND txt[1] = '{{' "
         f"AND NOT regexp_matches(txt, {lit(_ODD_TEXT)}) AS object, "
         # Every JSON line's messageId as the reference reads it (NULs dropped), even of
         # a line the SQL leaves alone: its copies must follow it to the reference path.
@@ -178,7 +190,7 @@ def messages() -> str:
         f"timed AS (SELECT *, CASE WHEN plain THEN {corrected} END AS event_time FROM checked) "
         f"SELECT file_no, line_no, mid, kind, {_text('event')} AS event, "
         "plain AND coalesce(year(event_time) BETWEEN 2 AND 9998, false) AS plain, "
-        f"CASE WHEN {_type('context')} = 'OBJECT' THEN {_field('context')} END AS ctx, "
+        f"CASE WHEN {_type('context')} = 'OBJECT' THEN {_object('context')} END AS ctx, "
         f"{body} AS body, "
         + ", ".join(f"{expr} AS {ident(name)}" for name, expr in _COMMON_FROM_FIELDS.items())
         + ", event_time AS timestamp FROM timed"
@@ -229,55 +241,64 @@ class Values:
                     wanted.append(path)
 
     def create(self, where: str, sections: Sequence[Section]) -> str:
-        """The table's plain messages' values, and whether each is a hard row."""
-        lists = ", ".join(
-            f"json_extract({column}, [{', '.join(jpath(p[1:]) for p in paths)}]) AS v_{column}"
-            for column, paths in self.paths.items()
-            if paths
-        )
+        """The table's plain messages' values (each section's JSON types and texts, two
+        parses of it per row), and whether each is a hard row."""
+        lists = []
+        for column, paths in self.paths.items():
+            if paths:
+                where_all = f"[{', '.join(jpath(p[1:]) for p in paths)}]"
+                lists.append(f"json_type({column}, {where_all}) AS t_{column}")
+                lists.append(f"json_extract_string({column}, {where_all}) AS s_{column}")
         return checked(
             f"CREATE OR REPLACE TEMP TABLE {self.name} AS SELECT *, "
             f"{self.hard_rows(sections)} AS hard FROM (SELECT file_no, line_no"
-            f"{', ' + lists if lists else ''} FROM {MESSAGES} WHERE plain AND ({where})) AS v"
+            f"{''.join(', ' + x for x in lists)} FROM {MESSAGES} WHERE plain AND ({where})) AS v"
         )
 
-    def of(self, path: Path) -> str:
+    def of(self, path: Path) -> Value:
         column = SECTION_COLUMN[path[0]]
-        return f"v.v_{column}[{self.paths[column].index(path) + 1}]"
+        at = self.paths[column].index(path) + 1
+        return Value(f"v.t_{column}[{at}]", f"v.s_{column}[{at}]")
 
-    def value_of(self, leaves: Sequence[Leaf]) -> str:
-        """A column's JSON value: its one path, or the first present of its paths (a
-        plain row holds at most one of them)."""
+    def value_of(self, leaves: Sequence[Leaf]) -> Value:
+        """A column's value: its one path's, or the present one of its paths (a plain
+        row holds at most one of them)."""
         if len(leaves) == 1:
             return self.of(leaves[0].path)
-        return "coalesce(" + ", ".join(self.of(x.path) for x in leaves) + ")"
+        found = [self.of(x.path) for x in leaves]
+        return Value(
+            "coalesce(" + ", ".join(v.t for v in found) + ")",
+            "coalesce(" + ", ".join(v.s for v in found) + ")",
+        )
 
     def present(self, leaves: Sequence[Leaf]) -> str:
-        return " OR ".join(f"{self.of(x.path)} IS NOT NULL" for x in leaves)
+        return " OR ".join(f"{self.of(x.path).t} IS NOT NULL" for x in leaves)
 
     def hard_rows(self, sections: Sequence[Section]) -> str:
         """A plain line the SQL still cannot load as the reference would: a hard path
         present, two paths of one column present, an object with a key twice, a null
-        where other rows hold an object (a column of its own name there)."""
+        where other rows hold an object (a column of its own name there), an object
+        where other rows hold a value."""
         terms: list[str] = []
         for section in sections:
             for path in section.hard:
                 if all(map(addressable, path)):
-                    terms.append(f"{self.of(path)} IS NOT NULL")
+                    terms.append(f"{self.of(path).t} IS NOT NULL")
                 else:
-                    keys = f"json_keys({self.of(path[:-1])})"
+                    keys = f"json_keys({self.of(path[:-1]).s})"
                     terms.append(f"coalesce(list_contains({keys}, {lit(path[-1])}), false)")
             for leaf in section.leaves:
                 if leaf.kind == "JSON":
-                    terms.append(f"coalesce(json_type({self.of(leaf.path)}) = 'OBJECT', false)")
+                    terms.append(f"coalesce({self.of(leaf.path).t} = 'OBJECT', false)")
             for paths in section.shared.values():
-                present = " + ".join(f"CAST({self.of(p)} IS NOT NULL AS INT)" for p in paths)
+                present = " + ".join(f"CAST({self.of(p).t} IS NOT NULL AS INT)" for p in paths)
                 terms.append(f"({present}) > 1")
             for path in section.objects:
-                keys = f"json_keys({self.of(path)})"
+                value = self.of(path)
+                keys = f"json_keys(CASE WHEN {value.t} = 'OBJECT' THEN {value.s} END)"
                 terms.append(f"coalesce(len({keys}) <> len(list_distinct({keys})), false)")
                 if path != section.root:
-                    terms.append(f"coalesce(json_type({self.of(path)}) = 'NULL', false)")
+                    terms.append(f"coalesce({value.t} = 'NULL', false)")
         return " OR ".join(terms) if terms else "false"
 
 
@@ -289,28 +310,34 @@ def hand_back(table: str, rows: Sequence[str]) -> str:
     )
 
 
-def fits(value: str, kind: ColumnType) -> str:
+class Value(NamedTuple):
+    """One JSON value as the SQL reads it: its JSON type, and its text (a string's
+    characters, a number's or boolean's JSON spelling, an array's or object's JSON)."""
+
+    t: str
+    s: str
+
+
+def fits(value: Value, kind: ColumnType) -> str:
     """Whether a JSON value converts to the column's type as schema.coerce would, with
     nothing to rescue (else its row is the reference path's)."""
-    t = f"json_type({value})"
-    as_int = f"TRY_CAST(json_extract_string({value}, '$') AS BIGINT)"
-    as_double = f"TRY_CAST({value} AS DOUBLE)"
+    t, text = value
+    as_double = f"TRY_CAST({text} AS DOUBLE)"
     if kind is ColumnType.BOOLEAN:
         return f"({t} IS NULL OR {t} IN ('NULL', 'BOOLEAN'))"
     if kind is ColumnType.BIGINT:
         return (
             f"({t} IS NULL OR {t} IN ('NULL', 'BIGINT') "
-            f"OR ({t} = 'UBIGINT' AND {as_int} IS NOT NULL) "
+            f"OR ({t} = 'UBIGINT' AND TRY_CAST({text} AS BIGINT) IS NOT NULL) "
             f"OR ({t} = 'DOUBLE' AND {as_double} = trunc({as_double}) "
             f"AND {as_double} >= -9223372036854775808.0 AND {as_double} < 9223372036854775808.0))"
         )
     if kind is ColumnType.DOUBLE:
         return (
             f"({t} IS NULL OR {t} IN ('NULL', 'DOUBLE') OR ({t} IN ('BIGINT', 'UBIGINT') "
-            f"AND abs(TRY_CAST(json_extract_string({value}, '$') AS HUGEINT)) <= {_MAX_EXACT}))"
+            f"AND abs(TRY_CAST({text} AS HUGEINT)) <= {_MAX_EXACT}))"
         )
     if kind is ColumnType.TIMESTAMP:
-        text = f"json_extract_string({value}, '$')"
         return (
             f"({t} IS NULL OR {t} = 'NULL' OR ({t} = 'VARCHAR' AND regexp_matches({text}, "
             f"{lit(_TIME)}) AND substr({text}, 1, 4) BETWEEN '0002' AND '9998'))"
@@ -318,25 +345,24 @@ def fits(value: str, kind: ColumnType) -> str:
     # text: an array's JSON text only where no number or escape could be spelt otherwise
     return (
         f"({t} IS NULL OR {t} IN ('NULL', 'VARCHAR', 'BIGINT', 'UBIGINT', 'BOOLEAN') "
-        f"OR ({t} = 'ARRAY' "
-        f"AND NOT regexp_matches(CAST({value} AS VARCHAR), {lit(_NOT_IN_ARRAY)})))"
+        f"OR ({t} = 'ARRAY' AND NOT regexp_matches({text}, {lit(_NOT_IN_ARRAY)})))"
     )
 
 
-def cast(value: str, kind: ColumnType) -> str:
+def cast(value: Value, kind: ColumnType) -> str:
+    t, text = value
     if kind is ColumnType.TEXT:
-        return f"json_extract_string({value}, '$')"
+        return text
     if kind is ColumnType.TIMESTAMP:
-        return f"TRY_CAST(json_extract_string({value}, '$') AS TIMESTAMPTZ)"
+        return f"TRY_CAST({text} AS TIMESTAMPTZ)"
     if kind is ColumnType.BIGINT:
         return (
-            f"CASE WHEN json_type({value}) = 'DOUBLE' "
-            f"THEN TRY_CAST(TRY_CAST({value} AS DOUBLE) AS BIGINT) "
-            f"ELSE TRY_CAST(json_extract_string({value}, '$') AS BIGINT) END"
+            f"CASE WHEN {t} = 'DOUBLE' THEN TRY_CAST(TRY_CAST({text} AS DOUBLE) AS BIGINT) "
+            f"ELSE TRY_CAST({text} AS BIGINT) END"
         )
     if kind is ColumnType.DOUBLE:
-        return f"TRY_CAST(json_extract_string({value}, '$') AS DOUBLE)"
-    return f"TRY_CAST({value} AS BOOLEAN)"
+        return f"TRY_CAST({text} AS DOUBLE)"
+    return f"TRY_CAST({text} AS BOOLEAN)"
 
 
 # Fixed columns of a table, from MESSAGES (as `m`).
