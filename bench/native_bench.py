@@ -26,6 +26,7 @@ from load_bench import archive_for
 ROOT = Path(__file__).resolve().parent
 CHILD = """
 import json, resource, sys, time
+from contextlib import contextmanager
 from pathlib import Path
 from loader.config.targets import DEFAULT_DUCKDB_MEMORY_LIMIT
 from loader.native.loader import loader_class
@@ -54,6 +55,20 @@ class Timed(DuckDBWarehouse):
             return super().fetchall(sql, params)
         finally:
             engine[0] += cpu() - start
+
+    @contextmanager
+    def _begin(self):
+        start = cpu()
+        self.conn.execute("BEGIN TRANSACTION")
+        engine[0] += cpu() - start
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        start = cpu()
+        self.conn.execute("COMMIT")
+        engine[0] += cpu() - start
 
     def native_lines(self, name, lines):
         start = cpu()

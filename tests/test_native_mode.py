@@ -312,3 +312,14 @@ def test_sluice_sync_in_native_mode_loads_the_project_as_the_python_path(tmp_pat
     assert refused.returncode == 2
     assert "mode: native does not check tracking plans yet" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@given(st.lists(st.sampled_from([b"", b" ", b"\t\r", b"{}", b" x ", b"a\rb", b"\x0c"]), max_size=8))
+def test_lines_split_in_bulk_are_the_reference_readers_lines(pieces: list[bytes]) -> None:
+    from loader.native.lines import lines_of
+
+    text = b"\n".join(pieces)
+    lines, count = lines_of(text)
+    got = [(n, raw.strip()) for n, raw in enumerate(lines.to_pylist(), 1) if raw.strip()]
+    expected = [(n, raw.strip()) for n, raw in enumerate(text.split(b"\n"), 1) if raw.strip()]
+    assert got == expected and count == len(expected)

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from loader.encode.file_reader import ReadOptions, _unreadable
 from loader.native import statements as ns
+from loader.native.lines import lines_of
 from loader.native.plan import (
     KIND_TABLE,
     Leaf,
@@ -43,7 +44,7 @@ from loader.rules.messages import Reject, parse_line, storable_text
 from loader.rules.naming import snake_case
 from loader.rules.normalize import TableRows, event_table_name, fixed_columns, rows_into
 from loader.rules.schema import ColumnType
-from loader.sources.archive import ArchiveFile, file_lines
+from loader.sources.archive import ArchiveFile, file_text
 from loader.sync.pipeline import (
     PROFILES,
     Loader,
@@ -63,7 +64,7 @@ class RawBatch:
     """Whole files' lines (each file's text split at newlines: item n is line n + 1)."""
 
     urls: list[str] = field(default_factory=list)
-    parts: list[list[bytes]] = field(default_factory=list)
+    parts: list[pa.Array] = field(default_factory=list)
     # Lines that are not blank, per file (what `_sluice.loaded_files` records).
     line_counts: list[int] = field(default_factory=list)
     breaks: list[Reject] = field(default_factory=list)
@@ -76,11 +77,13 @@ class RawBatch:
 
     def arrow(self) -> pa.Table:
         sizes = [len(p) for p in self.parts]
+        numbers = [np.arange(1, n + 1, dtype=np.int64) for n in sizes]
+        empty = pa.array([], pa.large_binary())
         return pa.table(
             {
                 "file_no": pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)),
-                "line_no": pa.array(np.concatenate([np.arange(1, n + 1) for n in sizes] or [[]])),
-                "raw": pa.array([line for part in self.parts for line in part], pa.binary()),
+                "line_no": pa.array(np.concatenate(numbers) if numbers else [], pa.int64()),
+                "raw": pa.concat_arrays(self.parts) if self.parts else empty,
             }
         )
 
@@ -135,28 +138,23 @@ class NativeLoader(Loader):
         for file in todo:
             _check_stop()
             try:
-                lines, broken = file_lines(file.url, self.storage_options)
+                text, broken = file_text(file.url, self.storage_options)
             except OSError as exc:
                 failure = {"file": file.url, "line": None, "error": _unreadable(exc)}
                 batch.failed.append({**failure, "partial": False})
                 batch.unread.add(file.url)
-                lines, broken = [], None
+                text, broken = b"", None
             if broken is not None:
-                batch.failed.append(
-                    {
-                        "file": broken.file,
-                        "line": broken.line,
-                        "error": broken.reason,
-                        "partial": True,
-                    }
-                )
+                where = {"file": broken.file, "line": broken.line, "error": broken.reason}
+                batch.failed.append({**where, "partial": True})
                 batch.breaks.append(
                     Reject(broken.file, broken.line, storable_text(broken.raw), broken.reason)
                 )
+            lines, count = lines_of(text)
             batch.urls.append(file.url)
             batch.parts.append(lines)
             # Lines that are not blank, as the reference counts a batch's lines.
-            batch.line_counts.append(sum(map(bool, map(bytes.strip, lines))))
+            batch.line_counts.append(count)
             progress.files_read += 1
             progress.bytes_read += file.size
             self._tell()

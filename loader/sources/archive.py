@@ -185,15 +185,11 @@ def _plain_blocks(raw: IO[bytes]) -> Iterator[bytes]:
         yield block
 
 
-def file_lines(
-    url: str, storage_options: dict | None = None
-) -> tuple[list[bytes], CorruptFile | None]:
-    """A file's text split at each newline, unstripped and with blank lines kept (the
-    n-th item is line n + 1, numbered as iter_lines numbers it; its BOM dropped), for a
-    bulk reader that strips and skips in bulk; and the break, when a gzip stream breaks
-    (the lines before it are all there; the break's own cut-off line is not)."""
+def file_text(url: str, storage_options: dict | None = None) -> tuple[bytes, CorruptFile | None]:
+    """A file's whole text (its BOM dropped), for a reader that splits and strips it in
+    bulk, numbering lines as iter_lines does; where a gzip stream breaks, the text of
+    the lines before the break and the break itself (its cut-off line as `raw`)."""
     blocks: list[bytes] = []
-    broken: CorruptFile | None = None
     with fsspec.open(url, "rb", **(storage_options or {})) as raw:
         head = raw.read(2)
         raw.seek(0)
@@ -203,24 +199,20 @@ def file_lines(
                 blocks.append(block)
         except _BrokenGzip as exc:
             assert gunzip is not None
-            text = b"".join(blocks)
-            size = len(text) - (len(_BOM) if text.startswith(_BOM) else 0)
-            lines = text.split(b"\n")
-            partial = lines.pop()
+            text = _without_bom(b"".join(blocks))
+            whole = text.rfind(b"\n") + 1
             reason = (
-                f"corrupt gzip data: {exc}, after {size} decompressed bytes "
+                f"corrupt gzip data: {exc}, after {len(text)} decompressed bytes "
                 f"({gunzip.compressed} compressed bytes read); the lines before this one "
                 "were read"
             )
-            broken = CorruptFile(url, len(lines) + 1, reason, partial.strip())
-            return _without_bom(lines), broken
-    return _without_bom(b"".join(blocks).split(b"\n")), None
+            line = text.count(b"\n", 0, whole) + 1
+            return text[:whole], CorruptFile(url, line, reason, text[whole:].strip())
+    return _without_bom(b"".join(blocks)), None
 
 
-def _without_bom(lines: list[bytes]) -> list[bytes]:
-    if lines and lines[0].startswith(_BOM):
-        lines[0] = lines[0][len(_BOM) :]
-    return lines
+def _without_bom(text: bytes) -> bytes:
+    return text[len(_BOM) :] if text.startswith(_BOM) else text
 
 
 def iter_lines(url: str, storage_options: dict | None = None) -> Iterator[tuple[int, bytes]]:
