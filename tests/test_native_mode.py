@@ -77,7 +77,17 @@ KEYS = st.sampled_from(
 VALUE = st.one_of(
     PROPERTY,
     st.dictionaries(st.sampled_from(["b", "c", "B"]), PROPERTY, max_size=2),
-    st.sampled_from(["2026-11-01 10:00:00", "2026-11-01T10:00Z", "0001-01-01T00:00:00+01:00"]),
+    st.sampled_from(
+        [
+            "2026-11-01 10:00:00",
+            "2026-11-01T10:00Z",
+            "0001-01-01T00:00:00+01:00",
+            "2026-11-01T24:00:00Z",  # DuckDB reads these, Python does not
+            "2026-11-01T10:00:00+24:00",
+            "2026-02-30T10:00:00Z",
+            "2026-11-01T10:00:00.1234567Z",
+        ]
+    ),
 )
 MESSAGE = st.tuples(
     st.integers(0, 12),  # messageId: few, so files repeat each other
@@ -208,6 +218,11 @@ def _hostile_lines() -> list[bytes]:
             track("h-time", "Order Completed", received="2026-11-01 10:00:00+05:30")
         ).encode(),
         json.dumps(track("h-y1", "Order Completed", received="0001-01-01T00:00:00+01:00")).encode(),
+        json.dumps(track("h-24", "Order Completed", received="2026-11-01T24:00:00Z")).encode(),
+        json.dumps(track("h-feb", "Order Completed", received="2026-02-30T10:00:00Z")).encode(),
+        json.dumps(
+            track("h-off", "Order Completed", received="2026-11-01T10:00:00+24:00")
+        ).encode(),
         b"[1, 2]",
         b"not json at all",
     ]

@@ -23,7 +23,12 @@ VALUES = "_sluice_native_values"  # + _<n>: one table's extracted values, per li
 # An ISO-8601 date-time every reader agrees on: the reference parser and DuckDB's cast
 # give the same instant. Years 0001 and 9999 are left to the reference path (a time
 # there may fall outside what a UTC datetime holds).
-_TIME = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})?$"
+# Hours, minutes and offsets in range as both read them (DuckDB takes 24:00 and +24:00,
+# Python neither), and a date that exists (TRY_CAST, where the regex does not reach).
+_TIME = (
+    r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[T ]([01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+    r"(\.\d{1,6})?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)?$"
+)
 # Text a line may hold that the SQL does not read as the reference parser does: a NUL
 # or a lone surrogate escape, NaN and Infinity (JSON has neither), exponents past any
 # double, integers past 64 bits (read as doubles by DuckDB, as integers by Python).
@@ -106,10 +111,14 @@ _OBJECTS = ("properties", "traits", "context")
 
 
 def _time_ok(name: str) -> str:
-    value = _text(name)
+    return time_text_ok(_text(name))
+
+
+def time_text_ok(text: str) -> str:
+    """Whether a text is an ISO-8601 date-time both parsers read as the same instant."""
     return (
-        f"(regexp_matches({value}, {lit(_TIME)}) "
-        f"AND substr({value}, 1, 4) BETWEEN '0002' AND '9998')"
+        f"(regexp_matches({text}, {lit(_TIME)}) AND substr({text}, 1, 4) BETWEEN '0002' "
+        f"AND '9998' AND TRY_CAST({text} AS TIMESTAMPTZ) IS NOT NULL)"
     )
 
 
@@ -338,10 +347,7 @@ def fits(value: Value, kind: ColumnType) -> str:
             f"AND abs(TRY_CAST({text} AS HUGEINT)) <= {_MAX_EXACT}))"
         )
     if kind is ColumnType.TIMESTAMP:
-        return (
-            f"({t} IS NULL OR {t} = 'NULL' OR ({t} = 'VARCHAR' AND regexp_matches({text}, "
-            f"{lit(_TIME)}) AND substr({text}, 1, 4) BETWEEN '0002' AND '9998'))"
-        )
+        return f"({t} IS NULL OR {t} = 'NULL' OR ({t} = 'VARCHAR' AND {time_text_ok(text)}))"
     # text: an array's JSON text only where no number or escape could be spelt otherwise
     return (
         f"({t} IS NULL OR {t} IN ('NULL', 'VARCHAR', 'BIGINT', 'UBIGINT', 'BOOLEAN') "
