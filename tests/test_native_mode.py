@@ -223,6 +223,12 @@ def _hostile_lines() -> list[bytes]:
         json.dumps(
             track("h-off", "Order Completed", received="2026-11-01T10:00:00+24:00")
         ).encode(),
+        b'{"type": "track", "messageId": "h-1500", "event": "E", "userId": "u", '
+        b'"receivedAt": "2026-11-01T10:00:00Z", "properties": {"a": '
+        + b'{"b": ' * 1500
+        + b"1"
+        + b"}" * 1501
+        + b"}",
         b"[1, 2]",
         b"not json at all",
     ]

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from loader.encode.file_reader import ReadOptions, _unreadable
 from loader.native import statements as ns
-from loader.native.lines import lines_of
+from loader.native.lines import as_text, lines_of
 from loader.native.plan import (
     KIND_TABLE,
     Leaf,
@@ -76,14 +76,17 @@ class RawBatch:
         return sum(self.line_counts)
 
     def arrow(self) -> pa.Table:
+        """file_no, line_no, txt (the line, NULL where it is not UTF-8), raw (only
+        those lines' bytes)."""
         sizes = [len(p) for p in self.parts]
         numbers = [np.arange(1, n + 1, dtype=np.int64) for n in sizes]
-        empty = pa.array([], pa.large_binary())
+        texts, raws = zip(*map(as_text, self.parts), strict=True) if self.parts else ((), ())
         return pa.table(
             {
                 "file_no": pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)),
                 "line_no": pa.array(np.concatenate(numbers) if numbers else [], pa.int64()),
-                "raw": pa.concat_arrays(self.parts) if self.parts else empty,
+                "txt": pa.concat_arrays(texts) if texts else pa.array([], pa.large_string()),
+                "raw": pa.concat_arrays(raws) if raws else pa.array([], pa.large_binary()),
             }
         )
 
@@ -214,8 +217,9 @@ class NativeLoader(Loader):
         batch.failed = raw.failed
         batch.duplicates += self._native_duplicates()
         self._remember(first, second)
-        for name in [p.vals.name for p in plans] + [ns.LINES, ns.MESSAGES, ns.PLAIN]:
+        for name in [p.vals.name for p in plans] + [ns.MESSAGES, ns.PLAIN]:
             wh.execute(f"DROP TABLE IF EXISTS {name}")
+        wh.native_lines_done(ns.LINES)
         self.committed(schema, batch, report, (tables_before, columns_before, rows_before))
 
     def _plan_tables(self, options: ReadOptions) -> list[TablePlan]:
@@ -306,12 +310,12 @@ class NativeLoader(Loader):
         wh = self.warehouse
         if after is None:
             found = wh.fetchall(
-                f"SELECT l.file_no, l.line_no, l.raw FROM {ns.LINES} AS l JOIN {ns.MESSAGES} "
+                f"SELECT l.file_no, l.line_no, {ns.RAW} FROM {ns.LINES} AS l JOIN {ns.MESSAGES} "
                 f"AS m USING (file_no, line_no) WHERE NOT m.plain ORDER BY 1, 2"
             )
         else:
             found = wh.fetchall(
-                f"SELECT l.file_no, l.line_no, l.raw FROM {ns.LINES} AS l JOIN {ns.PLAIN} "
+                f"SELECT l.file_no, l.line_no, {ns.RAW} FROM {ns.LINES} AS l JOIN {ns.PLAIN} "
                 f"AS m USING (file_no, line_no) WHERE NOT m.plain ORDER BY 1, 2"
             )
         by_file: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
@@ -413,7 +417,8 @@ class NativeLoader(Loader):
             return
         keys = ", ".join(f"({f}, {n})" for f, n in witnesses)
         found = self.warehouse.fetchall(
-            f"SELECT file_no, line_no, raw FROM {ns.LINES} WHERE (file_no, line_no) IN ({keys})"
+            f"SELECT l.file_no, l.line_no, {ns.RAW} FROM {ns.LINES} AS l "
+            f"WHERE (l.file_no, l.line_no) IN ({keys})"
         )
         for file_no, line_no, line in found:
             body = parse_line(bytes(line).strip(), raw.urls[file_no], line_no)

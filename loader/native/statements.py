@@ -13,7 +13,8 @@ from loader.native.plan import Leaf, Path, Section, addressable
 from loader.rules.messages import CALL_TYPES, MAX_MESSAGE_ID_CHARS
 from loader.rules.schema import ColumnType
 
-LINES = "_sluice_native_lines"  # file_no, line_no, raw (bytes as read)
+LINES = "_sluice_native_lines"  # file_no, line_no, txt (or raw: bytes not UTF-8)
+RAW = "coalesce(encode(l.txt), l.raw)"  # a line (`l`) as the bytes it was read as
 MESSAGES = "_sluice_native_messages"  # one row per line: its JSON and the checks
 PLAIN = "_sluice_native_plain"  # the plain messages, numbered per messageId
 EVENTS = "_sluice_native_events"  # event text -> its table and `event` slug
@@ -44,6 +45,7 @@ _TIME_FIELDS = ("receivedAt", "sentAt", "timestamp", "originalTimestamp")
 _TEXT_FIELDS = ("userId", "anonymousId", "event", "name", "category", "groupId", "previousId")
 _OBJECT_FIELDS = ("properties", "traits", "context")
 _MAX_EXACT = 2**53
+_MAX_BRACKETS = 256
 
 
 def lit(text: str) -> str:
@@ -176,7 +178,7 @@ def messages() -> str:
         # Lines stripped of ASCII whitespace as the reference reader strips them; a
         # blank line is no line (not valid UTF-8: the reference path's, as it is).
         "text AS (SELECT * FROM (SELECT file_no, line_no, "
-        f"trim(try(decode(raw)), {lit(_STRIPPED)}) AS txt FROM {LINES}) "
+        f"trim(txt, {lit(_STRIPPED)}) AS txt FROM {LINES}) "
         "WHERE txt IS NULL OR txt <> ''), "
         # (the argument, not the result, is NULL for a line that is not JSON: DuckDB
         # evaluates a CASE's branches for every row)
@@ -187,7 +189,11 @@ def messages() -> str:
         "FROM valid), "
         # A valid JSON text that starts with `{` (lines are stripped) is an object.
         f"objects AS (SELECT *, json IS NOT NULL AND txt[1] = '{{' "
-        f"AND NOT regexp_matches(txt, {lit(_ODD_TEXT)}) AS object, "
+        f"AND NOT regexp_matches(txt, {lit(_ODD_TEXT)}) "
+        # Deep nesting is the reference's to judge (it rejects ~1,000 levels): a line
+        # with many brackets, in strings or not, goes to it.
+        f"AND strlen(txt) - strlen(replace(replace(txt, '{{', ''), '[', '')) <= {_MAX_BRACKETS} "
+        "AS object, "
         # Every JSON line's messageId as the reference reads it (NULs dropped), even of
         # a line the SQL leaves alone: its copies must follow it to the reference path.
         f"CASE WHEN {_type('messageId')} = 'VARCHAR' THEN "

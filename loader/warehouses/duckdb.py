@@ -263,14 +263,11 @@ class DuckDBWarehouse(Warehouse):
         return inserted
 
     def native_lines(self, name: str, lines: pa.Table) -> None:
-        """Native mode's raw lines as a temporary table the rules' SQL reads."""
-        self.conn.register("_sluice_native_in", lines)
-        try:
-            self.conn.execute(
-                f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM _sluice_native_in"
-            )
-        finally:
-            self.conn.unregister("_sluice_native_in")
+        """Native mode's raw lines, scanned in place (no copy) under `name`."""
+        self.conn.register(name, lines)
+
+    def native_lines_done(self, name: str) -> None:
+        self.conn.unregister(name)
 
     def insert_new_rows(
         self, schema: str, table: str, columns: Sequence[str], rows: Rows, fill_nulls: bool = False

@@ -110,9 +110,13 @@ class Warehouse(ABC):
 
     # --- names -------------------------------------------------------------------------
     def native_lines(self, name: str, lines: Any) -> None:
-        """Native mode: an archive batch's raw lines (an Arrow table of file_no, line_no,
-        raw) into a temporary table `name` of the warehouse, by its own bulk path."""
+        """Native mode: an archive batch's lines (an Arrow table of file_no, line_no, txt
+        and raw) as the relation `name` in the warehouse, by its own bulk path."""
         self.refuse_native_mode()
+
+    def native_lines_done(self, name: str) -> None:
+        """The batch's raw lines are no longer read (a driver drops what it made)."""
+        self.execute(f"DROP TABLE IF EXISTS {name}")
 
     def refuse_native_mode(self) -> None:
         """Raise unless this adapter loads in native mode (it implements native_lines)."""
