@@ -183,6 +183,9 @@ class NativeLoader(Loader):
         tables_before, columns_before = len(report.new_tables), len(report.new_columns)
         rows_before = dict(report.rows_loaded)
         batch = _Batch()
+        batch.files = [
+            (u, n) for u, n in zip(raw.urls, raw.line_counts, strict=True) if u not in raw.unread
+        ]
         try:
             with wh.transaction():
                 types = self._evolve(schema, raw, plans, first, options, report)
@@ -198,21 +201,14 @@ class NativeLoader(Loader):
                     _absorb(batch, part)
                 native_rows = self._insert_native(schema, written, types, uuid_ts, report)
                 self._profiles(schema, batch, native_rows, options, report)
-                files = [
-                    (self._key(u), n)
-                    for u, n in zip(raw.urls, raw.line_counts, strict=True)
-                    if u not in raw.unread
-                ]
                 if self._record_files:
-                    wh.record_files(schema, files)
+                    wh.record_files(schema, [(self._key(u), n) for u, n in batch.files])
                 batch.rejects.extend(raw.breaks)
                 wh.record_rejects(schema, self._keyed_rejects(batch.rejects))
                 self.record_turned_off(schema, report)
         except Exception:
             self.writer.refresh(schema)
             raise
-        batch.files = [(u, n) for u, n in zip(raw.urls, raw.line_counts, strict=True)]
-        batch.files = [f for f in batch.files if f[0] not in raw.unread]
         batch.lines = raw.lines
         batch.failed = raw.failed
         batch.duplicates += self._native_duplicates()
