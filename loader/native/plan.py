@@ -18,22 +18,17 @@ from typing import Any
 
 from loader.rules.naming import snake_case
 from loader.rules.normalize import (
+    _GROUP_RESERVED,
+    _PAGE_RESERVED,
+    _TABLE_OF_KIND,
+    _TRACK_RESERVED,
     CORE_COLUMNS,
-    EVENT_TABLE_COLUMNS,
-    TABLE_COLUMNS,
-    fixed_columns,
 )
 from loader.rules.schema import ColumnEvidence, infer_type
 
-# Call type -> (table, the section flattened into its rows, names that section may not
-# write): normalize.rows_into's rules, read off as data.
-KIND_TABLE: dict[str, str] = {
-    "page": "pages",
-    "screen": "screens",
-    "identify": "identifies",
-    "group": "groups",
-    "alias": "aliases",
-}
+# Call type -> its table, the section flattened into its rows, the names that section
+# may not write: normalize.rows_into's own tables where it has them.
+KIND_TABLE: dict[str, str] = _TABLE_OF_KIND
 SECTION: dict[str, str | None] = {
     "track": "properties",
     "page": "properties",
@@ -43,11 +38,11 @@ SECTION: dict[str, str | None] = {
     "alias": None,
 }
 RESERVED: dict[str, frozenset[str]] = {
-    "track": CORE_COLUMNS | frozenset(EVENT_TABLE_COLUMNS),
-    "page": CORE_COLUMNS | frozenset(TABLE_COLUMNS["pages"]),
-    "screen": CORE_COLUMNS | frozenset(TABLE_COLUMNS["screens"]),
+    "track": _TRACK_RESERVED,
+    "page": _PAGE_RESERVED,
+    "screen": _PAGE_RESERVED,
     "identify": CORE_COLUMNS,
-    "group": CORE_COLUMNS | frozenset(TABLE_COLUMNS["groups"]),
+    "group": _GROUP_RESERVED,
     "alias": frozenset(),
 }
 
@@ -158,10 +153,6 @@ def columns_of(sections: Iterable[Section | None]) -> dict[str, list[Leaf]]:
             for leaf in section.leaves:
                 out.setdefault(leaf.name, []).append(leaf)
     return out
-
-
-def fixed_of(table: str) -> dict[str, Any]:
-    return fixed_columns(table)
 
 
 @dataclass
