@@ -135,18 +135,13 @@ def read_file(
     """Parse, validate and normalise every line of one file; with an encoder and a
     context, encode each table's rows too (`encoded` instead of `tables`)."""
     read = FileRead(archive_file.url)
-    ids = read.ids
     seen: set[str] = set()
-    rejects = read.rejects
-    users = read.users
-    accounts = read.accounts
     by_table: TableRows = {}
     row_filter = options.row_filter
     # Rows to be encoded here carry their common times parsed (the bulk format wants
     # datetimes); rows sent on as tuples carry the text, as every adapter takes it.
     as_datetimes = options.encoder is not None and context is not None and not context.as_tuples
     url = archive_file.url
-    plan = options.plan
     parts: _Parts | None = None
     part_lines = options.part_lines or PART_LINES
     part_end = -1  # never: rows not encoded here stay whole
@@ -159,44 +154,11 @@ def read_file(
                 parts.encode(by_table)  # between two messages: the rows so far are whole
                 part_end += part_lines
             read.lines += 1
-            body = parse_line(raw, url, line_no)
-            if type(body) is Reject:
-                rejects.append(body)
-                continue
-            mid = body.message_id
-            if mid in seen:
-                read.duplicates += 1
-                continue
-            omitted: dict[str, Any] | None = None
-            if plan is not None:
-                verdict = _apply_plan(plan, body, read, url, line_no, raw)
-                if verdict is not None:
-                    if verdict.blocked:
-                        seen.add(mid)  # kept aside, not loaded: a replay reads it again
-                        continue
-                    if verdict.omit:
-                        omitted = _take_omitted(body, verdict.omit)
-            try:
-                rows_into(by_table, body, row_filter, as_datetimes)
-                if omitted:
-                    _rescue_omitted(by_table, body, omitted)
-            except RecursionError:  # decoded, but nested too deep to flatten here
-                _drop_rows_of(by_table, mid)
-                reason = too_deep_reason(nesting_depth(raw))
-                rejects.append(Reject(url, line_no, storable_text(raw), reason))
-                continue
-            seen.add(mid)
-            ids.append(mid)
-            kind = body.type
-            if kind == "identify":
-                if options.users_on and body.user_id not in (None, ""):
-                    users.add(str(id_text(body.user_id)))  # as identifies.user_id holds it
-            elif kind == "group" and options.accounts_on:
-                accounts.add(str(id_text(body.group_id)))
+            take_line(read, seen, by_table, raw, line_no, options, as_datetimes)
     except CorruptFile as exc:
         # Loaded up to the break; the break itself is one reject, keyed by file and line.
         read.failure = {"file": exc.file, "line": exc.line, "error": exc.reason, "partial": True}
-        rejects.append(Reject(exc.file, exc.line, storable_text(exc.raw), exc.reason))
+        read.rejects.append(Reject(exc.file, exc.line, storable_text(exc.raw), exc.reason))
     except OSError as exc:
         # Not the data's fault (gone, unreadable, a dropped connection): nothing of the
         # file is kept, so the next run reads it whole.
@@ -216,6 +178,57 @@ def read_file(
     parts.encode(by_table)
     parts.finish()
     return read
+
+
+def take_line(
+    read: FileRead,
+    seen: set[str],
+    by_table: TableRows,
+    raw: bytes,
+    line_no: int,
+    options: ReadOptions,
+    as_datetimes: bool,
+) -> bool:
+    """One line of `read`'s file into `by_table` and `read` (its reject, duplicate, id,
+    users/accounts key); whether its rows went in. The one per-line rule, shared by the
+    reader processes and native mode's reference path."""
+    url = read.url
+    body = parse_line(raw, url, line_no)
+    if type(body) is Reject:
+        read.rejects.append(body)
+        return False
+    mid = body.message_id
+    if mid in seen:
+        read.duplicates += 1
+        return False
+    omitted: dict[str, Any] | None = None
+    plan = options.plan
+    if plan is not None:
+        verdict = _apply_plan(plan, body, read, url, line_no, raw)
+        if verdict is not None:
+            if verdict.blocked:
+                seen.add(mid)  # kept aside, not loaded: a replay reads it again
+                return False
+            if verdict.omit:
+                omitted = _take_omitted(body, verdict.omit)
+    try:
+        rows_into(by_table, body, options.row_filter, as_datetimes)
+        if omitted:
+            _rescue_omitted(by_table, body, omitted)
+    except RecursionError:  # decoded, but nested too deep to flatten here
+        _drop_rows_of(by_table, mid)
+        reason = too_deep_reason(nesting_depth(raw))
+        read.rejects.append(Reject(url, line_no, storable_text(raw), reason))
+        return False
+    seen.add(mid)
+    read.ids.append(mid)
+    kind = body.type
+    if kind == "identify":
+        if options.users_on and body.user_id not in (None, ""):
+            read.users.add(str(id_text(body.user_id)))  # as identifies.user_id holds it
+    elif kind == "group" and options.accounts_on:
+        read.accounts.add(str(id_text(body.group_id)))
+    return True
 
 
 class _Parts:

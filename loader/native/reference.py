@@ -8,10 +8,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loader.encode.file_reader import FileRead, ReadOptions
+from loader.encode.file_reader import FileRead, ReadOptions, take_line
 from loader.native.plan import Seen
-from loader.rules.messages import Reject, nesting_depth, parse_line, storable_text, too_deep_reason
-from loader.rules.normalize import TableChunk, TableRows, id_text, rows_into
+from loader.rules.normalize import TableChunk, TableRows
 
 
 @dataclass
@@ -29,33 +28,14 @@ def read_lines(url: str, lines: Iterable[tuple[int, bytes]], options: ReadOption
     seen: set[str] = set()
     pending: TableRows = {}
     for line_no, raw in lines:
-        body = parse_line(raw, url, line_no)
-        if type(body) is Reject:
-            read.rejects.append(body)
-            continue
-        mid = body.message_id
-        if mid in seen:
-            read.duplicates += 1
-            continue
         tables: TableRows = {}
-        try:
-            rows_into(tables, body, options.row_filter, False)
-        except RecursionError:
-            reason = too_deep_reason(nesting_depth(raw))
-            read.rejects.append(Reject(url, line_no, storable_text(raw), reason))
+        if not take_line(read, seen, tables, raw, line_no, options, False):
             continue
-        seen.add(mid)
-        read.ids.append(mid)
         for table, (values, rescued) in tables.items():
             out.rows.setdefault(table, []).append((line_no, values[0]))
             into = pending.setdefault(table, ([], []))
             into[0].append(values[0])
             into[1].append(rescued[0])
-        if body.type == "identify":
-            if options.users_on and body.user_id not in (None, ""):
-                read.users.add(str(id_text(body.user_id)))
-        elif body.type == "group" and options.accounts_on:
-            read.accounts.add(str(id_text(body.group_id)))
     read.tables = {t: TableChunk.of_values(v, r) for t, (v, r) in pending.items()}
     return out
 
