@@ -18,21 +18,14 @@ import pyarrow.compute as pc
 
 from loader.encode.arrow_batches import ArrowEncoder, read_table
 from loader.encode.encoded import EncodedChunk
-from loader.rules.schema import ColumnType
 from loader.warehouses import statements as st
-from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
+from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError, type_names
 from loader.warehouses.dialect import SqlDialect, rename_params
 from loader.warehouses.warehouse import Warehouse
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=63,
-    type_names={
-        ColumnType.BOOLEAN: "boolean",
-        ColumnType.BIGINT: "bigint",
-        ColumnType.DOUBLE: "double",
-        ColumnType.TIMESTAMP: "timestamp with time zone",
-        ColumnType.TEXT: "varchar",
-    },
+    type_names=type_names("boolean", "bigint", "double", "timestamp with time zone", "varchar"),
     json_type="json",
     # DuckDB has no documented limit, but a table of 16,000 columns already kills the
     # process (SIGFPE) on insert, 8,000 take seconds per batch: 2,000 is far from both.

@@ -18,8 +18,8 @@ from loader.encode.copy_binary import (
 from loader.encode.encoded import EncodedChunk
 from loader.rules.normalize import RESCUED_COLUMN
 from loader.rules.schema import ColumnType
-from loader.warehouses import statements
-from loader.warehouses.base import BOOKKEEPING_SCHEMA, Capabilities, LockBusy, Rows, WarehouseError
+from loader.warehouses import base, statements
+from loader.warehouses.base import Capabilities, LockBusy, Rows, WarehouseError
 from loader.warehouses.dialect import SqlDialect
 from loader.warehouses.warehouse import Warehouse
 
@@ -59,13 +59,9 @@ def _rows(rows: Rows) -> _Write:
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=63,
-    type_names={
-        ColumnType.BOOLEAN: "boolean",
-        ColumnType.BIGINT: "bigint",
-        ColumnType.DOUBLE: "double precision",
-        ColumnType.TIMESTAMP: "timestamp with time zone",
-        ColumnType.TEXT: "text",
-    },
+    type_names=base.type_names(
+        "boolean", "bigint", "double precision", "timestamp with time zone", "text"
+    ),
     json_type="jsonb",
     row_encoder=CopyBinaryEncoder() if format_row_binary is not None else None,
     # Byte order for the primary key: every row inserted walks the id index, and the
@@ -173,7 +169,7 @@ class PostgresWarehouse(Warehouse):
             # Each reject recorded first looks for its (file, line).
             self.execute(
                 "CREATE INDEX IF NOT EXISTS rejected_events_file_line ON "
-                f"{quote(BOOKKEEPING_SCHEMA)}.rejected_events (schema_name, file, line)"
+                f"{quote(base.BOOKKEEPING_SCHEMA)}.rejected_events (schema_name, file, line)"
             )
 
     def retl_ensure_bookkeeping(self) -> None:

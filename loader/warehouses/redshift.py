@@ -37,16 +37,8 @@ import psycopg
 from loader.config.targets import RedshiftTarget
 from loader.rules.schema import ColumnType
 from loader.scrub import Scrubber
-from loader.warehouses.base import (
-    Capabilities,
-    Rows,
-    T,
-    WarehouseError,
-    first_line,
-    retried,
-    staged_text,
-    type_names,
-)
+from loader.warehouses import base
+from loader.warehouses.base import Capabilities, Rows, T, WarehouseError, first_line, retried
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
 
@@ -60,7 +52,7 @@ NULL_MARK = "\\N"
 def capabilities(varchar_bytes: int = MAX_VARCHAR) -> Capabilities:
     return Capabilities(
         max_identifier_bytes=127,
-        type_names=type_names(
+        type_names=base.type_names(
             "boolean", "bigint", "double precision", TS, f"varchar({varchar_bytes})"
         ),
         json_type=WIDE,
@@ -145,7 +137,7 @@ def csv_gzip(rows: Sequence[Sequence[Any]], widths: Sequence[int] | None = None)
             if value is None:
                 fields.append(NULL_MARK)
                 continue
-            text = staged_text(value)
+            text = base.staged_text(value)
             if widths is not None and len(text) * 4 > widths[c]:
                 size = len(text.encode())
                 if size > widths[c]:

@@ -42,24 +42,15 @@ from loader.config.targets import SnowflakeTarget
 from loader.rules.retype import RetypePlan
 from loader.rules.schema import ColumnType
 from loader.scrub import Scrubber
+from loader.warehouses import base
 from loader.warehouses import statements as st
-from loader.warehouses.base import (
-    Capabilities,
-    ProfileSpec,
-    Rows,
-    T,
-    WarehouseError,
-    first_line,
-    retried,
-    staged_text,
-    type_names,
-)
+from loader.warehouses.base import Capabilities, Rows, T, WarehouseError, first_line, retried
 from loader.warehouses.dialect import SqlDialect, positional
 from loader.warehouses.warehouse import Warehouse
 
 CAPABILITIES = Capabilities(
     max_identifier_bytes=255,
-    type_names=type_names("BOOLEAN", "NUMBER(38,0)", "FLOAT", "TIMESTAMP_TZ", "VARCHAR"),
+    type_names=base.type_names("BOOLEAN", "NUMBER(38,0)", "FLOAT", "TIMESTAMP_TZ", "VARCHAR"),
     json_type="VARIANT",
     max_text_chars=16_777_216,
     # No documented column limit, but every statement names every column and a row is
@@ -395,7 +386,7 @@ class SnowflakeWarehouse(Warehouse):
         self._sync_staging(schema, table, list(columns), self._staged.get((schema, table)))
         super().retl_write_table(schema, table, key, columns, rows, keys)
 
-    def rebuild_profiles(self, schema: str, spec: ProfileSpec, keys: Sequence[str]) -> int:
+    def rebuild_profiles(self, schema: str, spec: base.ProfileSpec, keys: Sequence[str]) -> int:
         if len(spec.new_ids) > _MAX_NEW_IDS:
             spec = replace(spec, new_ids=())
         return super().rebuild_profiles(schema, spec, keys)
@@ -486,7 +477,7 @@ class SnowflakeWarehouse(Warehouse):
         self.execute(f"DELETE FROM {staging}")
         if rows:
             data = {
-                c.upper(): pa.array([staged_text(r[n]) for r in rows], pa.string())
+                c.upper(): pa.array([base.staged_text(r[n]) for r in rows], pa.string())
                 for n, c in enumerate(sql_types)
             }
             with tempfile.TemporaryDirectory(prefix="sluice-sf-") as tmp:
