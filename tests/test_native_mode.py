@@ -340,12 +340,22 @@ def test_sluice_sync_in_native_mode_loads_the_project_as_the_python_path(tmp_pat
     assert "Traceback" not in refused.stderr
 
 
-@given(st.lists(st.sampled_from([b"", b" ", b"\t\r", b"{}", b" x ", b"a\rb", b"\x0c"]), max_size=8))
+@given(
+    st.lists(
+        st.sampled_from([b"", b" ", b"\t\r", b"{}", b" x ", b"a\rb", b"\x0c", b"{}\r", b"\x0b{}"]),
+        max_size=8,
+    )
+)
 def test_lines_split_in_bulk_are_the_reference_readers_lines(pieces: list[bytes]) -> None:
     from loader.native.lines import lines_of
 
     text = b"\n".join(pieces)
-    lines, count = lines_of(text)
+    lines, to_strip, count = lines_of(text)
     got = [(n, raw.strip()) for n, raw in enumerate(lines.to_pylist(), 1) if raw.strip()]
+    # A line is flagged exactly when stripping changes it, and holds no newline.
+    assert all(
+        flag == (raw != raw.strip()) and b"\n" not in raw
+        for raw, flag in zip(lines.to_pylist(), to_strip.to_pylist(), strict=True)
+    )
     expected = [(n, raw.strip()) for n, raw in enumerate(text.split(b"\n"), 1) if raw.strip()]
     assert got == expected and count == len(expected)

@@ -65,6 +65,7 @@ class RawBatch:
 
     urls: list[str] = field(default_factory=list)
     parts: list[pa.Array] = field(default_factory=list)
+    to_strip: list[pa.Array] = field(default_factory=list)
     # Lines that are not blank, per file (what `_sluice.loaded_files` records).
     line_counts: list[int] = field(default_factory=list)
     breaks: list[Reject] = field(default_factory=list)
@@ -77,7 +78,7 @@ class RawBatch:
 
     def arrow(self) -> pa.Table:
         """file_no, line_no, txt (the line, NULL where it is not UTF-8), raw (only
-        those lines' bytes)."""
+        those lines' bytes), strip (whether the line has whitespace to strip)."""
         sizes = [len(p) for p in self.parts]
         numbers = [np.arange(1, n + 1, dtype=np.int64) for n in sizes]
         texts, raws = zip(*map(as_text, self.parts), strict=True) if self.parts else ((), ())
@@ -87,6 +88,9 @@ class RawBatch:
                 "line_no": pa.array(np.concatenate(numbers) if numbers else [], pa.int64()),
                 "txt": pa.concat_arrays(texts) if texts else pa.array([], pa.large_string()),
                 "raw": pa.concat_arrays(raws) if raws else pa.array([], pa.large_binary()),
+                "strip": pa.concat_arrays(self.to_strip)
+                if self.to_strip
+                else pa.array([], pa.bool_()),
             }
         )
 
@@ -153,9 +157,10 @@ class NativeLoader(Loader):
                 batch.breaks.append(
                     Reject(broken.file, broken.line, storable_text(broken.raw), broken.reason)
                 )
-            lines, count = lines_of(text)
+            lines, to_strip, count = lines_of(text)
             batch.urls.append(file.url)
             batch.parts.append(lines)
+            batch.to_strip.append(to_strip)
             # Lines that are not blank, as the reference counts a batch's lines.
             batch.line_counts.append(count)
             progress.files_read += 1
@@ -173,7 +178,7 @@ class NativeLoader(Loader):
         wh = self.warehouse
         options = self.read_options()
         wh.native_lines(ns.LINES, raw.arrow())
-        raw.parts = []  # the warehouse has them now
+        raw.parts, raw.to_strip = [], []  # the warehouse has them now
         wh.execute(ns.messages())
         self._progress.lines_read += raw.lines
         plans = self._plan_tables(options)

@@ -13,7 +13,7 @@ from loader.native.plan import Leaf, Path, Section, addressable
 from loader.rules.messages import CALL_TYPES, MAX_MESSAGE_ID_CHARS
 from loader.rules.schema import ColumnType
 
-LINES = "_sluice_native_lines"  # file_no, line_no, txt (or raw: bytes not UTF-8)
+LINES = "_sluice_native_lines"  # file_no, line_no, txt (or raw: not UTF-8), strip
 RAW = "coalesce(encode(l.txt), l.raw)"  # a line (`l`) as the bytes it was read as
 MESSAGES = "_sluice_native_messages"  # one row per line: its JSON and the checks
 PLAIN = "_sluice_native_plain"  # the plain messages, numbered per messageId
@@ -178,7 +178,7 @@ def messages() -> str:
         # Lines stripped of ASCII whitespace as the reference reader strips them; a
         # blank line is no line (not valid UTF-8: the reference path's, as it is).
         "text AS (SELECT * FROM (SELECT file_no, line_no, "
-        f"trim(txt, {lit(_STRIPPED)}) AS txt FROM {LINES}) "
+        f"CASE WHEN strip THEN trim(txt, {lit(_STRIPPED)}) ELSE txt END AS txt FROM {LINES}) "
         "WHERE txt IS NULL OR txt <> ''), "
         # (the argument, not the result, is NULL for a line that is not JSON: DuckDB
         # evaluates a CASE's branches for every row)
