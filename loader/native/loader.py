@@ -447,7 +447,7 @@ class NativeLoader(Loader):
                 kind = columns.get(name)
                 if kind is None:
                     terms.append(f"coalesce({value.t}, 'NULL') <> 'NULL'")
-                else:
+                elif not ns.always_fits(leaves, kind):
                     terms.append(f"NOT {ns.fits(value, kind)}")
             if terms:
                 rows.append(

@@ -333,6 +333,25 @@ class Value(NamedTuple):
     s: str
 
 
+# Column type -> the kinds of a path's merged structure (DuckDB's json_group_structure
+# over the batch's rows of the table, a superset of the rows checked) whose every value
+# converts with nothing to rescue: the check of such a column is left out. Merging
+# promotes (BIGINT with UBIGINT is HUGEINT, numbers with text JSON), so a kind here
+# holds only values of that kind or nulls.
+_ALWAYS_FITS: dict[ColumnType, frozenset[str]] = {
+    ColumnType.TEXT: frozenset({"NULL", "VARCHAR", "BIGINT", "UBIGINT", "BOOLEAN"}),
+    ColumnType.BOOLEAN: frozenset({"NULL", "BOOLEAN"}),
+    ColumnType.BIGINT: frozenset({"NULL", "BIGINT"}),
+    ColumnType.DOUBLE: frozenset({"NULL"}),
+    ColumnType.TIMESTAMP: frozenset({"NULL"}),
+}
+
+
+def always_fits(leaves: Sequence[Leaf], kind: ColumnType) -> bool:
+    """Whether every value of these paths fits the column, by their merged kinds."""
+    return all(leaf.kind in _ALWAYS_FITS[kind] for leaf in leaves)
+
+
 def fits(value: Value, kind: ColumnType) -> str:
     """Whether a JSON value converts to the column's type as schema.coerce would, with
     nothing to rescue (else its row is the reference path's)."""
