@@ -212,6 +212,12 @@ def _hostile_lines() -> list[bytes]:
         b'"receivedAt": "2026-11-01T10:00:00Z", "properties": {"a": "\xff"}}',
         b'{"type": "track", "type": "page", "messageId": "h-dup", "event": "E", '
         b'"userId": "u", "receivedAt": "2026-11-01T10:00:00Z"}',
+        # A field twice (the reference keeps the last copy), an unknown key twice (read
+        # by neither path: the line stays the SQL's).
+        b'{"type": "track", "messageId": "h-dupuser", "event": "E", "userId": "u", '
+        b'"receivedAt": "2026-11-01T10:00:00Z", "userId": "v"}',
+        b'{"type": "track", "messageId": "h-dupother", "event": "E", "userId": "u", '
+        b'"x": 1, "receivedAt": "2026-11-01T10:00:00Z", "x": 2}',
         b'{"type": "track", "messageId": "h-dupprop", "event": "E", "userId": "u", '
         b'"receivedAt": "2026-11-01T10:00:00Z", "properties": {"a": 1, "a": "x"}}',
         b'{"type": "track", "messageId": "h-sur", "event": "E", "userId": "u", '

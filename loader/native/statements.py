@@ -165,7 +165,11 @@ def messages() -> str:
         f"AND length(mid) BETWEEN 1 AND {MAX_MESSAGE_ID_CHARS} "
         f"AND {_type('receivedAt')} = 'VARCHAR' AND {_time_ok('receivedAt')} "
         f"AND {optional_times} AND {texts} AND {objects} AND {required} "
-        "AND len(keys) = len(list_distinct(keys))"
+        # No envelope field twice (the reference decoder keeps the last copy, DuckDB's
+        # reads the first; other keys are read by neither): its keys, counted, are as
+        # many as the fields found.
+        f"AND len(list_filter(keys, lambda k: k IN ({', '.join(lit(f) for f in FIELDS)}))) "
+        "= list_aggregate(t, 'count')"
     )
     fields = "[" + ", ".join(lit(f"$.{name}") for name in FIELDS) + "]"
     objects = "[" + ", ".join(lit(f"$.{name}") for name in _OBJECTS) + "]"
