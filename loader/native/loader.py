@@ -104,6 +104,8 @@ class TablePlan:
     columns: dict[str, list[Leaf]]
     sections: list[Section]
     values: ns.Values | None = None
+    # The messages it takes, as `where` says: (call type, event), None for any event.
+    calls: set[tuple[str, str | None]] = field(default_factory=set)
 
     @property
     def vals(self) -> ns.Values:
@@ -235,6 +237,7 @@ class NativeLoader(Loader):
         structure: dict[str, list[Any]] = {}
         kind_of: dict[str, str] = {}
         where_of: dict[str, list[str]] = defaultdict(list)
+        calls_of: dict[str, set[tuple[str, str | None]]] = defaultdict(set)
         event_rows: list[tuple[str, str, str]] = []
         for kind, event, context_json, body_json in found:
             context, body = _root(context_json), _root(body_json)
@@ -242,6 +245,8 @@ class NativeLoader(Loader):
                 table = event_table_name(event)
                 event_rows.append((event, snake_case(event), table))
                 where_of[table].append(f"(kind = 'track' AND event = {ns.lit(event)})")
+                calls_of[table].add(("track", event))
+                calls_of["tracks"] = {("track", None)}
                 tracks = structure.setdefault("tracks", [None, None])
                 tracks[0] = merge_structure(tracks[0], context)
                 kind_of["tracks"] = "alias"  # tracks flattens no section but context
@@ -249,6 +254,7 @@ class NativeLoader(Loader):
             else:
                 table = KIND_TABLE[kind]
                 where_of[table] = [f"kind = {ns.lit(kind)}"]
+                calls_of[table] = {(kind, None)}
             kind_of[table] = kind
             merged = structure.setdefault(table, [None, None])
             merged[0] = merge_structure(merged[0], context)
@@ -259,7 +265,9 @@ class NativeLoader(Loader):
             section = body_section(kind_of[table], body)
             if section is not None:
                 sections.append(section)
-            plans.append(TablePlan(table, " OR ".join(where_of[table]), {}, sections))
+            plans.append(
+                TablePlan(table, " OR ".join(where_of[table]), {}, sections, None, calls_of[table])
+            )
         wh.execute(
             f"CREATE OR REPLACE TEMP TABLE {ns.EVENTS} (text VARCHAR, slug VARCHAR, tbl VARCHAR)"
         )
@@ -463,18 +471,22 @@ class NativeLoader(Loader):
     def _counts(self, plans: list[TablePlan]) -> dict[str, tuple[int, int]]:
         """Per table: the first copies in their files of its plain messages (what makes
         a table), and the rows it is offered (first copies in the batch, not re-sent
-        from the previous batch)."""
+        from the previous batch). One pass over the messages, by call type and event."""
         if not plans:
             return {}
-        offered = f"m.plain AND m.nth_in_batch = 1 AND m.mid NOT IN (SELECT mid FROM {ns.RECENT})"
+        offered = f"plain AND nth_in_batch = 1 AND mid NOT IN (SELECT mid FROM {ns.RECENT})"
         found = self.warehouse.fetchall(
-            " UNION ALL ".join(
-                f"SELECT {n}, count(*) FILTER (WHERE m.nth_in_file = 1), "
-                f"count(*) FILTER (WHERE {offered}) {plan.rows('true')}"
-                for n, plan in enumerate(plans)
-            )
+            f"SELECT kind, CASE WHEN kind = 'track' THEN event END, "
+            f"count(*) FILTER (WHERE nth_in_file = 1), count(*) FILTER (WHERE {offered}) "
+            f"FROM {ns.PLAIN} GROUP BY ALL"
         )
-        return {plans[n].table: (int(a), int(b)) for n, a, b in found}
+        out = {plan.table: (0, 0) for plan in plans}
+        for kind, event, first, offered_rows in found:
+            for plan in plans:
+                if (kind, event) in plan.calls or (kind, None) in plan.calls:
+                    a, b = out[plan.table]
+                    out[plan.table] = (a + int(first), b + int(offered_rows))
+        return out
 
     def _insert_native(
         self,
