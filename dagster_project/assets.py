@@ -27,7 +27,7 @@ from loader.native.loader import loader_class
 from loader.rules.naming import snake_case
 from loader.rules.selective_sync import SelectiveSync
 from loader.sync.catalog import tables_of, update_catalog
-from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport, recorded_run
+from loader.sync.pipeline import Loader, SyncReport, recorded_run
 from loader.sync.project import Project
 from loader.sync.staging import (
     StagedPartition,
@@ -208,7 +208,7 @@ def build_source_assets(
     def make_loader(warehouse: Warehouse, sync_filter: Any, plan: Any) -> Loader:
         return loader_class(settings.mode)(
             warehouse,
-            batch_lines=settings.batch_lines or DEFAULT_BATCH_LINES,
+            batch_lines=settings.batch_lines,
             storage_options=settings.storage_options or None,
             sync_filter=sync_filter,
             readers=settings.readers,

@@ -365,3 +365,18 @@ def test_lines_split_in_bulk_are_the_reference_readers_lines(pieces: list[bytes]
     )
     expected = [(n, raw.strip()) for n, raw in enumerate(text.split(b"\n"), 1) if raw.strip()]
     assert got == expected and count == len(expected)
+
+
+def test_native_batches_are_100000_lines_unless_the_user_sets_them(tmp_path: Path) -> None:
+    """A native batch runs its statements whatever its size: with no batch_lines set it
+    takes 100,000 lines (the Python path 20,000); a user's setting wins either way."""
+    from loader.sync.pipeline import DEFAULT_BATCH_LINES
+
+    wh = DuckDBWarehouse("t", str(tmp_path / "w.duckdb"))
+    try:
+        assert NativeLoader(wh).batch_lines == 100_000
+        assert NativeLoader(wh, batch_lines=None).batch_lines == 100_000
+        assert NativeLoader(wh, batch_lines=500).batch_lines == 500
+        assert Loader(wh, batch_lines=None).batch_lines == DEFAULT_BATCH_LINES == 20_000
+    finally:
+        wh.close()

@@ -35,7 +35,7 @@ from loader.cli.plan import plan
 from loader.cli.project import catalog, replay, selective_sync, sync
 from loader.cli.retl import retl
 from loader.config.errors import ConfigError
-from loader.native.loader import loader_class
+from loader.native.loader import NATIVE_BATCH_LINES, loader_class
 from loader.rules.naming import snake_case
 from loader.rules.selective_sync import SyncFilter
 from loader.rules.selective_sync import load_file as load_selective_sync
@@ -184,10 +184,10 @@ def init(directory: str, events: int) -> None:
 @project_option
 @click.option(
     "--batch-lines",
-    default=DEFAULT_BATCH_LINES,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="Lines per committed batch (one transaction each; memory grows with it).",
+    help=f"Lines per committed batch (one transaction each; memory grows with it) "
+    f"[default: {DEFAULT_BATCH_LINES:,}; {NATIVE_BATCH_LINES:,} in native mode].",
 )
 @click.option(
     "--readers",
@@ -217,7 +217,7 @@ def load(
     target: str | None,
     profiles: str | None,
     project: str | None,
-    batch_lines: int,
+    batch_lines: int | None,
     readers: int | None,
     mode: str,
     selective_sync: str | None,

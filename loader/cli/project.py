@@ -34,7 +34,7 @@ from loader.sources.cloud.registry import connector_for
 from loader.sync.backfill import run_backfill
 from loader.sync.catalog import update_catalog
 from loader.sync.object_pipeline import DEFAULT_BATCH_OBJECTS, ObjectLoader
-from loader.sync.pipeline import DEFAULT_BATCH_LINES, Loader, SyncReport
+from loader.sync.pipeline import Loader, SyncReport
 from loader.sync.project import Project
 from loader.sync.staging import StagingArea
 from loader.warehouses.base import WarehouseError
@@ -97,7 +97,7 @@ def _run_pairs(
                 url = project.archive_url(source_name)
                 loader = loader_class(source.mode)(
                     warehouse,
-                    batch_lines=source.batch_lines or DEFAULT_BATCH_LINES,
+                    batch_lines=source.batch_lines,
                     storage_options=source.storage_options or None,
                     sync_filter=sync_filter,
                     readers=source.readers,

@@ -79,20 +79,36 @@ class RawBatch:
     def arrow(self) -> pa.Table:
         """file_no, line_no, txt (the line, NULL where it is not UTF-8), raw (only
         those lines' bytes), strip (whether the line has whitespace to strip)."""
-        sizes = [len(p) for p in self.parts]
-        numbers = [np.arange(1, n + 1, dtype=np.int64) for n in sizes]
-        texts, raws = zip(*map(as_text, self.parts), strict=True) if self.parts else ((), ())
-        return pa.table(
-            {
-                "file_no": pa.array(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)),
-                "line_no": pa.array(np.concatenate(numbers) if numbers else [], pa.int64()),
-                "txt": pa.concat_arrays(texts) if texts else pa.array([], pa.large_string()),
-                "raw": pa.concat_arrays(raws) if raws else pa.array([], pa.large_binary()),
-                "strip": pa.concat_arrays(self.to_strip)
-                if self.to_strip
-                else pa.array([], pa.bool_()),
-            }
-        )
+        batches = [
+            pa.record_batch(
+                {
+                    "file_no": pa.array(np.full(len(lines), n, dtype=np.int32)),
+                    "line_no": pa.array(np.arange(1, len(lines) + 1, dtype=np.int64)),
+                    "txt": text,
+                    "raw": raw,
+                    "strip": strip,
+                }
+            )
+            for n, (lines, strip) in enumerate(zip(self.parts, self.to_strip, strict=True))
+            for text, raw in [as_text(lines)]
+        ]
+        # In chunks (no copy): DuckDB scans an Arrow table's chunks in parallel, and one
+        # chunk of the batch's lines would be scanned by one thread.
+        whole = pa.Table.from_batches(batches, _LINES_SCHEMA)
+        return pa.Table.from_batches(whole.to_batches(max_chunksize=LINES_CHUNK), _LINES_SCHEMA)
+
+
+LINES_CHUNK = 16_384
+NATIVE_BATCH_LINES = 100_000
+_LINES_SCHEMA = pa.schema(
+    [
+        ("file_no", pa.int32()),
+        ("line_no", pa.int64()),
+        ("txt", pa.large_string()),
+        ("raw", pa.large_binary()),
+        ("strip", pa.bool_()),
+    ]
+)
 
 
 @dataclass
@@ -122,6 +138,12 @@ class TablePlan:
 
 class NativeLoader(Loader):
     """A Loader whose batches the warehouse reads and normalises itself."""
+
+    # Each batch runs some forty statements whatever its size, and a batch of fewer
+    # lines than a DuckDB row group (122,880) is scanned by one thread: 1M events load at
+    # 9,400 events/s in batches of 20,000, 16,700 of 100,000, 20,800 of 250,000 (peak
+    # RSS 896 MB at 100,000, 1,226 MB at 250,000).
+    default_batch_lines = NATIVE_BATCH_LINES
 
     def __init__(self, warehouse: Warehouse, *args: Any, **kwargs: Any) -> None:
         warehouse.refuse_native_mode()

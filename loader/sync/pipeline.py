@@ -265,10 +265,14 @@ def recorded_run(wh: Warehouse, schema: str, source: str) -> Iterator[SyncReport
 class Loader:
     """Runs syncs of archives into one warehouse; the warehouse is owned by the caller."""
 
+    # Lines per committed batch when the user sets none (sluice.yml's batch_lines,
+    # `--batch-lines`).
+    default_batch_lines = DEFAULT_BATCH_LINES
+
     def __init__(
         self,
         warehouse: Warehouse,
-        batch_lines: int = DEFAULT_BATCH_LINES,
+        batch_lines: int | None = None,
         storage_options: dict | None = None,
         on_batch: Callable[[SyncReport], None] | None = None,
         sync_filter: SyncFilter | None = None,
@@ -282,7 +286,7 @@ class Loader:
         self.warehouse = warehouse
         self.readers = default_readers() if readers is None else readers
         self.writer = TableWriter(warehouse)
-        self.batch_lines = batch_lines
+        self.batch_lines = batch_lines or self.default_batch_lines
         self.storage_options = storage_options
         self.on_batch = on_batch
         self.on_progress = on_progress
