@@ -8,7 +8,7 @@ from pathlib import Path
 
 import duckdb
 
-from loader.sources.sample import default_first_day
+from loader.sources.archive import received_day
 from tests.test_cli import sluice
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -112,7 +112,9 @@ def test_check_sync_show_and_replay(tmp_path: Path) -> None:
         )
         == 0
     )
-    day = default_first_day(1).isoformat()  # the sample's one day: yesterday (UTC)
+    # The sample's one day (yesterday, UTC, when `init` wrote it), read off the archive.
+    (folder,) = (demo / "archive" / "segment-logs").glob("*/*")
+    day = received_day(str(folder)).isoformat()
     replayed = sluice("replay", "javascript_production", "--from", day, "--to", day, cwd=demo)
     assert replayed.returncode == 0, replayed.stderr
     assert f"replay of files received {day} to {day}" in replayed.stdout

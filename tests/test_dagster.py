@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from importlib.resources import files as package_files
 from pathlib import Path
 
@@ -45,7 +45,9 @@ def project_dir(
         profiles = "default_target: local\ntargets:\n  local:\n    type: duckdb\n"
         profiles += f"    path: {root / 'sluice.duckdb'}\n"
     (root / "profiles.yml").write_text(profiles)
-    write_archive(root / "archive", 3000, events_per_file=500, files_per_day=2)
+    # On DAYS, fixed when this module was imported (a run may cross midnight, UTC).
+    first = date.fromisoformat(DAYS[0])
+    write_archive(root / "archive", 3000, events_per_file=500, files_per_day=2, first_day=first)
     assert [d.isoformat() for d in _archive_days(root)] == DAYS
     _ROOT.append(root)
     return root

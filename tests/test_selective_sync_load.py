@@ -34,7 +34,10 @@ DAYS = [default_first_day(3) + timedelta(days=i) for i in range(3)]
 def three_days(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """A 3-day Segment archive; returns the three day folders in order."""
     root = tmp_path_factory.mktemp("three_days")
-    write_archive(root, 2400, events_per_file=200, files_per_day=4, malformed=False)
+    # On DAYS, fixed when this module was imported (a run may cross midnight, UTC).
+    write_archive(
+        root, 2400, events_per_file=200, files_per_day=4, malformed=False, first_day=DAYS[0]
+    )
     days = sorted((root / "segment-logs" / "sample-source").iterdir())
     assert len(days) == 3
     return days
